@@ -1,0 +1,96 @@
+"""The `tirl` command. Nothing imports this module.
+
+Each command lives in the module that owns its work and exposes `add_arguments(parser)` and
+`run(args) -> int`. Only the chosen command's module is imported, so `tirl --help` stays instant
+(no torch import). A command whose module is not written yet says so and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    module: str | None
+    """Module with add_arguments/run; None while the command is not built."""
+    issue: int
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": Command("train a tiny model from nothing to tool use on CPU: SFT, RL with the sandbox, "
+                    "evaluation, report", None, 7),
+    "sft": Command("cold-start supervised fine-tuning on code-integrated traces", None, 6),
+    "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", None, 5),
+    "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)", None, 8),
+    "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
+                       None, 3),
+    "report": Command("HTML report and plots for one or more run directories", None, 7),
+    "convert": Command("rewrite text solutions into verified code-integrated SFT traces", None, 6),
+    "serve": Command("OpenAI-compatible completions server around a local model", None, 8),
+}
+
+
+def _load(name: str):
+    spec = COMMANDS[name]
+    if spec.module is None:
+        return None
+    try:
+        return importlib.import_module(spec.module)
+    except ModuleNotFoundError as e:
+        if e.name == spec.module:
+            return None
+        raise
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tirl",
+        description="Tool-integrated RL: teach language models to reason with a code interpreter "
+        "(ReTool / ToRL). Every command that writes takes --run-dir DIR.",
+        epilog="Run `tirl COMMAND --help` for a command's options.",
+    )
+    from tirl import __version__
+
+    parser.add_argument("--version", action="version", version=f"tirl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, spec in COMMANDS.items():
+        built = spec.module is not None
+        label = spec.summary if built else f"{spec.summary} [not built yet]"
+        sp = sub.add_parser(name, help=label, description=label)
+        if name != selected:
+            continue
+        module = _load(name)
+        if module is None:
+            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        else:
+            module.add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = _load(args.command)
+    if module is None:
+        print(f"tirl {args.command}: not built yet (tracked in issue {COMMANDS[args.command].issue}).",
+              file=sys.stderr)
+        return 1
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\ntirl {args.command}: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Typed configs: a dataclass schema, a YAML file, then dotted command-line overrides.
+
+    cfg = load_config(TrainConfig, "configs/demo.yaml", ["trainer.lr=1e-5", "rollout.n=8"])
+
+OmegaConf structured configs do the merging and type checks; this module only turns their errors
+into messages that name the source (file and line, or the override), the key, and the allowed keys
+or expected type. Configs are plain dataclasses living next to the code that uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message says where and why."""
+
+
+def _schema_at(schema: type, path: list[str]) -> type | None:
+    """The dataclass type found by walking `path` (field names) from `schema`, if any."""
+    cur: Any = schema
+    for part in path:
+        if not dataclasses.is_dataclass(cur):
+            return None
+        hints = {f.name: f.type for f in dataclasses.fields(cur)}
+        if part not in hints:
+            return None
+        t = hints[part]
+        if isinstance(t, str):  # postponed annotations: resolve through the default instance
+            default = next(f for f in dataclasses.fields(cur) if f.name == part)
+            value = default.default_factory() if default.default_factory is not dataclasses.MISSING else None
+            t = type(value) if value is not None else None
+        cur = t
+    return cur if dataclasses.is_dataclass(cur) else None
+
+
+def _allowed_keys(schema: type, full_key: str) -> tuple[str, list[str]]:
+    parts = [p for p in full_key.split(".") if p]
+    parent = parts[:-1]
+    node = _schema_at(schema, parent)
+    keys = [f.name for f in dataclasses.fields(node)] if node else []
+    return ".".join(parent), keys
+
+
+def _yaml_line(path: Path, key: str) -> int | None:
+    """Best-effort line number of `key`'s last component in a YAML file."""
+    leaf = key.split(".")[-1]
+    try:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(rf"\s*{re.escape(leaf)}\s*:", line):
+                return n
+    except OSError:
+        pass
+    return None
+
+
+def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path | None) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    where = source
+    if path is not None and key:
+        line = _yaml_line(path, key)
+        if line:
+            where = f"{path}:{line}"
+    if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
+        parent, keys = _allowed_keys(schema, key)
+        scope = f" under '{parent}'" if parent else ""
+        return ConfigError(f"{where}: unknown key '{key}'; allowed keys{scope}: {', '.join(keys)}")
+    msg = str(err).split("\n")[0]
+    return ConfigError(f"{where}: bad value for '{key}': {msg}")
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a `schema` instance from its defaults, an optional YAML file and dotted overrides."""
+    merged = OmegaConf.structured(schema)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as e:  # yaml.YAMLError carries its own line numbers
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, str(path), path) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.lr=1e-5)")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"override '{item}'", None) from None
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, str(path or "config"), None) from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, for the run directory (what ran is what is recorded)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))
+
+
+def add_config_arguments(parser: Any, default: str | None = None) -> None:
+    """The shared `CONFIG [key=value ...]` arguments of every configurable command."""
+    parser.add_argument(
+        "config", nargs="?", default=default,
+        help="YAML config file" + (f" (default: {default})" if default else " (default: built-in defaults)"),
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="dotted overrides applied after the file, e.g. trainer.lr=1e-5 rollout.n=8",
+    )

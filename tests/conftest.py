@@ -1,0 +1,21 @@
+"""Test-session set-up: offline, single-threaded, and every file under a temporary folder."""
+
+import os
+import tempfile
+
+_TMP = tempfile.mkdtemp(prefix="tirl-tests-")
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HOME": os.path.join(_TMP, "home"),
+    "HF_HOME": os.path.join(_TMP, "hf"),
+    "MPLCONFIGDIR": os.path.join(_TMP, "mpl"),
+    "WANDB_MODE": "disabled",
+    # Small ops on a 2-core box run far slower with 2 threads than with 1 (see README).
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[key] = value
+os.makedirs(os.environ["HOME"], exist_ok=True)

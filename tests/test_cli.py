@@ -1,0 +1,44 @@
+"""The `tirl` command, through a subprocess as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+COMMANDS = ["demo", "sft", "train", "eval", "sandbox", "report", "convert", "serve"]
+
+
+def tirl(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy())
+
+
+def test_help_lists_every_command():
+    r = tirl("--help")
+    assert r.returncode == 0
+    for name in COMMANDS:
+        assert name in r.stdout
+
+
+def test_no_command_prints_help_and_fails():
+    r = tirl()
+    assert r.returncode != 0 and "COMMAND" in r.stdout
+
+
+def test_unbuilt_commands_say_so_and_fail():
+    from tirl.cli import COMMANDS as table
+
+    for name, spec in table.items():
+        if spec.module is None:
+            r = tirl(name, "whatever.yaml")
+            assert r.returncode != 0
+            assert "not built yet" in r.stderr
+
+
+def test_every_built_command_has_help():
+    from tirl.cli import COMMANDS as table
+
+    for name, spec in table.items():
+        if spec.module is not None:
+            r = tirl(name, "--help")
+            assert r.returncode == 0, r.stderr
+            assert "usage: tirl " + name in r.stdout

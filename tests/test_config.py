@@ -1,0 +1,70 @@
+"""Configs: YAML plus dotted overrides, with errors that name the key, the source and the fix."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tirl.config import ConfigError, load_config, save_config
+
+
+@dataclass
+class Trainer:
+    lr: float = 1e-6
+    steps: int = 10
+
+
+@dataclass
+class Rollout:
+    n: int = 4
+    style: str = "retool"
+
+
+@dataclass
+class Cfg:
+    trainer: Trainer = field(default_factory=Trainer)
+    rollout: Rollout = field(default_factory=Rollout)
+    seed: int = 0
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  lr: 0.001\nrollout:\n  n: 2\n")
+    cfg = load_config(Cfg, f, ["rollout.n=8", "seed=3"])
+    assert cfg == Cfg(Trainer(lr=0.001, steps=10), Rollout(n=8), seed=3)
+    assert isinstance(cfg.trainer, Trainer)
+
+
+def test_unknown_key_in_file_names_file_line_and_allowed_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  lr: 0.1\n  stepz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, f)
+    msg = str(e.value)
+    assert f"{f}:3" in msg and "trainer.stepz" in msg and "lr, steps" in msg
+
+
+def test_unknown_override_names_allowed_keys():
+    with pytest.raises(ConfigError, match=r"override 'rollout.m=3'.*unknown key 'rollout.m'.*n, style"):
+        load_config(Cfg, None, ["rollout.m=3"])
+    with pytest.raises(ConfigError, match="allowed keys: trainer, rollout, seed"):
+        load_config(Cfg, None, ["bogus=1"])
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="bad value for 'trainer.lr'"):
+        load_config(Cfg, None, ["trainer.lr=fast"])
+    with pytest.raises(ConfigError, match="bad value for 'rollout.n'"):
+        load_config(Cfg, None, ["rollout.n=2.5"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(Cfg, None, ["trainer.lr"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_saved_config_loads_back(tmp_path):
+    cfg = load_config(Cfg, None, ["trainer.steps=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(Cfg, tmp_path / "config.yaml") == cfg
