@@ -65,7 +65,7 @@ def _check_same_shape(**tensors: Tensor) -> None:
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"shapes must match: {shapes}")
-    if next(iter(shapes.values())).__len__() != 2:
+    if len(next(iter(shapes.values()))) != 2:
         raise ValueError(f"expected 2-d (B, T) tensors, got {shapes}")
 
 
