@@ -42,6 +42,10 @@ def test_rloo_hand_example():
     # group [1, 0, 0]: baselines are mean of the others: [0, 0.5, 0.5] -> [1, -0.5, -0.5]
     adv = A.rloo_advantages(torch.tensor([1.0, 0.0, 0.0]), group_size=3)
     torch.testing.assert_close(adv, torch.tensor([1.0, -0.5, -0.5]))
+    # integer rewards (e.g. straight from a 0/1 grader) work too
+    torch.testing.assert_close(A.rloo_advantages(torch.tensor([1, 0, 0]), 3), adv)
+    torch.testing.assert_close(A.grpo_advantages(torch.tensor([1, 0]), 2, scale_by_std=False),
+                               torch.tensor([0.5, -0.5]))
 
 
 @pytest.mark.parametrize("fn", [A.grpo_advantages, A.rloo_advantages])

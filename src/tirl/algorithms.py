@@ -149,7 +149,7 @@ def grpo_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True,
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
     _check_group(rewards.numel(), group_size)
-    groups = rewards.view(-1, group_size)
+    groups = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)
     adv = groups - groups.mean(dim=1, keepdim=True)
     if scale_by_std:
         adv = adv / (groups.std(dim=1, unbiased=True, keepdim=True) + eps)
@@ -170,7 +170,7 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
     _check_group(rewards.numel(), group_size)
-    groups = rewards.view(-1, group_size)
+    groups = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)
     baseline = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
     return (groups - baseline).reshape(-1)
 
