@@ -339,3 +339,18 @@ def test_token_logprobs_matches_log_softmax(dtype, chunk):
     ref = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None])[..., 0]
     torch.testing.assert_close(A.token_logprobs(logits, tokens, chunk_rows=chunk), ref,
                                atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_token_logprobs_gradient():
+    # the chunked autograd function against autograd through log_softmax, in float64 and bf16
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 6, (3, 4))
+    assert torch.autograd.gradcheck(lambda z: A.token_logprobs(z, tokens, chunk_rows=2), (logits,))
+    weights = torch.randn(3, 4)
+    half = logits.detach().bfloat16().requires_grad_(True)
+    (A.token_logprobs(half, tokens) * weights).sum().backward()
+    ref = half.detach().float().requires_grad_(True)
+    (torch.log_softmax(ref, -1).gather(-1, tokens[..., None])[..., 0] * weights).sum().backward()
+    assert half.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(half.grad.float(), ref.grad, atol=1e-2, rtol=1e-2)
