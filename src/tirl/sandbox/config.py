@@ -1,0 +1,130 @@
+"""Sandbox configuration and the result of one execution.
+
+``SandboxConfig`` is a plain dataclass (loadable with ``tirl.config.load_config``); ``ExecResult`` is
+what every sandbox backend (local ``Sandbox``, ``HttpSandbox``, sessions) returns.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error")
+
+
+@dataclass
+class SandboxConfig:
+    """Limits and isolation of the local sandbox. Every field has a working default."""
+
+    timeout_s: float = 10.0
+    """Wall-clock limit per call, enforced from outside (SIGKILL of the whole slot)."""
+    memory_mb: int = 1024
+    """Memory limit per call (cgroup; RLIMIT_AS fallback). numpy+sympy need ~100 MB of it."""
+    max_output_bytes: int = 1_000_000
+    """Cap per stream (stdout, stderr); beyond it the call is killed, output kept exact up to the cap."""
+    max_pids: int = 64
+    """Processes + threads per call (pids cgroup, RLIMIT_NPROC backup): stops fork and thread bombs."""
+    cpu_time_s: float = 0.0
+    """RLIMIT_CPU backup for the wall-clock limit; 0 = timeout_s + 1 s."""
+    file_size_mb: int = 16
+    """RLIMIT_FSIZE: largest file a call may write (EFBIG beyond)."""
+    tmp_size_mb: int = 64
+    """Size of the private tmpfs mounted on /tmp for each call (counts against memory too)."""
+    max_open_files: int = 256
+    """RLIMIT_NOFILE per call."""
+    preload: list[str] = field(default_factory=lambda: ["numpy", "sympy"])
+    """Modules imported once in the zygote; each call gets them for free (fork shares the pages)."""
+    max_concurrency: int = 0
+    """Calls running at once; 0 = number of CPU cores (more only queues CPU-bound snippets)."""
+    isolation: str = "auto"
+    """"auto": strongest available, reported; "strict": refuse to start unless every primitive works
+    (the error names the missing one); "none": only timeouts, output caps and rlimits (debugging)."""
+    seccomp: bool = True
+    """Load the syscall filter (ptrace, mount, namespaces, non-AF_UNIX sockets, bpf... denied)."""
+    uid_base: int = 1_500_000_000
+    """First unprivileged uid; each slot gets its own (uid_base + pid-derived offset + slot), so
+    concurrent calls cannot signal each other. Unused by any real account."""
+    hide_paths: list[str] = field(default_factory=list)
+    """Extra directories to hide (tmpfs over them) besides /root, /home, /work, /tmp, /var/tmp,
+    /dev/shm, /mnt, /media, /srv, /opt and the current directory."""
+    max_sessions: int = 8
+    """Stateful sessions alive at once (each holds one sandboxed process and one slot)."""
+    session_idle_s: float = 600.0
+    """A session unused this long is reclaimed (its state is lost and reported so)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment variables for the snippet (the trainer's environment is never passed)."""
+
+
+@dataclass
+class ExecResult:
+    """Outcome of one execution. ``status`` is decided by the supervisor, never by the program.
+
+    status: "ok" (exit 0), "error" (exception or non-zero exit), "timeout" (wall clock or CPU limit),
+    "memory" (OOM kill or MemoryError), "output_limit" (a stream exceeded the cap), "killed" (died
+    by a signal, e.g. SIGSEGV), "sandbox_error" (the sandbox itself failed; retry-worthy).
+    """
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    exit_code: int | None = None
+    """Process exit code; negative = killed by that signal; None when it never ran."""
+    duration_s: float = 0.0
+    signal: str | None = None
+    """Signal name when the process died by a signal (SIGKILL for our own kills)."""
+    truncated: bool = False
+    """True when stdout or stderr was cut at ``max_output_bytes``."""
+    cpu_s: float = 0.0
+    max_rss_mb: float = 0.0
+    message: str = ""
+    """Human-readable detail for non-ok statuses (e.g. which limit, or the sandbox failure)."""
+    session_lost: bool = False
+    """Session mode: the session's state was discarded (timeout, crash, reclaim)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExecResult:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_sandboxfusion(self) -> dict[str, Any]:
+        """SandboxFusion's ``/run_code`` response: verl/ToRL clients read status and run_result."""
+        if self.status == "sandbox_error":
+            overall, run_status = "SandboxError", "Error"
+        else:
+            overall = "Success" if self.ok else "Failed"
+            run_status = "TimeLimitExceeded" if self.status == "timeout" else "Finished"
+        return {
+            "status": overall,
+            "message": self.message,
+            "compile_result": None,
+            "run_result": {
+                "status": run_status,
+                "execution_time": self.duration_s,
+                "return_code": self.exit_code,
+                "stdout": self.stdout,
+                "stderr": self.stderr,
+            },
+            "executor_pod_name": None,
+            "files": {},
+        }
+
+    @classmethod
+    def from_sandboxfusion(cls, d: dict[str, Any]) -> ExecResult:
+        """Best-effort inverse of ``to_sandboxfusion`` (for responses of a real SandboxFusion)."""
+        rr = d.get("run_result") or {}
+        if d.get("status") == "SandboxError":
+            status = "sandbox_error"
+        elif rr.get("status") == "TimeLimitExceeded":
+            status = "timeout"
+        elif d.get("status") == "Success":
+            status = "ok"
+        else:
+            status = "error"
+        return cls(status=status, stdout=rr.get("stdout") or "", stderr=rr.get("stderr") or "",
+                   exit_code=rr.get("return_code"), duration_s=rr.get("execution_time") or 0.0,
+                   message=d.get("message") or "")
