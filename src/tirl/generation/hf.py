@@ -1,0 +1,293 @@
+"""Transformers backend: batched sampling with any `AutoModelForCausalLM`, CPU or GPU, with KV cache reuse.
+
+Notation: B = requests in a batch, c_i = cached prefix length of request i, s_i = its uncached suffix
+length, C = max c_i, S = max s_i, H = KV heads, D = head dim, V = vocabulary.
+
+KV cache reuse across tool calls (the choice and why)
+  Each trajectory (request `key`) keeps its own cache: per layer a `(1, H, c_i, D)` key and value
+  tensor holding exactly the tokens it has seen, no padding. A `generate` call re-stacks the caches of
+  its requests into one batched `DynamicCache` of shape `(B, H, C, D)`, left-padded, and prefills the
+  suffixes (the last sampled token of the previous turn + the interpreter tokens, or a whole new prompt)
+  as a `(B, S)` block, left-padded too. The attention mask `(B, C + S)` is 0 on both paddings (so a row
+  may have a hole between its cache and its suffix) and the position ids are each row's own running
+  count, so every token sees exactly the keys, and the rotary positions, it would see alone. When a
+  row finishes (stop string, EOS, budget), its later slots get mask 0, and its cache is cut back out
+  (the mask's 1-positions, one `index_select`) when half the batch has finished or at the end.
+  Why not one persistent batched cache with holes: rows finish at different times, and holes would
+  accumulate for the whole rollout (memory and attention cost grow with the longest history of the
+  batch); re-stacking costs one copy of the caches per turn, which is small next to the decode steps of
+  a turn (`benchmarks/rollout.py` measures both paths).
+  Padding hazard: a left-pad query of a fresh prompt sees no unmasked key; masked positions get a
+  large negative bias (not NaN) in transformers' eager/SDPA masks here, and the pad rows' outputs are
+  never attended to because their keys are masked for every real query; the test
+  `test_padded_batch_equals_alone` guards this (a NaN would poison the real rows' outputs).
+
+The reference path (`reuse_cache=False`) re-runs each request's whole sequence every call; tests check
+that both give the same logits (within a stated tolerance) and, greedily, the same tokens.
+
+Simplifications: no prefix sharing between the n samples of one prompt (each prefills the prompt);
+stop strings are matched on the decoded text of a window of the last sampled tokens; finished rows stay
+in the batch (masked) until half the batch has finished. Not covered: sliding-window or hybrid caches
+(`DynamicCache` layers other than full attention), tensor parallelism, CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Hashable, Iterable, Sequence
+
+import torch
+
+from tirl.generation.base import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    GenerationOutput,
+    GenerationRequest,
+    SamplingParams,
+)
+
+
+@dataclass
+class _CacheEntry:
+    ids: list[int]
+    """Tokens whose keys/values are in `kv` (all of the sequence but the last sampled token)."""
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    """Per layer: keys and values, each `(1, H, len(ids), D)`."""
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row. logits `(B, V)` float -> (tokens `(B,)`, log-probs `(B,)`).
+
+    Log-probs are `log_softmax(logits / T)` of the chosen token, before top-p/top-k truncation.
+    """
+    if params.temperature <= 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        tok = logits.argmax(dim=-1)
+        return tok, logp.gather(-1, tok[:, None])[:, 0]
+    scaled = logits / params.temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    filtered = scaled
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(filtered, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the mass before it already reaches top_p; the first token always stays.
+        drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(filtered, dim=-1)
+    tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+class HFGenerator:
+    """`Generator` over a transformers causal LM. Not thread-safe (one rollout at a time)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        reuse_cache: bool = True,
+        max_batch_size: int = 64,
+        eos_token_ids: Sequence[int] | None = None,
+        stop_window_tokens: int = 8,
+    ):
+        from tirl.models import eos_token_ids as _eos
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.reuse_cache = reuse_cache
+        self.max_batch_size = max_batch_size
+        self.eos_ids = set(eos_token_ids if eos_token_ids is not None else _eos(model, tokenizer))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        # Extra tokens decoded beyond the longest stop string, for tokens that decode to <1 character
+        # (a UTF-8 character split over byte-level tokens).
+        self.stop_window_tokens = stop_window_tokens
+        self._cache: dict[Hashable, _CacheEntry] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def release(self, keys: Iterable[Hashable]) -> None:
+        for k in keys:
+            self._cache.pop(k, None)
+
+    def cached_keys(self) -> list[Hashable]:
+        return list(self._cache)
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationOutput]:
+        outputs: list[GenerationOutput | None] = [None] * len(requests)
+        todo = []
+        for i, r in enumerate(requests):
+            if not r.token_ids:
+                raise ValueError("a generation request needs at least one token")
+            budget = params.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens
+            if budget <= 0:
+                outputs[i] = GenerationOutput([], [], FINISH_LENGTH)
+            else:
+                todo.append(i)
+        gen = None
+        if params.seed is not None and params.temperature > 0:
+            gen = torch.Generator(device=self.device).manual_seed(int(params.seed))
+        for start in range(0, len(todo), self.max_batch_size):
+            idx = todo[start : start + self.max_batch_size]
+            for i, out in zip(idx, self._generate_batch([requests[i] for i in idx], params, gen)):
+                outputs[i] = out
+        return outputs  # type: ignore[return-value]
+
+    # --- one batch ---------------------------------------------------------------------------------
+    def _lookup(self, r: GenerationRequest) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """(cached prefix length c, per-layer kv cropped to c) for request `r`; always leaves >= 1 token."""
+        if not self.reuse_cache or r.key is None:
+            return 0, None
+        entry = self._cache.pop(r.key, None)
+        if entry is None:
+            return 0, None
+        c = min(_common_prefix(entry.ids, r.token_ids), len(r.token_ids) - 1)
+        if c <= 0:
+            return 0, None
+        return c, [(k[:, :, :c], v[:, :, :c]) for k, v in entry.kv]
+
+    def _generate_batch(
+        self, reqs: Sequence[GenerationRequest], params: SamplingParams, gen: torch.Generator | None
+    ) -> list[GenerationOutput]:
+        dev = self.device
+        B = len(reqs)
+        looked = [self._lookup(r) for r in reqs]
+        cs = [c for c, _ in looked]
+        sufs = [r.token_ids[c:] for r, c in zip(reqs, cs)]
+        C, S = max(cs), max(len(s) for s in sufs)
+
+        # Mask (B, C+S): 1 on each row's cached tokens and suffix; 0 on left pads and the hole between.
+        mask = torch.zeros(B, C + S, dtype=torch.long)
+        inp = torch.full((B, S), self.pad_id, dtype=torch.long)
+        for i, (c, s) in enumerate(zip(cs, sufs)):
+            mask[i, C - c : C] = 1
+            mask[i, C + S - len(s) :] = 1
+            inp[i, S - len(s) :] = torch.tensor(s, dtype=torch.long)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, C:]
+        mask, inp, pos = mask.to(dev), inp.to(dev), pos.to(dev)
+        cache = self._stack_cache(looked, C)
+
+        out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+
+        budgets = [params.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens for r in reqs]
+        stops = tuple(s for s in params.stop if s)
+        window = max((len(s) for s in stops), default=0) + self.stop_window_tokens
+        new: list[list[int]] = [[] for _ in range(B)]
+        lps: list[list[float]] = [[] for _ in range(B)]
+        kept_logits: list[list[torch.Tensor]] = [[] for _ in range(B)]
+        finish: list[str | None] = [None] * B
+        stop_hit: list[str | None] = [None] * B
+        results: list[GenerationOutput | None] = [None] * B
+        rows = list(range(B))  # batch row -> request index
+        next_pos = torch.tensor([len(r.token_ids) for r in reqs], device=dev)
+
+        while True:
+            tok, lp = sample_next(logits, params, gen)
+            tok_l, lp_l = tok.tolist(), lp.tolist()
+            for b, i in enumerate(rows):
+                if finish[i] is not None:
+                    continue
+                t = tok_l[b]
+                new[i].append(t)
+                lps[i].append(lp_l[b])
+                if params.return_logits:
+                    kept_logits[i].append(logits[b].detach().cpu().clone())
+                if t in self.eos_ids:
+                    finish[i] = FINISH_EOS
+                elif stops and (hit := self._stop_in(new[i][-window:], stops)):
+                    finish[i], stop_hit[i] = FINISH_STOP, hit
+                elif len(new[i]) >= budgets[i]:
+                    finish[i] = FINISH_LENGTH
+            alive = [finish[i] is None for i in rows]
+            n_dead = alive.count(False)
+            if n_dead == len(rows) or (n_dead * 2 >= len(rows) and len(rows) > 1):
+                # Cut finished rows' caches out now, so the batch shrinks (or ends).
+                keep = []
+                for b, i in enumerate(rows):
+                    if alive[b]:
+                        keep.append(b)
+                    else:
+                        results[i] = self._finish_row(reqs[i], new[i], lps[i], kept_logits[i], finish[i],
+                                                      stop_hit[i], cache, mask, b, len(sufs[i]))
+                if not keep:
+                    break
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
+                rows = [rows[b] for b in keep]
+                alive = [True] * len(rows)
+            alive_t = torch.tensor(alive, device=dev)
+            feed = torch.where(alive_t, tok, torch.full_like(tok, self.pad_id))
+            mask = torch.cat([mask, alive_t.long()[:, None]], dim=1)
+            out = self.model(input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            next_pos = next_pos + 1
+        return results  # type: ignore[return-value]
+
+    def _stop_in(self, window_ids: list[int], stops: tuple[str, ...]) -> str | None:
+        text = self.tokenizer.decode(window_ids)
+        for s in stops:
+            if s in text:
+                return s
+        return None
+
+    def _stack_cache(self, looked: list, C: int) -> Any:
+        """Batched left-padded `DynamicCache` `(B, H, C, D)` from per-request kv (or an empty cache)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if C == 0:
+            return cache
+        ref = next(kv for _, kv in looked if kv is not None)
+        B = len(looked)
+        for layer, (k0, v0) in enumerate(ref):
+            K = k0.new_zeros((B, k0.shape[1], C, k0.shape[3]))
+            Vt = v0.new_zeros((B, v0.shape[1], C, v0.shape[3]))
+            for b, (c, kv) in enumerate(looked):
+                if kv is not None:
+                    K[b, :, C - c :] = kv[layer][0][0]
+                    Vt[b, :, C - c :] = kv[layer][1][0]
+            cache.update(K, Vt, layer)
+        return cache
+
+    def _finish_row(self, req, new, lps, kept_logits, finish, stop_hit, cache, mask, b, n_suffix) -> GenerationOutput:
+        if self.reuse_cache and req.key is not None:
+            valid = mask[b].nonzero()[:, 0]  # cache positions this row really holds
+            kv = [(layer.keys[b : b + 1].index_select(2, valid), layer.values[b : b + 1].index_select(2, valid))
+                  for layer in cache.layers]
+            ids = list(req.token_ids) + new[:-1]  # the last sampled token was never fed
+            if kv and kv[0][0].shape[2] != len(ids):
+                raise RuntimeError(f"cache bookkeeping error: {kv[0][0].shape[2]} positions for {len(ids)} ids")
+            self._cache[req.key] = _CacheEntry(ids, kv)
+        return GenerationOutput(
+            token_ids=list(new),
+            logprobs=list(lps),
+            finish_reason=finish,
+            stop_string=stop_hit,
+            prefill_tokens=n_suffix,
+            decode_tokens=len(new) - 1,
+            logits=torch.stack(kept_logits) if kept_logits else None,
+        )

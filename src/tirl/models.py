@@ -1,0 +1,209 @@
+"""Loading models and tokenizers, and building the tiny local model.
+
+* `load_model` / `load_tokenizer` take anything `from_pretrained` takes (a hub name, a local directory)
+  plus an optional `gguf_file=` (transformers de-quantises GGUF weights into a torch model).
+* `build_tiny_model` trains a tokenizer on given texts with the `tokenizers` library, builds a tiny
+  random Qwen2 model, and saves both with `save_pretrained`, so that tests, smoke configs and the demo
+  load it through the same `from_pretrained` path a real model takes, offline.
+
+Tokenizer choice for the tiny model: byte-level BPE whose pre-tokenizer splits every digit on its own
+(`Digits(individual_digits=True)`, as Llama and Qwen do). Byte-level means any text round-trips
+(interpreter output can contain anything); individual digits mean a number is always the same sequence
+of digit tokens whatever surrounds it, so copying a number out of the interpreter output is a
+token-by-token copy a tiny model can learn, instead of mapping between different multi-digit merges.
+The tag strings of both styles (`<code>`, `</code>`, `<interpreter>`, ..., ```` ```python ````,
+```` ```output ````, ```` ``` ````) are added tokens, so that each stop is a single sampled token.
+
+Simplifications: the chat template is a ChatML-like template written here; the tiny model is random
+(training it is the SFT trainer's job). Not covered: quantised (bitsandbytes) loading, tensor-parallel
+loading, tokenizer training for non-BPE models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+# Special tokens of the tiny model: ChatML-like turn markers; eos ends the assistant turn.
+PAD_TOKEN = "<|pad|>"
+BOS_TOKEN = "<|bos|>"
+EOS_TOKEN = "<|im_end|>"
+TURN_START = "<|im_start|>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, TURN_START]
+
+# Tag strings of the ReTool and ToRL styles, longest first so that the tokenizer prefers "```python"
+# over "```". Added as ordinary (non-special) tokens: decoding keeps them.
+TAG_TOKENS = [
+    "<interpreter>", "</interpreter>", "<answer>", "</answer>", "<code>", "</code>",
+    "```python", "```output", "```",
+]
+
+# ChatML-like: one `<|im_start|>role\n...<|im_end|>\n` block per message.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    path_or_name: str | os.PathLike,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | None = None,
+    attn_implementation: str | None = None,
+) -> Any:
+    """An `AutoModelForCausalLM` in eval mode on `device` (default: cuda if present, else cpu).
+
+    `gguf_file` is a file name inside `path_or_name` (a directory) or an absolute path to a .gguf file.
+    float32 is the default because the CPU runs here are small; pass "bfloat16" on GPUs.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path, gguf = _split_gguf(path_or_name, gguf_file)
+    kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype)}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.to(device or default_device())
+    model.eval()
+    return model
+
+
+def load_tokenizer(path_or_name: str | os.PathLike, gguf_file: str | None = None) -> Any:
+    """The model's tokenizer; a pad token is set (to eos) when the tokenizer has none."""
+    from transformers import AutoTokenizer
+
+    path, gguf = _split_gguf(path_or_name, gguf_file)
+    tok = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+    if tok.pad_token_id is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # batching needs a pad id; its embedding is never attended to
+    return tok
+
+
+def _split_gguf(path_or_name: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
+    """(directory or name, gguf file name) — an absolute .gguf path is split into both."""
+    p = str(path_or_name)
+    if gguf_file is None and p.endswith(".gguf"):
+        return str(Path(p).parent), Path(p).name
+    if gguf_file is not None and os.path.isabs(gguf_file):
+        return str(Path(gguf_file).parent), Path(gguf_file).name
+    return p, gguf_file
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> Any:
+    """A `PreTrainedTokenizerFast`: byte-level BPE, single-digit tokens, tag strings as added tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAG_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        additional_special_tokens=[TURN_START],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    texts: Iterable[str],
+    vocab_size: int = 384,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 4096,
+    init_std: float = 0.02,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on `texts`, build a random Qwen2 model, save both into `out_dir`.
+
+    Defaults give ~90k parameters (tied embeddings). Load back with `load_model(out_dir)` /
+    `load_tokenizer(out_dir)` (plain `from_pretrained`). Returns `out_dir`. `init_std` is the weight
+    init scale (Qwen2's 0.02 by default); tests raise it so that a random model's greedy output varies
+    from token to token, which makes padding and cache bugs visible.
+    """
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(texts, vocab_size=vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        initializer_range=init_std,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "tirl_tiny.json").write_text(json.dumps(
+        {"built_by": "tirl.models.build_tiny_model", "parameters": sum(p.numel() for p in model.parameters())}
+    ))
+    return out
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """All end-of-sequence ids: the tokenizer's eos plus the model's generation config eos (may be a list)."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    return sorted(ids)
