@@ -1,0 +1,61 @@
+"""The built-in task: deterministic, disjoint splits, correct references, traces in the rollout's format."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tirl.formats import RETOOL, TORL, extract_boxed, find_closed_code
+from tirl.reward import grade
+from tirl.tasks import KINDS, generate, make_traces
+
+
+def test_deterministic_under_a_seed():
+    a = generate(50, seed=3, kinds=KINDS)
+    assert a == generate(50, seed=3, kinds=KINDS)
+    assert a != generate(50, seed=4, kinds=KINDS)
+
+
+def test_splits_are_disjoint_and_items_distinct():
+    train = generate(400, split="train", kinds=KINDS)
+    test = generate(100, split="test", kinds=KINDS)
+    assert len({t.problem for t in train}) == 400
+    assert not {t.problem for t in train} & {t.problem for t in test}
+
+
+def test_reference_answers_are_correct_by_executing_the_python():
+    items = generate(40, kinds=KINDS, level=3)
+    program = "\n".join(t.code for t in items)
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [t.answer for t in items]
+
+
+def test_levels_scale_operands():
+    small = generate(5, level=1)[0].problem
+    large = generate(5, level=3)[0].problem
+    assert len(large) > len(small)
+    with pytest.raises(ValueError, match="level"):
+        generate(1, level=9)
+    with pytest.raises(ValueError, match="unknown task kind"):
+        generate(1, kinds=["calculus"])
+
+
+@pytest.mark.parametrize("style", [RETOOL, TORL], ids=["retool", "torl"])
+def test_traces_grade_and_run_as_the_rollout_would(style):
+    items = generate(60, kinds=KINDS)
+    traces = make_traces(items, style=style, mix={"code": 1, "text": 1, "fix": 1}, text_error_rate=1.0)
+    kinds = {t["kind"] for t in traces}
+    assert kinds == {"code", "text", "fix"}
+    for item, trace in zip(items, traces):
+        text = trace["messages"][1]["content"]
+        score = grade(text, item.answer)
+        if trace["kind"] == "text":
+            assert score == -1.0  # error rate 1.0: every text trace states a wrong digit
+            assert find_closed_code(text, style) is None and style.stop not in text
+        else:
+            assert score == 1.0
+            # the first block, cut at its stop, is the code the rollout would run
+            first_stop = text.index(style.stop) + len(style.stop)
+            code = find_closed_code(text[:first_stop], style)
+            assert (code == item.code) == (trace["kind"] == "code")
+            assert extract_boxed(text) == item.answer
