@@ -19,6 +19,7 @@ import atexit
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,6 +41,10 @@ BASE_ENV = {
     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
 }
 _SYSTEM_DIRS = ("/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/proc", "/sys", "/dev", "/var", "/run")
+
+
+# MemoryError and subclasses such as numpy's ``numpy.core._exceptions._ArrayMemoryError``.
+_MEMORY_ERROR = re.compile(r"^[\w.]*MemoryError\b")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -439,7 +444,7 @@ def _classify(ev, out, err, st, dur, timed_out, killed_by_us, oom, cpu_limit) ->
         # MemoryError is the interpreter's report of a failed allocation (RLIMIT_AS); a program can
         # fake it, but only to turn its own failure into another failure status.
         tail = stderr.rstrip().rsplit("\n", 1)[-1]
-        res.status = "memory" if tail.startswith("MemoryError") else "error"
+        res.status = "memory" if _MEMORY_ERROR.match(tail) else "error"
     return res
 
 
