@@ -203,7 +203,7 @@ class HFGenerator:
         next_pos = torch.tensor([len(r.token_ids) for r in reqs], device=dev)
 
         while True:
-            tok, lp = sample_next(logits, params, gen)
+            tok, lp = self._pick(logits, params, gen, [reqs[i] if finish[i] is None else None for i in rows])
             tok_l, lp_l = tok.tolist(), lp.tolist()
             for b, i in enumerate(rows):
                 if finish[i] is not None:
@@ -246,6 +246,11 @@ class HFGenerator:
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
         return results  # type: ignore[return-value]
+
+    def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None,
+              active: list[GenerationRequest | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next token and its log-prob per batch row, `(B,)` each; `active[b]` is None for finished rows."""
+        return sample_next(logits, params, gen)
 
     def _stop_in(self, window_ids: list[int], stops: tuple[str, ...]) -> str | None:
         text = self.tokenizer.decode(window_ids)
@@ -291,3 +296,30 @@ class HFGenerator:
             decode_tokens=len(new) - 1,
             logits=torch.stack(kept_logits) if kept_logits else None,
         )
+
+
+class ForcedHFGenerator(HFGenerator):
+    """Runs the real model (same forwards, same cache path) but takes each token from a fixed stream per
+    request key instead of sampling it: benchmarks and tests use it to get an exact number of tool calls
+    out of a random model. Log-probs are the model's log-probs of the forced tokens. A stream that runs
+    out yields EOS."""
+
+    def __init__(self, model: Any, tokenizer: Any, streams: dict[Hashable, Sequence[int]], **kwargs: Any):
+        super().__init__(model, tokenizer, **kwargs)
+        self.streams = streams
+        self._cursor: dict[Hashable, int] = {}
+        self._eos = min(self.eos_ids) if self.eos_ids else self.pad_id
+
+    def _pick(self, logits, params, gen, active):
+        toks = []
+        for r in active:
+            if r is None:
+                toks.append(self.pad_id)
+                continue
+            stream, c = self.streams[r.key], self._cursor.get(r.key, 0)
+            toks.append(int(stream[c]) if c < len(stream) else self._eos)
+            self._cursor[r.key] = c + 1
+        tok = torch.tensor(toks, device=logits.device)
+        scaled = logits / params.temperature if params.temperature > 0 else logits
+        lp = torch.log_softmax(scaled, dim=-1).gather(-1, tok[:, None])[:, 0]
+        return tok, lp

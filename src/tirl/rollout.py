@@ -1,0 +1,328 @@
+"""The rollout loop: generate -> run the code the model just closed -> append its output -> resume.
+
+`rollout(generator, prompts, tokenizer, sandbox, style, ...)` runs `n` samples of every prompt to the
+end and returns a `RolloutResult(trajectories, metrics)` (a named tuple: unpack it or use the names).
+
+One turn for all live trajectories at once:
+1. `generator.generate` continues every live sequence until a stop string (the style's `stop`, and the
+   answer close tag when the style has one), EOS, or the trajectory's remaining budget.
+2. A sequence that stopped at `stop` has closed a code block: the code is found with
+   `find_closed_code(prompt_text + response_text, style)` (a prompt may end inside a code block).
+   All such code of the batch runs concurrently through one `sandbox.run_batch(codes)` call.
+3. The result becomes `format_exec_result` -> `render_output` (capped by characters, then tokens),
+   is tokenised once, and is appended with loss_mask 0 and log-prob 0. The next turn resumes; the
+   generator reuses each sequence's KV cache, so only these tokens (and the last sampled one) are
+   prefilled.
+
+Token-in/token-out: response ids are exactly the sampled ids plus the injected ids; the model's text is
+decoded only to find stop strings and code, never re-tokenised.
+
+Budget: `max_new_tokens` bounds the whole response, interpreter tokens included (they occupy context
+and the trainer's sequence length); they are not generated, so each turn asks the generator for only
+the remaining budget, and injected tokens that would overflow it are cut and end the trajectory
+(`length`).
+
+Faults: a sandbox that raises, crashes or times out becomes an interpreter message
+(`Error: ...`, `TimeoutError: ...`), never an exception here. Output is capped to `max_output_chars`
+(a hard 64 KiB cap when that is 0) before it is tokenised. An empty code block is reported to the model
+(`Error: empty code block ...`) and not run. A code block left open at the budget is not run.
+
+Tool-call cap (`max_tool_calls`, ToRL's C): a code block closed after the cap is not run. With
+`on_tool_cap="message"` (default) the model is told so inside interpreter tags and goes on writing
+(left without an answer it would write the output itself, and those invented tokens would be trained
+on); with `on_tool_cap="stop"` the trajectory ends there with finish reason `tool_cap`. Either way
+`Trajectory.tool_cap_hit` is set and `tool/cap_hit_ratio` counts it.
+
+Simplifications: turns are synchronous (the whole batch waits for the slowest code of a turn; overlap
+of generation and execution is not covered); each code block runs as a fresh script (both papers do so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+from tirl.formats import (
+    TagStyle,
+    find_closed_code,
+    format_exec_result,
+    get_style,
+    has_open_code,
+    render_output,
+    truncate_middle,
+)
+from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
+
+EMPTY_CODE_MESSAGE = "Error: empty code block, nothing was run."
+CAP_MESSAGE = "Error: tool call limit reached ({n} calls); no more code will be run. Give your final answer."
+HARD_OUTPUT_CHARS = 65536  # output cap before tokenisation when `max_output_chars` is 0 (no limit asked)
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are generated. Defaults suit the tiny CPU model; the papers' values are noted."""
+
+    n: int = 1
+    """Samples per prompt (a GRPO group; ToRL and ReTool use 16)."""
+    max_new_tokens: int = 512
+    """Response budget, interpreter tokens included (ToRL 3,072; ReTool 16,384)."""
+    max_tool_calls: int = 4
+    """Code blocks run per response (ToRL's C; its config default is 3, ReTool's verl recipe 8 turns)."""
+    max_output_chars: int = 256
+    """Interpreter output kept per call, head and tail (ToRL and ReTool's recipe cut to 256 characters)."""
+    max_output_tokens: int = 0
+    """Token cap on the same output after the character cap (verl#4918); 0 = none."""
+    error_lines: int = 0
+    """Traceback lines shown on errors; 0 = all, 1 = ToRL's last line only."""
+    temperature: float = 1.0
+    """Both papers sample RL rollouts at 1.0."""
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    """Seed of each turn's sampler (turn t uses seed + t); None = not reproducible."""
+    on_tool_cap: str = "message"
+    """`message`: tell the model the cap was hit and go on; `stop`: end the trajectory (`tool_cap`)."""
+    stop_at_answer: bool = True
+    """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
+    exec_timeout: float | None = None
+    """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
+
+
+@dataclass
+class ToolCall:
+    code: str
+    status: str
+    """A sandbox status (`ok`, `error`, `timeout`, ...) or `empty` (not run) or `capped` (over the cap)."""
+    output: str
+    """What the model was shown (capped), without the interpreter tags."""
+    duration_s: float
+    span: tuple[int, int]
+    """[start, end) of the injected tokens in `Trajectory.response_ids`."""
+
+    @property
+    def executed(self) -> bool:
+        return self.status not in ("empty", "capped")
+
+
+@dataclass
+class Trajectory:
+    """One sampled response. `response_ids`, `loss_mask` and `logprobs` are aligned, length L."""
+
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    """1 = sampled by the policy, 0 = interpreter output (the prompt is kept apart, in `prompt_ids`)."""
+    logprobs: list[float] = field(default_factory=list)
+    """Sampling log-prob of each response token; 0.0 where `loss_mask` is 0."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = ""
+    """`answer`, `eos`, `length` or `tool_cap`."""
+    text: str = ""
+    """The decoded response (sampled and injected tokens)."""
+    group_index: int = 0
+    """Index of the prompt in the batch (the GRPO group)."""
+    sample_index: int = 0
+    tool_cap_hit: bool = False
+    """The model closed a code block after `max_tool_calls` had been used."""
+    unclosed_code: bool = False
+    """The budget ran out inside a code block (it was not run)."""
+
+    @property
+    def num_calls(self) -> int:
+        return sum(1 for c in self.tool_calls if c.status != "capped")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for c in d["tool_calls"]:
+            c["span"] = list(c["span"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        d = dict(d)
+        d["tool_calls"] = [ToolCall(**{**c, "span": tuple(c["span"])}) for c in d.get("tool_calls", [])]
+        return cls(**d)
+
+
+class RolloutResult(NamedTuple):
+    trajectories: list[Trajectory]
+    metrics: dict[str, float]
+
+
+def encode_prompt(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> list[int]:
+    """Prompt ids for one problem: the chat template (system prompt of the style + user turn) when the
+    tokenizer has one and `chat` is not False, else the style's plain template."""
+    style = get_style(style)
+    user = style.render_prompt(problem)
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    if not chat:
+        return tokenizer.encode(user, add_special_tokens=False)
+    messages = ([{"role": "system", "content": style.system_prompt}] if style.system_prompt else [])
+    messages.append({"role": "user", "content": user})
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+_rollout_ids = itertools.count()
+
+
+def rollout(
+    generator: Any,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    tokenizer: Any,
+    sandbox: Any,
+    style: TagStyle | str = "retool",
+    config: RolloutConfig | None = None,
+    **overrides: Any,
+) -> RolloutResult:
+    """Run `config.n` samples of each prompt to completion. `overrides` replace config fields
+    (`rollout(..., n=4, max_tool_calls=1)`). Prompts are text (encoded as is, no special tokens) or ids.
+    Trajectories are ordered prompt-major: index = group_index * n + sample_index."""
+    from tirl.metrics import tool_metrics
+
+    cfg = dataclasses.replace(config or RolloutConfig(), **overrides)
+    if cfg.on_tool_cap not in ("message", "stop"):
+        raise ValueError(f"on_tool_cap must be 'message' or 'stop', not {cfg.on_tool_cap!r}")
+    style = get_style(style)
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else list(p) for p in prompts]
+    prompt_texts = [tokenizer.decode(p) for p in prompt_ids]
+    run_id = next(_rollout_ids)
+    trajs = [Trajectory(list(p), group_index=g, sample_index=s) for g, p in enumerate(prompt_ids) for s in range(cfg.n)]
+    keys = {id(t): ("rollout", run_id, t.group_index, t.sample_index) for t in trajs}
+    # The close tag alone (RETOOL's answer_close is "\n</answer>"; the model may not write the newline).
+    answer_stop = style.answer_close.strip()
+    stops = (style.stop,) + ((answer_stop,) if cfg.stop_at_answer and answer_stop else ())
+    counts = dict.fromkeys(("prefill", "decode", "turns"), 0)
+    gen_time = exec_time = 0.0
+
+    live = list(trajs)
+    if cfg.max_new_tokens <= 0:
+        for t in trajs:
+            t.finish_reason = "length"
+        live = []
+    while live:
+        params = SamplingParams(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            stop=stops, seed=None if cfg.seed is None else cfg.seed + counts["turns"],
+        )
+        reqs = [GenerationRequest(t.prompt_ids + t.response_ids, keys[id(t)], cfg.max_new_tokens - len(t.response_ids))
+                for t in live]
+        t0 = time.perf_counter()
+        outs = generator.generate(reqs, params)
+        gen_time += time.perf_counter() - t0
+        counts["turns"] += 1
+
+        pending: list[tuple[Trajectory, str, int]] = []  # (trajectory, code, text offset of the stop end)
+        for t, o in zip(live, outs):
+            t.response_ids += o.token_ids
+            t.loss_mask += [1] * len(o.token_ids)
+            t.logprobs += [float(x) for x in o.logprobs]
+            counts["prefill"] += o.prefill_tokens
+            counts["decode"] += o.decode_tokens
+            t._fed_upto = len(t.prompt_ids) + len(t.response_ids) - 1  # type: ignore[attr-defined]
+            if o.finish_reason == FINISH_EOS:
+                t.finish_reason = "eos"
+            elif o.finish_reason == FINISH_STOP and o.stop_string != style.stop:
+                t.finish_reason = "answer"
+            elif o.finish_reason == FINISH_STOP:
+                _closed_code(t, prompt_texts[t.group_index], tokenizer, style, cfg, pending)
+            elif len(t.response_ids) >= cfg.max_new_tokens or o.finish_reason == FINISH_LENGTH:
+                t.finish_reason = "length"
+                t.unclosed_code = has_open_code(prompt_texts[t.group_index] + tokenizer.decode(t.response_ids), style)
+
+        if pending:
+            t0 = time.perf_counter()
+            results = _run_codes(sandbox, [code for _, code, _ in pending], cfg.exec_timeout)
+            exec_time += time.perf_counter() - t0
+            for (t, code, _), res in zip(pending, results):
+                status = str(getattr(res, "status", "sandbox_error"))
+                message = format_exec_result(status, str(getattr(res, "stdout", "") or ""),
+                                             str(getattr(res, "stderr", "") or ""), cfg.error_lines)
+                _inject(t, code, status, message, float(getattr(res, "duration_s", 0.0) or 0.0), tokenizer, style, cfg)
+
+        finished = [t for t in live if t.finish_reason]
+        generator.release([keys[id(t)] for t in finished])
+        live = [t for t in live if not t.finish_reason]
+
+    for t in trajs:
+        t.text = tokenizer.decode(t.response_ids)
+    metrics = tool_metrics(trajs)
+    fed_needed = sum(getattr(t, "_fed_upto", 0) for t in trajs)
+    metrics.update({
+        "rollout/prefill_tokens": float(counts["prefill"]),
+        "rollout/decode_tokens": float(counts["decode"]),
+        "rollout/generated_tokens": float(sum(sum(t.loss_mask) for t in trajs)),
+        "rollout/interpreter_tokens": float(sum(len(t.loss_mask) - sum(t.loss_mask) for t in trajs)),
+        "rollout/prompt_tokens": float(sum(len(t.prompt_ids) for t in trajs)),
+        # Positions the model computed / positions that had to be computed once (prompt + response,
+        # minus the last sampled token, which is never fed back): 1.0 = nothing recomputed.
+        "rollout/recompute_ratio": (counts["prefill"] + counts["decode"]) / fed_needed if fed_needed else 0.0,
+        "rollout/turns": float(counts["turns"]),
+        "rollout/gen_time_s": gen_time,
+        "rollout/exec_time_s": exec_time,
+    })
+    for t in trajs:
+        t.__dict__.pop("_fed_upto", None)
+    return RolloutResult(trajs, metrics)
+
+
+def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyle, cfg: RolloutConfig,
+                 pending: list) -> None:
+    """The trajectory just sampled `style.stop`: queue its code, or inject the empty/cap message."""
+    full = prompt_text + tokenizer.decode(t.response_ids)
+    # The stop may sit inside a token (e.g. "</code>\n"): cut the text right after it.
+    end = full.rfind(style.stop) + len(style.stop)
+    code = find_closed_code(full[:end], style)
+    if t.num_calls >= cfg.max_tool_calls:
+        t.tool_cap_hit = True
+        if cfg.on_tool_cap == "stop":
+            t.finish_reason = "tool_cap"
+        else:
+            _inject(t, code or "", "capped", CAP_MESSAGE.format(n=cfg.max_tool_calls), 0.0, tokenizer, style, cfg)
+        return
+    if not code or not code.strip():
+        _inject(t, code or "", "empty", EMPTY_CODE_MESSAGE, 0.0, tokenizer, style, cfg)
+        return
+    pending.append((t, code, end))
+
+
+def _run_codes(sandbox: Any, codes: list[str], timeout: float | None) -> list[Any]:
+    """`sandbox.run_batch(codes)`; any failure of the sandbox itself becomes a per-call error result."""
+    try:
+        results = list(sandbox.run_batch(codes) if timeout is None else sandbox.run_batch(codes, timeout=timeout))
+        if len(results) != len(codes):
+            raise RuntimeError(f"sandbox returned {len(results)} results for {len(codes)} programs")
+        return results
+    except Exception as e:  # noqa: BLE001 - a broken sandbox must not end the rollout
+        msg = f"Error: sandbox failure: {type(e).__name__}: {e}"
+        return [_Failed("sandbox_error", "", msg, 0.0) for _ in codes]
+
+
+class _Failed(NamedTuple):
+    status: str
+    stdout: str
+    stderr: str
+    duration_s: float
+
+
+def _inject(t: Trajectory, code: str, status: str, message: str, duration_s: float, tokenizer: Any,
+            style: TagStyle, cfg: RolloutConfig) -> None:
+    """Append the rendered interpreter output with loss_mask 0; cut it (and finish) at the budget."""
+    cap = cfg.max_output_chars if cfg.max_output_chars > 0 else HARD_OUTPUT_CHARS
+    shown = truncate_middle(message.rstrip("\n"), cap)  # megabytes never reach the tokenizer
+    text = render_output(shown, style, max_chars=cap, tokenizer=tokenizer, max_tokens=cfg.max_output_tokens)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    room = cfg.max_new_tokens - len(t.response_ids)
+    if len(ids) >= room:
+        ids = ids[:room]
+        t.finish_reason = "length"
+    start = len(t.response_ids)
+    t.response_ids += ids
+    t.loss_mask += [0] * len(ids)
+    t.logprobs += [0.0] * len(ids)
+    inner = text[len(style.output_prefix): len(text) - len(style.output_suffix)] if style.output_suffix else text
+    t.tool_calls.append(ToolCall(code, status, inner, duration_s, (start, start + len(ids))))
