@@ -1,0 +1,210 @@
+"""Problems (question + reference answer) for RL and evaluation, and the prompt each one becomes.
+
+    problems = load_problems("data/train.jsonl", answer_field="solution", limit=1000)
+    prompt = build_prompt(problems[0], RETOOL, tokenizer)
+
+Sources: a JSONL, JSON (a list of objects, or `{"data": [...]}`) or Parquet file, a directory saved
+with `datasets.save_to_disk`, or a Hugging Face dataset name (`datasets.load_dataset`; offline runs
+load only what is cached). Field names are mapped by `FieldMap` (dotted paths reach nested fields,
+e.g. verl's `reward_model.ground_truth`); a problem field holding a chat message list (verl's
+`prompt`) gives the content of its last user message.
+
+Every bad row is refused with its place and reason (`data.jsonl:17: missing field 'answer' (fields
+present: id, question)`); `skip_invalid=True` skips such rows, logs the count, and lists the reasons
+in the returned list's `.skipped`. Numeric answers become strings (`42`, `0.5`; `3.0` stays `3.0`,
+the grader compares values). Ids default to `{file stem}-{row index}` and must be unique.
+
+Prompts (`build_prompt`): without a chat template, the style's system prompt (ReTool's tag
+instructions; ToRL has none) then the style's user template (`TagStyle.render_prompt`), separated by
+a blank line; with one, `apply_chat_template([system, user], add_generation_prompt=True)`, the same
+messages `tirl.rollout.encode_prompt` builds.
+
+Not covered: multiple reference answers per problem (a list answer is refused), streaming hub datasets.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows
+from tirl.formats import TagStyle, get_style
+
+
+@dataclass
+class Problem:
+    """One problem: what the model is asked, and the reference answer the reward grades against."""
+
+    id: str
+    problem: str
+    answer: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The row's other fields, kept for reports and user filters (difficulty, source, ...)."""
+
+
+@dataclass
+class FieldMap:
+    """Which field of a row holds what; dotted paths reach into nested objects."""
+
+    problem: str = "problem"
+    """The question text (or a chat message list; its last user message is taken)."""
+    answer: str = "answer"
+    """The reference answer (string or number), graded by `tirl.reward.grade`."""
+    id: str = "id"
+    """Optional: rows without it get `{file stem}-{row index}`, stable across runs of the same file."""
+
+
+@dataclass
+class ProblemsConfig:
+    """Where problems come from; a YAML config sets it, `load()` reads it."""
+
+    source: str = ""
+    """File path (.jsonl, .json, .parquet), saved `datasets` directory, or Hugging Face dataset name."""
+    split: str = "train"
+    """Split of a hub/saved dataset; ignored for single files."""
+    subset: str | None = None
+    """Hub dataset configuration name (e.g. `main` for gsm8k); None for the default one."""
+    fields: FieldMap = field(default_factory=FieldMap)
+    """Field mapping, so that datasets with `question`/`solution` columns load without conversion."""
+    limit: int | None = None
+    """Load only the first N valid problems (quick runs); None loads all."""
+    skip_invalid: bool = False
+    """Skip bad rows (counted and logged) instead of refusing the file."""
+
+    def load(self) -> Loaded:
+        if not self.source:
+            raise DataError("no problem source given (set data.source to a file or dataset name)")
+        return load_problems(
+            self.source, problem_field=self.fields.problem, answer_field=self.fields.answer,
+            id_field=self.fields.id, split=self.split, subset=self.subset, limit=self.limit,
+            skip_invalid=self.skip_invalid,
+        )
+
+
+def load_problems(
+    source: str | os.PathLike,
+    *,
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    id_field: str = "id",
+    split: str = "train",
+    subset: str | None = None,
+    limit: int | None = None,
+    skip_invalid: bool = False,
+) -> Loaded:
+    """Problems from a file or dataset; a `list[Problem]` whose `.skipped` lists skipped rows' reasons.
+
+    Raises `DataError` naming file:line (JSONL) or file[row] (JSON, Parquet, datasets) for every bad
+    row unless `skip_invalid`.
+    """
+    stem = Path(source).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
+    seen: dict[str, str] = {}
+
+    def parse(where: str, index: int, row: dict[str, Any]) -> Problem:
+        problem = _text_field(row, problem_field, allow_messages=True)
+        answer = _answer_field(row, answer_field)
+        raw_id = _get(row, id_field)
+        pid = f"{stem}-{index}" if raw_id is _MISSING or raw_id is None else _scalar_str(raw_id, id_field)
+        if pid in seen:
+            raise DataError(f"duplicate id {pid!r} (first at {seen[pid]})")
+        seen[pid] = where
+        used = {problem_field.split(".")[0], answer_field.split(".")[0], id_field.split(".")[0]}
+        extra = {k: v for k, v in row.items() if k not in used}
+        return Problem(pid, problem, answer, extra)
+
+    rows = iter_rows(source, split=split, subset=subset)
+    return collect(rows, parse, source=str(source), skip_invalid=skip_invalid, limit=limit)
+
+
+# --- fields --------------------------------------------------------------------------------------
+_MISSING = object()
+
+
+def _get(row: dict[str, Any], path: str) -> Any:
+    cur: Any = row
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
+def _present(row: dict[str, Any]) -> str:
+    return ", ".join(map(str, row)) or "none"
+
+
+def _require(row: dict[str, Any], name: str) -> Any:
+    value = _get(row, name)
+    if value is _MISSING:
+        raise DataError(f"missing field {name!r} (fields present: {_present(row)})")
+    if value is None:
+        raise DataError(f"field {name!r} is null")
+    return value
+
+
+def _text_field(row: dict[str, Any], name: str, allow_messages: bool = False) -> str:
+    value = _require(row, name)
+    if allow_messages and isinstance(value, list):
+        users = [m for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        if not users or not isinstance(users[-1].get("content"), str):
+            raise DataError(f"field {name!r} is a list but holds no user message with string content")
+        value = users[-1]["content"]
+    if not isinstance(value, str):
+        raise DataError(f"field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"field {name!r} is empty")
+    return value
+
+
+def _scalar_str(value: Any, name: str) -> str:
+    # bool is an int subclass; `True` as an answer or id is a data error, not "True"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"field {name!r} must be a string or number, got {type(value).__name__}")
+    return str(value)
+
+
+def _answer_field(row: dict[str, Any], name: str) -> str:
+    answer = _scalar_str(_require(row, name), name).strip()
+    if not answer:
+        raise DataError(f"field {name!r} is empty")
+    return answer
+
+
+# --- prompts -------------------------------------------------------------------------------------
+def prompt_messages(problem: Problem | str, style: TagStyle | str) -> list[dict[str, str]]:
+    """The chat messages of a problem's prompt: the style's system prompt (if any), then the user turn."""
+    style = get_style(style)
+    text = problem.problem if isinstance(problem, Problem) else problem
+    messages = [{"role": "system", "content": style.system_prompt}] if style.system_prompt else []
+    messages.append({"role": "user", "content": style.render_prompt(text)})
+    return messages
+
+
+def render_messages_plain(messages: list[dict[str, str]]) -> str:
+    """Messages as plain text for a model without a chat template: contents joined by blank lines."""
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def build_prompt(
+    problem: Problem | str,
+    style: TagStyle | str,
+    tokenizer: Any = None,
+    use_chat_template: bool | None = None,
+) -> str:
+    """The prompt text for `problem`.
+
+    `use_chat_template=None` uses the tokenizer's chat template when it has one; True requires one;
+    False renders the paper template as plain text (system prompt, blank line, user template).
+    """
+    messages = prompt_messages(problem, style)
+    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+    if use_chat_template is None:
+        use_chat_template = has_template
+    if not use_chat_template:
+        return render_messages_plain(messages)
+    if not has_template:
+        raise ValueError("use_chat_template=True but the tokenizer has no chat template "
+                         "(set use_chat_template to false to use the plain paper template)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
