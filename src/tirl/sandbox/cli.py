@@ -1,0 +1,96 @@
+"""``tirl sandbox serve | bench | check``: argparse wiring for the sandbox (the lead mounts it under ``tirl``).
+
+Heavy imports (aiohttp, the supervisor) happen inside ``run`` so ``tirl --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=10.0, help="default wall-clock limit per call, seconds")
+    p.add_argument("--memory-mb", type=int, default=1024, help="memory limit per call (MB)")
+    p.add_argument("--max-concurrency", type=int, default=0, help="calls at once (0 = number of cores)")
+    p.add_argument("--isolation", choices=["auto", "strict", "none"], default="auto",
+                   help="auto: strongest available, reported; strict: refuse to start if any primitive is missing")
+    p.add_argument("--preload", default="numpy,sympy", help="comma-separated modules imported once in the zygote")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="sandbox_command", required=True, metavar="{serve,bench,check}")
+    p = sub.add_parser("serve", help="SandboxFusion-compatible HTTP server (POST /run_code, GET /health)",
+                       description="Serve the sandbox over HTTP with SandboxFusion's /run_code request and "
+                                   "response shape, so verl/ToRL can point their sandbox URL at it.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (no authentication: keep it on loopback "
+                                                       "or behind your own proxy)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port")
+    _config_args(p)
+    p = sub.add_parser("bench", help="latency, throughput, naive-subprocess ratio, output sizes, soak",
+                       description="Benchmark the local sandbox (same code as benchmarks/sandbox.py). Check "
+                                   "the machine is quiet first; the load average is reported.")
+    p.add_argument("--latency-n", type=int, default=200, help="sequential print(1) calls for the latency median")
+    p.add_argument("--throughput-n", type=int, default=1000, help="calls for the throughput figure")
+    p.add_argument("--naive-n", type=int, default=10, help="fresh `python -c 'import numpy, sympy'` runs")
+    p.add_argument("--soak", type=int, default=10_000, help="mixed calls in the leak soak (0 = skip)")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    _config_args(p)
+    p = sub.add_parser("check", help="report the isolation level this machine allows and what is missing",
+                       description="Start a sandbox, run one probe call and print the isolation report. "
+                                   "Exit code 0 when the level is 'full', 1 when partial, 2 when it cannot start.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _config_args(p)
+
+
+def _config(args):
+    from .config import SandboxConfig
+
+    return SandboxConfig(timeout_s=args.timeout, memory_mb=args.memory_mb, max_concurrency=args.max_concurrency,
+                         isolation=args.isolation, preload=[m for m in args.preload.split(",") if m])
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = args.sandbox_command
+    if cmd == "serve":
+        from .http import serve
+
+        serve(args.host, args.port, _config(args))
+        return 0
+    if cmd == "bench":
+        from .bench import run_bench
+
+        res = run_bench(_config(args), latency_n=args.latency_n, throughput_n=args.throughput_n,
+                        naive_n=args.naive_n, soak_n=args.soak)
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=1)
+        return 0
+    if cmd == "check":
+        from . import SandboxUnavailable, check
+
+        try:
+            rep = check(_config(args))
+        except SandboxUnavailable as e:
+            print(f"sandbox unavailable: {e}")
+            return 2
+        if args.json:
+            print(json.dumps(rep, indent=1))
+        else:
+            print(f"isolation level: {rep['level']} (cgroup {rep['cgroup']}, root {rep['root']})")
+            print(f"present: {', '.join(rep['present']) or '-'}")
+            for name, why in rep["missing"].items():
+                print(f"missing: {name}: {why}")
+            print(f"probe call: {rep['probe']['status']} in {rep['probe']['duration_s']} s")
+        return 0 if rep["level"] == "full" and rep["probe"]["status"] == "ok" else 1
+    raise ValueError(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (``python -m tirl.sandbox.cli check``) until the lead wires ``tirl sandbox``."""
+    ap = argparse.ArgumentParser(prog="tirl sandbox")
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

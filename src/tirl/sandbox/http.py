@@ -1,0 +1,154 @@
+"""SandboxFusion-compatible HTTP server (``tirl sandbox serve``) and ``HttpSandbox``, its client.
+
+Server: ``POST /run_code`` takes SandboxFusion's request (``code``, ``language``, ``run_timeout``,
+``compile_timeout``, ``memory_limit_MB``, ``stdin``, ``files``, ``fetch_files``) and answers in its
+response shape, plus a ``tirl`` key carrying the full ``ExecResult`` (exact status, signal, truncation).
+verl/ToRL users can point their sandbox URL at it. ``GET /health`` reports the isolation level.
+
+Client: same API as ``Sandbox`` (run / run_batch / arun), bounded concurrency, retries with
+exponential back-off on connection errors and 5xx, a clear ``ValueError`` on 4xx (a bad request will
+not get better by retrying). Also talks to a real SandboxFusion (parsed with ``from_sandboxfusion``).
+
+Not covered: languages other than Python, ``stdin`` and ``files`` (rejected with 400, never ignored),
+per-request memory limits above the server's configured limit (clamped), authentication (bind to
+loopback or put it behind your own proxy).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import aiohttp
+from aiohttp import web
+
+from .config import ExecResult, SandboxConfig
+from .core import Sandbox
+
+_MAX_TIMEOUT_S = 300.0
+
+
+def make_app(sandbox: Sandbox) -> web.Application:
+    async def run_code(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except Exception:
+            return web.json_response({"status": "SandboxError", "message": "body must be JSON"}, status=400)
+        if not isinstance(body, dict) or not isinstance(body.get("code"), str):
+            return web.json_response({"status": "SandboxError", "message": "'code' (string) is required"}, status=400)
+        if str(body.get("language", "python")).lower() not in ("python", "python3"):
+            return web.json_response({"status": "SandboxError", "message": "only language 'python' is supported"},
+                                     status=400)
+        if body.get("stdin") or body.get("files") or body.get("fetch_files"):
+            return web.json_response({"status": "SandboxError", "message": "stdin/files are not supported"},
+                                     status=400)
+        timeout = body.get("run_timeout")
+        try:
+            timeout = min(float(timeout), _MAX_TIMEOUT_S) if timeout is not None else None
+        except (TypeError, ValueError):
+            return web.json_response({"status": "SandboxError", "message": "run_timeout must be a number"}, status=400)
+        res = await sandbox.arun(body["code"], timeout=timeout)
+        return web.json_response({**res.to_sandboxfusion(), "tirl": res.to_dict()})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "isolation": sandbox.isolation})
+
+    app = web.Application(client_max_size=16 << 20)
+    app.router.add_post("/run_code", run_code)
+    app.router.add_get("/health", health)
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | None = None) -> None:
+    """Run the server until interrupted (blocking)."""
+    with Sandbox(config) as sb:
+        print(f"tirl sandbox: isolation {sb.isolation['level']} (missing: {sorted(sb.isolation['missing'])}); "
+              f"serving on http://{host}:{port}/run_code", flush=True)
+        web.run_app(make_app(sb), host=host, port=port, print=None)
+
+
+class HttpSandbox:
+    """Client with the same API as ``Sandbox``. ``url`` is the server root, e.g. http://127.0.0.1:8080."""
+
+    def __init__(self, url: str, max_concurrency: int = 8, retries: int = 4, backoff_s: float = 0.2,
+                 request_timeout_s: float | None = None, default_timeout_s: float = 10.0):
+        self.url = url.rstrip("/")
+        self.retries, self.backoff_s = retries, backoff_s
+        self.request_timeout_s = request_timeout_s
+        self.default_timeout_s = default_timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tirl-http-sandbox", daemon=True)
+        self._thread.start()
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _run(self, code: str, timeout: float | None) -> ExecResult:
+        timeout = self.default_timeout_s if timeout is None else timeout
+        body = {"code": code, "language": "python", "run_timeout": timeout}
+        # The server enforces the run timeout; the HTTP deadline only guards against a hung server.
+        http_timeout = aiohttp.ClientTimeout(total=self.request_timeout_s or timeout + 30)
+        last = ""
+        async with self._sem:
+            client = await self._client()
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                try:
+                    async with client.post(f"{self.url}/run_code", json=body, timeout=http_timeout) as resp:
+                        if 400 <= resp.status < 500:
+                            raise ValueError(f"sandbox server rejected the request ({resp.status}): "
+                                             f"{(await resp.text())[:500]}")
+                        if resp.status >= 500:
+                            last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                            continue
+                        data = await resp.json()
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+                    last = f"{type(e).__name__}: {e}"
+                    continue
+                if isinstance(data.get("tirl"), dict):
+                    return ExecResult.from_dict(data["tirl"])
+                return ExecResult.from_sandboxfusion(data)
+        return ExecResult("sandbox_error", message=f"{self.url} unreachable after {self.retries + 1} attempts: {last}")
+
+    def run(self, code: str, timeout: float | None = None) -> ExecResult:
+        return self._call(self._run(code, timeout))
+
+    def run_batch(self, codes: list[str], timeout: float | None = None) -> list[ExecResult]:
+        async def go():
+            return list(await asyncio.gather(*(self._run(c, timeout) for c in codes)))
+
+        return self._call(go())
+
+    async def arun(self, code: str, timeout: float | None = None) -> ExecResult:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(code, timeout), self._loop))
+
+    def health(self) -> dict:
+        async def go():
+            client = await self._client()
+            async with client.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                resp.raise_for_status()
+                return await resp.json()
+
+        return self._call(go())
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        if self._session is not None:
+            self._call(self._session.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> HttpSandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

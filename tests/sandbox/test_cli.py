@@ -1,0 +1,29 @@
+"""Smoke tests of the sandbox sub-commands through a subprocess (the lead mounts them under ``tirl sandbox``)."""
+import json
+import subprocess
+import sys
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "tirl.sandbox.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_subcommands():
+    out = _cli("--help")
+    assert out.returncode == 0 and all(c in out.stdout for c in ("serve", "bench", "check"))
+
+
+def test_check_json():
+    out = _cli("check", "--json", "--preload", "", "--max-concurrency", "1")
+    rep = json.loads(out.stdout)
+    assert out.returncode == (0 if rep["level"] == "full" else 1)
+    assert rep["probe"]["status"] == "ok"
+
+
+def test_bench_tiny(tmp_path):
+    out = _cli("bench", "--latency-n", "5", "--throughput-n", "10", "--naive-n", "1", "--soak", "0",
+               "--preload", "", "--json", str(tmp_path / "b.json"))
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["latency_ms_median"] > 0 and res["output"]["100KB"]["status"] == "ok"
