@@ -33,7 +33,11 @@ PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|im_end|>"
 TURN_START = "<|im_start|>"
-SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, TURN_START]
+# transformers 5 loads a saved fast tokenizer of a "qwen2" model as `Qwen2Tokenizer`, which adds
+# "<|endoftext|>" (its default unk token) when the vocabulary lacks it: one id beyond the embedding
+# matrix. Having it in the vocabulary (as unk) keeps `len(tokenizer) == vocab_size`.
+UNK_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, TURN_START, UNK_TOKEN]
 
 # Tag strings of the ReTool and ToRL styles, longest first so that the tokenizer prefers "```python"
 # over "```". Added as ordinary (non-special) tokens: decoding keeps them.
@@ -136,6 +140,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 384) -> Any:
         pad_token=PAD_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
         additional_special_tokens=[TURN_START],
     )
     fast.chat_template = CHAT_TEMPLATE

@@ -34,7 +34,7 @@ in the batch (masked) until half the batch has finished. Not covered: sliding-wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import torch
 
@@ -304,7 +304,8 @@ class ForcedHFGenerator(HFGenerator):
     out of a random model. Log-probs are the model's log-probs of the forced tokens. A stream that runs
     out yields EOS."""
 
-    def __init__(self, model: Any, tokenizer: Any, streams: dict[Hashable, Sequence[int]], **kwargs: Any):
+    def __init__(self, model: Any, tokenizer: Any,
+                 streams: dict[Hashable, Sequence[int]] | Callable[[Hashable], Sequence[int]], **kwargs: Any):
         super().__init__(model, tokenizer, **kwargs)
         self.streams = streams
         self._cursor: dict[Hashable, int] = {}
@@ -316,7 +317,8 @@ class ForcedHFGenerator(HFGenerator):
             if r is None:
                 toks.append(self.pad_id)
                 continue
-            stream, c = self.streams[r.key], self._cursor.get(r.key, 0)
+            stream = self.streams(r.key) if callable(self.streams) else self.streams[r.key]
+            c = self._cursor.get(r.key, 0)
             toks.append(int(stream[c]) if c < len(stream) else self._eos)
             self._cursor[r.key] = c + 1
         tok = torch.tensor(toks, device=logits.device)
