@@ -188,3 +188,17 @@ def test_built_in_task_traces_load_as_they_were_written():
             assert trace.response == row["messages"][1]["content"].rstrip()
             assert trace.answer == row["answer"]  # the reference, even where a "text" trace states a wrong one
             assert extract_boxed(trace.response) is not None
+
+
+def test_tool_messages_are_matched_to_calls_by_id():
+    # Outputs answered out of order: each is paired with its own call, in the order the outputs came.
+    row = {"messages": [user("q"), {
+        "role": "assistant", "content": "",
+        "tool_calls": [{"id": "a", "function": {"name": "python", "arguments": {"code": "print(1)"}}},
+                       {"id": "b", "function": {"name": "python", "arguments": {"code": "print(2)"}}}]},
+        {"role": "tool", "tool_call_id": "b", "content": "2"},
+        {"role": "tool", "tool_call_id": "a", "content": "1"},
+        {"role": "assistant", "content": "\\boxed{3}"}]}
+    segs = trace_from_row(row, TORL, id="t").segments
+    assert segs[0] == Segment(TORL.wrap_code("print(2)"), True) and segs[1] == Segment(TORL.wrap_output("2"), False)
+    assert segs[2] == Segment(TORL.wrap_code("print(1)"), True) and segs[3] == Segment(TORL.wrap_output("1"), False)
