@@ -42,6 +42,9 @@ def tok():
     for style in (RETOOL, TORL):
         corpus += [trace_from_row(r, style, id="c").response for r in (retool_row(), torl_row())]
     corpus += [PROBLEM, RETOOL.system_prompt, TORL.prompt_template]
+    # Injected outputs on their own, as the rollout encodes them: they end in "\n\n", so the tokenizer
+    # learns a "\n\n" token that a tokenisation of the joined text would not use (see the test below).
+    corpus += [render_output(o, RETOOL) for o in ("47705", ERROR, "12", "(no output)")]
     return train_tokenizer(corpus * 3, vocab_size=400)
 
 
@@ -131,3 +134,15 @@ def test_truncation_is_reported_and_keeps_the_prefix(tok, caplog):
     assert [e["num_truncated"] for e in out] == [7, 7] and "truncated 2 of 2 traces" in caplog.text
     with pytest.raises(ValueError, match="the prompt alone is"):
         tokenize_trace(trace, tok, max_length=3)
+
+
+def test_joined_text_would_tokenise_differently_at_a_boundary(tok):
+    # Why segments are tokenised one by one: the rollout appends "...</interpreter>\n\n" encoded on its
+    # own (ending in a "\n\n" token), while encoding the joined text splits the newlines before the next
+    # word. A mask built from the joined text would train on ids the rollout never produces.
+    trace = trace_from_row(retool_row(), RETOOL, id="t")
+    per_segment = tokenize_trace(trace, tok, add_eos=False)["input_ids"]
+    joined = enc(tok, PROBLEM) + enc(tok, trace.response)
+    assert tok.decode(per_segment) == tok.decode(joined)
+    assert per_segment != joined
+    assert enc(tok, "\n\n")[-1] in per_segment and enc(tok, "\n\n")[-1] not in joined

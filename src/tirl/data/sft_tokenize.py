@@ -7,9 +7,10 @@ Token boundaries. The prompt and every segment are tokenised on their own (no sp
 and concatenated, never the joined text at once. That is what the rollout produces: it encodes the
 prompt, the model samples its text up to the stop, the harness appends the interpreter text encoded on
 its own (`tirl.rollout._inject`), and the model continues from there. Tokenising the whole string
-instead could merge tokens across a segment join (`</code>` + `\\n<interp...`, or an output's last
-digits with the following text) into ids the rollout never yields, so that SFT would teach sequences
-RL never sees and the mask boundary would fall inside a token.
+instead gives other ids at a join: the injected `...</interpreter>\\n\\n` ends in a `\\n\\n` token when
+encoded alone but splits into two newlines before the next word in the joined text (measured with the
+tiny tokenizer, `tests/data/test_sft_tokenize.py`); a merge may also cross a join, putting the mask
+boundary inside a token. Either way SFT would teach id sequences the rollout never produces.
 
 EOS: the tokenizer's `eos_token_id` is appended after the response with mask 1, so the model learns
 to stop (ChatML models' eos, `<|im_end|>`, is also their end-of-turn marker).
