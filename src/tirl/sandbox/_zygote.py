@@ -229,7 +229,8 @@ class Zygote:
             resource.setrlimit(res, (soft, hard))
 
     def child(self, req, fds):
-        code_fd, out_w, err_w, status_w = fds
+        code_fd, out_w, err_w, status_w = fds[:4]
+        ctl = fds[4] if req.get("session") and len(fds) > 4 else -1
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
@@ -239,7 +240,7 @@ class Zygote:
             for path in req.get("cgroups", []):
                 with open(path, "w") as fh:
                     fh.write(str(os.getpid()))
-            code = os.pread(code_fd, 1 << 30, 0).decode("utf-8", errors="replace")
+            code = os.pread(code_fd, os.fstat(code_fd).st_size, 0).decode("utf-8", errors="replace")
             null = os.open("/dev/null", os.O_RDONLY)
             feats = self.features
             if feats.get("namespaces"):
@@ -253,8 +254,12 @@ class Zygote:
             os.dup2(null, 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
-            os.closerange(3, status_w)
-            os.closerange(status_w + 1, 1 << 16)
+            keep = sorted({status_w, ctl} - {-1})
+            lo = 3
+            for fd in keep:  # close everything else: no inherited descriptor reaches user code
+                os.closerange(lo, fd)
+                lo = fd + 1
+            os.closerange(lo, 1 << 16)
             os.chdir("/tmp")
         except BaseException as e:  # trusted channel: the user code has not started yet
             try:
@@ -262,6 +267,8 @@ class Zygote:
             finally:
                 os._exit(121)
         os.close(status_w)  # EOF without data tells the supervisor set-up succeeded
+        if ctl >= 0:
+            _session_loop(ctl, req.get("env", {}))
         _run_user_code(code, req.get("env", {}))
 
     # ---- main loop -------------------------------------------------------------------------
@@ -307,7 +314,10 @@ class Zygote:
         if req["op"] == "run":
             pid = os.fork()
             if pid == 0:
-                self.child(req, fds)  # never returns
+                try:
+                    self.child(req, fds)  # never returns...
+                finally:
+                    os._exit(122)  # ...and if it ever did, it must not fall back into the zygote's loop
             for fd in fds:
                 os.close(fd)
             self.children[pid] = req["id"]
@@ -350,8 +360,48 @@ class Zygote:
         os._exit(0)
 
 
-def _run_user_code(code, env):
-    """Run ``code`` as a fresh ``__main__`` the way ``python -c`` would, then exit."""
+def _session_loop(ctl, env):
+    """Session mode: keep one ``__main__`` alive; each packet on ``ctl`` carries [code memfd, stdout w,
+    stderr w]; the reply reports the exit code. The reply comes from inside the sandbox, so a program
+    can forge its own ok/error (time, memory, output and signals are still judged from outside)."""
+    main = _prepare(env)
+    sock = socket.socket(fileno=ctl)
+    null = os.open("/dev/null", os.O_WRONLY)
+    while True:
+        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+        if not msg:
+            os._exit(0)
+        fds = []
+        for _, _, data in anc:
+            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data), 4))
+        code_fd, out_w, err_w = fds[:3]
+        code = os.pread(code_fd, os.fstat(code_fd).st_size, 0).decode("utf-8", errors="replace")
+        os.close(code_fd)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        os.close(out_w)
+        os.close(err_w)
+        rc, end = 0, False
+        try:
+            exec(compile(code, "<string>", "exec"), main.__dict__)
+        except SystemExit as e:
+            rc, end = _exit_code(e), True
+        except BaseException as e:
+            _print_user_traceback(e)
+            rc = 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                rc = rc or 120
+        os.dup2(null, 1)  # the supervisor sees EOF on this command's pipes
+        os.dup2(null, 2)
+        sock.send(json.dumps({"rc": rc, "end": end}).encode())
+        if end:
+            os._exit(rc)
+
+
+def _prepare(env):
     os.environ.clear()
     os.environ.update(env)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
@@ -365,6 +415,12 @@ def _run_user_code(code, env):
     main = types.ModuleType("__main__")
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
+    return main
+
+
+def _run_user_code(code, env):
+    """Run ``code`` as a fresh ``__main__`` the way ``python -c`` would, then exit."""
+    main = _prepare(env)
     rc = 0
     try:
         exec(compile(code, "<string>", "exec"), main.__dict__)

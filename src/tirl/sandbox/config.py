@@ -48,8 +48,6 @@ class SandboxConfig:
     /dev/shm, /mnt, /media, /srv, /opt and the current directory."""
     max_sessions: int = 8
     """Stateful sessions alive at once (each holds one sandboxed process and one slot)."""
-    session_idle_s: float = 600.0
-    """A session unused this long is reclaimed (its state is lost and reported so)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for the snippet (the trainer's environment is never passed)."""
 
