@@ -40,11 +40,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines with a step beyond `step` (they were logged after the checkpoint we resume)."""
-        if not self.path.exists():
-            return
-        kept = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        truncate_jsonl_after(self.path, step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
@@ -62,6 +58,22 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Keep the lines of a per-step JSONL file whose step is <= `step` (a torn last line goes too)."""
+    if not path.exists():
+        return
+    kept = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                kept.append(ln)
+        except json.JSONDecodeError:
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in kept))
+    tmp.replace(path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Training loops (SFT and RL), composed from the layers above; checkpoints and metrics logging."""

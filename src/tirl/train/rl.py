@@ -1,0 +1,242 @@
+"""`tirl train`: RL with interleaved code execution (GRPO as in ToRL, PPO as in ReTool, RLOO).
+
+One loop, read top to bottom in `train_rl`: sample prompts -> rollout with the sandbox -> grade ->
+old log-probs (recomputed by the training model; the gap to the rollout's is logged) -> advantages
+-> `ppo_epochs` passes of mini-batch updates with exact gradient accumulation and clipping -> log ->
+checkpoint -> held-out evaluation.
+
+Exact resume: the rollout seed of step s is derived from (seed, s), the problem order from
+(seed, epoch), and checkpoints hold weights, optimizer, scheduler and RNG states, so 2 steps + resume
++ 2 steps equals 4 steps (tested).
+
+Simplifications: one process, one device; generation uses the training model itself (no separate
+inference engine), so rollout and recomputed log-probs differ only by numerics. Not covered:
+multi-GPU, async rollouts overlapping training, dynamic sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tirl.config import save_config
+from tirl.rollout import RolloutConfig
+from tirl.sandbox import SandboxConfig
+from tirl.train import rl_update as U
+from tirl.train.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, progress, set_threads
+from tirl.train.episodes import play
+from tirl.train.logger import MetricsLogger, truncate_jsonl_after
+from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 20
+    prompts_per_step: int = 4
+    """Prompts per step; the batch is prompts_per_step x rollout.n trajectories (ToRL: 128 x 16)."""
+    mini_batch_size: int = 0
+    """Trajectories per optimizer step; 0 = the whole batch (one step per epoch)."""
+    micro_batch_size: int = 8
+    """Trajectories per forward/backward; gradients accumulate exactly up to the mini-batch."""
+    ppo_epochs: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    save_every: int = 10
+    """Checkpoint every N steps (and at the last step)."""
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    """Held-out evaluation every N steps; 0 = at the start and the end only."""
+    eval_size: int = 50
+    eval_temperature: float = 0.0
+    """0 = greedy; report sampled figures with a positive value (greedy and sampled can differ a lot)."""
+    seed: int = 0
+    threads: int = 1
+    """Torch threads; 1 suits tiny models on small CPUs, 0 keeps torch's default."""
+    tensorboard: bool = False
+    wandb: bool = False
+
+
+@dataclass
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(n=4, max_new_tokens=128))
+    algorithm: U.AlgoConfig = field(default_factory=U.AlgoConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
+def validate(cfg: RLConfig) -> None:
+    """Refuse a config that cannot work before any model loads."""
+    batch = cfg.trainer.prompts_per_step * cfg.rollout.n
+    mini = cfg.trainer.mini_batch_size or batch
+    cfg.algorithm.validate(cfg.rollout.n, batch, mini)
+    if cfg.trainer.steps < 1 or cfg.trainer.prompts_per_step < 1 or cfg.trainer.micro_batch_size < 1:
+        raise ValueError("trainer.steps, trainer.prompts_per_step and trainer.micro_batch_size must be >= 1")
+
+
+def _load_policy(path: str, cfg: RLConfig) -> Any:
+    from tirl.models import load_model
+
+    return load_model(path, gguf_file=cfg.model.gguf_file, dtype=cfg.model.dtype, device="cpu")
+
+
+def _load_critic(path: str) -> Any:
+    from transformers import AutoModelForTokenClassification
+
+    # A token-classification head with one label is a value head on a copy of the policy.
+    return AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+
+
+def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, style: Any, cfg: RLConfig) -> dict:
+    if not items:
+        return {}
+    _, _, m = play(generator, tokenizer, sandbox, items, style, cfg.rollout, chat=cfg.prompt.chat,
+                   n=1, temperature=cfg.trainer.eval_temperature, seed=cfg.trainer.seed)
+    keep = {"reward/accuracy": "eval/accuracy", "reward/mean": "eval/reward_mean",
+            "tool/code_ratio": "eval/code_ratio", "tool/pass_rate": "eval/pass_rate",
+            "tool/calls_mean": "eval/calls_mean", "response/length_mean": "eval/length_mean"}
+    return {new: m[old] for old, new in keep.items() if old in m}
+
+
+def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    from tirl.generation.hf import HFGenerator
+    from tirl.models import load_tokenizer
+    from tirl.sandbox import Sandbox
+
+    validate(cfg)
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    tc, algo = cfg.trainer, cfg.algorithm
+    set_threads(tc.threads)
+    ckpt = latest_checkpoint(run_dir)
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    if not resume and ckpt is not None:
+        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    style = make_style(cfg.prompt)
+    train_items, test_items = load_split(cfg.data, "train"), load_split(cfg.data, "test")[: tc.eval_size]
+    base = resolve_model(cfg.model, style, cfg.data, run_dir)
+    tokenizer = load_tokenizer(base)
+    torch.manual_seed(tc.seed)
+    policy = _load_policy(str(ckpt / "policy") if ckpt else base, cfg)
+    critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base)) if algo.name == "ppo" else None
+    ref = _load_policy(base, cfg) if algo.kl_coef > 0 else None
+    if ref is not None:
+        ref.requires_grad_(False)
+
+    batch_size = tc.prompts_per_step * cfg.rollout.n
+    mini = tc.mini_batch_size or batch_size
+    steps_per_update = tc.ppo_epochs * -(-batch_size // mini)
+    opt, sched = build_optimizer(policy.parameters(), tc.optim, tc.steps * steps_per_update)
+    c_opt = c_sched = None
+    if critic is not None:
+        c_cfg = OptimConfig(**{**tc.optim.__dict__, "lr": algo.critic_lr})
+        c_opt, c_sched = build_optimizer(critic.parameters(), c_cfg, tc.steps * steps_per_update)
+
+    logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
+    stream = ProblemStream(train_items, seed=tc.seed)
+    start = 0
+    if ckpt is not None:
+        state = load_state(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if critic is not None:
+            c_opt.load_state_dict(state["critic_optimizer"])
+            c_sched.load_state_dict(state["critic_scheduler"])
+        stream.position = state["data_position"]
+        start = state["step"]
+        logger.truncate_after(start)
+        truncate_jsonl_after(run_dir / "samples.jsonl", start)
+
+    def checkpoint(step: int) -> None:
+        models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_position": stream.position}
+        if critic is not None:
+            state.update(critic_optimizer=c_opt.state_dict(), critic_scheduler=c_sched.state_dict())
+        save_checkpoint(run_dir, step, models, state, tokenizer=tokenizer, keep=tc.keep_checkpoints)
+
+    summary: dict[str, Any] = {}
+    policy.eval()
+    with Sandbox(cfg.sandbox) as sandbox, progress("train", tc.steps) as bar:
+        generator = HFGenerator(policy, tokenizer)
+        bar.update(0, completed=start)
+        if start == 0 and test_items:
+            summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, style, cfg)
+        for step in range(start + 1, tc.steps + 1):
+            t0 = time.perf_counter()
+            problems = stream.take(tc.prompts_per_step)
+            trajs, grades, metrics = play(generator, tokenizer, sandbox, problems, style, cfg.rollout,
+                                          chat=cfg.prompt.chat, exec_penalty=algo.exec_penalty,
+                                          seed=tc.seed * 1_000_003 + step * 1009)
+            t_rollout = time.perf_counter() - t0
+
+            t1 = time.perf_counter()
+            batch = U.make_batch(trajs, tokenizer.pad_token_id or 0)
+            U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs")
+            metrics.update(U.logprob_mismatch(batch))
+            if ref is not None:
+                U.score_batch(ref, batch, cfg.rollout.temperature, tc.micro_batch_size, "ref_logprobs")
+            if critic is not None:
+                U.score_values(critic, batch, tc.micro_batch_size)
+            rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
+            metrics.update(U.compute_advantages(batch, rewards, algo, cfg.rollout.n))
+            rows = U.rows_to_train(batch, algo)
+            gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
+            common = dict(mini_batch_size=mini, micro_batch_size=tc.micro_batch_size, epochs=tc.ppo_epochs,
+                          max_grad_norm=tc.optim.max_grad_norm, seq_len=cfg.rollout.max_new_tokens, generator=gen)
+            if critic is not None:
+                metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
+            if rows and step > algo.critic_warmup_steps:
+                metrics.update(U.policy_update(policy, opt, sched, batch, rows, algo,
+                                               temperature=cfg.rollout.temperature, **common))
+            t_train = time.perf_counter() - t1
+
+            tokens = float(batch["attention_mask"].sum())
+            metrics.update({
+                "train/rows": float(len(rows)), "train/lr": sched.get_last_lr()[0],
+                "time/rollout_s": t_rollout, "time/generation_s": metrics.get("rollout/gen_time_s", 0.0),
+                "time/sandbox_s": metrics.get("rollout/exec_time_s", 0.0), "time/train_s": t_train,
+                "time/step_s": time.perf_counter() - t0,
+                "throughput/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+            })
+            if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
+                metrics.update(evaluate(generator, tokenizer, sandbox, test_items, style, cfg))
+            if step == tc.steps:
+                final = evaluate(generator, tokenizer, sandbox, test_items, style, cfg)
+                metrics.update(final)
+                summary["eval_end"] = final
+            logger.log(step, metrics)
+            _write_samples(run_dir, step, trajs, grades)
+            if step % tc.save_every == 0 or step == tc.steps:
+                checkpoint(step)
+            bar.update(bar.task_ids[0], completed=step,
+                       info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")
+    logger.close()
+    summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, run_dir=str(run_dir),
+                   checkpoint=str(latest_checkpoint(run_dir)))
+    (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+    return summary
+
+
+def _finite(x: Any) -> Any:
+    """JSON has no NaN: undefined figures (e.g. pass rate with no calls) become null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    return None if isinstance(x, float) and x != x else x
+
+
+def _write_samples(run_dir: Path, step: int, trajs: list, grades: list, k: int = 4) -> None:
+    """A few trajectories per step for the report (not all: a big run would write gigabytes)."""
+    with open(run_dir / "samples.jsonl", "a") as f:
+        for t, g in list(zip(trajs, grades))[:k]:
+            f.write(json.dumps({"step": step, "grade": g.to_dict(), **t.to_dict()}) + "\n")

@@ -1,0 +1,269 @@
+"""From trajectories to an optimizer step: batching, log-probs, advantages, the PPO-style update.
+
+Notation: B trajectories, L = longest prompt + response, T = L - 1 target positions. Sequences are
+right-padded, so positions need no adjusting. Position t of every (B, T) tensor scores token t + 1
+given tokens <= t; `mask[b, t] = 1` exactly when token t + 1 was sampled by the policy (prompt,
+padding and interpreter output are 0: the one mask contract of `tirl.algorithms`).
+
+Every loss goes through `tirl.algorithms` with the mini-batch's global normaliser, so gradient
+accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from tirl import algorithms as A
+from tirl.rollout import Trajectory
+
+
+@dataclass
+class AlgoConfig:
+    """The RL algorithm; defaults follow ReTool's recipe where it applies (clip 0.2 / 0.28, KL off)."""
+
+    name: str = "grpo"
+    """`grpo` (ToRL), `ppo` (ReTool: GAE with a critic) or `rloo`."""
+    scale_by_std: bool = True
+    """GRPO divides by the group's std; False is Dr. GRPO."""
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    """> clip_low is DAPO's clip-higher (ReTool 0.28)."""
+    dual_clip: float = 0.0
+    """Dual-clip bound c for negative advantages (ReTool 10); 0 = off."""
+    agg: str = "token-mean"
+    """`token-mean`, `seq-mean-token-mean` or `seq-sum` (Dr. GRPO): see `tirl.algorithms.aggregate`."""
+    kl_coef: float = 0.0
+    """KL to a frozen reference model; 0 (both papers) loads no reference model."""
+    kl_kind: str = "k3"
+    """k1, k2 or k3 (low-variance, GRPO's)."""
+    kl_mode: str = "loss"
+    """`loss`: a loss term; `reward`: a per-token reward penalty (classic RLHF PPO)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus (ToRL: 0)."""
+    gamma: float = 1.0
+    lam: float = 1.0
+    """GAE discount and lambda (ReTool's PPO: 1 and 1)."""
+    whiten_advantages: bool = True
+    """PPO: whiten GAE advantages over valid tokens of the batch."""
+    value_clip: float = 0.2
+    critic_lr: float = 2e-6
+    """ReTool's critic learning rate."""
+    critic_warmup_steps: int = 0
+    """Steps where only the critic learns (ReTool: 20) so early advantages are not noise."""
+    skip_zero_advantage: bool = True
+    """GRPO/RLOO: leave out samples whose advantage is 0 (all-equal groups) when no KL or entropy
+    term needs them; they carry no policy gradient, and on small models they are often most of the
+    batch. Like DAPO's dynamic sampling, this changes the token-mean denominator."""
+    exec_penalty: float = 0.0
+    """ToRL's variant: subtract this (0.5) when a response's code never ran successfully."""
+
+    def validate(self, n: int, batch: int, mini_batch: int) -> None:
+        if self.name not in ("grpo", "ppo", "rloo"):
+            raise ValueError(f"algorithm.name must be grpo, ppo or rloo, not {self.name!r}")
+        if self.name in ("grpo", "rloo") and n < 2:
+            raise ValueError(f"{self.name} compares samples of one prompt: rollout.n must be >= 2, got {n}")
+        if mini_batch > batch:
+            raise ValueError(f"trainer.mini_batch_size ({mini_batch}) is larger than the batch "
+                             f"(trainer.prompts_per_step x rollout.n = {batch})")
+        if self.agg not in A.AGG_MODES:
+            raise ValueError(f"algorithm.agg must be one of {A.AGG_MODES}, not {self.agg!r}")
+        if self.kl_mode not in ("loss", "reward"):
+            raise ValueError(f"algorithm.kl_mode must be 'loss' or 'reward', not {self.kl_mode!r}")
+
+
+def make_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded tensors: input_ids, attention_mask (B, L); mask, rollout_logprobs (B, T)."""
+    seqs = [t.prompt_ids + t.response_ids for t in trajs]
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    mask = torch.zeros((B, L - 1), dtype=torch.float32)
+    lp = torch.zeros((B, L - 1), dtype=torch.float32)
+    for b, (t, s) in enumerate(zip(trajs, seqs)):
+        ids[b, : len(s)] = torch.tensor(s)
+        attn[b, : len(s)] = 1
+        P, R = len(t.prompt_ids), len(t.response_ids)
+        mask[b, P - 1 : P - 1 + R] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        lp[b, P - 1 : P - 1 + R] = torch.tensor(t.logprobs, dtype=torch.float32)
+    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": lp}
+
+
+def subset(batch: dict[str, Tensor], rows: Sequence[int] | Tensor) -> dict[str, Tensor]:
+    """Rows of a batch, trimmed to their own longest sequence."""
+    idx = torch.as_tensor(rows, dtype=torch.long)
+    out = {k: v[idx] for k, v in batch.items()}
+    L = int(out["attention_mask"].sum(dim=1).max())
+    for k, v in out.items():
+        if v.dim() == 2:
+            out[k] = v[:, : L if v.shape[1] == batch["attention_mask"].shape[1] else L - 1]
+    return out
+
+
+def forward_logprobs(model: Any, batch: dict[str, Tensor], temperature: float,
+                     with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(B, T) log-probs of the actual next tokens under `model`, logits scaled as when sampling."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    if temperature > 0:
+        logits = logits / temperature
+    lp = A.token_logprobs(logits, batch["input_ids"][:, 1:])
+    ent = A.entropy_from_logits(logits) if with_entropy else None
+    return lp, ent
+
+
+def forward_values(critic: Any, batch: dict[str, Tensor]) -> Tensor:
+    """(B, T) value of the state before each target token (a token-classification head, 1 label)."""
+    out = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return out[:, :-1, 0].float()
+
+
+@torch.no_grad()
+def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro: int, key: str) -> None:
+    """Fill `batch[key]` with log-probs (no grad) in micro-batches."""
+    parts = []
+    for start in range(0, batch["input_ids"].shape[0], micro):
+        sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
+        lp, _ = forward_logprobs(model, sub, temperature)
+        parts.append(torch.nn.functional.pad(lp, (0, batch["mask"].shape[1] - lp.shape[1])))
+    batch[key] = torch.cat(parts)
+
+
+@torch.no_grad()
+def score_values(critic: Any, batch: dict[str, Tensor], micro: int) -> None:
+    parts = []
+    for start in range(0, batch["input_ids"].shape[0], micro):
+        sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
+        v = forward_values(critic, sub)
+        parts.append(torch.nn.functional.pad(v, (0, batch["mask"].shape[1] - v.shape[1])))
+    batch["old_values"] = torch.cat(parts)
+
+
+def compute_advantages(batch: dict[str, Tensor], rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
+    """Fill `batch["advantages"]` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `returns`."""
+    mask = batch["mask"]
+    if cfg.name == "grpo":
+        batch["advantages"] = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
+    elif cfg.name == "rloo":
+        batch["advantages"] = A.rloo_advantages(rewards, group_size)
+    else:
+        token_rewards = A.outcome_token_rewards(rewards, mask)
+        if cfg.kl_coef > 0 and cfg.kl_mode == "reward":
+            token_rewards = token_rewards + A.kl_reward_penalty(
+                batch["old_logprobs"], batch["ref_logprobs"], mask, cfg.kl_coef, cfg.kl_kind)
+        adv, ret = A.gae_advantages(token_rewards, batch["old_values"], mask, cfg.gamma, cfg.lam)
+        batch["advantages"] = A.whiten(adv, mask) if cfg.whiten_advantages else adv
+        batch["returns"] = ret
+    adv = batch["advantages"]
+    valid = mask.bool() if adv.dim() == 2 else torch.ones_like(adv, dtype=torch.bool)
+    return {"advantage/mean": float(adv[valid].mean()) if valid.any() else 0.0,
+            "advantage/abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0}
+
+
+def rows_to_train(batch: dict[str, Tensor], cfg: AlgoConfig) -> list[int]:
+    n = batch["input_ids"].shape[0]
+    rows = [b for b in range(n) if batch["mask"][b].any()]
+    adv = batch["advantages"]
+    if (cfg.skip_zero_advantage and adv.dim() == 1 and cfg.kl_coef == 0 and cfg.entropy_coef == 0):
+        rows = [b for b in rows if float(adv[b]) != 0.0]
+    return rows
+
+
+def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for m in acc for k in m}
+    return {k: sum(m[k] for m in acc if k in m) / sum(1 for m in acc if k in m) for k in sorted(keys)}
+
+
+def policy_update(
+    model: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    mini_batch_size: int, micro_batch_size: int, epochs: int, temperature: float, max_grad_norm: float,
+    seq_len: int, generator: torch.Generator,
+) -> dict[str, float]:
+    """`epochs` passes of mini-batch steps over `rows`, with exact gradient accumulation."""
+    from tirl.train.common import clip_and_step
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    acc: list[dict[str, float]] = []
+    for _ in range(epochs):
+        perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+        for start in range(0, len(perm), mini_batch_size):
+            mb = perm[start : start + mini_batch_size]
+            norm = A.global_normalizer(batch["mask"][mb], cfg.agg, seq_len=seq_len)
+            step_metrics: list[dict[str, float]] = []
+            for ms in range(0, len(mb), micro_batch_size):
+                sub = subset(batch, mb[ms : ms + micro_batch_size])
+                lp, ent = forward_logprobs(model, sub, temperature, with_entropy=True)
+                adv = sub["advantages"]
+                loss, m = A.policy_loss(lp, sub["old_logprobs"], adv, sub["mask"], cfg.clip_low, cfg.clip_high,
+                                        cfg.dual_clip or None, cfg.agg, norm)
+                e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
+                m.update(em)
+                if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
+                    loss = loss + cfg.entropy_coef * e_loss
+                if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
+                    k_loss, km = A.kl_loss(lp, sub["ref_logprobs"], sub["mask"], cfg.kl_kind, cfg.agg, norm)
+                    loss = loss + cfg.kl_coef * k_loss
+                    m.update(km)
+                loss.backward()
+                m["loss/policy"] = float(loss.detach())
+                step_metrics.append(m)
+            grad_norm = clip_and_step(params, opt, sched, max_grad_norm)
+            sm = _mean_metrics(step_metrics)
+            sm["loss/policy"] = sum(m["loss/policy"] for m in step_metrics)  # parts of one loss: a sum
+            sm["train/grad_norm"] = grad_norm
+            acc.append(sm)
+    model.eval()
+    out = _mean_metrics(acc) if acc else {}
+    out["train/optimizer_steps"] = float(len(acc))
+    return out
+
+
+def critic_update(
+    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    from tirl.train.common import clip_and_step
+
+    critic.train()
+    params = [p for p in critic.parameters() if p.requires_grad]
+    acc: list[dict[str, float]] = []
+    for _ in range(epochs):
+        perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
+        for start in range(0, len(perm), mini_batch_size):
+            mb = perm[start : start + mini_batch_size]
+            norm = A.global_normalizer(batch["mask"][mb], cfg.agg, seq_len=seq_len)
+            total = 0.0
+            parts = []
+            for ms in range(0, len(mb), micro_batch_size):
+                sub = subset(batch, mb[ms : ms + micro_batch_size])
+                values = forward_values(critic, sub)
+                loss, m = A.value_loss(values, sub["old_values"], sub["returns"], sub["mask"],
+                                       cfg.value_clip or None, cfg.agg, norm)
+                loss.backward()
+                total += float(loss.detach())
+                parts.append(m)
+            sm = _mean_metrics(parts)
+            sm["loss/value"] = total
+            sm["critic/grad_norm"] = clip_and_step(params, opt, sched, max_grad_norm)
+            acc.append(sm)
+    critic.eval()
+    return _mean_metrics(acc) if acc else {}
+
+
+def logprob_mismatch(batch: dict[str, Tensor]) -> dict[str, float]:
+    """Rollout vs recomputed log-probs on sampled tokens: a gap silently biases the ratio."""
+    m = batch["mask"].bool()
+    if not m.any():
+        return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
+    d = (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()[m]
+    return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean())}
+
+
+def finite_or_zero(x: float) -> float:
+    return x if math.isfinite(x) else 0.0

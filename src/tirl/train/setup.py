@@ -1,0 +1,114 @@
+"""What a run starts from: its problems, its prompt format and its model.
+
+`data.train: builtin` draws problems from `tirl.tasks` (seeded, disjoint splits); anything else is
+a file or dataset name for `tirl.data.load_problems`. `model.path: builtin:tiny` builds a random
+tiny Qwen2 model whose tokenizer is trained on the task's text, saves it under the run directory and
+loads it back through `from_pretrained`, the path a real model takes; it is for smoke runs (it knows
+nothing until trained).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tirl.formats import TagStyle, get_style
+
+BUILTIN = "builtin"
+TINY = "builtin:tiny"
+
+
+@dataclass
+class DataConfig:
+    train: str = BUILTIN
+    """`builtin` (the arithmetic task) or a JSONL / JSON / Parquet file or a dataset name."""
+    test: str = BUILTIN
+    """Held-out problems, same forms; empty = no held-out evaluation."""
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    task_level: int = 1
+    """Built-in task difficulty: operand digits 2 / 3 / 4 for levels 1 / 2 / 3."""
+    task_kinds: list[str] = field(default_factory=lambda: ["mul"])
+    """Built-in task kinds: mul, add_mul, modpow, digit_sum."""
+    train_size: int = 2000
+    test_size: int = 50
+    seed: int = 0
+
+
+@dataclass
+class PromptConfig:
+    style: str = "retool"
+    """Tag style: retool or torl (see tirl.formats)."""
+    system_prompt: Optional[str] = None
+    """Overrides the style's system prompt; "" = none (tiny models do not need one)."""
+    prompt_template: Optional[str] = None
+    """Overrides the style's user template (`{problem}` is substituted)."""
+    chat: Optional[bool] = None
+    """Use the tokenizer's chat template; None = when it has one."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = TINY
+    """A Hugging Face name, a local directory (e.g. an SFT run's `model/`), or builtin:tiny."""
+    gguf_file: Optional[str] = None
+    dtype: str = "float32"
+    critic_path: Optional[str] = None
+    """PPO critic initialisation; None = a copy of the policy with a fresh value head."""
+    hidden_size: int = 64
+    layers: int = 2
+    """Size of builtin:tiny (ignored for real models)."""
+
+
+def make_style(cfg: PromptConfig) -> TagStyle:
+    style = get_style(cfg.style)
+    changes: dict[str, Any] = {}
+    if cfg.system_prompt is not None:
+        changes["system_prompt"] = cfg.system_prompt
+    if cfg.prompt_template is not None:
+        changes["prompt_template"] = cfg.prompt_template
+    return dataclasses.replace(style, **changes) if changes else style
+
+
+def load_split(cfg: DataConfig, split: str) -> list[Any]:
+    """Problems (objects with .id, .problem, .answer) of `split` ('train' or 'test')."""
+    source = cfg.train if split == "train" else cfg.test
+    if not source:
+        return []
+    if source == BUILTIN:
+        from tirl.tasks import generate
+
+        size = cfg.train_size if split == "train" else cfg.test_size
+        return generate(size, split=split, seed=cfg.seed, level=cfg.task_level, kinds=tuple(cfg.task_kinds))
+    from tirl.data import load_problems
+
+    return load_problems(source, problem_field=cfg.problem_field, answer_field=cfg.answer_field,
+                         id_field=cfg.id_field)
+
+
+def tokenizer_corpus(style: TagStyle, data: DataConfig) -> list[str]:
+    """Text a tiny tokenizer is trained on: the task's problems and traces in this style."""
+    from tirl.tasks import generate, make_traces
+
+    items = generate(500, seed=data.seed, level=data.task_level, kinds=("mul", "add_mul", "modpow", "digit_sum"))
+    traces = make_traces(items, style=style, mix={"code": 1, "text": 1, "fix": 1})
+    texts = [style.render_prompt(i.problem) for i in items]
+    texts += [m["content"] for t in traces for m in t["messages"]]
+    texts.append(style.system_prompt)
+    return texts
+
+
+def resolve_model(cfg: ModelConfig, style: TagStyle, data: DataConfig, run_dir: Path) -> str:
+    """A path `from_pretrained` can load; builds builtin:tiny under the run directory once."""
+    if cfg.path != TINY:
+        return cfg.path
+    out = run_dir / "base_model"
+    if not (out / "config.json").is_file():
+        from tirl.models import build_tiny_model
+
+        build_tiny_model(out, tokenizer_corpus(style, data), hidden_size=cfg.hidden_size, layers=cfg.layers,
+                         intermediate_size=2 * cfg.hidden_size, seed=data.seed)
+    return str(out)
