@@ -1,0 +1,224 @@
+"""`tirl sft`: cold-start supervised fine-tuning on code-integrated traces (ReTool's first stage).
+
+Each trace is tokenised once with its loss mask (`tirl.data.tokenize_trace`: 1 on the assistant's
+own tokens, 0 on prompt, padding and interpreter output) under the same prompt the RL rollout will
+use. Batches are padded, not packed: sequences are right-padded and grouped by length (shuffled
+within an epoch, sorted inside windows of 50 batches, batch order shuffled), which wastes little on
+padding without letting attention cross sequence boundaries.
+
+The loss is the mean over the trainable tokens of an optimizer batch, accumulated exactly over
+micro-batches (each micro-batch's token sum is divided by the whole batch's token count).
+Checkpoints and `--resume` are the RL trainer's (`tirl.train.checkpoint`). The result is
+`RUN_DIR/model/`, a plain `save_pretrained` directory `tirl train` takes as `model.path`.
+
+Not covered: packing with block-diagonal attention, multi-turn conversations, LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from tirl.config import save_config
+from tirl.data import IGNORE_INDEX
+from tirl.train.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, progress, set_threads
+from tirl.train.logger import MetricsLogger
+from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
+
+
+@dataclass
+class SFTDataConfig:
+    train: str = BUILTIN
+    """`builtin` (traces generated for the built-in task) or a traces file (ReTool-SFT messages,
+    tool-role messages or ToRL fences: see tirl.data.load_traces)."""
+    eval: str = ""
+    """Held-out traces file; empty = hold out `eval_fraction` of the training traces."""
+    eval_fraction: float = 0.05
+    skip_invalid: bool = False
+    """Skip malformed rows (and report how many) instead of refusing the file."""
+    max_length: int = 512
+    """Tokens per example; longer traces are cut at the end (and counted)."""
+    task: DataConfig = field(default_factory=DataConfig)
+    """Built-in task settings (level, kinds, train_size, seed) when train is `builtin`."""
+    mix: dict[str, float] = field(default_factory=lambda: {"code": 0.45, "text": 0.45, "fix": 0.10})
+    """Built-in trace kinds: code (copy numbers into code), text (compute in text), fix (NameError, fixed)."""
+    text_error_rate: float = 0.5
+    """Share of built-in text traces whose stated result has a wrong digit, as a small model's would."""
+
+
+@dataclass
+class SFTTrainerConfig:
+    steps: int = 300
+    batch_size: int = 16
+    """Sequences per optimizer step."""
+    micro_batch_size: int = 16
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine"))
+    eval_every: int = 50
+    save_every: int = 100
+    keep_checkpoints: int = 1
+    seed: int = 0
+    threads: int = 1
+    tensorboard: bool = False
+    wandb: bool = False
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+    output: Optional[str] = None
+    """Where the final model goes; None = RUN_DIR/model."""
+
+
+def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
+    """(train, eval) traces; the built-in task's traces come straight from `tirl.tasks`."""
+    from tirl.data import load_traces, trace_from_row
+
+    if cfg.train == BUILTIN:
+        from tirl.tasks import generate, make_traces
+
+        t = cfg.task
+        items = generate(t.train_size, split="train", seed=t.seed, level=t.task_level, kinds=tuple(t.task_kinds))
+        rows = make_traces(items, style=style, mix=dict(cfg.mix), text_error_rate=cfg.text_error_rate, seed=t.seed)
+        traces = [trace_from_row(r, style, id=r["id"], where=f"builtin[{i}]") for i, r in enumerate(rows)]
+    else:
+        traces = list(load_traces(cfg.train, style, skip_invalid=cfg.skip_invalid))
+    if cfg.eval:
+        return traces, list(load_traces(cfg.eval, style, skip_invalid=cfg.skip_invalid))
+    n_eval = int(len(traces) * cfg.eval_fraction)
+    return traces[n_eval:], traces[:n_eval]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    L = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), L), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(examples), L), dtype=torch.long)
+    for b, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[b, :n] = torch.tensor(e["input_ids"])
+        labels[b, :n] = torch.tensor(e["labels"])
+        attn[b, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over trainable tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def eval_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, micro: int) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), micro):
+        loss, n = token_loss_sum(model, collate(examples[i : i + micro], pad_id))
+        total += float(loss)
+        count += n
+    return total / max(count, 1)
+
+
+def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    from tirl.data import tokenize_traces
+    from tirl.models import load_model, load_tokenizer
+
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    tc = cfg.trainer
+    set_threads(tc.threads)
+    ckpt = latest_checkpoint(run_dir)
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    if not resume and ckpt is not None:
+        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
+    style = make_style(cfg.prompt)
+    train_traces, eval_traces = load_sft_traces(cfg.data, style)  # refuse bad data before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+    base = resolve_model(cfg.model, style, cfg.data.task, run_dir)
+    tokenizer = load_tokenizer(base)
+    chat = cfg.prompt.chat if cfg.prompt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    train_ex = tokenize_traces(train_traces, tokenizer, style, cfg.data.max_length, use_chat_template=chat)
+    eval_ex = tokenize_traces(eval_traces, tokenizer, style, cfg.data.max_length, use_chat_template=chat)
+    if not train_ex:
+        raise ValueError("no training traces")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    torch.manual_seed(tc.seed)
+    model = load_model(str(ckpt / "model") if ckpt else base, dtype=cfg.model.dtype, device="cpu")
+    opt, sched = build_optimizer(model.parameters(), tc.optim, tc.steps)
+    logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
+    start = 0
+    if ckpt is not None:
+        state = load_state(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"]
+        logger.truncate_after(start)
+
+    lengths = [len(e["input_ids"]) for e in train_ex]
+    per_epoch = -(-len(train_ex) // tc.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    summary: dict[str, Any] = {"train_traces": len(train_ex), "eval_traces": len(eval_ex),
+                               "truncated": sum(1 for e in train_ex if e["num_truncated"])}
+    with progress("sft", tc.steps) as bar:
+        bar.update(bar.task_ids[0], completed=start)
+        epoch_cache: dict[int, list[list[int]]] = {}
+        for step in range(start + 1, tc.steps + 1):
+            t0 = time.perf_counter()
+            epoch, k = divmod(step - 1, per_epoch)  # the data position is the step itself
+            if epoch not in epoch_cache:
+                epoch_cache = {epoch: length_grouped_batches(lengths, tc.batch_size, tc.seed, epoch)}
+            rows = [train_ex[i] for i in epoch_cache[epoch][k]]
+            n_tokens = sum(sum(e["loss_mask"][1:]) for e in rows)
+            model.train()
+            total = 0.0
+            for m in range(0, len(rows), tc.micro_batch_size):
+                loss_sum, _ = token_loss_sum(model, collate(rows[m : m + tc.micro_batch_size], pad_id))
+                loss = loss_sum / max(n_tokens, 1)
+                loss.backward()
+                total += float(loss.detach())
+            lr = sched.get_last_lr()[0]
+            grad_norm = clip_and_step(params, opt, sched, tc.optim.max_grad_norm)
+            metrics = {"loss/sft": total, "train/lr": lr, "train/grad_norm": grad_norm, "train/epoch": float(epoch),
+                       "throughput/tokens_per_s": sum(len(e["input_ids"]) for e in rows) / (time.perf_counter() - t0)}
+            if eval_ex and (step % tc.eval_every == 0 or step == tc.steps):
+                metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, tc.micro_batch_size)
+            logger.log(step, metrics)
+            if step % tc.save_every == 0 or step == tc.steps:
+                save_checkpoint(run_dir, step, {"model": model}, {"optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict()}, tokenizer=tokenizer, keep=tc.keep_checkpoints)
+            bar.update(bar.task_ids[0], completed=step, info=f"loss {total:.3f}")
+    logger.close()
+    out = Path(cfg.output) if cfg.output else run_dir / "model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, model=str(out), run_dir=str(run_dir))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

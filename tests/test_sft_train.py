@@ -1,0 +1,79 @@
+"""`tirl sft`: loss falls, the model loads with from_pretrained and feeds `tirl train`, resume is exact."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from tirl.config import load_config
+from tirl.train.logger import read_metrics
+from tirl.train.sft import SFTConfig, length_grouped_batches, train_sft
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _tirl(*args):
+    return subprocess.run([sys.executable, "-m", "tirl.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=os.environ.copy())
+
+
+def test_smoke_sft_then_rl_from_its_model(tmp_path):
+    run = tmp_path / "sft"
+    r = _tirl("sft", str(CONFIGS / "smoke_sft.yaml"), "--run-dir", str(run))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    metrics = read_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    first, last = metrics[0]["loss/sft"], metrics[-1]["loss/sft"]
+    assert last < 0.7 * first, (first, last)
+    assert "eval/loss" in metrics[-1]
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert model.config.model_type == "qwen2"
+    # The SFT output is a starting model for RL.
+    rl = tmp_path / "rl"
+    r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), f"model.path={run / 'model'}", "trainer.steps=1",
+              "--run-dir", str(rl))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((rl / "summary.json").read_text())["steps"] == 1
+
+
+def _cfg(steps):
+    return load_config(SFTConfig, CONFIGS / "smoke_sft.yaml",
+                       [f"trainer.steps={steps}", "trainer.save_every=3", "data.task.train_size=64",
+                        "trainer.optim.schedule=constant"])
+
+
+def test_resume_is_exact(tmp_path):
+    train_sft(_cfg(6), tmp_path / "a")
+    train_sft(_cfg(3), tmp_path / "b")
+    train_sft(_cfg(6), tmp_path / "b", resume=True)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "model")
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "model")
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
+    la = [m["loss/sft"] for m in read_metrics(tmp_path / "a")]
+    lb = [m["loss/sft"] for m in read_metrics(tmp_path / "b")]
+    assert la == lb
+
+
+def test_bad_trace_file_is_refused_with_file_and_line(tmp_path):
+    bad = tmp_path / "traces.jsonl"
+    good = {"messages": [{"role": "user", "content": "1+1?"},
+                         {"role": "assistant", "content": "<answer>\n\\boxed{2}\n</answer>"}]}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
+    r = _tirl("sft", str(CONFIGS / "smoke_sft.yaml"), f"data.train={bad}", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert "traces.jsonl:2" in r.stdout
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_length_grouping_covers_every_example_once():
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47, 9, 46, 10, 45]
+    batches = length_grouped_batches(lengths, 2, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(12))
+    # within a batch lengths are neighbours in sorted order, so padding stays small
+    assert all(abs(lengths[b[0]] - lengths[b[-1]]) <= 3 for b in batches)
+    assert batches == length_grouped_batches(lengths, 2, seed=0, epoch=0)
