@@ -28,7 +28,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.rl_command", 5),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)", None, 8),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
-                       None, 3),
+                       "tirl.sandbox.cli", 3),
     "report": Command("HTML report and plots for one or more run directories", None, 7),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces", None, 6),
     "serve": Command("OpenAI-compatible completions server around a local model", None, 8),
