@@ -16,7 +16,8 @@ KV cache reuse across tool calls (the choice and why)
   Why not one persistent batched cache with holes: rows finish at different times, and holes would
   accumulate for the whole rollout (memory and attention cost grow with the longest history of the
   batch); re-stacking costs one copy of the caches per turn, which is small next to the decode steps of
-  a turn (`benchmarks/rollout.py` measures both paths).
+  a turn. Measured (benchmarks/rollout.py set-up, 4M-parameter model, batch 8, 8 calls, ~950-token
+  sequences, CPU): re-stacking plus cutting out took 0.18 s of a 7.2 s rollout (2.5 %).
   Padding hazard: a left-pad query of a fresh prompt sees no unmasked key; masked positions get a
   large negative bias (not NaN) in transformers' eager/SDPA masks here, and the pad rows' outputs are
   never attended to because their keys are masked for every real query; the test
