@@ -85,6 +85,12 @@ class TagStyle:
     def render_prompt(self, problem: str) -> str:
         return self.prompt_template.replace("{problem}", problem).replace("{{}}", "{}")
 
+    def prompt_messages(self, problem: str) -> list[dict[str, str]]:
+        """Chat messages of a problem's prompt: the system prompt (if any), then the user turn."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": self.render_prompt(problem)})
+        return messages
+
     def wrap_output(self, output: str) -> str:
         """The exact text injected after a stop: prefix + output + suffix."""
         return f"{self.output_prefix}{output}{self.output_suffix}"
@@ -123,6 +129,11 @@ TORL = TagStyle(
 )
 
 STYLES: dict[str, TagStyle] = {"retool": RETOOL, "torl": TORL}
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """Messages as plain text for a model without a chat template: contents joined by blank lines."""
+    return "\n\n".join(m["content"] for m in messages)
 
 
 def get_style(spec: str | dict[str, Any] | TagStyle) -> TagStyle:

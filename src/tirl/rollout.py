@@ -51,6 +51,7 @@ from tirl.formats import (
     format_exec_result,
     get_style,
     has_open_code,
+    plain_prompt,
     render_output,
     truncate_middle,
 )
@@ -152,19 +153,29 @@ class RolloutResult(NamedTuple):
     metrics: dict[str, float]
 
 
-def encode_prompt(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> list[int]:
-    """Prompt ids for one problem: the chat template (system prompt of the style + user turn) when the
-    tokenizer has one and `chat` is not False, else the style's plain template."""
+def prompt_text(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> str:
+    """The one prompt rule, shared by RL, evaluation and SFT (`tirl.data.build_prompt`).
+
+    With a chat template (used when the tokenizer has one and `chat` is not False): the style's
+    system prompt and user turn through `apply_chat_template`. Without: the same messages as plain
+    text joined by blank lines (`formats.plain_prompt`).
+    """
     style = get_style(style)
-    user = style.render_prompt(problem)
+    messages = style.prompt_messages(problem)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat is None:
-        chat = bool(getattr(tokenizer, "chat_template", None))
+        chat = has_template
     if not chat:
-        return tokenizer.encode(user, add_special_tokens=False)
-    messages = ([{"role": "system", "content": style.system_prompt}] if style.system_prompt else [])
-    messages.append({"role": "user", "content": user})
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer.encode(text, add_special_tokens=False)
+        return plain_prompt(messages)
+    if not has_template:
+        raise ValueError("chat=True but the tokenizer has no chat template "
+                         "(set prompt.chat to false to use the plain paper template)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_prompt(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> list[int]:
+    """Prompt ids for one problem (see `prompt_text`); encoded without extra special tokens."""
+    return tokenizer.encode(prompt_text(tokenizer, problem, style, chat), add_special_tokens=False)
 
 
 _rollout_ids = itertools.count()

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows
-from tirl.formats import TagStyle, get_style
+from tirl.formats import TagStyle, get_style, plain_prompt
+from tirl.rollout import prompt_text
 
 
 @dataclass
@@ -175,16 +176,10 @@ def _answer_field(row: dict[str, Any], name: str) -> str:
 # --- prompts -------------------------------------------------------------------------------------
 def prompt_messages(problem: Problem | str, style: TagStyle | str) -> list[dict[str, str]]:
     """The chat messages of a problem's prompt: the style's system prompt (if any), then the user turn."""
-    style = get_style(style)
-    text = problem.problem if isinstance(problem, Problem) else problem
-    messages = [{"role": "system", "content": style.system_prompt}] if style.system_prompt else []
-    messages.append({"role": "user", "content": style.render_prompt(text)})
-    return messages
+    return get_style(style).prompt_messages(problem.problem if isinstance(problem, Problem) else problem)
 
 
-def render_messages_plain(messages: list[dict[str, str]]) -> str:
-    """Messages as plain text for a model without a chat template: contents joined by blank lines."""
-    return "\n\n".join(m["content"] for m in messages)
+render_messages_plain = plain_prompt
 
 
 def build_prompt(
@@ -198,13 +193,5 @@ def build_prompt(
     `use_chat_template=None` uses the tokenizer's chat template when it has one; True requires one;
     False renders the paper template as plain text (system prompt, blank line, user template).
     """
-    messages = prompt_messages(problem, style)
-    has_template = tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
-    if use_chat_template is None:
-        use_chat_template = has_template
-    if not use_chat_template:
-        return render_messages_plain(messages)
-    if not has_template:
-        raise ValueError("use_chat_template=True but the tokenizer has no chat template "
-                         "(set use_chat_template to false to use the plain paper template)")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = problem.problem if isinstance(problem, Problem) else problem
+    return prompt_text(tokenizer, text, style, use_chat_template)
