@@ -14,7 +14,9 @@
 * `tool/self_correction` — among responses with a failed execution, the share where a later execution
   ran cleanly (ReTool's "code self-correction"); NaN when nothing failed;
 * `tool/cap_hit_ratio` — share of responses that tried to call code after `max_tool_calls`;
-* `tool/unclosed_ratio` — share that ran out of budget inside a code block.
+* `tool/unclosed_ratio` — share that ran out of budget inside a code block;
+* `purpose/<name>` for every name in `tirl.code_purpose.PURPOSES` — share of executed calls whose code
+  `classify_code` puts under that purpose (ReTool's code-purpose analysis); NaN when nothing ran.
 
 Pure functions: trajectories are `tirl.rollout.Trajectory` objects or their `to_dict()` form; no torch.
 NaN marks "undefined for this batch" rather than a misleading 0.
@@ -23,6 +25,8 @@ NaN marks "undefined for this batch" rather than a misleading 0.
 from __future__ import annotations
 
 from typing import Any, Iterable
+
+from tirl.code_purpose import PURPOSES, classify_code
 
 NAN = float("nan")
 
@@ -79,6 +83,15 @@ def tool_metrics(trajectories: Iterable[Any]) -> dict[str, float]:
         "tool/cap_hit_ratio": _mean([float(bool(_get(t, "tool_cap_hit", False))) for t in trajs]),
         "tool/unclosed_ratio": _mean([float(bool(_get(t, "unclosed_code", False))) for t in trajs]),
     }
+    m.update(purpose_shares(trajs))
     for reason in sorted(set(reasons)):
         m[f"response/finish/{reason or 'unknown'}"] = reasons.count(reason) / len(trajs)
     return m
+
+
+def purpose_shares(trajectories: Iterable[Any]) -> dict[str, float]:
+    """`purpose/<name>` -> share of the executed calls (not `empty`, not `capped`) with that purpose."""
+    labels = [classify_code(_get(c, "code", "") or "")
+              for t in trajectories for c in _get(t, "tool_calls", []) or []
+              if _get(c, "status") not in ("empty", "capped")]
+    return {f"purpose/{p}": (labels.count(p) / len(labels) if labels else NAN) for p in PURPOSES}
