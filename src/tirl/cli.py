@@ -23,7 +23,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("train a tiny model from nothing to tool use on CPU: SFT, RL with the sandbox, "
-                    "evaluation, report", None, 7),
+                    "evaluation, report", "tirl.demo", 7),
     "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.sft_command", 6),
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.rl_command", 5),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)", None, 8),

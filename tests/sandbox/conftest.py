@@ -1,4 +1,7 @@
-"""Shared fixtures: one Sandbox for the whole test session (start-up costs ~0.5 s) and host checks.
+"""Shared fixtures: one Sandbox per test module (start-up costs ~0.5 s) and host checks.
+
+Module scope, not session scope: the leak check at teardown counts this process's file
+descriptors, and in a full run other test files (grading workers, servers) open their own.
 
 The fake secret is put into this process's environment (by ``_sandbox_helpers``) before any sandbox
 starts, so tests can assert it never reaches a snippet.
@@ -11,7 +14,7 @@ from _sandbox_helpers import assert_host_unharmed, processes_of, sandbox_uids
 from tirl.sandbox import Sandbox, SandboxConfig
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sb():
     cfg = SandboxConfig(timeout_s=5, memory_mb=256, max_concurrency=2, max_sessions=2)
     fds_before = len(os.listdir("/proc/self/fd"))
