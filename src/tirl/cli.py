@@ -26,12 +26,14 @@ COMMANDS: dict[str, Command] = {
                     "evaluation, report", "tirl.demo", 7),
     "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.sft_command", 6),
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.rl_command", 5),
-    "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)", None, 8),
+    "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)",
+                    "tirl.eval_command", 8),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
                        "tirl.sandbox.cli", 3),
-    "report": Command("HTML report and plots for one or more run directories", None, 7),
+    "report": Command("HTML report and plots for one or more run directories", "tirl.report_command", 7),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces", None, 6),
-    "serve": Command("OpenAI-compatible completions server around a local model", None, 8),
+    "serve": Command("OpenAI-compatible completions server around a local model",
+                     "tirl.generation.serve_command", 8),
 }
 
 

@@ -1,0 +1,400 @@
+"""The HTML report of one or more run directories: what training changed, in plots, figures and samples.
+
+`write_report(run_dirs, out_dir, title=..., labels=None, extra=None) -> Path` writes
+`out_dir/report.html` (self-contained: CSS inline, PNGs embedded as base64) and the same PNGs under
+`out_dir/plots/`. It reads, per run directory, what `tirl train` / `tirl sft` write: `metrics.jsonl`
+(one JSON object per step; NaN logged as the string "nan"), `samples.jsonl` (a few trajectories per
+step, `Trajectory.to_dict()` plus `step` and `grade`) and `summary.json`. A directory without
+`metrics.jsonl` whose sub-directories have one (the demo's DIR/sft, DIR/rl, DIR/text_rl) expands into
+them.
+
+The page: headline figures (`extra`), curves over steps with the runs overlaid (train and held-out
+accuracy, response length, share of responses with code, code pass rate, calls per response, first
+call position, self-correction), code purposes early vs late in training (first vs last third of the
+steps, from `purpose/*` metrics weighted by executed calls, or classified from `samples.jsonl` when the
+metrics lack them), the `summary.json` figures side by side, and sample trajectories (first and last
+step, a correct and a wrong one where there are both) with model text, code and interpreter output in
+distinct CSS classes. A metric that is missing or never finite skips its plot, and the page says so.
+
+Simplifications: the samples are the few the trainer kept, not a random draw; a step's metrics are the
+trainer's batch means (not re-computed). Not covered: interactive plots, comparing runs with different
+step scales (each run is drawn over its own step numbers).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tirl.code_purpose import PURPOSES
+from tirl.metrics import purpose_shares
+from tirl.report_plots import COLORS, Curve, finite, line_plot, purpose_plot
+
+# (file stem, metric key, title, y label, y range) — one plot each, runs overlaid.
+CURVES = [
+    ("length", "response/length_mean", "Response length", "tokens (model + interpreter)", None),
+    ("code_ratio", "tool/code_ratio", "Share of responses with code", "share", (0.0, 1.0)),
+    ("pass_rate", "tool/pass_rate", "Code pass rate (executed calls that ran cleanly)", "share", (0.0, 1.0)),
+    ("calls", "tool/calls_mean", "Code calls per response", "calls", None),
+    ("first_call", "tool/first_call_pos", "Position of the first code call", "0 = start, 1 = end of response",
+     (0.0, 1.0)),
+    ("self_correction", "tool/self_correction", "Self-correction (a failed call later fixed)",
+     "share of responses with a failure", (0.0, 1.0)),
+    ("sft_loss", "loss/sft", "SFT loss", "loss", None),
+]
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    """One dict per step, sorted by step; values are floats (NaN where logged as "nan")."""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """What could not be read (bad lines, missing files), shown on the page."""
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of `key`, finite values only."""
+        pts = [(m["step"], m[key]) for m in self.metrics if finite(m.get(key, math.nan))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Each path with a metrics.jsonl, or its sub-directories that have one (sorted by name)."""
+    out = []
+    for p in map(Path, paths):
+        if (p / "metrics.jsonl").is_file():
+            out.append(p)
+            continue
+        subs = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").is_file()) if p.is_dir() else []
+        if not subs:
+            raise FileNotFoundError(f"{p}: no metrics.jsonl there or in its sub-directories")
+        out.extend(subs)
+    return out
+
+
+def default_labels(dirs: Sequence[Path]) -> list[str]:
+    """Directory names; parent/name where names repeat (two demo runs both have `rl`)."""
+    names = [d.name for d in dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in dirs]
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)  # "nan", "inf" as the logger writes them
+        except ValueError:
+            return None
+    return None
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        problems.append(f"{path.name} is missing")
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            problems.append(f"{path.name}:{i} is not JSON (skipped; a run still writing?)")
+    return rows
+
+
+def load_run(path: Path, label: str) -> Run:
+    run = Run(label=label, path=path)
+    for row in _read_jsonl(path / "metrics.jsonl", run.problems):
+        m = {k: x for k, v in row.items() if (x := _number(v)) is not None}
+        if "step" in m:
+            run.metrics.append(m)
+    run.metrics.sort(key=lambda m: m["step"])
+    run.samples = [s for s in _read_jsonl(path / "samples.jsonl", run.problems) if isinstance(s, dict)]
+    try:
+        run.summary = json.loads((path / "summary.json").read_text())
+    except FileNotFoundError:
+        run.problems.append("summary.json is missing")
+    except json.JSONDecodeError as e:
+        run.problems.append(f"summary.json is not JSON ({e})")
+    return run
+
+
+# ---- code purposes early vs late ---------------------------------------------------------------
+
+def _thirds(steps: list[float]) -> tuple[set[float], set[float]]:
+    k = max(1, len(steps) // 3)
+    return set(steps[:k]), set(steps[-k:])
+
+
+def purpose_split(run: Run) -> tuple[dict[str, float], dict[str, float], str] | None:
+    """(early shares, late shares, source) over the first and last third of the steps; None if no
+    executed call was seen. Shares are weighted by each step's executed calls."""
+    keys = [f"purpose/{p}" for p in PURPOSES]
+    rows = [m for m in run.metrics if any(finite(m.get(k, math.nan)) for k in keys)]
+    if rows:
+        early, late = _thirds([m["step"] for m in run.metrics])
+
+        def pooled(steps: set[float]) -> dict[str, float]:
+            tot: dict[str, float] = {p: 0.0 for p in PURPOSES}
+            weight = 0.0
+            for m in rows:
+                if m["step"] in steps:
+                    w = m.get("tool/executed_calls", 1.0)
+                    w = w if finite(w) else 1.0
+                    weight += w
+                    for p in PURPOSES:
+                        v = m.get(f"purpose/{p}", math.nan)
+                        tot[p] += w * v if finite(v) else 0.0
+            return {p: t / weight for p, t in tot.items()} if weight else {}
+
+        e, l = pooled(early), pooled(late)
+        return (e, l, "purpose/* metrics") if e or l else None
+    steps = sorted({s["step"] for s in run.samples if "step" in s})
+    if not steps:
+        return None
+    early, late = _thirds(steps)
+    shares = []
+    for part in (early, late):
+        sh = purpose_shares([s for s in run.samples if s.get("step") in part])
+        shares.append({p: v for p, v in ((p, sh[f"purpose/{p}"]) for p in PURPOSES) if finite(v)})
+    if not shares[0] and not shares[1]:
+        return None
+    return shares[0], shares[1], "samples.jsonl (the metrics have no purpose/* keys)"
+
+
+# ---- sample trajectories -----------------------------------------------------------------------
+
+def pick_samples(run: Run) -> list[dict[str, Any]]:
+    """From the first and the last step: one correct and one wrong sample where there are both."""
+    steps = sorted({s.get("step") for s in run.samples if isinstance(s.get("step"), (int, float))})
+    picked = []
+    for step in dict.fromkeys([steps[0], steps[-1]] if steps else []):
+        at = [s for s in run.samples if s.get("step") == step]
+        at.sort(key=lambda s: not s.get("tool_calls"))  # stable: ones that used code first
+        right = next((s for s in at if (s.get("grade") or {}).get("correct")), None)
+        wrong = next((s for s in at if not (s.get("grade") or {}).get("correct")), None)
+        picked += [s for s in (right, wrong) if s is not None]
+    return picked
+
+
+def segments(text: str, calls: list[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """Split a response into ("text" | "code" | "output" | "error", piece) in order, finding each call's
+    code and then its output verbatim after the previous one. Returns (segments, calls not found)."""
+    out: list[tuple[str, str]] = []
+    pos, missing = 0, []
+    for c in calls:
+        located = True
+        for kind, piece in (("code", c.get("code") or ""), ("output", c.get("output") or "")):
+            if not piece.strip():
+                continue
+            hit = next(((i, cand) for cand in dict.fromkeys([piece, piece.strip()])
+                        if (i := text.find(cand, pos)) >= 0), None)
+            if hit is None:
+                located = False
+                continue
+            if kind == "output" and c.get("status") != "ok":
+                kind = "error"
+            out += [("text", text[pos:hit[0]]), (kind, hit[1])]
+            pos = hit[0] + len(hit[1])
+        if not located:
+            missing.append(c)
+    out.append(("text", text[pos:]))
+    return [(k, p) for k, p in out if p], missing
+
+
+def render_sample(s: dict[str, Any]) -> str:
+    g = s.get("grade") or {}
+    ok = bool(g.get("correct"))
+    head = (f"step {s.get('step')} · <b class=\"{'right' if ok else 'wrong'}\">{'correct' if ok else 'wrong'}"
+            f"</b> · reward {_fmt(g.get('score'))} · answer {_esc(g.get('extracted'))} "
+            f"(reference {_esc(g.get('reference'))}) · finish {_esc(s.get('finish_reason'))} · "
+            f"{len(s.get('tool_calls') or [])} call(s)")
+    segs, missing = segments(s.get("text") or "", list(s.get("tool_calls") or []))
+    body = "".join(f'<span class="seg-{k}">{html.escape(p)}</span>' for k, p in segs)
+    extra = ""
+    if missing:
+        extra = "<p class=\"note\">calls not found verbatim in the decoded text:</p>" + "".join(
+            f'<pre class="traj"><span class="seg-code">{html.escape(c.get("code") or "")}</span>\n'
+            f'<span class="seg-{"output" if c.get("status") == "ok" else "error"}">'
+            f'{html.escape(c.get("output") or "")}</span></pre>' for c in missing)
+    return f'<div class="sample"><div class="sample-head">{head}</div><pre class="traj">{body}</pre>{extra}</div>'
+
+
+# ---- page ----------------------------------------------------------------------------------------
+
+def _esc(v: Any) -> str:
+    return html.escape("—" if v is None else str(v))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "—" if not math.isfinite(v) else f"{v:.4g}"
+    if v is None:
+        return "—"
+    if isinstance(v, (dict, list)):
+        return html.escape(json.dumps(v))
+    return html.escape(str(v))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(caption)} · <code>plots/{html.escape(path.name)}</code></figcaption></figure>')
+
+
+def _skip(what: str, why: str) -> str:
+    return f'<p class="skip">No plot of {html.escape(what)}: {html.escape(why)}.</p>'
+
+
+def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
+    parts = []
+    curves = []
+    for i, r in enumerate(runs):
+        color = COLORS[i % len(COLORS)]
+        curves.append(Curve(f"{r.label} · train (sampled)", color, *r.series("reward/accuracy")))
+        steps, acc = r.series("eval/accuracy")
+        start = (r.summary.get("eval_start") or {}).get("eval/accuracy")
+        if finite(start) and 0 not in steps:  # the trainer evaluates before step 1 into summary.json
+            steps, acc = [0.0, *steps], [float(start), *acc]
+        curves.append(Curve(f"{r.label} · held-out", color, steps, acc, points=True))
+    path = plot_dir / "accuracy.png"
+    if line_plot(curves, path, title="Accuracy", ylabel="share correct", ylim=(0.0, 1.0)):
+        parts.append(_img(path, "Accuracy: sampled training rollouts (line) and held-out evaluations (points)"))
+    else:
+        parts.append(_skip("accuracy", "no finite reward/accuracy or eval/accuracy in any run"))
+    for stem, key, title, ylabel, ylim in CURVES:
+        curves = [Curve(r.label, COLORS[i % len(COLORS)], *r.series(key)) for i, r in enumerate(runs)]
+        path = plot_dir / f"{stem}.png"
+        if line_plot(curves, path, title=title, ylabel=ylabel, ylim=ylim):
+            parts.append(_img(path, f"{title} ({key})"))
+        elif stem != "sft_loss":  # an RL-only report has no SFT loss; nothing to say about it
+            parts.append(_skip(title.lower(), f"no finite {key} in any run"))
+    return parts
+
+
+def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
+    splits = [(r.label, purpose_split(r)) for r in runs]
+    have = [(label, s) for label, s in splits if s is not None]
+    parts = ["<h2>What the code is for</h2>",
+             '<p class="note">Each executed snippet is classified by static analysis of its code '
+             "(<code>tirl.code_purpose</code>); shares of executed calls in the first vs the last third "
+             "of the training steps.</p>"]
+    for label, s in splits:
+        if s is None:
+            parts.append(f'<p class="skip">{html.escape(label)}: no executed code to classify.</p>')
+    path = plot_dir / "purposes.png"
+    if have and purpose_plot([(label, e, l) for label, (e, l, _) in have], PURPOSES, path,
+                             title="Code purposes, early vs late in training"):
+        parts.append(_img(path, "Code purposes: early (light) vs late (dark)"))
+        seen = [p for p in PURPOSES if any(x.get(p, 0) > 0 for _, (e, l, _) in have for x in (e, l))]
+        rows = "".join(
+            f"<tr><td>{html.escape(label)}</td><td>{html.escape(src)}</td>"
+            + "".join(f"<td>{_fmt(e.get(p))} → {_fmt(l.get(p))}</td>" for p in seen) + "</tr>"
+            for label, (e, l, src) in have)
+        parts.append("<table><tr><th>run</th><th>source</th>"
+                     + "".join(f"<th>{p} (early → late)</th>" for p in seen) + f"</tr>{rows}</table>")
+    return parts
+
+
+def _summary_table(runs: list[Run]) -> str:
+    flat = [_flatten(r.summary) for r in runs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    if not keys:
+        return '<p class="skip">No summary.json figures in any run.</p>'
+    head = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(f.get(k))}</td>" for f in flat)
+                   + "</tr>" for k in keys)
+    return f"<table><tr><th>figure</th>{head}</tr>{rows}</table>"
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}
+h1{margin-bottom:.2em} .meta{color:#666;font-size:.9em}
+.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:9em;background:#fafafa}
+.card .k{font-size:.8em;color:#666} .card .v{font-size:1.4em;font-weight:600}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+table{border-collapse:collapse;font-size:.85em;margin:.8em 0} td,th{border:1px solid #ddd;padding:.25em .6em;
+text-align:left} th{background:#f3f3f3}
+.skip{color:#a15c00;background:#fff6e5;padding:.3em .6em;border-radius:4px}
+.note{color:#555;font-size:.9em}
+.sample{border:1px solid #ddd;border-radius:6px;margin:1em 0}
+.sample-head{background:#f3f3f3;padding:.4em .8em;font-size:.85em}
+.right{color:#1a7f37} .wrong{color:#c62828}
+pre.traj{white-space:pre-wrap;word-break:break-word;margin:0;padding:.6em .8em;font-size:.85em;line-height:1.4}
+.seg-text{color:#222}
+.seg-code{background:#e8f0fe;color:#0b3d91;border-left:3px solid #4a78d0;display:inline-block;padding:0 .3em}
+.seg-output{background:#e9f7ec;color:#1b5e20;border-left:3px solid #3c9a50;display:inline-block;padding:0 .3em}
+.seg-error{background:#fdecea;color:#8e1c1c;border-left:3px solid #d04a4a;display:inline-block;padding:0 .3em}
+"""
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str = "tirl report",
+                 labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write out_dir/report.html and out_dir/plots/*.png over the runs; returns the HTML path.
+
+    Raises FileNotFoundError when a path holds no run, ValueError when `labels` does not match the
+    number of runs after expansion.
+    """
+    dirs = expand_run_dirs(run_dirs)
+    if labels is not None and len(labels) != len(dirs):
+        raise ValueError(f"{len(labels)} label(s) for {len(dirs)} run(s): "
+                         f"{', '.join(str(d) for d in dirs)}")
+    runs = [load_run(d, lab) for d, lab in zip(dirs, labels or default_labels(dirs))]
+    out_dir = Path(out_dir)
+    plot_dir = out_dir / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f'<p class="meta">written {datetime.datetime.now():%Y-%m-%d %H:%M} from '
+            + ", ".join(f"<b>{html.escape(r.label)}</b> (<code>{html.escape(str(r.path))}</code>, "
+                        f"{len(r.metrics)} steps)" for r in runs) + "</p>"]
+    if extra:
+        body.append('<div class="cards">' + "".join(
+            f'<div class="card"><div class="k">{html.escape(str(k))}</div><div class="v">{_fmt(v)}</div></div>'
+            for k, v in extra.items()) + "</div>")
+    for r in runs:
+        for p in r.problems:
+            body.append(f'<p class="skip">{html.escape(r.label)}: {html.escape(p)}</p>')
+    body += ["<h2>Training curves</h2>", *_plots(runs, plot_dir)]
+    body += _purposes(runs, plot_dir)
+    body += ["<h2>Run summaries</h2>", _summary_table(runs)]
+    body.append("<h2>Sample trajectories</h2>"
+                '<p class="note">Prompt omitted. <span class="seg-code">code</span> '
+                '<span class="seg-output">interpreter output</span> '
+                '<span class="seg-error">interpreter error</span></p>')
+    for r in runs:
+        picked = pick_samples(r)
+        body.append(f"<h3>{html.escape(r.label)}</h3>")
+        body += [render_sample(s) for s in picked] or ['<p class="skip">no samples.jsonl entries.</p>']
+
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    out = out_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out

@@ -1,0 +1,36 @@
+"""`tirl report RUN_DIR [RUN_DIR ...] [--out DIR] [--title T] [--labels A B ...]`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "A self-contained HTML page (plots embedded, and written as PNG files next to it) over one or "
+        "more run directories of tirl train / sft / demo: accuracy, response length, tool-use "
+        "statistics and code purposes over training steps, runs overlaid; summary figures; samples."
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run directory (with metrics.jsonl), or a parent whose sub-directories "
+                        "are runs (a demo's run directory)")
+    parser.add_argument("--out", "--run-dir", dest="out", default=None,
+                        help="where report.html and plots/ go (default: the first RUN_DIR)")
+    parser.add_argument("--title", default="tirl report", help="page title (default: %(default)s)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="one legend label per run, after parents are expanded; give it after the "
+                        "RUN_DIRs (default: directory names)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tirl.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.run_dirs[0])
+    try:
+        path = write_report(args.run_dirs, out, title=args.title, labels=args.labels)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"tirl report: {e}")
+        return 2
+    print(path)
+    return 0

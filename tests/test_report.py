@@ -1,0 +1,189 @@
+"""`tirl report` over hand-written run directories: files, plots, escaping, overlays, expansion, CLI."""
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from tirl.report import purpose_split, load_run, segments, write_report
+
+
+def _call(code, output, status="ok", at=0):
+    return {"code": code, "status": status, "output": output, "duration_s": 0.01, "span": [at, at + 3]}
+
+
+def _sample(step, correct, text, calls=()):
+    return {"step": step, "grade": {"score": 1.0 if correct else -1.0, "correct": correct, "extracted": "1",
+                                    "reference": "1", "reason": "ok" if correct else "mismatch"},
+            "prompt_ids": [1, 2], "response_ids": [3] * 20, "loss_mask": [1] * 20, "logprobs": [0.0] * 20,
+            "tool_calls": list(calls), "finish_reason": "answer", "text": text, "group_index": 0,
+            "sample_index": 0, "tool_cap_hit": False, "unclosed_code": False}
+
+
+GOOD = ("Multiply.\n<code>\n```python\nprint(123 * 456)\n```\n</code>\n<interpreter>\n56088\n</interpreter>\n\n"
+        "<answer>\n\\boxed{56088}\n</answer>")
+FIXED = ("<code>\n```python\nprint(x)\n```\n</code>\n<interpreter>\nNameError: name 'x' is not defined\n"
+         "</interpreter>\n\n<code>\n```python\nx = 7 ** 5\nprint(x)\n```\n</code>\n<interpreter>\n16807\n"
+         "</interpreter>\n\n<answer>\n\\boxed{16807}\n</answer>")
+EVIL = "I think <script>alert('x')</script> 5 & 6 <answer>\n\\boxed{11}\n</answer>"
+
+
+def make_run(path: Path, steps: int = 9, purposes: bool = True, acc_offset: float = 0.0) -> Path:
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for s in range(1, steps + 1):
+            m = {"step": s, "reward/accuracy": min(1.0, 0.1 * s + acc_offset), "reward/mean": 0.0,
+                 "response/length_mean": 40.0 + s, "tool/code_ratio": s / steps, "tool/calls_mean": s / steps,
+                 "tool/pass_rate": "nan" if s == 1 else 0.9, "tool/first_call_pos": 0.3,
+                 "tool/self_correction": "nan", "tool/executed_calls": float(s)}
+            if s % 3 == 0:  # held-out evaluation only on some steps
+                m["eval/accuracy"] = 0.1 * s
+            if purposes:
+                late = s > 2 * steps // 3
+                m.update({f"purpose/{p}": 0.0 for p in ("symbolic", "numeric", "simulation", "other",
+                                                        "invalid", "enumeration")})
+                m.update({"purpose/arithmetic": 0.5 if late else 1.0, "purpose/verification": 0.5 if late else 0.0})
+            f.write(json.dumps(m) + "\n")
+    with open(path / "samples.jsonl", "w") as f:
+        for row in (_sample(1, True, GOOD, [_call("print(123 * 456)", "56088")]),
+                    _sample(1, False, EVIL),
+                    _sample(steps, True, FIXED, [_call("print(x)", "NameError: name 'x' is not defined", "error"),
+                                                 _call("x = 7 ** 5\nprint(x)", "16807", at=9)])):
+            f.write(json.dumps(row) + "\n")
+    summary = {"eval_start": {"eval/accuracy": 0.05, "eval/pass_rate": None}, "eval_end": {"eval/accuracy": 0.9},
+               "steps": steps, "wall_s": 12.5}
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def _pngs_in(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def _has_color(png: Path, rgb: tuple[int, int, int], tol: int = 12) -> bool:
+    img = imread(png)[..., :3] * 255
+    return bool((abs(img - rgb).max(axis=-1) <= tol).any())
+
+
+def test_report_from_a_synthetic_run(tmp_path):
+    run = make_run(tmp_path / "run")
+    html_path = write_report([run], tmp_path / "out", title="My <run>", extra={"rl_accuracy": 0.93, "note": "<b>"})
+    page = html_path.read_text()
+    assert html_path == tmp_path / "out" / "report.html"
+
+    files = sorted((tmp_path / "out" / "plots").glob("*.png"))
+    names = {p.stem for p in files}
+    assert {"accuracy", "length", "code_ratio", "pass_rate", "calls", "first_call", "purposes"} <= names
+    for p in files:  # valid images, and the page embeds exactly these bytes
+        h, w, _ = imread(p).shape
+        assert h > 200 and w > 400
+    assert sorted(_pngs_in(page)) == sorted(p.read_bytes() for p in files)
+
+    # self-correction is "nan" at every step: no plot, and the page says so instead of crashing
+    assert "self_correction" not in names
+    assert "No plot of self-correction" in page
+    # headline figures and the title, escaped
+    assert "My &lt;run&gt;" in page and "0.93" in page and "&lt;b&gt;" in page
+    # summary table: nested keys flattened, None shown as a dash
+    assert "eval_end.eval/accuracy" in page and "12.5" in page
+
+
+def test_samples_render_code_and_output_distinctly_and_escaped(tmp_path):
+    page = write_report([make_run(tmp_path / "run")], tmp_path / "out").read_text()
+    assert '<span class="seg-code">print(123 * 456)</span>' in page
+    assert '<span class="seg-output">56088</span>' in page
+    assert '<span class="seg-error">NameError: name &#x27;x&#x27; is not defined</span>' in page
+    assert '<span class="seg-code">x = 7 ** 5\nprint(x)</span>' in page
+    assert '<span class="seg-output">16807</span>' in page
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; 5 &amp; 6" in page
+    # first and last step, correct and wrong where both exist
+    assert page.count('class="sample"') == 3
+    assert page.count('<b class="right">correct</b>') == 2 and page.count('<b class="wrong">wrong</b>') == 1
+
+
+def test_segments_keep_all_text_in_order():
+    calls = [_call("print(x)", "NameError: name 'x' is not defined", "error"), _call("x = 7 ** 5\nprint(x)", "16807")]
+    segs, missing = segments(FIXED, calls)
+    assert "".join(p for _, p in segs) == FIXED
+    assert [k for k, _ in segs if k != "text"] == ["code", "error", "code", "output"]
+    assert missing == []
+    segs, missing = segments("no code here", [_call("print(1)", "1")])
+    assert segs == [("text", "no code here")] and len(missing) == 1
+
+
+def test_two_runs_are_overlaid_with_their_labels(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", acc_offset=0.3)
+    red = (214, 39, 40)  # the second run's colour (report_plots.COLORS[1])
+    one = write_report([a], tmp_path / "one")
+    assert not _has_color(tmp_path / "one" / "plots" / "accuracy.png", red)
+    page = write_report([a, b], tmp_path / "two", labels=["tool <RL>", "text RL"]).read_text()
+    for stem in ("accuracy", "length", "code_ratio"):
+        assert _has_color(tmp_path / "two" / "plots" / f"{stem}.png", red), stem
+    assert "<th>tool &lt;RL&gt;</th><th>text RL</th>" in page
+    assert one.exists()
+
+
+def test_labels_must_match_the_runs(tmp_path):
+    a = make_run(tmp_path / "a")
+    with pytest.raises(ValueError, match="1 label"):
+        write_report([a, a], tmp_path / "out", labels=["only one"])
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        write_report([tmp_path / "missing"], tmp_path / "out")
+
+
+def test_a_demo_style_parent_expands_into_its_runs(tmp_path):
+    demo = tmp_path / "demo"
+    make_run(demo / "rl")
+    make_run(demo / "text_rl", purposes=False)
+    (demo / "sft").mkdir()
+    (demo / "sft" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss/sft": 3.0 / s, "train/lr": 1e-3}) + "\n" for s in range(1, 6)))
+    (demo / "summary.json").write_text(json.dumps({"rl_accuracy": 0.9}))
+    page = write_report([demo], demo).read_text()
+    assert (demo / "report.html").exists()
+    assert "<th>rl</th><th>sft</th><th>text_rl</th>" in page
+    assert (demo / "plots" / "sft_loss.png").exists()
+    # the SFT run has no samples or summary: said so, not a crash
+    assert "sft: samples.jsonl is missing" in page and "sft: no executed code to classify" in page
+
+
+def test_purposes_early_vs_late_from_metrics_and_from_samples(tmp_path):
+    run = load_run(make_run(tmp_path / "a"), "a")
+    early, late, source = purpose_split(run)
+    assert source == "purpose/* metrics"
+    assert early["arithmetic"] == 1.0 and early["verification"] == 0.0
+    assert late["arithmetic"] == 0.5 and late["verification"] == 0.5  # steps 7-9, weights 7, 8, 9
+
+    run = load_run(make_run(tmp_path / "b", purposes=False), "b")
+    early, late, source = purpose_split(run)
+    assert source.startswith("samples.jsonl")
+    assert early == {**{p: 0.0 for p in early}, "arithmetic": 1.0}  # step 1: print(123 * 456)
+    assert late["invalid"] == 0.0 and late["other"] == 0.5 and late["arithmetic"] == 0.5  # print(x); x = 7 ** 5
+
+
+def test_runs_with_nothing_finite_do_not_crash(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward/accuracy": "nan"}\nnot json\n')
+    page = write_report([run], tmp_path / "out").read_text()
+    assert "No plot of accuracy" in page and "metrics.jsonl:2 is not JSON" in page
+    assert not list((tmp_path / "out" / "plots").glob("*.png"))
+
+
+def test_cli_report_through_a_subprocess(tmp_path):
+    run = make_run(tmp_path / "run")
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "report", str(run), "--title", "smoke"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(run / "report.html")
+    assert (run / "plots" / "accuracy.png").exists() and "<title>smoke</title>" in (run / "report.html").read_text()
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "report", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stdout
