@@ -1,0 +1,280 @@
+"""Evaluation on math benchmarks: k samples per problem through the tool loop, graded, scored, resumable.
+
+    problems = {"math500": load_benchmark("math500", data_dir="data")}
+    summary = evaluate(generator, tokenizer, sandbox, problems, EvalConfig(n=4), "runs/eval")
+
+Benchmarks by name (`BENCHMARKS`): `aime24`, `aime25`, `math500` resolve to `<data_dir>/<name>.jsonl`
+(or `.parquet`, `.json`) when a data directory is given, else to a dataset-hub id loaded through
+`datasets` (offline, only a cached copy loads; the error says every place that was tried). Any JSONL,
+JSON or Parquet file with problem and answer fields works too (`load_benchmark_file`).
+
+Each sample goes through `tirl.rollout.rollout` (the same loop, prompt rule and sandbox as RL) and
+`tirl.reward.grade_detailed` (the RL grader, strict unless `lenient`). Scores are in `eval_scores.py`.
+
+Files in the run directory:
+* `samples.jsonl` — one record per finished sample: benchmark, problem id, sample index, the
+  response, extracted answer, correct, grade reason, finish reason, tool calls (code, status, output,
+  token span), token counts. Appended, flushed and fsync'ed after every generation batch.
+* `eval_config.json` — the settings that decide the samples (model, sampling, style, ...).
+* `problems.jsonl`, `summary.json` — rewritten at the end from `samples.jsonl`.
+
+Resume: a re-run with the same `--run-dir` reads `samples.jsonl`, skips every (benchmark, problem
+id, sample index) already there and runs only the rest, so a finished sample is never lost or
+duplicated. A torn last line (a kill mid-write) is cut off before appending. A run directory holding
+samples made with other settings is refused (the message names the differing setting); raising `n`
+is allowed (the new sample indices are added).
+Simplification: sampled (temperature > 0) runs draw each batch from one seeded generator, so a
+resumed run's remaining samples are valid samples but not bit-identical to those an uninterrupted
+run would have drawn; greedy runs are identical.
+
+Records keep token counts, not token ids (32 samples x 500 problems x 16k tokens would be gigabytes);
+the tool metrics need only counts and call spans. Not covered: per-sample generation backend modes
+(the OpenAI backend's counts are in the summary), multiple reference answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tirl.data import DataError, Problem, load_problems
+from tirl.formats import get_style
+from tirl.reward import grade_detailed
+from tirl.rollout import RolloutConfig, encode_prompt, rollout
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where a named benchmark lives on the dataset hub, and its field names there."""
+
+    hub_id: str
+    split: str
+    subset: str | None = None
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str = "id"
+
+
+# Hub ids as published when this was written; a local file (--data-dir / --data) always wins.
+BENCHMARKS: dict[str, Benchmark] = {
+    "aime24": Benchmark("HuggingFaceH4/aime_2024", "train"),
+    "aime25": Benchmark("math-ai/aime25", "test"),
+    "math500": Benchmark("HuggingFaceH4/MATH-500", "test", id_field="unique_id"),
+}
+LOCAL_SUFFIXES = (".jsonl", ".parquet", ".json")
+
+
+@dataclass
+class EvalConfig:
+    """How samples are drawn and graded. Defaults: one greedy sample; ReTool reports n=32, T=1.0, top-p 0.7."""
+
+    n: int = 1
+    """Samples per problem (k of avg@k / pass@k / maj@k)."""
+    temperature: float = 0.0
+    """0 = greedy (n > 1 then repeats one answer); the papers sample at 1.0."""
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 4096
+    """Response budget, interpreter tokens included (ToRL 3,072; ReTool 16,384)."""
+    max_tool_calls: int = 8
+    """Code blocks run per response (ReTool's recipe: 8 turns; ToRL: 1-3)."""
+    max_output_chars: int = 256
+    """Interpreter output kept per call (both papers cut to 256 characters)."""
+    style: str = "retool"
+    """Tag style: retool or torl."""
+    chat: bool | None = None
+    """Use the tokenizer's chat template; None = when it has one."""
+    seed: int = 0
+    batch_size: int = 16
+    """Samples generated together per rollout call (and the unit of fsync'ed progress)."""
+    exec_timeout: float | None = None
+    """Per-call sandbox time limit; None = the sandbox's own."""
+    lenient: bool = False
+    """Fall back to the last number when no \\boxed{} is found (off: the papers' strict extraction)."""
+    limit: int | None = None
+    """Only the first N problems of each benchmark (quick runs)."""
+
+    def identity(self) -> dict[str, Any]:
+        """Settings that decide what a sample is; a resumed run must match them (n and limit may change)."""
+        d = dataclasses.asdict(self)
+        for k in ("n", "limit", "batch_size"):
+            d.pop(k)
+        return d
+
+
+# --- benchmarks ----------------------------------------------------------------------------------
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Problem]:
+    """Problems of a named benchmark: `<data_dir>/<name>.{jsonl,parquet,json}` or its hub id."""
+    if name not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
+                        "(or pass a file with --data FILE)")
+    spec = BENCHMARKS[name]
+    if data_dir is not None:
+        tried = [Path(data_dir) / f"{name}{s}" for s in LOCAL_SUFFIXES]
+        found = next((p for p in tried if p.exists()), None)
+        if found is None:
+            raise DataError(f"benchmark {name!r}: no file {' or '.join(map(str, tried))}; put the benchmark "
+                            f"there, or drop --data-dir to load the hub dataset {spec.hub_id!r}")
+        return load_benchmark_file(found, limit=limit)
+    try:
+        return list(load_problems(spec.hub_id, split=spec.split, subset=spec.subset, limit=limit,
+                                  problem_field=spec.problem_field, answer_field=spec.answer_field,
+                                  id_field=spec.id_field))
+    except DataError as e:
+        raise DataError(f"benchmark {name!r}: no --data-dir given, so the hub dataset {spec.hub_id!r} "
+                        f"(split {spec.split!r}) was tried: {e}. Pass --data-dir DIR holding {name}.jsonl "
+                        f"(fields id, problem, answer), or --data FILE.") from e
+
+
+def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fields: str) -> list[Problem]:
+    """Problems from any JSONL / JSON / Parquet file (field names as in `tirl.data.load_problems`)."""
+    return list(load_problems(path, limit=limit, **fields))
+
+
+# --- the record store (resume) -------------------------------------------------------------------
+class SampleStore:
+    """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); append with fsync."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.repaired_bytes = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line: a kill during a write; cut it off before appending
+            self.repaired_bytes = len(data) - end
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        for lineno, line in enumerate(data[:end].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = (str(rec["benchmark"]), str(rec["problem_id"]), int(rec["sample_index"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{self.path}:{lineno}: not a sample record ({e}); "
+                                "move the file away to start this evaluation afresh") from e
+            self.records.setdefault(key, rec)  # a duplicate cannot be written by us; keep the first
+
+    def __contains__(self, key: tuple[str, str, int]) -> bool:
+        return key in self.records
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        fresh = [r for r in records if (r["benchmark"], r["problem_id"], r["sample_index"]) not in self.records]
+        if not fresh:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh))
+            f.flush()
+            os.fsync(f.fileno())
+        for r in fresh:
+            self.records[(r["benchmark"], r["problem_id"], r["sample_index"])] = r
+
+
+def check_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Write `eval_config.json`, or refuse when the run directory's samples were made differently."""
+    path = run_dir / "eval_config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
+                for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        if diff:
+            raise ValueError(f"{run_dir} holds an evaluation with other settings ({'; '.join(diff)}); "
+                             "use another --run-dir, or the same settings to resume it")
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def evaluate(
+    generator: Any,
+    tokenizer: Any,
+    sandbox: Any,
+    benchmarks: dict[str, Sequence[Problem]],
+    cfg: EvalConfig,
+    run_dir: str | os.PathLike,
+    *,
+    model_id: str = "",
+    show: bool | None = None,
+) -> dict[str, Any]:
+    """Sample, grade and score every (benchmark, problem, sample index) not yet in `run_dir`.
+
+    `model_id` names the model or server in `eval_config.json` (a resumed run must match it).
+    Returns the summary (also written to `summary.json`); see `tirl.eval_scores.summarise`.
+    """
+    from tirl.eval_scores import summarise, write_outputs
+    from tirl.train.common import progress
+
+    if cfg.n < 1:
+        raise ValueError(f"n must be >= 1, got {cfg.n}")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    check_settings(run, {"model": model_id, **cfg.identity()})
+    store = SampleStore(run / "samples.jsonl")
+    style = get_style(cfg.style)
+    rcfg = RolloutConfig(n=1, max_new_tokens=cfg.max_tokens, max_tool_calls=cfg.max_tool_calls,
+                         max_output_chars=cfg.max_output_chars, temperature=cfg.temperature, top_p=cfg.top_p,
+                         top_k=cfg.top_k, seed=cfg.seed, exec_timeout=cfg.exec_timeout)
+    problems = {name: list(ps)[: cfg.limit] if cfg.limit else list(ps) for name, ps in benchmarks.items()}
+    todo = [(name, p, i) for name, ps in problems.items() for p in ps for i in range(cfg.n)
+            if (name, p.id, i) not in store]
+    total = sum(len(ps) for ps in problems.values()) * cfg.n
+    wanted = {(name, p.id, i) for name, ps in problems.items() for p in ps for i in range(cfg.n)}
+    counted = [store.records[k]["correct"] for k in wanted if k in store]
+    started = time.perf_counter()
+    prompt_cache: dict[str, list[int]] = {}
+    with progress("eval", total, disable=show if show is None else not show) as bar:
+        bar.update(0, advance=total - len(todo), info=_acc(counted))
+        for start in range(0, len(todo), cfg.batch_size):
+            chunk = todo[start: start + cfg.batch_size]
+            prompts = [prompt_cache.setdefault(p.problem, encode_prompt(tokenizer, p.problem, style, cfg.chat))
+                       for _, p, _ in chunk]
+            trajs, _ = rollout(generator, prompts, tokenizer, sandbox, style, rcfg,
+                               seed=cfg.seed + start if cfg.seed is not None else None)
+            records = [make_record(name, p, i, t, cfg.lenient) for (name, p, i), t in zip(chunk, trajs)]
+            store.append(records)
+            counted += [r["correct"] for r in records]
+            bar.update(0, advance=len(chunk), info=_acc(counted))
+    summary = summarise(problems, store.records, cfg.n)
+    summary["elapsed_s"] = round(time.perf_counter() - started, 2)
+    summary["resumed_samples"] = total - len(todo)
+    summary["settings"] = {"model": model_id, **dataclasses.asdict(cfg)}
+    if hasattr(generator, "modes"):
+        summary["backend_modes"] = dict(generator.modes)
+    write_outputs(run, summary, problems, store.records, cfg.n)
+    return summary
+
+
+def _acc(correct: list[bool]) -> str:
+    return f"acc {sum(correct) / len(correct):.3f} ({len(correct)})" if correct else ""
+
+
+def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, lenient: bool = False) -> dict[str, Any]:
+    """The JSONL record of one graded sample (see the module docstring)."""
+    from tirl.train.episodes import code_ran
+
+    g = grade_detailed(traj.text, problem.answer, lenient=lenient, code_ran=code_ran(traj))
+    return {
+        "benchmark": benchmark, "problem_id": problem.id, "sample_index": sample_index,
+        "reference": problem.answer, "extracted": g.extracted, "correct": bool(g.correct), "grade": g.reason,
+        "finish_reason": traj.finish_reason, "num_tool_calls": traj.num_calls,
+        "tool_calls": [{"code": c.code, "status": c.status, "output": c.output, "span": list(c.span),
+                        "duration_s": round(c.duration_s, 4)} for c in traj.tool_calls],
+        "tool_cap_hit": traj.tool_cap_hit, "unclosed_code": traj.unclosed_code,
+        "response_tokens": len(traj.response_ids), "sampled_tokens": int(sum(traj.loss_mask)),
+        "response": traj.text,
+    }
+

@@ -1,0 +1,164 @@
+"""`tirl eval (--model PATH | --server URL) (--benchmark NAMES | --data FILE) [options] --run-dir DIR`.
+
+Builds the generator (in-process transformers, or an OpenAI-compatible server), a sandbox that is
+started only when the first code block needs it, loads the benchmarks, and runs `tirl.eval.evaluate`
+(resumable: re-run the same command to continue). Prints the score table; files go to --run-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate a model or server on math benchmarks with the code interpreter: avg@k, pass@k, maj@k and "
+        "the tool-use statistics, per benchmark and overall. Resumable: re-run the same command with the same "
+        "--run-dir to continue an interrupted evaluation. The papers' setting (ReTool): --n 32 "
+        "--temperature 1.0 --top-p 0.7 --max-tokens 16384.")
+    src = parser.add_argument_group("what to evaluate")
+    src.add_argument("--model", help="model directory, Hugging Face name, or .gguf file (in-process generation)")
+    src.add_argument("--server", help="root URL of an OpenAI-compatible completions server (vLLM, SGLang, tirl serve)")
+    src.add_argument("--tokenizer", help="tokenizer for --server (default: the model id the server lists)")
+    src.add_argument("--served-model-name", help="model name to request from --server (default: its first)")
+    src.add_argument("--gguf-file", help="GGUF file name inside --model (a directory)")
+    src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    src.add_argument("--prompt-mode", default="auto", choices=["auto", "tokens", "text"],
+                     help="--server prompts as token ids (exact) or text (re-tokenised by the server)")
+    src.add_argument("--max-concurrency", type=int, default=32, help="requests in flight to --server (default: 32)")
+    data = parser.add_argument_group("problems")
+    data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500")
+    data.add_argument("--data", action="append", default=[],
+                      help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its stem")
+    data.add_argument("--data-dir", help="directory holding <benchmark>.jsonl files (default: the dataset hub)")
+    data.add_argument("--problem-field", default="problem", help="problem field of --data files")
+    data.add_argument("--answer-field", default="answer", help="answer field of --data files")
+    data.add_argument("--id-field", default="id", help="id field of --data files (default: id; row index if absent)")
+    data.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    s = parser.add_argument_group("sampling and the tool loop")
+    s.add_argument("--n", type=int, default=1, help="samples per problem (default: 1)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: 1.0)")
+    s.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    s.add_argument("--max-tokens", type=int, default=4096, help="response budget incl. interpreter output (default: 4096)")
+    s.add_argument("--max-tool-calls", type=int, default=8, help="code blocks run per response (default: 8)")
+    s.add_argument("--max-output-chars", type=int, default=256, help="interpreter output kept per call (default: 256)")
+    s.add_argument("--style", default="retool", choices=["retool", "torl"], help="tag style (default: retool)")
+    s.add_argument("--chat", default=None, action=argparse.BooleanOptionalAction,
+                   help="use the tokenizer's chat template (default: when it has one)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16, help="samples generated together (default: 16)")
+    s.add_argument("--lenient", action="store_true", help="grade the last number when no \\boxed{} is found")
+    s.add_argument("--sandbox-url", help="use a `tirl sandbox serve` / SandboxFusion server instead of a local sandbox")
+    s.add_argument("--exec-timeout", type=float, default=None, help="seconds per code call (default: sandbox's 10)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    parser.add_argument("--run-dir", default="runs/eval",
+                        help="samples.jsonl, problems.jsonl, summary.json go here (default: runs/eval)")
+
+
+def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """Every requested benchmark's problems, by name (raises `DataError` saying where it looked)."""
+    from tirl.data import DataError
+    from tirl.eval import load_benchmark, load_benchmark_file
+
+    out: dict[str, list[Any]] = {}
+    for name in [b.strip() for b in args.benchmark.split(",") if b.strip()]:
+        out[name] = load_benchmark(name, args.data_dir, limit=args.limit)
+    for f in [x for d in args.data for x in d.split(",") if x.strip()]:
+        name = Path(f).stem
+        if name in out:
+            raise DataError(f"two benchmarks named {name!r}; rename {f}")
+        out[name] = load_benchmark_file(f, limit=args.limit, problem_field=args.problem_field,
+                                        answer_field=args.answer_field, id_field=args.id_field)
+    if not out:
+        raise DataError("nothing to evaluate: give --benchmark NAME[,NAME] and/or --data FILE")
+    return out
+
+
+class LazySandbox:
+    """A sandbox started on the first code block: a model that never writes code never pays for one."""
+
+    def __init__(self, url: str | None = None):
+        self.url, self._sb = url, None
+
+    def run_batch(self, codes: list[str], timeout: float | None = None) -> list[Any]:
+        if self._sb is None:
+            from tirl.sandbox import HttpSandbox, Sandbox, SandboxConfig
+
+            self._sb = HttpSandbox(self.url) if self.url else Sandbox(SandboxConfig())
+        return self._sb.run_batch(codes) if timeout is None else self._sb.run_batch(codes, timeout=timeout)
+
+    def close(self) -> None:
+        if self._sb is not None:
+            self._sb.close()
+
+
+def make_generator(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """(generator, tokenizer, model id) for --model or --server."""
+    from tirl.models import load_tokenizer
+
+    if args.server:
+        from tirl.generation.openai import OpenAIGenerator
+
+        tok_src = args.tokenizer
+        probe = None
+        if tok_src is None:  # the server's model id is usually a path or hub name the tokenizer loads from
+            probe = OpenAIGenerator(args.server, None, model=args.served_model_name, prompt_mode=args.prompt_mode)
+            tok_src = probe.model
+            probe.close()
+        tok = load_tokenizer(tok_src)
+        gen = OpenAIGenerator(args.server, tok, model=args.served_model_name, prompt_mode=args.prompt_mode,
+                              max_concurrency=args.max_concurrency)
+        return gen, tok, f"server:{args.server}/{gen.model}"
+    from tirl.generation.hf import HFGenerator
+    from tirl.models import load_model
+
+    tok = load_tokenizer(args.model, gguf_file=args.gguf_file)
+    model = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype)
+    model_id = str(args.model) + (f"#{args.gguf_file}" if args.gguf_file else "")
+    return HFGenerator(model, tok, max_batch_size=args.batch_size), tok, model_id
+
+
+def run(args: argparse.Namespace) -> int:
+    from tirl.data import DataError
+    from tirl.eval import EvalConfig, evaluate
+    from tirl.eval_scores import render_table
+    from tirl.generation.openai import ServerError
+    from tirl.train.rl_command import quiet_transformers
+
+    if bool(args.model) == bool(args.server):
+        print("tirl eval: give exactly one of --model PATH_OR_NAME and --server URL")
+        return 2
+    cfg = EvalConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                     max_tokens=args.max_tokens, max_tool_calls=args.max_tool_calls,
+                     max_output_chars=args.max_output_chars, style=args.style, chat=args.chat, seed=args.seed,
+                     batch_size=args.batch_size, exec_timeout=args.exec_timeout, lenient=args.lenient,
+                     limit=args.limit)
+    try:
+        problems = load_all(args)
+    except DataError as e:
+        print(f"tirl eval: {e}")
+        return 2
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    quiet_transformers()
+    sandbox = LazySandbox(args.sandbox_url)
+    gen = None
+    try:
+        gen, tok, model_id = make_generator(args)
+        summary = evaluate(gen, tok, sandbox, problems, cfg, args.run_dir, model_id=model_id)
+    except (ValueError, ServerError, OSError) as e:  # settings mismatch, 4xx, unreachable server, bad path
+        print(f"tirl eval: {e}")
+        return 2
+    finally:
+        sandbox.close()
+        if gen is not None and hasattr(gen, "close"):
+            gen.close()
+    render_table(summary)
+    print(f"samples: {Path(args.run_dir) / 'samples.jsonl'}; summary: {Path(args.run_dir) / 'summary.json'}"
+          + (f" ({summary['resumed_samples']} samples resumed)" if summary["resumed_samples"] else ""))
+    return 0

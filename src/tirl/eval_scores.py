@@ -1,0 +1,166 @@
+"""Scores of an evaluation from its sample records: per benchmark and overall, plus the printed table.
+
+Per benchmark (P problems, the first n samples of each):
+* `avg@n` — mean correctness over all P*n samples (the papers' "accuracy");
+* `pass@k` — Chen et al.'s unbiased estimator (`tirl.scores.pass_at_k`) averaged over problems, for
+  k = 1, 2, 4, ... <= n, and n itself;
+* `maj@k` — for the same k: the majority answer of the first k samples (`tirl.scores.maj_at_k`:
+  light normal form for votes, unanswered samples do not vote, ties go to the answer reached first)
+  is correct, averaged over problems;
+* `no_answer_ratio`, and the tool-use statistics of `tirl.metrics.tool_metrics` (`tool/...`,
+  `response/...`), which include the code-purpose distribution (`purpose/<name>`: share of executed
+  calls per purpose, `tirl.code_purpose`).
+
+Overall: the same over the union of all benchmarks' problems (micro average: a 500-problem benchmark
+weighs more than a 30-problem one); the per-benchmark rows are what papers report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tirl.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
+
+
+def ks_for(n: int) -> list[int]:
+    """1, 2, 4, ... <= n, and n itself."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks if ks[-1] == n else ks + [n]
+
+
+def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, float]:
+    """Scores of problems given as lists of their n sample records (sorted by sample index)."""
+    from tirl.metrics import tool_metrics
+
+    flat = [r for samples in rows for r in samples]
+    if not rows:
+        return {"problems": 0, "samples": 0}
+    out: dict[str, float] = {"problems": len(rows), "samples": len(flat)}
+    out[f"avg@{n}"] = avg_at_k([r["correct"] for r in flat])
+    for k in ks_for(n):
+        out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["correct"] for r in s), k) for s in rows) / len(rows)
+    for k in ks_for(n):
+        out[f"maj@{k}"] = sum(maj_at_k([r["extracted"] for r in s], [r["correct"] for r in s], k)
+                              for s in rows) / len(rows)
+    out["no_answer_ratio"] = sum(r["grade"] == "no_answer" for r in flat) / len(flat)
+    out.update(tool_metrics(metrics_view(flat)))
+    return out
+
+
+def metrics_view(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records as the trajectory-shaped dicts `tirl.metrics.tool_metrics` reads (lengths, not ids)."""
+    out = []
+    for r in records:
+        n, s = int(r["response_tokens"]), int(r["sampled_tokens"])
+        out.append({"response_ids": range(n), "loss_mask": [1] * s + [0] * (n - s),
+                    "finish_reason": r["finish_reason"], "tool_calls": r["tool_calls"],
+                    "tool_cap_hit": r["tool_cap_hit"], "unclosed_code": r["unclosed_code"], "text": r["response"]})
+    return out
+
+
+def _rows(problems: Sequence[Any], records: dict, name: str, n: int) -> list[list[dict[str, Any]]]:
+    rows = []
+    for p in problems:
+        samples = [records.get((name, p.id, i)) for i in range(n)]
+        if any(s is None for s in samples):
+            raise ValueError(f"{name}/{p.id}: {sum(s is None for s in samples)} of {n} samples missing")
+        rows.append(samples)
+    return rows
+
+
+def summarise(problems: dict[str, Sequence[Any]], records: dict, n: int) -> dict[str, Any]:
+    """{"n", "benchmarks": {name: scores}, "overall": scores} (see the module docstring)."""
+    per = {name: _rows(ps, records, name, n) for name, ps in problems.items()}
+    summary: dict[str, Any] = {"n": n, "benchmarks": {name: score_rows(rows, n) for name, rows in per.items()}}
+    summary["overall"] = score_rows([r for rows in per.values() for r in rows], n)
+    return summary
+
+
+def problem_rows(problems: dict[str, Sequence[Any]], records: dict, n: int) -> list[dict[str, Any]]:
+    """One row per problem: reference, correct count, pass@1, the majority answer and whether it is right."""
+    out = []
+    for name, ps in problems.items():
+        for p, samples in zip(ps, _rows(ps, records, name, n)):
+            answers = [s["extracted"] for s in samples]
+            vote, first = majority_answer(answers)
+            out.append({"benchmark": name, "problem_id": p.id, "reference": p.answer, "n": n,
+                        "correct": sum(s["correct"] for s in samples),
+                        "pass@1": sum(s["correct"] for s in samples) / n, "majority_answer": vote,
+                        "majority_correct": bool(first >= 0 and samples[first]["correct"]),
+                        "answers": answers})
+    return out
+
+
+def write_outputs(run: Path, summary: dict[str, Any], problems: dict, records: dict, n: int) -> None:
+    """`summary.json` and `problems.jsonl`, each written to a temporary file and renamed."""
+    _atomic(run / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+    _atomic(run / "problems.jsonl",
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in problem_rows(problems, records, n)))
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _clean(x: Any) -> Any:
+    """NaN (undefined statistic) -> null, so the file is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_clean(v) for v in x]
+    return x
+
+
+TABLE_TOOL_COLUMNS = [("code%", "tool/code_ratio", 100), ("calls", "tool/calls_mean", 1),
+                      ("ok%", "tool/pass_rate", 100), ("fix%", "tool/self_correction", 100),
+                      ("tokens", "response/length_mean", 1)]
+
+
+def render_table(summary: dict[str, Any], console: Any = None) -> None:
+    """Print one row per benchmark and an overall row (rich); percentages. pass@k for k = 1 and n only
+    (summary.json has every k); code% = responses with code, ok% = executed calls that ran cleanly,
+    fix% = self-correction, tokens = mean response length."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    n = summary["n"]
+    ks = sorted({1, n})
+    table = Table(title=f"tirl eval: {n} sample{'s' if n > 1 else ''} per problem", box=box.SIMPLE_HEAD)
+    for col in ["benchmark", "problems", f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]:
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for title, _, _ in TABLE_TOOL_COLUMNS:
+        table.add_column(title, justify="right")
+    rows = list(summary["benchmarks"].items())
+    if len(rows) > 1:
+        rows.append(("overall", summary["overall"]))
+    for name, s in rows:
+        cells = [name, str(int(s.get("problems", 0)))]
+        cells += [_pct(s.get(key)) for key in [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]]
+        cells += [_num(s.get(key), scale) for _, key, scale in TABLE_TOOL_COLUMNS]
+        table.add_row(*cells)
+    if console is None:  # a pipe or log file gets the whole table, not 80 squeezed columns
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x: Any, scale: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * scale:.1f}" if scale != 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"
