@@ -296,24 +296,24 @@ def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
 
 
 def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
-    splits = [(r.label, purpose_split(r)) for r in runs]
-    have = [(label, s) for label, s in splits if s is not None]
+    splits = [(r.label, COLORS[i % len(COLORS)], purpose_split(r)) for i, r in enumerate(runs)]
+    have = [(label, color, s) for label, color, s in splits if s is not None]
     parts = ["<h2>What the code is for</h2>",
              '<p class="note">Each executed snippet is classified by static analysis of its code '
              "(<code>tirl.code_purpose</code>); shares of executed calls in the first vs the last third "
              "of the training steps.</p>"]
-    for label, s in splits:
+    for label, _, s in splits:
         if s is None:
             parts.append(f'<p class="skip">{html.escape(label)}: no executed code to classify.</p>')
     path = plot_dir / "purposes.png"
-    if have and purpose_plot([(label, e, l) for label, (e, l, _) in have], PURPOSES, path,
+    if have and purpose_plot([(label, color, e, l) for label, color, (e, l, _) in have], PURPOSES, path,
                              title="Code purposes, early vs late in training"):
         parts.append(_img(path, "Code purposes: early (light) vs late (dark)"))
-        seen = [p for p in PURPOSES if any(x.get(p, 0) > 0 for _, (e, l, _) in have for x in (e, l))]
+        seen = [p for p in PURPOSES if any(x.get(p, 0) > 0 for _, _, (e, l, _) in have for x in (e, l))]
         rows = "".join(
             f"<tr><td>{html.escape(label)}</td><td>{html.escape(src)}</td>"
             + "".join(f"<td>{_fmt(e.get(p))} → {_fmt(l.get(p))}</td>" for p in seen) + "</tr>"
-            for label, (e, l, src) in have)
+            for label, _, (e, l, src) in have)
         parts.append("<table><tr><th>run</th><th>source</th>"
                      + "".join(f"<th>{p} (early → late)</th>" for p in seen) + f"</tr>{rows}</table>")
     return parts

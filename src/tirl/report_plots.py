@@ -49,7 +49,8 @@ def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
     curves = [c for c in curves if c.x]
     if not curves:
         return False
-    fig = _figure()
+    outside = len(curves) > 2  # more entries than fit in a corner without hiding data
+    fig = _figure(width=9.5 if outside else 7.0)
     ax = fig.add_subplot(1, 1, 1)
     for c in curves:
         if c.points:
@@ -70,27 +71,29 @@ def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
         pad = (hi - lo) * 0.04
         ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8, loc="best", framealpha=0.85)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")
     return True
 
 
-def purpose_plot(shares: list[tuple[str, dict[str, float], dict[str, float]]], purposes: Sequence[str],
+def purpose_plot(shares: list[tuple[str, str, dict[str, float], dict[str, float]]], purposes: Sequence[str],
                  path: Path, *, title: str) -> bool:
     """One panel per run: the share of executed calls per purpose, early (light) vs late (dark) bars.
 
-    `shares`: (run label, early {purpose: share}, late {purpose: share}); purposes never seen in any run
+    `shares`: (run label, colour, early {purpose: share}, late {purpose: share}); purposes never seen in any run
     are left out so the bars stay readable.
     """
-    shown = [p for p in purposes if any(s.get(p, 0) > 0 for _, e, l in shares for s in (e, l))]
+    shown = [p for p in purposes if any(s.get(p, 0) > 0 for _, _, e, l in shares for s in (e, l))]
     if not shares or not shown:
         return False
     fig = _figure(width=max(7.0, 3.6 * len(shares)), height=3.8)
     axes = fig.subplots(1, len(shares), sharey=True, squeeze=False)[0]
     width = 0.38
-    for i, (ax, (label, early, late)) in enumerate(zip(axes, shares)):
-        color = COLORS[i % len(COLORS)]
+    for ax, (label, color, early, late) in zip(axes, shares):
         xs = range(len(shown))
         ax.bar([x - width / 2 for x in xs], [early.get(p, 0.0) for p in shown], width, color=color,
                alpha=0.35, label="early (first third)")
