@@ -1,0 +1,203 @@
+"""`tirl eval`: scores against hand-computed values on a scripted run, resume after SIGKILL, benchmark
+resolution and its error messages, settings checks, and the command through a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from eval_scripts import ByProblemGenerator, FakeSandbox, answer, code, resume_scripts
+from fixtures_models import tiny_model_dir, tiny_tokenizer  # noqa: F401 - pytest fixtures
+
+from tirl.data import DataError, Problem
+from tirl.eval import EvalConfig, SampleStore, evaluate, load_benchmark, load_benchmark_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# Four problems x four samples, scripted. Correct counts c = 2, 2, 2, 1.
+SCRIPTS = {
+    "What is 12 times 34?": [code("print(12*34)") + answer("408"), answer("400"), answer("408"), "I give up."],
+    "What is 99 times 99?": [answer("9800"), answer("9800"), answer("9801"), answer("9801")],
+    "What is 2 plus 5?": [answer("5"), answer("7"), answer("7"), "no idea"],
+    "What is 1 plus 2?": [code("raise ValueError") + code("print(1+2)") + answer("3"), answer("1"), answer("2"),
+                          answer("4")],
+}
+ANSWERS = {"What is 12 times 34?": "408", "What is 99 times 99?": "9801", "What is 2 plus 5?": "7",
+           "What is 1 plus 2?": "3"}
+
+
+def _scripted_run(tok, run_dir, batch_size=16):
+    problems = [Problem(f"p{i}", q, a) for i, (q, a) in enumerate(ANSWERS.items())]
+    sandbox = FakeSandbox()
+    gen = ByProblemGenerator(tok, SCRIPTS)
+    summary = evaluate(gen, tok, sandbox, {"toy": problems}, EvalConfig(n=4, max_tokens=128, batch_size=batch_size),
+                       run_dir, model_id="scripted", show=False)
+    return summary, sandbox
+
+
+def test_scores_match_hand_computed_values(tiny_tokenizer, tmp_path):
+    summary, sandbox = _scripted_run(tiny_tokenizer, tmp_path / "run", batch_size=5)
+    s = summary["benchmarks"]["toy"]
+    assert (s["problems"], s["samples"]) == (4, 16)
+    # avg@4 = (2 + 2 + 2 + 1) / 16; pass@1 is the same mean.
+    assert s["avg@4"] == pytest.approx(7 / 16) and s["pass@1"] == pytest.approx(7 / 16)
+    # pass@2 = 1 - C(n-c, 2) / C(4, 2): c=2 -> 1 - 1/6 = 5/6 (three problems), c=1 -> 1 - 3/6 = 1/2.
+    assert s["pass@2"] == pytest.approx((3 * 5 / 6 + 1 / 2) / 4)
+    assert s["pass@4"] == pytest.approx(1.0)  # every problem has a correct sample
+    # maj@1: first samples 408 (right), 9800, 5, 3 (right) -> 2/4.
+    # maj@2: {408, 400} tie -> 408 first (right); {9800, 9800}; {5, 7} tie -> 5; {3, 1} tie -> 3 (right) -> 2/4.
+    # maj@4: 408 x2 (right); 9800 x2 vs 9801 x2 tie -> 9800 first (wrong); 7 x2 (right); all ties -> 3 (right).
+    assert (s["maj@1"], s["maj@2"], s["maj@4"]) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.75))
+    assert s["no_answer_ratio"] == pytest.approx(2 / 16)
+    # Tool use: 2 of 16 responses wrote code; 3 calls; 2 of 3 executed calls ok; the failed one was fixed.
+    assert s["tool/code_ratio"] == pytest.approx(2 / 16) and s["tool/calls_mean"] == pytest.approx(3 / 16)
+    assert s["tool/pass_rate"] == pytest.approx(2 / 3) and s["tool/self_correction"] == pytest.approx(1.0)
+    assert any(k.startswith("purpose/") for k in s)  # the code-purpose distribution sits beside them
+    assert sandbox.codes == ["print(12*34)", "raise ValueError", "print(1+2)"]
+    assert summary["overall"]["avg@4"] == pytest.approx(7 / 16)
+
+    records = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 16 and len({(r["problem_id"], r["sample_index"]) for r in records}) == 16
+    first = next(r for r in records if r["problem_id"] == "p0" and r["sample_index"] == 0)
+    assert first["correct"] and first["extracted"] == "408" and first["num_tool_calls"] == 1
+    assert first["tool_calls"][0]["status"] == "ok" and first["tool_calls"][0]["output"].strip() == "408"
+    assert "\\boxed{408}" in first["response"]
+    rows = {r["problem_id"]: r for r in map(json.loads, (tmp_path / "run" / "problems.jsonl").read_text().splitlines())}
+    assert rows["p1"]["majority_answer"] == "9800" and rows["p1"]["majority_correct"] is False
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["benchmarks"]["toy"]["maj@4"] == 0.75
+
+
+def test_same_scores_whatever_the_batch_size(tiny_tokenizer, tmp_path):
+    a, _ = _scripted_run(tiny_tokenizer, tmp_path / "a", batch_size=1)
+    b, _ = _scripted_run(tiny_tokenizer, tmp_path / "b", batch_size=16)
+    assert a["benchmarks"] == b["benchmarks"]
+
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):  # noqa: F811
+    rows, _ = resume_scripts(6)
+    problems = _write_jsonl(tmp_path / "tiny.jsonl", rows)
+    run = tmp_path / "run"
+    samples = run / "samples.jsonl"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{TESTS}"}
+    cmd = [sys.executable, str(TESTS / "eval_scripts.py"), str(tiny_model_dir), str(problems), str(run)]
+    proc = subprocess.Popen(cmd + ["0.4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if samples.exists() and len(samples.read_text().splitlines()) >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"finished before the kill: {proc.stdout.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    before = samples.read_text()
+    n_before = len(before.splitlines())
+    assert 4 <= n_before < 12
+    with open(samples, "a") as f:  # as if the kill had landed in the middle of a write
+        f.write('{"benchmark": "tiny", "problem_id": "q')
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = samples.read_text()
+    assert after.startswith(before), "finished records were rewritten"
+    records = [json.loads(x) for x in after.splitlines()]
+    keys = [(r["problem_id"], r["sample_index"]) for r in records]
+    assert len(keys) == 12 and set(keys) == {(f"q{k}", i) for k in range(1, 7) for i in range(2)}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed_samples"] == n_before
+    assert summary["benchmarks"]["tiny"]["avg@2"] == pytest.approx(0.5)  # odd k right, even k wrong
+    assert summary["benchmarks"]["tiny"]["tool/code_ratio"] == pytest.approx(0.5)
+
+
+def test_store_cuts_a_torn_last_line_and_refuses_a_corrupt_middle(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    good = json.dumps({"benchmark": "b", "problem_id": "x", "sample_index": 0, "correct": True})
+    path.write_text(good + "\n" + '{"benchmark": "b", "prob')
+    store = SampleStore(path)
+    assert ("b", "x", 0) in store and store.repaired_bytes > 0
+    assert path.read_text() == good + "\n"
+    store.append([{"benchmark": "b", "problem_id": "x", "sample_index": 0, "correct": False},  # already there
+                  {"benchmark": "b", "problem_id": "y", "sample_index": 0, "correct": False}])
+    assert len(path.read_text().splitlines()) == 2
+    path.write_text("not json\n" + good + "\n")
+    with pytest.raises(DataError, match="samples.jsonl:1"):
+        SampleStore(path)
+
+
+def test_resume_with_other_settings_is_refused_and_more_samples_are_added(tiny_tokenizer, tmp_path):
+    rows, scripts = resume_scripts(2)
+    problems = load_benchmark_file(_write_jsonl(tmp_path / "two.jsonl", rows))
+    run = tmp_path / "run"
+
+    def go(**kw):
+        return evaluate(ByProblemGenerator(tiny_tokenizer, scripts), tiny_tokenizer, FakeSandbox(), {"two": problems},
+                        EvalConfig(max_tokens=64, **kw), run, model_id="scripted", show=False)
+
+    go(n=1)
+    with pytest.raises(ValueError, match="temperature: 0.0 there, 0.7 now"):
+        go(n=1, temperature=0.7)
+    s = go(n=2)
+    assert s["resumed_samples"] == 2 and s["benchmarks"]["two"]["samples"] == 4
+
+
+def test_benchmarks_resolve_to_data_dir_files(tmp_path):
+    _write_jsonl(tmp_path / "aime24.jsonl", [{"id": "2024-I-1", "problem": "Find x.", "answer": "204"},
+                                           {"id": "2024-I-2", "problem": "Find y.", "answer": "25"}])
+    problems = load_benchmark("aime24", tmp_path)
+    assert [(p.id, p.answer) for p in problems] == [("2024-I-1", "204"), ("2024-I-2", "25")]
+    assert len(load_benchmark("aime24", tmp_path, limit=1)) == 1
+
+
+def test_missing_benchmarks_say_where_they_looked(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_benchmark("math500", tmp_path)
+    assert str(tmp_path / "math500.jsonl") in str(e.value) and "HuggingFaceH4/MATH-500" in str(e.value)
+    with pytest.raises(DataError) as e:  # no --data-dir: the hub, offline in tests
+        load_benchmark("aime25")
+    assert "math-ai/aime25" in str(e.value) and "offline" in str(e.value) and "--data-dir" in str(e.value)
+    with pytest.raises(DataError, match="unknown benchmark 'gsm9k'; known: aime24, aime25, math500"):
+        load_benchmark("gsm9k")
+
+
+def _tirl(*args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "tirl.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_eval_smoke_and_resume(tiny_model_dir, tmp_path):  # noqa: F811
+    rows, _ = resume_scripts(3)
+    data = _write_jsonl(tmp_path / "mini.jsonl", rows)
+    args = ["eval", "--model", str(tiny_model_dir), "--data", str(data), "--n", "2", "--temperature", "1.0",
+            "--max-tokens", "12", "--threads", "1", "--run-dir", str(tmp_path / "run")]
+    r = _tirl(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "avg@2" in r.stdout and "mini" in r.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["benchmarks"]["mini"]["samples"] == 6 and summary["settings"]["n"] == 2
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
+    again = _tirl(*args)
+    assert again.returncode == 0 and "6 samples resumed" in again.stdout
+    assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
+
+
+def test_cli_eval_errors_are_clear(tiny_model_dir, tmp_path):  # noqa: F811
+    r = _tirl("eval", "--model", str(tiny_model_dir), "--benchmark", "aime24", "--data-dir", str(tmp_path),
+              "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "aime24.jsonl" in r.stdout
+    r = _tirl("eval", "--data", "x.jsonl", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "exactly one of --model" in r.stdout
