@@ -86,10 +86,10 @@ class CompletionServer:
 
     async def _start(self, app: web.Application) -> None:
         self._queue = asyncio.Queue()
-        app["batcher"] = asyncio.get_running_loop().create_task(self._batcher())
+        self._batcher_task = asyncio.get_running_loop().create_task(self._batcher())
 
     async def _stop(self, app: web.Application) -> None:
-        app["batcher"].cancel()
+        self._batcher_task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- handlers ----------------------------------------------------------------------------------

