@@ -188,3 +188,29 @@ def test_smollm2_gguf_over_http_with_its_chat_template():
     local = HFGenerator(model, tok).generate([GenerationRequest(ids)], SamplingParams(max_new_tokens=12,
                                                                                       temperature=0))[0]
     assert out.token_ids == local.token_ids and len(out.token_ids) > 0
+
+
+def test_cli_eval_through_a_server_equals_in_process(tiny_model, tiny_model_dir, tiny_tokenizer, tmp_path):  # noqa: F811
+    """`tirl eval --server URL` (tokenizer from the served model id) gives the same greedy samples as --model."""
+    rows = [{"id": f"q{i}", "problem": q, "answer": "1"} for i, q in enumerate(QUESTIONS)]
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    common = ["--data", str(data), "--max-tokens", "16", "--threads", "1"]
+    server = CompletionServer(HFGenerator(tiny_model, tiny_tokenizer), tiny_tokenizer, str(tiny_model_dir))
+    with ServerThread(server.app()) as thread:
+        remote = subprocess.run([sys.executable, "-m", "tirl.cli", "eval", "--server", thread.url, *common,
+                                 "--run-dir", str(tmp_path / "remote")], env=env, capture_output=True, text=True,
+                                timeout=300)
+    assert remote.returncode == 0, remote.stdout[-2000:] + remote.stderr[-2000:]
+    local = subprocess.run([sys.executable, "-m", "tirl.cli", "eval", "--model", str(tiny_model_dir), *common,
+                            "--run-dir", str(tmp_path / "local")], env=env, capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-2000:]
+
+    def samples(name):
+        return [json.loads(x) for x in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+
+    assert samples("remote") == samples("local") and len(samples("local")) == 3
+    summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
+    modes = summary["backend_modes"]  # token ids both ways, never text
+    assert set(modes) == {"prompt:tokens", "output:token_ids"} and modes["prompt:tokens"] >= 3
