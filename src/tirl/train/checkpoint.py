@@ -108,6 +108,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return steps[-1][1] if steps else None
 
 
+def resume_point(run_dir: str | Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from (None for a fresh run); refuses a mismatch either way."""
+    ckpt = latest_checkpoint(run_dir)
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
+    if not resume and ckpt is not None:
+        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
+    return ckpt
+
+
 def load_state(checkpoint: str | Path, restore_rng: bool = True) -> dict[str, Any]:
     """The trainer state saved with a checkpoint; restores the RNG states unless asked not to."""
     state = torch.load(Path(checkpoint) / "state.pt", map_location="cpu", weights_only=False)

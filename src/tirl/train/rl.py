@@ -28,7 +28,7 @@ from tirl.config import save_config
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train import rl_update as U
-from tirl.train.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
 from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, progress, set_threads
 from tirl.train.episodes import play
 from tirl.train.logger import MetricsLogger, truncate_jsonl_after
@@ -115,11 +115,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
     run_dir = Path(run_dir)
     tc, algo = cfg.trainer, cfg.algorithm
     set_threads(tc.threads)
-    ckpt = latest_checkpoint(run_dir)
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-    if not resume and ckpt is not None:
-        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
+    ckpt = resume_point(run_dir, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 

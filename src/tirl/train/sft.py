@@ -27,7 +27,7 @@ import torch
 
 from tirl.config import save_config
 from tirl.data import IGNORE_INDEX
-from tirl.train.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, progress, set_threads
 from tirl.train.logger import MetricsLogger
 from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
@@ -152,11 +152,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict
     run_dir = Path(run_dir)
     tc = cfg.trainer
     set_threads(tc.threads)
-    ckpt = latest_checkpoint(run_dir)
-    if resume and ckpt is None:
-        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-    if not resume and ckpt is not None:
-        raise FileExistsError(f"{run_dir} already has checkpoints: pass --resume, or choose another --run-dir")
+    ckpt = resume_point(run_dir, resume)
     style = make_style(cfg.prompt)
     train_traces, eval_traces = load_sft_traces(cfg.data, style)  # refuse bad data before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
