@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import warnings
 
 PURPOSES: tuple[str, ...] = (
     "arithmetic", "symbolic", "enumeration", "verification", "numeric", "simulation", "other", "invalid",
@@ -80,7 +81,9 @@ _BUILTINS = frozenset(dir(builtins))
 def classify_code(code: str) -> str:
     """The purpose of one snippet (one of `PURPOSES`); see the module docstring for the rules."""
     try:
-        tree = ast.parse(code)
+        with warnings.catch_warnings():  # model-written code: its SyntaxWarnings are not ours to print
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(code)
     except (SyntaxError, ValueError):
         return "invalid"
     facts = _Facts(tree)
