@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--max-tool-calls", type=int, default=4)
     p.add_argument("--style", default="retool", choices=["retool", "torl"])
     p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--lenient", action="store_true", help="grade the last number when no \\boxed{} is found")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-dir", default="runs/smollm2_eval")
     args = p.parse_args()
@@ -67,7 +68,8 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     problems = {args.benchmark: load_benchmark(args.benchmark, args.data_dir, limit=args.limit)}
     cfg = EvalConfig(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
-                     max_tool_calls=args.max_tool_calls, style=args.style, chat=True, batch_size=args.batch_size)
+                     max_tool_calls=args.max_tool_calls, style=args.style, chat=True, batch_size=args.batch_size,
+                     lenient=args.lenient)
     sandbox = LazySandbox()
     try:
         t0 = time.perf_counter()
