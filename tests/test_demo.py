@@ -32,3 +32,10 @@ def test_demo_smoke(tmp_path):
     r2 = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smoke.yaml"), "--run-dir",
                          str(run)], capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert r2.returncode == 2 and "already holds a demo run" in r2.stdout
+
+
+def test_demo_yaml_matches_the_built_in_defaults():
+    from tirl.config import load_config
+    from tirl.demo import DemoConfig
+
+    assert load_config(DemoConfig, CONFIGS / "demo.yaml") == DemoConfig()

@@ -43,15 +43,18 @@ class DemoConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(hidden_size=128, layers=2))
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(style="retool", system_prompt=""))
     sft: SFTTrainerConfig = field(default_factory=lambda: SFTTrainerConfig(
-        steps=1200, batch_size=32, micro_batch_size=32, eval_every=200, save_every=100_000,
+        steps=1500, batch_size=32, micro_batch_size=32, eval_every=200, save_every=100_000,
         optim=OptimConfig(lr=1e-3, warmup_steps=30, schedule="cosine")))
     """Copying numbers appears suddenly after a few hundred steps; stopping early leaves 0% accuracy."""
-    sft_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.45, "text": 0.45, "fix": 0.10})
+    sft_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.3, "text": 0.6, "fix": 0.1})
+    """Mostly text, as a model that has seen the tool but does not yet rely on it: greedy decoding of the
+    SFT model then computes in text, and RL has to discover that the tool pays (ReTool's premise). With a
+    45/45/10 mix the SFT model already chose code greedily (76% accuracy) and RL added 14 points."""
     text_error_rate: float = 0.5
-    text_sft_steps: int = 300
+    text_sft_steps: int = 200
     """The text-only baseline's SFT (its traces are all correct: the fairest baseline)."""
     rl: TrainerConfig = field(default_factory=lambda: TrainerConfig(
-        steps=40, prompts_per_step=8, micro_batch_size=32, save_every=100_000, eval_every=10, eval_size=200,
+        steps=60, prompts_per_step=8, micro_batch_size=32, save_every=100_000, eval_every=10, eval_size=200,
         optim=OptimConfig(lr=5e-5, warmup_steps=5)))
     """A fresh Adam at a high lr wrecks the policy in a few steps, and all-wrong groups never recover it."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
