@@ -31,7 +31,8 @@ COMMANDS: dict[str, Command] = {
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
                        "tirl.sandbox.cli", 3),
     "report": Command("HTML report and plots for one or more run directories", "tirl.report_command", 7),
-    "convert": Command("rewrite text solutions into verified code-integrated SFT traces", None, 6),
+    "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
+                       "tirl.data.convert_command", 6),
     "serve": Command("OpenAI-compatible completions server around a local model",
                      "tirl.generation.serve_command", 8),
 }

@@ -1,0 +1,137 @@
+"""Who rewrites: the LLM backends of `tirl convert`, behind one small async protocol.
+
+    rewriter = ChatRewriter("http://127.0.0.1:8000", "Qwen2.5-72B-Instruct", max_tokens=4096)
+    text, finish = await rewriter.rewrite(messages, key="p-17")
+
+* `ChatRewriter` — any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, SGLang, hosted APIs):
+  text in, text out, so no local tokenizer is needed. Rewriting is text work (the verified trace is
+  re-tokenised by the SFT loader anyway), which is why this path does not need the token-in/token-out
+  completions client of `tirl.generation.openai`. Connection errors, timeouts and 5xx/429 are retried
+  with exponential back-off; other 4xx raise at once with the server's message.
+* `GeneratorRewriter` — any `tirl.generation.Generator` plus its tokenizer: `HFGenerator` for a local
+  transformers model (`--model PATH`), or `OpenAIGenerator` for a completions-only server. The chat
+  messages go through the tokenizer's chat template (plain text without one). Calls are serialised by
+  a lock (an in-process model is one batch at a time; requests of concurrent items queue).
+
+`finish` is `"stop"` or `"length"` (the rewrite hit the token budget; the pipeline rejects it as
+`truncated`).
+
+Not covered: streaming, function calling, batching several items into one `HFGenerator` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from tirl.formats import plain_prompt
+
+
+class RewriteError(RuntimeError):
+    """The LLM could not be asked (unreachable, kept failing, refused the request)."""
+
+
+class Rewriter(Protocol):
+    async def rewrite(self, messages: list[dict[str, str]], key: str = "") -> tuple[str, str]:
+        """(assistant text, finish reason "stop" | "length")."""
+        ...
+
+    async def aclose(self) -> None:
+        ...
+
+
+class ChatRewriter:
+    """OpenAI-compatible chat completions client (aiohttp); at most `max_concurrency` requests in flight."""
+
+    def __init__(self, base_url: str, model: str, *, temperature: float = 0.7, top_p: float = 1.0,
+                 max_tokens: int = 4096, max_concurrency: int = 16, retries: int = 4, backoff_s: float = 1.0,
+                 request_timeout_s: float = 900.0, api_key: str | None = None, seed: int | None = None):
+        url = base_url.rstrip("/")
+        self.url = (url if url.endswith("/v1") else url + "/v1") + "/chat/completions"
+        self.model = model
+        self.body = {"model": model, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+        if seed is not None:
+            self.body["seed"] = seed
+        self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, request_timeout_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._max_concurrency = max_concurrency
+        self._sem: asyncio.Semaphore | None = None
+        self._session: Any = None
+
+    async def rewrite(self, messages: list[dict[str, str]], key: str = "") -> tuple[str, str]:
+        import aiohttp
+
+        if self._session is None:  # created inside the running loop, which aiohttp requires
+            self._session = aiohttp.ClientSession(headers=self.headers)
+            self._sem = asyncio.Semaphore(self._max_concurrency)
+        body = {**self.body, "messages": messages}
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        last = ""
+        async with self._sem:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                try:
+                    async with self._session.post(self.url, json=body, timeout=timeout) as resp:
+                        if resp.status == 429 or resp.status >= 500:  # overloaded: worth another try
+                            last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                            continue
+                        if resp.status >= 400:
+                            raise RewriteError(f"{self.url} rejected the request (HTTP {resp.status}): "
+                                               f"{(await resp.text())[:500]}")
+                        data = await resp.json(content_type=None)
+                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+                    last = f"{type(e).__name__}: {e}"
+                    continue
+                return _parse_chat(data, self.url)
+        raise RewriteError(f"{self.url} failed after {self.retries + 1} attempts; last error: {last}")
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _parse_chat(data: Any, url: str) -> tuple[str, str]:
+    try:
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RewriteError(f"{url} answered without choices[0].message: {str(data)[:300]}") from None
+    return text, "length" if choice.get("finish_reason") == "length" else "stop"
+
+
+class GeneratorRewriter:
+    """A `Generator` (token ids in/out) used as a rewriter through its tokenizer's chat template."""
+
+    def __init__(self, generator: Any, tokenizer: Any, *, temperature: float = 0.7, top_p: float = 1.0,
+                 max_tokens: int = 4096, seed: int | None = None, use_chat_template: bool | None = None):
+        from tirl.generation.base import SamplingParams
+
+        self.generator, self.tokenizer = generator, tokenizer
+        self.params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.use_chat_template = has_template if use_chat_template is None else use_chat_template
+        self._lock = asyncio.Lock()
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.use_chat_template:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            text = plain_prompt(messages) + "\n\n"
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    async def rewrite(self, messages: list[dict[str, str]], key: str = "") -> tuple[str, str]:
+        from tirl.generation.base import FINISH_LENGTH, GenerationRequest
+
+        request = GenerationRequest(self.prompt_ids(messages), key=key or None)
+        async with self._lock:
+            out = (await asyncio.to_thread(self.generator.generate, [request], self.params))[0]
+            await asyncio.to_thread(self.generator.release, [request.key])
+        text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        return text, "length" if out.finish_reason == FINISH_LENGTH else "stop"
+
+    async def aclose(self) -> None:
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)
