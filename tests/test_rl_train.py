@@ -177,3 +177,26 @@ def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_an_old_dir(tmp_path):
     train_rl(_cfg(2), tmp_path / "once")
     with pytest.raises(FileExistsError, match="--resume"):
         train_rl(_cfg(2), tmp_path / "once")
+
+
+def test_kill_mid_run_then_resume_loses_nothing_but_uncheckpointed_steps(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "tirl.cli", "train", str(CONFIGS / "smoke_grpo.yaml"), "trainer.steps=6",
+            "trainer.save_every=2", "trainer.eval_size=2"]
+    proc = subprocess.Popen(args + ["--run-dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=os.environ.copy())
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-000002" / "COMPLETE").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), "trainer.steps=6", "trainer.save_every=2",
+              "trainer.eval_size=2", "--run-dir", str(run), "--resume")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert (run / "checkpoints" / "step-000006" / "COMPLETE").is_file()
+    assert not list((run / "checkpoints").glob(".tmp-*"))
