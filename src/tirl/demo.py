@@ -169,8 +169,19 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
 def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
     from tirl.report import write_report
 
-    headline = {k: summary[k] for k in ("sft_accuracy", "rl_accuracy", "text_rl_accuracy",
-                                         "code_ratio_start", "code_ratio_end", "steps")}
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f}%"
+
+    sampled = summary["sampled"]
+    headline = {
+        "held-out accuracy after SFT (greedy / sampled)": f"{pct(summary['sft_accuracy'])} / "
+                                                           f"{pct(sampled['sft']['accuracy'])}",
+        "after GRPO with the tool": f"{pct(summary['rl_accuracy'])} / {pct(sampled['rl']['accuracy'])}",
+        "after GRPO without the tool": f"{pct(summary['text_rl_accuracy'])} / {pct(sampled['text_rl']['accuracy'])}",
+        "responses with code during RL (start -> end)": f"{pct(summary['code_ratio_start'])} -> "
+                                                         f"{pct(summary['code_ratio_end'])}",
+        "RL steps": summary["steps"],
+    }
     return write_report([run_dir / "rl", run_dir / "text_rl"], run_dir, title="tirl demo",
                         labels=["GRPO with the tool", "GRPO without the tool"], extra=headline)
 
