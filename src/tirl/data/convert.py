@@ -250,14 +250,14 @@ def _check_shape(text: str, style: TagStyle, cfg: ConvertConfig) -> tuple[list[t
         return events, Verdict("no_code", f"{len(codes)} code block(s), at least {cfg.min_code_blocks} needed")
     tail = "".join(e[1] for e in events[(codes[-1] + 1 if codes else 0):] if e[0] == "text")
     before = "".join(e[1] for e in events[: codes[-1] if codes else 0] if e[0] == "text")
+    if style.answer_open and style.answer_open.strip() in before:
+        return events, Verdict("format", f"{style.answer_open.strip()!r} before the last code block")
+    if extract_boxed(tail) is None:
+        return events, Verdict("no_answer", "no \\boxed{} answer after the last code block")
     if style.answer_open:
-        if style.answer_open.strip() in before:
-            return events, Verdict("format", f"{style.answer_open.strip()!r} before the last code block")
         if tail.count(style.answer_open.strip()) != 1 or tail.count(style.answer_close.strip()) != 1:
             return events, Verdict("format", f"expected one {style.answer_open.strip()}...{style.answer_close.strip()} "
                                              "after the last code block")
-    if extract_boxed(tail) is None:
-        return events, Verdict("no_answer", "no \\boxed{} answer after the last code block")
     return events, None
 
 
@@ -316,7 +316,7 @@ async def verify(text: str, finish: str, reference: str, style: TagStyle, cfg: C
     final = _render(events, shown, style)
     grade = await asyncio.to_thread(_grade, final, reference)
     if not grade.correct:
-        return Verdict("wrong_answer", f"answer {grade.answer!r}, reference {reference!r} ({grade.reason})",
+        return Verdict("wrong_answer", f"answer {grade.extracted!r}, reference {reference!r} ({grade.reason})",
                        stats=stats)
     return Verdict(None, text=final, stats=stats)
 
@@ -469,16 +469,19 @@ async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir
         async with sem:
             messages = build_rewrite_messages(it.problem, it.solution, style, cfg.exec_mode, template)
             outcome = "infra_error"
+            verdict = None
             try:
                 text, finish = await rewriter.rewrite(messages, key=it.id)
-                verdict = await verify(text, finish, it.answer, style, cfg, run_blocks)
-            except InfraError as e:
-                infra["sandbox"] += 1
-                infra_examples.append(f"{it.id}: sandbox: {e}"[:300])
             except Exception as e:  # noqa: BLE001 - an LLM failure of one item must not stop the others
                 infra["llm"] += 1
-                infra_examples.append(f"{it.id}: {type(e).__name__}: {e}"[:300])
+                infra_examples.append(f"{it.id}: LLM: {type(e).__name__}: {e}"[:300])
             else:
+                try:  # only a sandbox failure is caught here; a bug in verification must surface
+                    verdict = await verify(text, finish, it.answer, style, cfg, run_blocks)
+                except InfraError as e:
+                    infra["sandbox"] += 1
+                    infra_examples.append(f"{it.id}: sandbox: {e}"[:300])
+            if verdict is not None:
                 row = None
                 if verdict.reason is None:
                     prompt = style.prompt_messages(it.problem)[:-1] + [{"role": "user", "content": it.problem}]

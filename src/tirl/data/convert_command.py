@@ -63,7 +63,10 @@ def make_config(args: argparse.Namespace) -> Any:
     from tirl.config import load_config
     from tirl.data.convert import ConvertConfig
 
-    cfg = load_config(ConvertConfig, args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():  # `tirl convert key=value` without a file
+        config, overrides = None, [config] + overrides
+    cfg = load_config(ConvertConfig, config, overrides)
     for name in FLAG_FIELDS:
         value = getattr(args, name, None)
         if value is not None:
