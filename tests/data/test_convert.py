@@ -25,6 +25,7 @@ from tirl.data.convert_llm import ChatRewriter, GeneratorRewriter
 from tirl.data.convert_prompt import build_rewrite_messages
 from tirl.formats import RETOOL, TORL
 from tirl.sandbox import Sandbox, SandboxConfig
+from fixtures_models import tiny_model_dir  # noqa: F401 - pytest fixture
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,10 +351,10 @@ def test_cli_smoke(tmp_path, chat_server):
                                         "answer": CASES[k][0]}) + "\n" for k in keys))
     out = tmp_path / "run"
     first = _cli("--input", str(data), "--server", url, "--model-name", "fake", "--run-dir", str(out),
-                 "--limit", "2", cwd=tmp_path)
+                 "--limit", "2", "concurrency=2", cwd=tmp_path)  # an override without a config file
     assert first.returncode == 0, first.stdout + first.stderr
-    second = _cli("--input", str(data), "--server", url, "--model-name", "fake", "--run-dir", str(out),
-                  "concurrency=2", cwd=tmp_path)
+    second = _cli(str(ROOT / "configs" / "convert_example.yaml"), "--input", str(data), "--server", url,
+                  "--model-name", "fake", "--run-dir", str(out), cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["this_run"]["skipped_already_done"] == 2
@@ -366,3 +367,16 @@ def test_cli_smoke(tmp_path, chat_server):
     assert res.returncode == 2 and f"{bad}:1: missing field 'solution'" in res.stdout
     both = _cli("--input", str(data), "--server", url, "--model", "x", cwd=tmp_path)
     assert both.returncode == 2 and "exactly one of" in both.stdout
+
+
+def test_cli_with_a_local_model(tmp_path, tiny_model_dir):
+    """The --model path (HFGenerator behind GeneratorRewriter): a random tiny model writes no valid trace,
+    so every item is rejected, each with a reason, and the run still completes."""
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"problem": f"What is {a} times 7?", "solution": f"{a * 7}",
+                                        "answer": a * 7}) + "\n" for a in (3, 4)))
+    res = _cli("--input", str(data), "--model", str(tiny_model_dir), "--max-tokens", "12", "--run-dir",
+               str(tmp_path / "run"), cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rejected = read(tmp_path / "run" / "rejected.jsonl")
+    assert len(rejected) == 2 and all(r["reason"] in ("truncated", "no_code", "format") for r in rejected)
