@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--max-tool-calls", type=int, default=4)
-    p.add_argument("--style", default="retool", choices=["retool", "torl"])
+    p.add_argument("--style", default="retool", choices=["retool", "torl", "torl-fence"])
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--lenient", action="store_true", help="grade the last number when no \\boxed{} is found")
     p.add_argument("--threads", type=int, default=1)

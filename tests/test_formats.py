@@ -145,3 +145,15 @@ def test_prompts_carry_the_problem_and_the_format():
     assert "<code>" in RETOOL.system_prompt and "<answer>" in RETOOL.system_prompt
     p = TORL.render_prompt("What is 2+2?")
     assert "What is 2+2?" in p and "\\boxed{}" in p and "```python" in p
+
+
+def test_torl_fence_runs_a_block_when_its_fence_closes():
+    from tirl.formats import TORL_FENCE
+
+    text = "Let me compute.\n```python\nprint(6 * 7)\n```\n"
+    assert find_closed_code(text, TORL_FENCE) == "print(6 * 7)"
+    assert find_closed_code("think\n" + TORL_FENCE.wrap_code("x = 2\nprint(x)"), TORL_FENCE) == "x = 2\nprint(x)"
+    # A closing fence of some other block must not re-run the last python block.
+    ran = text + "```output\n42\n```\nAs a table:\n```text\n42\n```\n"
+    assert find_closed_code(ran, TORL_FENCE) is None
+    assert get_style("torl-fence") is TORL_FENCE

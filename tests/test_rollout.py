@@ -148,6 +148,15 @@ def test_empty_block_is_reported_not_run(tiny_tokenizer):
     assert m["tool/code_ratio"] == 1.0 and m["tool/pass_rate"] != m["tool/pass_rate"]  # NaN: nothing ran
 
 
+def test_a_stop_that_closes_no_code_block_is_plain_text(tiny_tokenizer):
+    tok = tiny_tokenizer
+    sb = SubprocessRunner()
+    text = "No code here </code> at all.<answer>1</answer>"
+    (traj,), _ = rollout(scripted(tok, [text]), ["p"], tok, sb, RETOOL, max_new_tokens=200)
+    assert sb.batches == [] and traj.tool_calls == [] and all(traj.loss_mask)
+    assert traj.text == text and traj.finish_reason == "answer"
+
+
 def test_unclosed_block_at_budget_is_not_run(tiny_tokenizer):
     tok = tiny_tokenizer
     sb = SubprocessRunner()

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-tokens", type=int, default=4096, help="response budget incl. interpreter output (default: 4096)")
     s.add_argument("--max-tool-calls", type=int, default=8, help="code blocks run per response (default: 8)")
     s.add_argument("--max-output-chars", type=int, default=256, help="interpreter output kept per call (default: 256)")
-    s.add_argument("--style", default="retool", choices=["retool", "torl"], help="tag style (default: retool)")
+    s.add_argument("--style", default="retool", choices=["retool", "torl", "torl-fence"],
+                   help="tag style (default: retool); torl-fence runs a python block when its fence closes")
     s.add_argument("--chat", default=None, action=argparse.BooleanOptionalAction,
                    help="use the tokenizer's chat template (default: when it has one)")
     s.add_argument("--seed", type=int, default=0)

@@ -128,7 +128,20 @@ TORL = TagStyle(
     prompt_template=TORL_PROMPT_TEMPLATE,
 )
 
-STYLES: dict[str, TagStyle] = {"retool": RETOOL, "torl": TORL}
+# ToRL's fences, but code runs when its fence closes (no ```output needed). Instruction-tuned models
+# that were never trained on the tool write ```python blocks yet never open an ```output fence
+# themselves, so with TORL their code never runs; this variant exercises the tool loop on them.
+TORL_FENCE = TagStyle(
+    name="torl-fence",
+    code_open="```python\n",
+    code_close="\n",
+    stop="```\n",
+    output_prefix="```output\n",
+    output_suffix="\n```\n",
+    prompt_template=TORL_PROMPT_TEMPLATE,
+)
+
+STYLES: dict[str, TagStyle] = {"retool": RETOOL, "torl": TORL, "torl-fence": TORL_FENCE}
 
 
 def plain_prompt(messages: list[dict[str, str]]) -> str:
@@ -175,7 +188,12 @@ def find_closed_code(text: str, style: TagStyle) -> str | None:
     start = body.rfind(opener)
     if start < 0:
         return None
-    return extract_code(body[start + len(opener):])
+    block = body[start + len(opener):]
+    if style.stop.startswith("```") and block.count("```") != style.code_close.count("```"):
+        # The fence that stopped generation closed some other block (```text ... ```), not the
+        # last python block, which already ran: nothing to run.
+        return None
+    return extract_code(block)
 
 
 def extract_code(block: str) -> str:

@@ -288,6 +288,8 @@ def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyl
     # The stop may sit inside a token (e.g. "</code>\n"): cut the text right after it.
     end = full.rfind(style.stop) + len(style.stop)
     code = find_closed_code(full[:end], style)
+    if code is None:  # the stop text closed no code block (e.g. a ```text fence): just go on writing
+        return
     if t.num_calls >= cfg.max_tool_calls:
         t.tool_cap_hit = True
         if cfg.on_tool_cap == "stop":
