@@ -39,8 +39,9 @@ at `max_output_chars`), so SFT teaches what RL will show.
 Files in the run directory: `accepted.jsonl` (ReTool-SFT rows: `messages` = [system, user problem,
 assistant trace], `answer`, `convert` stats; `tirl.data.load_traces` reads them), `rejected.jsonl`
 (`id`, `reason`, `detail`, the problem and the raw rewrite), `summary.json` (counts by reason over
-both files, and this run's throughput), `config.yaml`. Every record is appended, flushed and
-fsync'ed. A re-run skips ids present in either file (a torn last line is cut off and its item
+both files, and this run's throughput), `settings.json` (the settings that decide acceptance; a
+re-run with other ones is refused rather than mixing two rules in one file). Every record is
+appended, flushed and fsync'ed. A re-run skips ids present in either file (a torn last line is cut off and its item
 redone). Failures that are not the trace's fault (LLM unreachable, sandbox failure) write nothing, are
 counted in `summary.json` under `infra_errors`, and are retried by the next run.
 
