@@ -216,7 +216,7 @@ def evaluate(
     Returns the summary (also written to `summary.json`); see `tirl.eval_scores.summarise`.
     """
     from tirl.eval_scores import summarise, write_outputs
-    from tirl.train.common import progress
+    from tirl.progress import progress
 
     if cfg.n < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")

@@ -98,21 +98,10 @@ def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
     return rw, str(args.model)
 
 
-def _bar(total: int) -> Any:
-    # tirl.train.common.progress is one layer below us in DESIGN.md's table (train imports data),
-    # so the same bar is built here: hidden unless stdout is a terminal or TIRL_PROGRESS=1.
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    disable = not (os.isatty(1) or os.environ.get("TIRL_PROGRESS") == "1")
-    bar = Progress(TextColumn("[bold]convert"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"), disable=disable)
-    bar.add_task("convert", total=total, info="")
-    return bar
-
-
 def run(args: argparse.Namespace) -> int:
     from tirl.config import ConfigError
     from tirl.data.convert import convert_async, load_items
+    from tirl.progress import progress
     from tirl.data.rows import DataError
 
     if bool(args.server) == bool(args.model):
@@ -137,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             sandbox = Sandbox(SandboxConfig(timeout_s=cfg.exec_timeout_s,
                                             max_sessions=max(1, min(cfg.concurrency, 16))))
         counts = {"accepted": 0, "rejected": 0}
-        with _bar(len(items)) as bar:
+        with progress("convert", len(items)) as bar:
             def on_item(outcome: str) -> None:
                 if outcome not in ("infra_error", "done_before"):
                     counts["accepted" if outcome == "accepted" else "rejected"] += 1

@@ -8,7 +8,6 @@ run would have drawn.
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -100,15 +99,3 @@ class ProblemStream:
             out.append(self.items[self._order[i]])
             self.position += 1
         return out
-
-
-def progress(description: str, total: int, disable: bool | None = None) -> Any:
-    """A rich progress bar (hidden when stdout is not a terminal unless TIRL_PROGRESS=1)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if disable is None:
-        disable = not (os.isatty(1) or os.environ.get("TIRL_PROGRESS") == "1")
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"), disable=disable)
-    bar.add_task(description, total=total, info="")
-    return bar

@@ -29,8 +29,9 @@ from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train import rl_update as U
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
-from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, progress, set_threads
+from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, set_threads
 from tirl.train.episodes import play
+from tirl.progress import progress
 from tirl.train.logger import MetricsLogger, truncate_jsonl_after
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
 
@@ -47,7 +48,7 @@ class TrainerConfig:
     ppo_epochs: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
     save_every: int = 10
-    """Checkpoint every N steps (and at the last step)."""
+    """Checkpoint every N steps and at the last step; 0 = only at the last step."""
     keep_checkpoints: int = 2
     eval_every: int = 0
     """Held-out evaluation every N steps; 0 = at the start and the end only."""
@@ -213,7 +214,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
                 summary["eval_end"] = final
             logger.log(step, metrics)
             _write_samples(run_dir, step, trajs, grades)
-            if step % tc.save_every == 0 or step == tc.steps:
+            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 checkpoint(step)
             bar.update(bar.task_ids[0], completed=step,
                        info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")

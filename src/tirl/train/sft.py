@@ -28,7 +28,8 @@ import torch
 from tirl.config import save_config
 from tirl.data import IGNORE_INDEX
 from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
-from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, progress, set_threads
+from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, set_threads
+from tirl.progress import progress
 from tirl.train.logger import MetricsLogger
 from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
 
@@ -62,6 +63,7 @@ class SFTTrainerConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20, schedule="cosine"))
     eval_every: int = 50
     save_every: int = 100
+    """Checkpoint every N steps and at the last step; 0 = only at the last step."""
     keep_checkpoints: int = 1
     seed: int = 0
     threads: int = 1
@@ -204,10 +206,10 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict
             grad_norm = clip_and_step(params, opt, sched, tc.optim.max_grad_norm)
             metrics = {"loss/sft": total, "train/lr": lr, "train/grad_norm": grad_norm, "train/epoch": float(epoch),
                        "throughput/tokens_per_s": sum(len(e["input_ids"]) for e in rows) / (time.perf_counter() - t0)}
-            if eval_ex and (step % tc.eval_every == 0 or step == tc.steps):
+            if eval_ex and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps):
                 metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, tc.micro_batch_size)
             logger.log(step, metrics)
-            if step % tc.save_every == 0 or step == tc.steps:
+            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 save_checkpoint(run_dir, step, {"model": model}, {"optimizer": opt.state_dict(),
                                 "scheduler": sched.state_dict()}, tokenizer=tokenizer, keep=tc.keep_checkpoints)
             bar.update(bar.task_ids[0], completed=step, info=f"loss {total:.3f}")
