@@ -23,7 +23,8 @@ def test_demo_smoke(tmp_path):
     assert summary["steps"] == 2
     assert Path(summary["report"]).is_file()
     plots = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert {"accuracy.png", "code_ratio.png", "pass_rate.png", "purposes.png"} <= set(plots)
+    # a random smoke model runs no code, so pass-rate and purpose plots are (rightly) skipped
+    assert {"accuracy.png", "code_ratio.png", "length.png"} <= set(plots)
     for stage in ("rl", "text_rl"):
         assert [m["step"] for m in read_metrics(run / stage)] == [1, 2]
     assert [m["step"] for m in read_metrics(run / "sft")] == list(range(1, 7))

@@ -200,7 +200,15 @@ class Zygote:
             _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
         elif step == "tmpfs":
             size = int(self.cfg.get("tmp_size_mb", 64))
+            # An interpreter or venv under /tmp (a CI checkout) must stay importable: lazily loaded
+            # modules (numpy.random) are read after the fresh /tmp covers it, so re-expose it.
+            under = [p for p in self.cfg["expose"] if p == "/tmp" or p.startswith("/tmp/")]
+            handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in under}
             _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
+            for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
+                os.makedirs(path, exist_ok=True)
+                self._bind_ro(f"/proc/self/fd/{fd}", path)
+                os.close(fd)
         elif step == "setuid":
             uid = req["uid"]
             os.setgroups([])
