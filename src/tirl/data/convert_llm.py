@@ -25,6 +25,7 @@ import asyncio
 from typing import Any, Protocol
 
 from tirl.formats import plain_prompt
+from tirl.http_retry import HTTPRejected, HTTPUnavailable, request_json
 
 
 class RewriteError(RuntimeError):
@@ -65,26 +66,13 @@ class ChatRewriter:
             self._session = aiohttp.ClientSession(headers=self.headers)
             self._sem = asyncio.Semaphore(self._max_concurrency)
         body = {**self.body, "messages": messages}
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        last = ""
         async with self._sem:
-            for attempt in range(self.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-                try:
-                    async with self._session.post(self.url, json=body, timeout=timeout) as resp:
-                        if resp.status == 429 or resp.status >= 500:  # overloaded: worth another try
-                            last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-                            continue
-                        if resp.status >= 400:
-                            raise RewriteError(f"{self.url} rejected the request (HTTP {resp.status}): "
-                                               f"{(await resp.text())[:500]}")
-                        data = await resp.json(content_type=None)
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
-                    last = f"{type(e).__name__}: {e}"
-                    continue
-                return _parse_chat(data, self.url)
-        raise RewriteError(f"{self.url} failed after {self.retries + 1} attempts; last error: {last}")
+            try:
+                data = await request_json(self._session, "POST", self.url, body, timeout_s=self.timeout_s,
+                                          retries=self.retries, backoff_s=self.backoff_s)
+            except (HTTPRejected, HTTPUnavailable) as e:
+                raise RewriteError(str(e)) from None
+        return _parse_chat(data, self.url)
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -50,6 +50,7 @@ from typing import Any, Hashable, Iterable, Sequence
 import aiohttp
 
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationOutput, GenerationRequest, SamplingParams
+from tirl.http_retry import HTTPUnavailable, request_json
 
 PROMPT_MODES = ("auto", "tokens", "text")
 
@@ -208,24 +209,12 @@ class OpenAIGenerator:
         if self._session is None:
             self._session = aiohttp.ClientSession(headers=self.headers)
         url = f"{self.base_url}{path}"
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-        last = ""
         async with self._sem:
-            for attempt in range(self.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-                try:
-                    async with self._session.request(method, url, json=body, timeout=timeout) as resp:
-                        if 400 <= resp.status < 500:
-                            raise ValueError(f"{url} rejected the request (HTTP {resp.status}): "
-                                             f"{(await resp.text())[:500]}")
-                        if resp.status >= 500:
-                            last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-                            continue
-                        return await resp.json(content_type=None)
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
-                    last = f"{type(e).__name__}: {e}"
-        raise ServerError(f"{url} failed after {self.retries + 1} attempts; last error: {last}")
+            try:
+                return await request_json(self._session, method, url, body, timeout_s=self.request_timeout_s,
+                                          retries=self.retries, backoff_s=self.backoff_s)
+            except HTTPUnavailable as e:
+                raise ServerError(str(e)) from None
 
 
 def _token_ids(logprobs: Any) -> tuple[list[int] | None, list[float]]:

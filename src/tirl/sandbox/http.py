@@ -21,6 +21,8 @@ import threading
 import aiohttp
 from aiohttp import web
 
+from tirl.http_retry import HTTPUnavailable, request_json
+
 from .config import ExecResult, SandboxConfig
 from .core import Sandbox
 
@@ -93,29 +95,17 @@ class HttpSandbox:
         timeout = self.default_timeout_s if timeout is None else timeout
         body = {"code": code, "language": "python", "run_timeout": timeout}
         # The server enforces the run timeout; the HTTP deadline only guards against a hung server.
-        http_timeout = aiohttp.ClientTimeout(total=self.request_timeout_s or timeout + 30)
-        last = ""
+        http_timeout = self.request_timeout_s or timeout + 30
         async with self._sem:
             client = await self._client()
-            for attempt in range(self.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-                try:
-                    async with client.post(f"{self.url}/run_code", json=body, timeout=http_timeout) as resp:
-                        if 400 <= resp.status < 500:
-                            raise ValueError(f"sandbox server rejected the request ({resp.status}): "
-                                             f"{(await resp.text())[:500]}")
-                        if resp.status >= 500:
-                            last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
-                            continue
-                        data = await resp.json()
-                except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
-                    last = f"{type(e).__name__}: {e}"
-                    continue
-                if isinstance(data.get("tirl"), dict):
-                    return ExecResult.from_dict(data["tirl"])
-                return ExecResult.from_sandboxfusion(data)
-        return ExecResult("sandbox_error", message=f"{self.url} unreachable after {self.retries + 1} attempts: {last}")
+            try:
+                data = await request_json(client, "POST", f"{self.url}/run_code", body,
+                                          timeout_s=http_timeout, retries=self.retries, backoff_s=self.backoff_s)
+            except HTTPUnavailable as e:
+                return ExecResult("sandbox_error", message=str(e))
+        if isinstance(data.get("tirl"), dict):
+            return ExecResult.from_dict(data["tirl"])
+        return ExecResult.from_sandboxfusion(data)
 
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
         return self._call(self._run(code, timeout))

@@ -1,0 +1,51 @@
+"""One JSON request over HTTP with the retry policy every tirl client shares.
+
+Connection errors, timeouts, 429 and 5xx are worth another try (a busy inference or sandbox
+server under RL load: verl#3478, SandboxFusion#33), with exponential back-off; any other 4xx is
+the caller's mistake and raises at once with the server's message. Used by the sandbox client,
+the OpenAI-compatible generator and the conversion pipeline's chat client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+
+class HTTPRejected(ValueError):
+    """The server refused the request (4xx other than 429): retrying would not help."""
+
+    def __init__(self, url: str, status: int, body: str):
+        super().__init__(f"{url} rejected the request (HTTP {status}): {body[:500]}")
+        self.status = status
+
+
+class HTTPUnavailable(RuntimeError):
+    """Every attempt failed (unreachable, timed out, 429 or 5xx); `last` says how the last one did."""
+
+    def __init__(self, url: str, attempts: int, last: str):
+        super().__init__(f"{url} failed after {attempts} attempts; last error: {last}")
+        self.last = last
+
+
+async def request_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None, *,
+                       timeout_s: float, retries: int, backoff_s: float) -> Any:
+    """The decoded JSON reply of `method url` (body sent as JSON), after up to `retries` retries."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    last = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            async with session.request(method, url, json=body, timeout=timeout) as resp:
+                if resp.status == 429 or resp.status >= 500:
+                    last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
+                    continue
+                if resp.status >= 400:
+                    raise HTTPRejected(url, resp.status, await resp.text())
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
+            last = f"{type(e).__name__}: {e}"
+    raise HTTPUnavailable(url, retries + 1, last)
