@@ -201,3 +201,19 @@ def test_cli_eval_errors_are_clear(tiny_model_dir, tmp_path):  # noqa: F811
     assert r.returncode == 2 and "aime24.jsonl" in r.stdout
     r = _tirl("eval", "--data", "x.jsonl", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 2 and "exactly one of --model" in r.stdout
+
+
+def test_cli_eval_takes_a_config_then_overrides_then_flags(tiny_model_dir, tmp_path):  # noqa: F811
+    rows, _ = resume_scripts(2)
+    data = _write_jsonl(tmp_path / "mini.jsonl", rows)
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text("n: 3\ntemperature: 1.0\nmax_tokens: 8\ntop_p: 0.7\n")
+    r = _tirl("eval", str(cfg), "top_p=0.9", "--n", "2", "--model", str(tiny_model_dir), "--data", str(data),
+              "--threads", "1", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    settings = json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]
+    # file: temperature and max_tokens; override: top_p; flag: n
+    assert (settings["n"], settings["temperature"], settings["max_tokens"], settings["top_p"]) == (2, 1.0, 8, 0.9)
+    r = _tirl("eval", str(cfg), "tempature=1", "--model", str(tiny_model_dir), "--data", str(data),
+              "--run-dir", str(tmp_path / "run2"))
+    assert r.returncode == 2 and "unknown key 'tempature'" in r.stdout

@@ -114,7 +114,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(to_yaml(cfg))
 
 
-def add_config_arguments(parser: Any, default: str | None = None) -> None:
+def add_config_arguments(parser: Any, default: str | None = None,
+                         example: str = "trainer.lr=1e-5 rollout.n=8") -> None:
     """The shared `CONFIG [key=value ...]` arguments of every configurable command."""
     parser.add_argument(
         "config", nargs="?", default=default,
@@ -122,5 +123,5 @@ def add_config_arguments(parser: Any, default: str | None = None) -> None:
     )
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value",
-        help="dotted overrides applied after the file, e.g. trainer.lr=1e-5 rollout.n=8",
+        help=f"dotted overrides applied after the file, e.g. {example}",
     )

@@ -8,6 +8,7 @@ started only when the first code block needs it, loads the benchmarks, and runs 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Evaluate a model or server on math benchmarks with the code interpreter: avg@k, pass@k, maj@k and "
         "the tool-use statistics, per benchmark and overall. Resumable: re-run the same command with the same "
         "--run-dir to continue an interrupted evaluation. The papers' setting (ReTool): --n 32 "
-        "--temperature 1.0 --top-p 0.7 --max-tokens 16384.")
+        "--temperature 1.0 --top-p 0.7 --max-tokens 16384 (configs/eval_retool.yaml). Sampling settings "
+        "come from the built-in defaults, then CONFIG, then key=value overrides, then the flags below.")
+    from tirl.config import add_config_arguments
+
+    add_config_arguments(parser, example="n=4 temperature=1.0")
+    S = argparse.SUPPRESS  # a flag the user did not give leaves the config's value alone
     src = parser.add_argument_group("what to evaluate")
     src.add_argument("--model", help="model directory, Hugging Face name, or .gguf file (in-process generation)")
     src.add_argument("--server", help="root URL of an OpenAI-compatible completions server (vLLM, SGLang, tirl serve)")
@@ -36,24 +42,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--problem-field", default="problem", help="problem field of --data files")
     data.add_argument("--answer-field", default="answer", help="answer field of --data files")
     data.add_argument("--id-field", default="id", help="id field of --data files (default: id; row index if absent)")
-    data.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    data.add_argument("--limit", type=int, default=S, help="only the first N problems of each benchmark")
     s = parser.add_argument_group("sampling and the tool loop")
-    s.add_argument("--n", type=int, default=1, help="samples per problem (default: 1)")
-    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    s.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default: 1.0)")
-    s.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
-    s.add_argument("--max-tokens", type=int, default=4096, help="response budget incl. interpreter output (default: 4096)")
-    s.add_argument("--max-tool-calls", type=int, default=8, help="code blocks run per response (default: 8)")
-    s.add_argument("--max-output-chars", type=int, default=256, help="interpreter output kept per call (default: 256)")
-    s.add_argument("--style", default="retool", choices=["retool", "torl", "torl-fence"],
+    s.add_argument("--n", type=int, default=S, help="samples per problem (default: 1)")
+    s.add_argument("--temperature", type=float, default=S, help="0 = greedy (default: 0)")
+    s.add_argument("--top-p", type=float, default=S, help="nucleus mass (default: 1.0)")
+    s.add_argument("--top-k", type=int, default=S, help="0 = off (default)")
+    s.add_argument("--max-tokens", type=int, default=S, help="response budget incl. interpreter output (default: 4096)")
+    s.add_argument("--max-tool-calls", type=int, default=S, help="code blocks run per response (default: 8)")
+    s.add_argument("--max-output-chars", type=int, default=S, help="interpreter output kept per call (default: 256)")
+    s.add_argument("--style", default=S, choices=["retool", "torl", "torl-fence"],
                    help="tag style (default: retool); torl-fence runs a python block when its fence closes")
-    s.add_argument("--chat", default=None, action=argparse.BooleanOptionalAction,
+    s.add_argument("--chat", default=S, action=argparse.BooleanOptionalAction,
                    help="use the tokenizer's chat template (default: when it has one)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16, help="samples generated together (default: 16)")
-    s.add_argument("--lenient", action="store_true", help="grade the last number when no \\boxed{} is found")
+    s.add_argument("--seed", type=int, default=S, help="(default: 0)")
+    s.add_argument("--batch-size", type=int, default=S, help="samples generated together (default: 16)")
+    s.add_argument("--lenient", action="store_true", default=S, help="grade the last number when no \\boxed{} is found")
     s.add_argument("--sandbox-url", help="use a `tirl sandbox serve` / SandboxFusion server instead of a local sandbox")
-    s.add_argument("--exec-timeout", type=float, default=None, help="seconds per code call (default: sandbox's 10)")
+    s.add_argument("--exec-timeout", type=float, default=S, help="seconds per code call (default: sandbox's 10)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--run-dir", default="runs/eval",
                         help="samples.jsonl, problems.jsonl, summary.json go here (default: runs/eval)")
@@ -123,6 +129,7 @@ def make_generator(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tirl.config import ConfigError, load_config
     from tirl.data import DataError
     from tirl.eval import EvalConfig, evaluate
     from tirl.eval_scores import render_table
@@ -132,11 +139,15 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.model) == bool(args.server):
         print("tirl eval: give exactly one of --model PATH_OR_NAME and --server URL")
         return 2
-    cfg = EvalConfig(n=args.n, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                     max_tokens=args.max_tokens, max_tool_calls=args.max_tool_calls,
-                     max_output_chars=args.max_output_chars, style=args.style, chat=args.chat, seed=args.seed,
-                     batch_size=args.batch_size, exec_timeout=args.exec_timeout, lenient=args.lenient,
-                     limit=args.limit)
+    try:
+        cfg = load_config(EvalConfig, args.config, args.overrides)
+    except ConfigError as e:
+        print(f"tirl eval: {e}")
+        return 2
+    for f in dataclasses.fields(EvalConfig):  # explicit flags win over the file
+        if hasattr(args, f.name):
+            setattr(cfg, f.name, getattr(args, f.name))
+    args.limit, args.batch_size = cfg.limit, cfg.batch_size
     try:
         problems = load_all(args)
     except DataError as e:
