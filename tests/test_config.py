@@ -68,3 +68,9 @@ def test_saved_config_loads_back(tmp_path):
     cfg = load_config(Cfg, None, ["trainer.steps=7"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(Cfg, tmp_path / "config.yaml") == cfg
+
+
+def test_an_override_in_the_config_position_is_an_override():
+    # `tirl sandbox check memory_mb=512`: argparse hands the first key=value over as CONFIG.
+    cfg = load_config(Cfg, "rollout.n=5", ["seed=2"])
+    assert cfg.rollout.n == 5 and cfg.seed == 2

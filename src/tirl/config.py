@@ -80,6 +80,9 @@ def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Build a `schema` instance from its defaults, an optional YAML file and dotted overrides."""
     merged = OmegaConf.structured(schema)
+    if path is not None and "=" in str(path) and not Path(path).exists():
+        # `tirl cmd key=value`: the optional CONFIG positional caught the first override.
+        overrides, path = [str(path), *overrides], None
     if path is not None:
         path = Path(path)
         if not path.is_file():

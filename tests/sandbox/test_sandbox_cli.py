@@ -1,11 +1,11 @@
-"""Smoke tests of the sandbox sub-commands through a subprocess (the lead mounts them under ``tirl sandbox``)."""
+"""Smoke tests of `tirl sandbox serve | bench | check` through a subprocess, as a user runs them."""
 import json
 import subprocess
 import sys
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "tirl.sandbox.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tirl.cli", "sandbox", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -27,3 +27,13 @@ def test_bench_tiny(tmp_path):
     assert out.returncode == 0, out.stderr
     res = json.loads((tmp_path / "b.json").read_text())
     assert res["latency_ms_median"] > 0 and res["output"]["100KB"]["status"] == "ok"
+
+
+def test_config_file_overrides_and_flags(tmp_path):
+    cfg = tmp_path / "sandbox.yaml"
+    cfg.write_text("memory_mb: 300\npreload: []\n")
+    out = _cli("check", str(cfg), "max_concurrency=1", "--timeout", "3", "--json")
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert json.loads(out.stdout)["probe"]["status"] == "ok"
+    bad = _cli("check", str(cfg), "memroy_mb=1")
+    assert bad.returncode == 2 and "unknown key 'memroy_mb'" in bad.stdout and "memory_mb" in bad.stdout

@@ -9,12 +9,16 @@ import json
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, default=10.0, help="default wall-clock limit per call, seconds")
-    p.add_argument("--memory-mb", type=int, default=1024, help="memory limit per call (MB)")
-    p.add_argument("--max-concurrency", type=int, default=0, help="calls at once (0 = number of cores)")
-    p.add_argument("--isolation", choices=["auto", "strict", "none"], default="auto",
+    from tirl.config import add_config_arguments
+
+    add_config_arguments(p, example="memory_mb=512 timeout_s=5")
+    S = argparse.SUPPRESS  # a flag not given leaves the config's value (SandboxConfig's defaults) alone
+    p.add_argument("--timeout", type=float, default=S, help="default wall-clock limit per call, seconds (10)")
+    p.add_argument("--memory-mb", type=int, default=S, help="memory limit per call in MB (1024)")
+    p.add_argument("--max-concurrency", type=int, default=S, help="calls at once (0 = number of cores)")
+    p.add_argument("--isolation", choices=["auto", "strict", "none"], default=S,
                    help="auto: strongest available, reported; strict: refuse to start if any primitive is missing")
-    p.add_argument("--preload", default="numpy,sympy", help="comma-separated modules imported once in the zygote")
+    p.add_argument("--preload", default=S, help="comma-separated modules imported once in the zygote (numpy,sympy)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,14 +47,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
+    """SandboxConfig from its defaults, then CONFIG, then key=value overrides, then the flags."""
+    from tirl.config import load_config
+
     from .config import SandboxConfig
 
-    return SandboxConfig(timeout_s=args.timeout, memory_mb=args.memory_mb, max_concurrency=args.max_concurrency,
-                         isolation=args.isolation, preload=[m for m in args.preload.split(",") if m])
+    cfg = load_config(SandboxConfig, args.config, args.overrides)
+    flags = {"timeout": "timeout_s", "memory_mb": "memory_mb", "max_concurrency": "max_concurrency",
+             "isolation": "isolation"}
+    for flag, field in flags.items():
+        if hasattr(args, flag):
+            setattr(cfg, field, getattr(args, flag))
+    if hasattr(args, "preload"):
+        cfg.preload = [m for m in args.preload.split(",") if m]
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
+    from tirl.config import ConfigError
+
     cmd = args.sandbox_command
+    try:
+        _config(args)
+    except ConfigError as e:
+        print(f"tirl sandbox {cmd}: {e}")
+        return 2
     if cmd == "serve":
         from .http import serve
 
