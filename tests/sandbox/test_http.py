@@ -81,7 +81,7 @@ def test_bad_request_is_a_clear_error(server):
 
         assert asyncio.run(go()) == 400
         with pytest.raises(ValueError, match="400"):
-            client._call(client._run(None, 1))  # type: ignore[arg-type]  # code must be a string
+            client.run(None, timeout=1)  # type: ignore[arg-type]  # code must be a string
 
 
 def test_retries_on_5xx_then_succeeds(sb):

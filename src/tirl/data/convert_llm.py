@@ -25,7 +25,7 @@ import asyncio
 from typing import Any, Protocol
 
 from tirl.formats import plain_prompt
-from tirl.http_retry import HTTPRejected, HTTPUnavailable, request_json
+from tirl.http_client import HTTPRejected, HTTPUnavailable, request_json
 
 
 class RewriteError(RuntimeError):

@@ -43,14 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from collections import Counter
 from typing import Any, Hashable, Iterable, Sequence
 
-import aiohttp
-
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationOutput, GenerationRequest, SamplingParams
-from tirl.http_retry import HTTPUnavailable, request_json
+from tirl.http_client import BackgroundLoop, HTTPUnavailable, request_json
 
 PROMPT_MODES = ("auto", "tokens", "text")
 
@@ -85,11 +82,8 @@ class OpenAIGenerator:
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.modes: Counter[str] = Counter()
         """How many outputs took each path: `prompt:tokens`, `prompt:text`, `output:token_ids`, ..."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tirl-openai", daemon=True)
-        self._thread.start()
+        self._bg = BackgroundLoop("tirl-openai", headers=self.headers)
         self._sem = asyncio.Semaphore(max_concurrency)
-        self._session: aiohttp.ClientSession | None = None
         self.model = model or self.served_models()[0]
 
     # --- protocol ----------------------------------------------------------------------------------
@@ -111,13 +105,7 @@ class OpenAIGenerator:
         return ids
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        if self._session is not None:
-            self._call(self._session.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._bg.close()
 
     def __enter__(self) -> "OpenAIGenerator":
         return self
@@ -200,18 +188,16 @@ class OpenAIGenerator:
 
     # --- transport ---------------------------------------------------------------------------------
     def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self._bg.call(coro)
 
     async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._request("POST", "/v1/completions", body)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self.headers)
         url = f"{self.base_url}{path}"
         async with self._sem:
             try:
-                return await request_json(self._session, method, url, body, timeout_s=self.request_timeout_s,
+                return await request_json(await self._bg.session(), method, url, body, timeout_s=self.request_timeout_s,
                                           retries=self.retries, backoff_s=self.backoff_s)
             except HTTPUnavailable as e:
                 raise ServerError(str(e)) from None

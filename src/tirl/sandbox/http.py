@@ -16,12 +16,11 @@ loopback or put it behind your own proxy).
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import aiohttp
 from aiohttp import web
 
-from tirl.http_retry import HTTPUnavailable, request_json
+from tirl.http_client import BackgroundLoop, HTTPUnavailable, request_json
 
 from .config import ExecResult, SandboxConfig
 from .core import Sandbox
@@ -77,19 +76,8 @@ class HttpSandbox:
         self.retries, self.backoff_s = retries, backoff_s
         self.request_timeout_s = request_timeout_s
         self.default_timeout_s = default_timeout_s
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="tirl-http-sandbox", daemon=True)
-        self._thread.start()
+        self._bg = BackgroundLoop("tirl-http-sandbox")
         self._sem = asyncio.Semaphore(max_concurrency)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
 
     async def _run(self, code: str, timeout: float | None) -> ExecResult:
         timeout = self.default_timeout_s if timeout is None else timeout
@@ -97,7 +85,7 @@ class HttpSandbox:
         # The server enforces the run timeout; the HTTP deadline only guards against a hung server.
         http_timeout = self.request_timeout_s or timeout + 30
         async with self._sem:
-            client = await self._client()
+            client = await self._bg.session()
             try:
                 data = await request_json(client, "POST", f"{self.url}/run_code", body,
                                           timeout_s=http_timeout, retries=self.retries, backoff_s=self.backoff_s)
@@ -108,34 +96,28 @@ class HttpSandbox:
         return ExecResult.from_sandboxfusion(data)
 
     def run(self, code: str, timeout: float | None = None) -> ExecResult:
-        return self._call(self._run(code, timeout))
+        return self._bg.call(self._run(code, timeout))
 
     def run_batch(self, codes: list[str], timeout: float | None = None) -> list[ExecResult]:
         async def go():
             return list(await asyncio.gather(*(self._run(c, timeout) for c in codes)))
 
-        return self._call(go())
+        return self._bg.call(go())
 
     async def arun(self, code: str, timeout: float | None = None) -> ExecResult:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._run(code, timeout), self._loop))
+        return await self._bg.wrap(self._run(code, timeout))
 
     def health(self) -> dict:
         async def go():
-            client = await self._client()
+            client = await self._bg.session()
             async with client.get(f"{self.url}/health", timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 resp.raise_for_status()
                 return await resp.json()
 
-        return self._call(go())
+        return self._bg.call(go())
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        if self._session is not None:
-            self._call(self._session.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._bg.close()
 
     def __enter__(self) -> HttpSandbox:
         return self

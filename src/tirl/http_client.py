@@ -1,14 +1,16 @@
-"""One JSON request over HTTP with the retry policy every tirl client shares.
+"""HTTP client plumbing every tirl client shares: the retry policy and a background event loop.
 
 Connection errors, timeouts, 429 and 5xx are worth another try (a busy inference or sandbox
 server under RL load: verl#3478, SandboxFusion#33), with exponential back-off; any other 4xx is
 the caller's mistake and raises at once with the server's message. Used by the sandbox client,
-the OpenAI-compatible generator and the conversion pipeline's chat client.
+the OpenAI-compatible generator and the conversion pipeline's chat client. `BackgroundLoop` lets
+synchronous callers (the rollout, the trainer) use one aiohttp session from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import aiohttp
@@ -49,3 +51,37 @@ async def request_json(session: aiohttp.ClientSession, method: str, url: str, bo
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
             last = f"{type(e).__name__}: {e}"
     raise HTTPUnavailable(url, retries + 1, last)
+
+
+class BackgroundLoop:
+    """An event loop running in a daemon thread, holding one lazily created aiohttp session."""
+
+    def __init__(self, name: str, headers: dict[str, str] | None = None):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        self._headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def call(self, coro: Any) -> Any:
+        """Run `coro` on the loop and wait for its result (from synchronous code)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def wrap(self, coro: Any) -> Any:
+        """Await `coro` on the loop from another event loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The shared session; created inside the loop, as aiohttp requires."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers=self._headers)
+        return self._session
+
+    def close(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self._session is not None:
+            self.call(self._session.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
