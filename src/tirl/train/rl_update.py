@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -178,82 +178,81 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(m[k] for m in acc if k in m) / sum(1 for m in acc if k in m) for k in sorted(keys)}
 
 
-def policy_update(
-    model: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
-    mini_batch_size: int, micro_batch_size: int, epochs: int, temperature: float, max_grad_norm: float,
-    seq_len: int, generator: torch.Generator,
-) -> dict[str, float]:
-    """`epochs` passes of mini-batch steps over `rows`, with exact gradient accumulation."""
-    from tirl.train.common import clip_and_step
-
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    acc: list[dict[str, float]] = []
-    for _ in range(epochs):
-        perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
-        for start in range(0, len(perm), mini_batch_size):
-            mb = perm[start : start + mini_batch_size]
-            norm = A.global_normalizer(batch["mask"][mb], cfg.agg, seq_len=seq_len)
-            step_metrics: list[dict[str, float]] = []
-            for ms in range(0, len(mb), micro_batch_size):
-                sub = subset(batch, mb[ms : ms + micro_batch_size])
-                lp, ent = forward_logprobs(model, sub, temperature, with_entropy=True)
-                adv = sub["advantages"]
-                loss, m = A.policy_loss(lp, sub["old_logprobs"], adv, sub["mask"], cfg.clip_low, cfg.clip_high,
-                                        cfg.dual_clip or None, cfg.agg, norm)
-                e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
-                m.update(em)
-                if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
-                    loss = loss + cfg.entropy_coef * e_loss
-                if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
-                    k_loss, km = A.kl_loss(lp, sub["ref_logprobs"], sub["mask"], cfg.kl_kind, cfg.agg, norm)
-                    loss = loss + cfg.kl_coef * k_loss
-                    m.update(km)
-                loss.backward()
-                m["loss/policy"] = float(loss.detach())
-                step_metrics.append(m)
-            grad_norm = clip_and_step(params, opt, sched, max_grad_norm)
-            sm = _mean_metrics(step_metrics)
-            sm["loss/policy"] = sum(m["loss/policy"] for m in step_metrics)  # parts of one loss: a sum
-            sm["train/grad_norm"] = grad_norm
-            acc.append(sm)
-    model.eval()
-    out = _mean_metrics(acc) if acc else {}
-    out["train/optimizer_steps"] = float(len(acc))
-    return out
-
-
-def critic_update(
-    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+def _minibatch_steps(
+    module: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], agg: str,
+    micro_loss: Callable[[dict[str, Tensor], float], tuple[Tensor, dict[str, float]]], *,
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
-    generator: torch.Generator,
-) -> dict[str, float]:
+    generator: torch.Generator, loss_key: str, grad_key: str,
+) -> list[dict[str, float]]:
+    """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
+
+    Each step accumulates `micro_loss` over micro-batches, every one normalised by the whole
+    mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
+    loss, so the step's `loss_key` is their sum. Returns one metrics dict per optimizer step.
+    """
     from tirl.train.common import clip_and_step
 
-    critic.train()
-    params = [p for p in critic.parameters() if p.requires_grad]
-    acc: list[dict[str, float]] = []
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    steps: list[dict[str, float]] = []
     for _ in range(epochs):
         perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
         for start in range(0, len(perm), mini_batch_size):
             mb = perm[start : start + mini_batch_size]
-            norm = A.global_normalizer(batch["mask"][mb], cfg.agg, seq_len=seq_len)
-            total = 0.0
-            parts = []
+            norm = A.global_normalizer(batch["mask"][mb], agg, seq_len=seq_len)
+            parts, total = [], 0.0
             for ms in range(0, len(mb), micro_batch_size):
-                sub = subset(batch, mb[ms : ms + micro_batch_size])
-                values = forward_values(critic, sub)
-                loss, m = A.value_loss(values, sub["old_values"], sub["returns"], sub["mask"],
-                                       cfg.value_clip or None, cfg.agg, norm)
+                loss, m = micro_loss(subset(batch, mb[ms : ms + micro_batch_size]), norm)
                 loss.backward()
                 total += float(loss.detach())
                 parts.append(m)
             sm = _mean_metrics(parts)
-            sm["loss/value"] = total
-            sm["critic/grad_norm"] = clip_and_step(params, opt, sched, max_grad_norm)
-            acc.append(sm)
-    critic.eval()
-    return _mean_metrics(acc) if acc else {}
+            sm[loss_key] = total
+            sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm)
+            steps.append(sm)
+    module.eval()
+    return steps
+
+
+def policy_update(
+    model: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    temperature: float, **loop: Any,
+) -> dict[str, float]:
+    """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`."""
+
+    def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
+        lp, ent = forward_logprobs(model, sub, temperature, with_entropy=True)
+        loss, m = A.policy_loss(lp, sub["old_logprobs"], sub["advantages"], sub["mask"], cfg.clip_low,
+                                cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm)
+        e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
+        m.update(em)
+        if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
+            loss = loss + cfg.entropy_coef * e_loss
+        if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
+            k_loss, km = A.kl_loss(lp, sub["ref_logprobs"], sub["mask"], cfg.kl_kind, cfg.agg, norm)
+            loss = loss + cfg.kl_coef * k_loss
+            m.update(km)
+        return loss, m
+
+    steps = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
+                             grad_key="train/grad_norm", **loop)
+    out = _mean_metrics(steps) if steps else {}
+    out["train/optimizer_steps"] = float(len(steps))
+    return out
+
+
+def critic_update(
+    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, **loop: Any,
+) -> dict[str, float]:
+    """Clipped value loss towards the GAE returns over `rows`; see `_minibatch_steps` for `loop`."""
+
+    def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
+        return A.value_loss(forward_values(critic, sub), sub["old_values"], sub["returns"], sub["mask"],
+                            cfg.value_clip or None, cfg.agg, norm)
+
+    steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
+                             grad_key="critic/grad_norm", **loop)
+    return _mean_metrics(steps) if steps else {}
 
 
 def logprob_mismatch(batch: dict[str, Tensor]) -> dict[str, float]:
