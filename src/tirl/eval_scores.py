@@ -2,14 +2,14 @@
 
 Per benchmark (P problems, the first n samples of each):
 * `avg@n` — mean correctness over all P*n samples (the papers' "accuracy");
-* `pass@k` — Chen et al.'s unbiased estimator (`tirl.scores.pass_at_k`) averaged over problems, for
+* `pass@k` — Chen et al.'s unbiased estimator (`tirl.analysis.scores.pass_at_k`) averaged over problems, for
   k = 1, 2, 4, ... <= n, and n itself;
-* `maj@k` — for the same k: the majority answer of the first k samples (`tirl.scores.maj_at_k`:
+* `maj@k` — for the same k: the majority answer of the first k samples (`tirl.analysis.scores.maj_at_k`:
   light normal form for votes, unanswered samples do not vote, ties go to the answer reached first)
   is correct, averaged over problems;
-* `no_answer_ratio`, and the tool-use statistics of `tirl.metrics.tool_metrics` (`tool/...`,
+* `no_answer_ratio`, and the tool-use statistics of `tirl.analysis.tool_stats.tool_metrics` (`tool/...`,
   `response/...`), which include the code-purpose distribution (`purpose/<name>`: share of executed
-  calls per purpose, `tirl.code_purpose`).
+  calls per purpose, `tirl.analysis.code_purpose`).
 
 Overall: the same over the union of all benchmarks' problems (micro average: a 500-problem benchmark
 weighs more than a 30-problem one); the per-benchmark rows are what papers report.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tirl.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
+from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
 
 
 def ks_for(n: int) -> list[int]:
@@ -38,7 +38,7 @@ def ks_for(n: int) -> list[int]:
 
 def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, float]:
     """Scores of problems given as lists of their n sample records (sorted by sample index)."""
-    from tirl.metrics import tool_metrics
+    from tirl.analysis.tool_stats import tool_metrics
 
     flat = [r for samples in rows for r in samples]
     if not rows:
@@ -56,7 +56,7 @@ def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, fl
 
 
 def metrics_view(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records as the trajectory-shaped dicts `tirl.metrics.tool_metrics` reads (lengths, not ids)."""
+    """Records as the trajectory-shaped dicts `tirl.analysis.tool_stats.tool_metrics` reads (lengths, not ids)."""
     out = []
     for r in records:
         n, s = int(r["response_tokens"]), int(r["sampled_tokens"])

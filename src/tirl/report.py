@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tirl.code_purpose import PURPOSES
-from tirl.metrics import purpose_shares
+from tirl.analysis.code_purpose import PURPOSES
+from tirl.analysis.tool_stats import purpose_shares
 from tirl.report_plots import COLORS, Curve, finite, line_plot, purpose_plot
 
 # (file stem, metric key, title, y label, y range) — one plot each, runs overlaid.
@@ -300,7 +300,7 @@ def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
     have = [(label, color, s) for label, color, s in splits if s is not None]
     parts = ["<h2>What the code is for</h2>",
              '<p class="note">Each executed snippet is classified by static analysis of its code '
-             "(<code>tirl.code_purpose</code>); shares of executed calls in the first vs the last third "
+             "(<code>tirl.analysis.code_purpose</code>); shares of executed calls in the first vs the last third "
              "of the training steps.</p>"]
     for label, _, s in splits:
         if s is None:

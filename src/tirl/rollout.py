@@ -193,7 +193,7 @@ def rollout(
     """Run `config.n` samples of each prompt to completion. `overrides` replace config fields
     (`rollout(..., n=4, max_tool_calls=1)`). Prompts are text (encoded as is, no special tokens) or ids.
     Trajectories are ordered prompt-major: index = group_index * n + sample_index."""
-    from tirl.metrics import tool_metrics
+    from tirl.analysis.tool_stats import tool_metrics
 
     cfg = dataclasses.replace(config or RolloutConfig(), **overrides)
     if cfg.on_tool_cap not in ("message", "stop"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tirl.metrics import tool_metrics
+from tirl.analysis.tool_stats import tool_metrics
 from tirl.rollout import ToolCall, Trajectory
 
 

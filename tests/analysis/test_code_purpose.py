@@ -2,7 +2,7 @@
 
 import pytest
 
-from tirl.code_purpose import PURPOSES, classify_code
+from tirl.analysis.code_purpose import PURPOSES, classify_code
 
 CASES = [
     # arithmetic: straight-line computation
@@ -84,7 +84,7 @@ def _traj(*calls):
 
 
 def test_tool_metrics_purpose_shares_count_executed_calls_only():
-    from tirl.metrics import tool_metrics
+    from tirl.analysis.tool_stats import tool_metrics
 
     m = tool_metrics([
         _traj(("print(2 * 3)", "ok"), ("print(2 *", "error")),
@@ -101,7 +101,7 @@ def test_tool_metrics_purpose_shares_count_executed_calls_only():
 
 
 def test_tool_metrics_purpose_shares_are_nan_when_nothing_ran():
-    from tirl.metrics import tool_metrics
+    from tirl.analysis.tool_stats import tool_metrics
 
     m = tool_metrics([_traj(), _traj(("", "empty"))])
     assert all(m[f"purpose/{p}"] != m[f"purpose/{p}"] for p in PURPOSES)

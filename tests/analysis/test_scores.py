@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tirl.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
+from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
 
 
 def test_pass_at_k_hand_values():

@@ -15,7 +15,7 @@
   ran cleanly (ReTool's "code self-correction"); NaN when nothing failed;
 * `tool/cap_hit_ratio` — share of responses that tried to call code after `max_tool_calls`;
 * `tool/unclosed_ratio` — share that ran out of budget inside a code block;
-* `purpose/<name>` for every name in `tirl.code_purpose.PURPOSES` — share of executed calls whose code
+* `purpose/<name>` for every name in `tirl.analysis.code_purpose.PURPOSES` — share of executed calls whose code
   `classify_code` puts under that purpose (ReTool's code-purpose analysis); NaN when nothing ran.
 
 Pure functions: trajectories are `tirl.rollout.Trajectory` objects or their `to_dict()` form; no torch.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from tirl.code_purpose import PURPOSES, classify_code
+from tirl.analysis.code_purpose import PURPOSES, classify_code
 
 NAN = float("nan")
 
