@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from tirl.report import purpose_split, load_run, segments, write_report
+from tirl.report.page import segments, write_report
+from tirl.report.runs import load_run, purpose_split
 
 
 def _call(code, output, status="ok", at=0):
@@ -120,7 +121,7 @@ def test_segments_keep_all_text_in_order():
 def test_two_runs_are_overlaid_with_their_labels(tmp_path):
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", acc_offset=0.3)
-    red = (214, 39, 40)  # the second run's colour (report_plots.COLORS[1])
+    red = (214, 39, 40)  # the second run's colour (tirl.report.plots.COLORS[1])
     one = write_report([a], tmp_path / "one")
     assert not _has_color(tmp_path / "one" / "plots" / "accuracy.png", red)
     page = write_report([a, b], tmp_path / "two", labels=["tool <RL>", "text RL"]).read_text()

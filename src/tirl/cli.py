@@ -30,7 +30,7 @@ COMMANDS: dict[str, Command] = {
                     "tirl.eval_command", 8),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
                        "tirl.sandbox.cli", 3),
-    "report": Command("HTML report and plots for one or more run directories", "tirl.report_command", 7),
+    "report": Command("HTML report and plots for one or more run directories", "tirl.report.command", 7),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
                        "tirl.data.convert_command", 6),
     "serve": Command("OpenAI-compatible completions server around a local model",

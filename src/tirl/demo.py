@@ -167,7 +167,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
 
 
 def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
-    from tirl.report import write_report
+    from tirl.report.page import write_report
 
     def pct(x: float | None) -> str:
         return "n/a" if x is None else f"{100 * x:.0f}%"

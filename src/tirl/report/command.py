@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirl.report import write_report
+    from tirl.report.page import write_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0])
     try:

@@ -8,7 +8,6 @@ average is drawn over the raw curve only when a run has 15 or more points.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -112,6 +111,3 @@ def purpose_plot(shares: list[tuple[str, str, dict[str, float], dict[str, float]
     fig.savefig(path, format="png")
     return True
 
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,161 @@
+"""The run directories a report reads: metrics, samples and summary of each, and what is derived from them
+(code purposes early vs late, which samples to show).
+
+Per run directory, what `tirl train` / `tirl sft` write: `metrics.jsonl` (one JSON object per step;
+an undefined figure is null, as `tirl.jsonl` writes it), `samples.jsonl` (a few trajectories per step,
+`Trajectory.to_dict()` plus `step` and `grade`) and `summary.json`. A directory without `metrics.jsonl`
+whose sub-directories have one (the demo's DIR/sft, DIR/rl, DIR/text_rl) expands into them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from tirl.analysis.code_purpose import PURPOSES
+from tirl.analysis.tool_stats import purpose_shares
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    """One dict per step, sorted by step; values are floats (NaN where logged as "nan")."""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    """What could not be read (bad lines, missing files), shown on the page."""
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of `key`, finite values only."""
+        pts = [(m["step"], m[key]) for m in self.metrics if finite(m.get(key, math.nan))]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+    """Each path with a metrics.jsonl, or its sub-directories that have one (sorted by name)."""
+    out = []
+    for p in map(Path, paths):
+        if (p / "metrics.jsonl").is_file():
+            out.append(p)
+            continue
+        subs = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").is_file()) if p.is_dir() else []
+        if not subs:
+            raise FileNotFoundError(f"{p}: no metrics.jsonl there or in its sub-directories")
+        out.extend(subs)
+    return out
+
+
+def default_labels(dirs: Sequence[Path]) -> list[str]:
+    """Directory names; parent/name where names repeat (two demo runs both have `rl`)."""
+    names = [d.name for d in dirs]
+    return [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in dirs]
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)  # "nan", "inf" as the logger writes them
+        except ValueError:
+            return None
+    return None
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    if not path.is_file():
+        problems.append(f"{path.name} is missing")
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            problems.append(f"{path.name}:{i} is not JSON (skipped; a run still writing?)")
+    return rows
+
+
+def load_run(path: Path, label: str) -> Run:
+    run = Run(label=label, path=path)
+    for row in _read_jsonl(path / "metrics.jsonl", run.problems):
+        m = {k: x for k, v in row.items() if (x := _number(v)) is not None}
+        if "step" in m:
+            run.metrics.append(m)
+    run.metrics.sort(key=lambda m: m["step"])
+    run.samples = [s for s in _read_jsonl(path / "samples.jsonl", run.problems) if isinstance(s, dict)]
+    try:
+        run.summary = json.loads((path / "summary.json").read_text())
+    except FileNotFoundError:
+        run.problems.append("summary.json is missing")
+    except json.JSONDecodeError as e:
+        run.problems.append(f"summary.json is not JSON ({e})")
+    return run
+
+
+# ---- what is derived: code purposes early vs late, samples to show ----------------------------
+
+def _thirds(steps: list[float]) -> tuple[set[float], set[float]]:
+    k = max(1, len(steps) // 3)
+    return set(steps[:k]), set(steps[-k:])
+
+
+def purpose_split(run: Run) -> tuple[dict[str, float], dict[str, float], str] | None:
+    """(early shares, late shares, source) over the first and last third of the steps; None if no
+    executed call was seen. Shares are weighted by each step's executed calls."""
+    keys = [f"purpose/{p}" for p in PURPOSES]
+    rows = [m for m in run.metrics if any(finite(m.get(k, math.nan)) for k in keys)]
+    if rows:
+        early, late = _thirds([m["step"] for m in run.metrics])
+
+        def pooled(steps: set[float]) -> dict[str, float]:
+            tot: dict[str, float] = {p: 0.0 for p in PURPOSES}
+            weight = 0.0
+            for m in rows:
+                if m["step"] in steps:
+                    w = m.get("tool/executed_calls", 1.0)
+                    w = w if finite(w) else 1.0
+                    weight += w
+                    for p in PURPOSES:
+                        v = m.get(f"purpose/{p}", math.nan)
+                        tot[p] += w * v if finite(v) else 0.0
+            return {p: t / weight for p, t in tot.items()} if weight else {}
+
+        e, l = pooled(early), pooled(late)
+        return (e, l, "purpose/* metrics") if e or l else None
+    steps = sorted({s["step"] for s in run.samples if "step" in s})
+    if not steps:
+        return None
+    early, late = _thirds(steps)
+    shares = []
+    for part in (early, late):
+        sh = purpose_shares([s for s in run.samples if s.get("step") in part])
+        shares.append({p: v for p, v in ((p, sh[f"purpose/{p}"]) for p in PURPOSES) if finite(v)})
+    if not shares[0] and not shares[1]:
+        return None
+    return shares[0], shares[1], "samples.jsonl (the metrics have no purpose/* keys)"
+
+
+def pick_samples(run: Run) -> list[dict[str, Any]]:
+    """From the first and the last step: one correct and one wrong sample where there are both."""
+    steps = sorted({s.get("step") for s in run.samples if isinstance(s.get("step"), (int, float))})
+    picked = []
+    for step in dict.fromkeys([steps[0], steps[-1]] if steps else []):
+        at = [s for s in run.samples if s.get("step") == step]
+        at.sort(key=lambda s: not s.get("tool_calls"))  # stable: ones that used code first
+        right = next((s for s in at if (s.get("grade") or {}).get("correct")), None)
+        wrong = next((s for s in at if not (s.get("grade") or {}).get("correct")), None)
+        picked += [s for s in (right, wrong) if s is not None]
+    return picked
