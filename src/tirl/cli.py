@@ -32,7 +32,7 @@ COMMANDS: dict[str, Command] = {
                        "tirl.sandbox.cli", 3),
     "report": Command("HTML report and plots for one or more run directories", "tirl.report.command", 7),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
-                       "tirl.data.convert_command", 6),
+                       "tirl.convert.command", 6),
     "serve": Command("OpenAI-compatible completions server around a local model",
                      "tirl.generation.serve_command", 8),
 }

@@ -3,7 +3,7 @@ computation happens in code blocks, in one tag style.
 
 Written for this project (ReTool's idea, our words). The prompt shows the exact tags of the chosen
 style, asks for the expected interpreter output after every block (verification compares it with the
-real output and replaces it, see `tirl.data.convert`), and says how blocks run: as fresh programs
+real output and replaces it, see `tirl.convert.verify`), and says how blocks run: as fresh programs
 (`exec_mode="fresh"`, what `tirl.rollout` and both papers do, so each block must re-define what it
 uses) or in one session (`exec_mode="session"`, variables persist).
 

@@ -20,9 +20,12 @@ import pytest
 import torch
 
 from tirl.data import load_traces, tokenize_trace
-from tirl.data.convert import ConvertConfig, Item, convert_async, load_items, output_disagreement
-from tirl.data.convert_llm import ChatRewriter, GeneratorRewriter
-from tirl.data.convert_prompt import build_rewrite_messages
+from tirl.convert.config import ConvertConfig
+from tirl.convert.items import Item, load_items
+from tirl.convert.llm import ChatRewriter, GeneratorRewriter
+from tirl.convert.pipeline import convert_async
+from tirl.convert.prompt import build_rewrite_messages
+from tirl.convert.verify import output_disagreement
 from tirl.formats import RETOOL, TORL
 from tirl.sandbox import Sandbox, SandboxConfig
 from fixtures_models import tiny_model_dir  # noqa: F401 - pytest fixture

@@ -3,7 +3,7 @@
 Settings come from `ConvertConfig` defaults, then the YAML file, then dotted overrides, then the flags
 below (a flag given on the command line wins). Builds the rewriter (`ChatRewriter` for a server,
 `GeneratorRewriter` over `HFGenerator` for a local model), a local sandbox (or `--sandbox-url`), and
-runs `tirl.data.convert.convert_async` with a progress bar. Re-running the same command continues.
+runs `tirl.convert.pipeline.convert_async` with a progress bar. Re-running the same command continues.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_config(args: argparse.Namespace) -> Any:
     from tirl.config import load_config
-    from tirl.data.convert import ConvertConfig
+    from tirl.convert.config import ConvertConfig
 
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not Path(config).exists():  # `tirl convert key=value` without a file
@@ -75,7 +75,7 @@ def make_config(args: argparse.Namespace) -> Any:
 
 
 def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
-    from tirl.data.convert_llm import ChatRewriter, GeneratorRewriter
+    from tirl.convert.llm import ChatRewriter, GeneratorRewriter
 
     if args.server:
         if not args.model_name:
@@ -100,7 +100,8 @@ def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
 
 def run(args: argparse.Namespace) -> int:
     from tirl.config import ConfigError
-    from tirl.data.convert import convert_async, load_items
+    from tirl.convert.items import load_items
+    from tirl.convert.pipeline import convert_async
     from tirl.progress import progress
     from tirl.data.rows import DataError
 

@@ -1,0 +1,199 @@
+"""The conversion run: rewrite every item not yet done, verify it, append it to `accepted.jsonl` or
+`rejected.jsonl`, and write `summary.json` (see `tirl.convert` for the files and the resume rule).
+
+    summary = asyncio.run(convert_async(cfg, rewriter, sandbox, run_dir))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tirl.convert.config import EXEC_MODES, OUTPUT_CHECKS, REASONS, ConvertConfig
+from tirl.convert.items import Item, load_items
+from tirl.convert.prompt import build_rewrite_messages
+from tirl.convert.verify import InfraError, Verdict, verify
+from tirl.data.rows import DataError
+from tirl.data.traces import trace_from_row
+from tirl.formats import get_style
+
+
+# --- the run directory ---------------------------------------------------------------------------
+class JsonlLog:
+    """An append-only JSONL file: torn last line cut off at open, every append flushed and fsync'ed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.exists():
+            self._read()
+        self._f = open(path, "a", encoding="utf-8")
+
+    def _read(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            # A write is one line ending in "\n"; a last line without it was cut mid-write (or, if it
+            # parses, just before its newline). Cut the torn bytes so the next append starts clean.
+            cut = data.rfind(b"\n") + 1
+            try:
+                json.loads(data[cut:])
+            except json.JSONDecodeError:
+                data = data[:cut]
+                with open(self.path, "r+b") as f:
+                    f.truncate(cut)
+            else:
+                data += b"\n"
+                with open(self.path, "ab") as f:
+                    f.write(b"\n")
+        for n, line in enumerate(data.split(b"\n")[:-1], 1):
+            if not line.strip():
+                continue
+            try:
+                self.rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise DataError(f"{self.path}:{n}: invalid JSON in the middle of the file (not a torn last "
+                                "line); fix or remove that line") from None
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.rows.append(row)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def summarize(accepted: list[dict], rejected: list[dict], total: int, run: dict[str, Any]) -> dict[str, Any]:
+    by_reason = {r: 0 for r in REASONS}
+    for row in rejected:
+        by_reason[row.get("reason", "?")] = by_reason.get(row.get("reason", "?"), 0) + 1
+    done = len(accepted) + len(rejected)
+    return {
+        "input_items": total, "done": done, "accepted": len(accepted), "rejected": len(rejected),
+        "acceptance_rate": round(len(accepted) / done, 4) if done else None,
+        "rejected_by_reason": by_reason,
+        "errors_fixed_in_accepted": sum(r.get("convert", {}).get("errors_fixed", 0) for r in accepted),
+        "code_blocks_in_accepted": sum(r.get("convert", {}).get("blocks", 0) for r in accepted),
+        "this_run": run,
+    }
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+async def _run_fresh(sandbox: Any, codes: list[str], timeout: float) -> list[Any]:
+    return list(await asyncio.gather(*(sandbox.arun(c, timeout=timeout) for c in codes)))
+
+
+async def _run_session(sandbox: Any, codes: list[str], timeout: float, slots: asyncio.Semaphore) -> list[Any]:
+    async with slots:
+        session = sandbox.session()
+        try:
+            return [await session.arun(c, timeout=timeout) for c in codes]
+        finally:
+            await asyncio.to_thread(session.close)
+
+
+def check_settings(run_dir: Path, cfg: ConvertConfig) -> None:
+    """Refuse to resume a run directory made with settings that change what is accepted."""
+    saved = run_dir / "settings.json"
+    keys = ("style", "exec_mode", "output_check", "min_code_blocks", "error_lines", "max_output_chars")
+    now = {k: getattr(cfg, k) for k in keys}
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        diff = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{run_dir} was converted with other settings {diff} (old, new); use another "
+                             "--run-dir or the same settings")
+    else:
+        saved.write_text(json.dumps(now, indent=2) + "\n")
+
+
+async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir: str | os.PathLike,
+                        items: list[Item] | None = None, on_item: Callable[[str], None] | None = None,
+                        model_id: str = "") -> dict[str, Any]:
+    """Convert every item not yet done in `run_dir`; returns the summary also written to summary.json.
+
+    `rewriter`: a `tirl.convert.llm.Rewriter`; `sandbox`: has `arun(code, timeout=)` (and
+    `session()` for `exec_mode="session"`). `on_item(outcome)` is called once per item with
+    "accepted", a rejection reason, "infra_error", or "done_before" (skipped on resume), for a progress bar.
+    """
+    if cfg.exec_mode not in EXEC_MODES:
+        raise ValueError(f"exec_mode must be one of {EXEC_MODES}, not {cfg.exec_mode!r}")
+    if cfg.output_check not in OUTPUT_CHECKS:
+        raise ValueError(f"output_check must be one of {OUTPUT_CHECKS}, not {cfg.output_check!r}")
+    style = get_style(cfg.style)
+    template = Path(cfg.prompt_file).read_text(encoding="utf-8") if cfg.prompt_file else None
+    items = load_items(cfg) if items is None else items
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(run_dir, cfg)
+    accepted, rejected = JsonlLog(run_dir / "accepted.jsonl"), JsonlLog(run_dir / "rejected.jsonl")
+    done = {str(r.get("id")) for r in accepted.rows + rejected.rows}
+    todo = [it for it in items if it.id not in done]
+    if on_item is not None:
+        for _ in range(len(items) - len(todo)):
+            on_item("done_before")
+    infra: dict[str, int] = {"llm": 0, "sandbox": 0}
+    infra_examples: list[str] = []
+    sem = asyncio.Semaphore(max(1, cfg.concurrency))
+    slots = asyncio.Semaphore(max(1, min(cfg.concurrency, getattr(getattr(sandbox, "config", None), "max_sessions", 8))))
+
+    async def run_blocks(codes: list[str]) -> list[Any]:
+        if cfg.exec_mode == "session":
+            return await _run_session(sandbox, codes, cfg.exec_timeout_s, slots)
+        return await _run_fresh(sandbox, codes, cfg.exec_timeout_s)
+
+    async def one(it: Item) -> None:
+        async with sem:
+            messages = build_rewrite_messages(it.problem, it.solution, style, cfg.exec_mode, template)
+            outcome = "infra_error"
+            verdict = None
+            try:
+                text, finish = await rewriter.rewrite(messages, key=it.id)
+            except Exception as e:  # noqa: BLE001 - an LLM failure of one item must not stop the others
+                infra["llm"] += 1
+                infra_examples.append(f"{it.id}: LLM: {type(e).__name__}: {e}"[:300])
+            else:
+                try:  # only a sandbox failure is caught here; a bug in verification must surface
+                    verdict = await verify(text, finish, it.answer, style, cfg, run_blocks)
+                except InfraError as e:
+                    infra["sandbox"] += 1
+                    infra_examples.append(f"{it.id}: sandbox: {e}"[:300])
+            if verdict is not None:
+                row = None
+                if verdict.reason is None:
+                    prompt = style.prompt_messages(it.problem)[:-1] + [{"role": "user", "content": it.problem}]
+                    row = {"id": it.id, "messages": prompt + [{"role": "assistant", "content": verdict.text}],
+                           "answer": it.answer, "convert": {**verdict.stats, "model": model_id}}
+                    try:  # what `tirl sft` will read must load: check it with the loader itself
+                        trace_from_row(row, style, id=it.id)
+                    except DataError as e:
+                        verdict, row = Verdict("format", f"the verified trace does not load: {e}"), None
+                if row is not None:
+                    accepted.append(row)
+                    outcome = "accepted"
+                else:
+                    rejected.append({"id": it.id, "reason": verdict.reason, "detail": verdict.detail,
+                                     "problem": it.problem, "answer": it.answer, "response": text})
+                    outcome = verdict.reason
+            if on_item is not None:
+                on_item(outcome)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(it) for it in todo))
+    finally:
+        accepted.close()
+        rejected.close()
+        seconds = time.perf_counter() - t0
+        finished = len(todo) - sum(infra.values())
+        run = {"skipped_already_done": len(items) - len(todo), "processed": finished,
+               "infra_errors": dict(infra), "infra_error_examples": infra_examples[:5],
+               "seconds": round(seconds, 3), "items_per_s": round(finished / seconds, 3) if seconds > 0 else None}
+        summary = summarize(accepted.rows, rejected.rows, len(items), run)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
