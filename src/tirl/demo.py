@@ -4,7 +4,7 @@ Stages (each a sub-directory of the run directory, each an ordinary `tirl sft` /
 
 1. ``sft/``      a tiny Qwen2 model and a tokenizer trained on the built-in arithmetic task, then
                  cold-start SFT on a mix of traces: compute in text (often wrongly), call code and
-                 copy its output, or fail once and fix the code (`tirl.tasks.traces`).
+                 copy its output, or fail once and fix the code (`tirl.tasks.sft_traces`).
 2. ``rl/``       GRPO with the real sandbox from the SFT model: +1/-1 on the final answer.
 3. ``text_sft/`` the same base model fine-tuned on text-only traces (correct ones),
 4. ``text_rl/``  and the same GRPO without the tool (no code is ever run): the paper's baseline.

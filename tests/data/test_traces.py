@@ -179,11 +179,12 @@ def test_skip_invalid_counts_and_loader_shapes(tmp_path):
 
 def test_built_in_task_traces_load_as_they_were_written():
     # tirl.tasks writes ReTool-SFT rows with the rollout's own rendering: loading must not change them.
-    tasks = pytest.importorskip("tirl.tasks.traces")
-    arithmetic = pytest.importorskip("tirl.tasks.arithmetic")
-    items = arithmetic.generate(6, seed=1)
+    from tirl.tasks.arithmetic import generate
+    from tirl.tasks.sft_traces import make_traces
+
+    items = generate(6, seed=1)
     for style in (RETOOL, TORL):
-        for row in tasks.make_traces(items, style=style, mix={"code": 1, "fix": 1, "text": 1}):
+        for row in make_traces(items, style=style, mix={"code": 1, "fix": 1, "text": 1}):
             trace = trace_from_row(row, style, id=row["id"])
             assert trace.response == row["messages"][1]["content"].rstrip()
             assert trace.answer == row["answer"]  # the reference, even where a "text" trace states a wrong one
