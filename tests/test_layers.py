@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tirl"
 
 # Layer of each top-level module/package; a module may import only from layers <= its own.
 LAYERS = {
-    "__init__": 0, "config": 0, "progress": 0, "http_client": 0, "formats": 0, "sandbox": 1, "reward": 1, "models": 2,
+    "__init__": 0, "config": 0, "progress": 0, "http_client": 0, "jsonl": 0, "formats": 0, "sandbox": 1, "reward": 1, "models": 2,
     "generation": 3, "rollout": 4, "analysis": 0, "algorithms": 4, "logprobs": 4,
     "tasks": 5, "data": 5, "convert": 5, "train": 6, "eval": 7, "report": 7,
     "eval_scores": 7, "eval_command": 7, "demo": 8, "cli": 9,

@@ -40,8 +40,8 @@ def make_run(path: Path, steps: int = 9, purposes: bool = True, acc_offset: floa
         for s in range(1, steps + 1):
             m = {"step": s, "reward/accuracy": min(1.0, 0.1 * s + acc_offset), "reward/mean": 0.0,
                  "response/length_mean": 40.0 + s, "tool/code_ratio": s / steps, "tool/calls_mean": s / steps,
-                 "tool/pass_rate": "nan" if s == 1 else 0.9, "tool/first_call_pos": 0.3,
-                 "tool/self_correction": "nan", "tool/executed_calls": float(s)}
+                 "tool/pass_rate": None if s == 1 else 0.9, "tool/first_call_pos": 0.3,
+                 "tool/self_correction": None, "tool/executed_calls": float(s)}
             if s % 3 == 0:  # held-out evaluation only on some steps
                 m["eval/accuracy"] = 0.1 * s
             if purposes:
@@ -85,7 +85,7 @@ def test_report_from_a_synthetic_run(tmp_path):
         assert h > 200 and w > 400
     assert sorted(_pngs_in(page)) == sorted(p.read_bytes() for p in files)
 
-    # self-correction is "nan" at every step: no plot, and the page says so instead of crashing
+    # self-correction is null (undefined) at every step: no plot, and the page says so instead of crashing
     assert "self_correction" not in names
     assert "No plot of self-correction" in page
     # headline figures and the title, escaped
@@ -172,7 +172,7 @@ def test_purposes_early_vs_late_from_metrics_and_from_samples(tmp_path):
 def test_runs_with_nothing_finite_do_not_crash(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 1, "reward/accuracy": "nan"}\nnot json\n')
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward/accuracy": null}\nnot json\n')
     page = write_report([run], tmp_path / "out").read_text()
     assert "No plot of accuracy" in page and "metrics.jsonl:2 is not JSON" in page
     assert not list((tmp_path / "out" / "plots").glob("*.png"))

@@ -167,8 +167,8 @@ def test_resume_is_exact(tmp_path):
     for x, y in zip(ma, mb):
         x, y = stable(x), stable(y)
         assert x.keys() == y.keys()
-        for k in x:  # undefined figures are logged as the string "nan"
-            assert x[k] == y[k] if isinstance(x[k], str) else x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), k
+        for k in x:  # undefined figures are logged as null
+            assert x[k] == y[k] if x[k] is None or isinstance(x[k], str) else x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6), k
 
 
 def test_resume_needs_a_checkpoint_and_a_fresh_run_refuses_an_old_dir(tmp_path):

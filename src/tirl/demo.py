@@ -17,12 +17,12 @@ Stages (each a sub-directory of the run directory, each an ordinary `tirl sft` /
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tirl.jsonl import write_json
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train.common import OptimConfig
@@ -161,7 +161,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
     }
     summary["report"] = str(_report(run_dir, summary))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     _print_summary(console, summary, run_dir)
     return summary
 

@@ -35,13 +35,13 @@ the tool metrics need only counts and call spans. Not covered: per-sample genera
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from tirl import jsonl
 from tirl.data import DataError, Problem, load_problems
 from tirl.formats import get_style
 from tirl.reward import grade_detailed
@@ -138,32 +138,17 @@ def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fie
 
 # --- the record store (resume) -------------------------------------------------------------------
 class SampleStore:
-    """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); append with fsync."""
+    """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); a `tirl.jsonl.AppendLog`."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.log = jsonl.AppendLog(path)
+        self.path, self.repaired_bytes = self.log.path, self.log.repaired_bytes
         self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
-        self.repaired_bytes = 0
-        if self.path.exists():
-            self._load()
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line: a kill during a write; cut it off before appending
-            self.repaired_bytes = len(data) - end
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        for lineno, line in enumerate(data[:end].splitlines(), 1):
-            if not line.strip():
-                continue
+        for n, rec in enumerate(self.log.rows, 1):
             try:
-                rec = json.loads(line)
                 key = (str(rec["benchmark"]), str(rec["problem_id"]), int(rec["sample_index"]))
             except (ValueError, KeyError, TypeError) as e:
-                raise DataError(f"{self.path}:{lineno}: not a sample record ({e}); "
+                raise DataError(f"{self.path}: record {n}: not a sample record ({e}); "
                                 "move the file away to start this evaluation afresh") from e
             self.records.setdefault(key, rec)  # a duplicate cannot be written by us; keep the first
 
@@ -172,30 +157,15 @@ class SampleStore:
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         fresh = [r for r in records if (r["benchmark"], r["problem_id"], r["sample_index"]) not in self.records]
-        if not fresh:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh))
-            f.flush()
-            os.fsync(f.fileno())
+        jsonl.append_rows(self.path, fresh)
         for r in fresh:
             self.records[(r["benchmark"], r["problem_id"], r["sample_index"])] = r
 
 
 def check_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     """Write `eval_config.json`, or refuse when the run directory's samples were made differently."""
-    path = run_dir / "eval_config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        diff = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now"
-                for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-        if diff:
-            raise ValueError(f"{run_dir} holds an evaluation with other settings ({'; '.join(diff)}); "
-                             "use another --run-dir, or the same settings to resume it")
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    jsonl.check_settings(run_dir / "eval_config.json", settings,
+                         "use another --run-dir, or the same settings to resume it")
 
 
 # --- the loop ------------------------------------------------------------------------------------

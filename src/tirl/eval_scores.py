@@ -17,14 +17,13 @@ weighs more than a 30-problem one); the per-benchmark rows are what papers repor
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
+from tirl.jsonl import atomic_write, dumps, write_json
 
 
 def ks_for(n: int) -> list[int]:
@@ -101,26 +100,8 @@ def problem_rows(problems: dict[str, Sequence[Any]], records: dict, n: int) -> l
 
 def write_outputs(run: Path, summary: dict[str, Any], problems: dict, records: dict, n: int) -> None:
     """`summary.json` and `problems.jsonl`, each written to a temporary file and renamed."""
-    _atomic(run / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
-    _atomic(run / "problems.jsonl",
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in problem_rows(problems, records, n)))
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _clean(x: Any) -> Any:
-    """NaN (undefined statistic) -> null, so the file is strict JSON."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
+    write_json(run / "summary.json", summary)
+    atomic_write(run / "problems.jsonl", "".join(dumps(r) + "\n" for r in problem_rows(problems, records, n)))
 
 
 TABLE_TOOL_COLUMNS = [("code%", "tool/code_ratio", 100), ("calls", "tool/calls_mean", 1),

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tirl import jsonl
 from tirl.convert.config import EXEC_MODES, OUTPUT_CHECKS, REASONS, ConvertConfig
 from tirl.convert.items import Item, load_items
 from tirl.convert.prompt import build_rewrite_messages
@@ -22,52 +22,7 @@ from tirl.data.traces import trace_from_row
 from tirl.formats import get_style
 
 
-# --- the run directory ---------------------------------------------------------------------------
-class JsonlLog:
-    """An append-only JSONL file: torn last line cut off at open, every append flushed and fsync'ed."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict[str, Any]] = []
-        if path.exists():
-            self._read()
-        self._f = open(path, "a", encoding="utf-8")
-
-    def _read(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            # A write is one line ending in "\n"; a last line without it was cut mid-write (or, if it
-            # parses, just before its newline). Cut the torn bytes so the next append starts clean.
-            cut = data.rfind(b"\n") + 1
-            try:
-                json.loads(data[cut:])
-            except json.JSONDecodeError:
-                data = data[:cut]
-                with open(self.path, "r+b") as f:
-                    f.truncate(cut)
-            else:
-                data += b"\n"
-                with open(self.path, "ab") as f:
-                    f.write(b"\n")
-        for n, line in enumerate(data.split(b"\n")[:-1], 1):
-            if not line.strip():
-                continue
-            try:
-                self.rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError(f"{self.path}:{n}: invalid JSON in the middle of the file (not a torn last "
-                                "line); fix or remove that line") from None
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.rows.append(row)
-
-    def close(self) -> None:
-        self._f.close()
-
-
+# --- the run directory (append-only logs: `tirl.jsonl`) --------------------------------------------
 def summarize(accepted: list[dict], rejected: list[dict], total: int, run: dict[str, Any]) -> dict[str, Any]:
     by_reason = {r: 0 for r in REASONS}
     for row in rejected:
@@ -99,17 +54,9 @@ async def _run_session(sandbox: Any, codes: list[str], timeout: float, slots: as
 
 def check_settings(run_dir: Path, cfg: ConvertConfig) -> None:
     """Refuse to resume a run directory made with settings that change what is accepted."""
-    saved = run_dir / "settings.json"
     keys = ("style", "exec_mode", "output_check", "min_code_blocks", "error_lines", "max_output_chars")
-    now = {k: getattr(cfg, k) for k in keys}
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        diff = {k: (old.get(k), v) for k, v in now.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{run_dir} was converted with other settings {diff} (old, new); use another "
-                             "--run-dir or the same settings")
-    else:
-        saved.write_text(json.dumps(now, indent=2) + "\n")
+    jsonl.check_settings(run_dir / "settings.json", {k: getattr(cfg, k) for k in keys},
+                         "use another --run-dir or the same settings")
 
 
 async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir: str | os.PathLike,
@@ -131,7 +78,7 @@ async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_settings(run_dir, cfg)
-    accepted, rejected = JsonlLog(run_dir / "accepted.jsonl"), JsonlLog(run_dir / "rejected.jsonl")
+    accepted, rejected = jsonl.AppendLog(run_dir / "accepted.jsonl"), jsonl.AppendLog(run_dir / "rejected.jsonl")
     done = {str(r.get("id")) for r in accepted.rows + rejected.rows}
     todo = [it for it in items if it.id not in done]
     if on_item is not None:
@@ -187,13 +134,11 @@ async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir
     try:
         await asyncio.gather(*(one(it) for it in todo))
     finally:
-        accepted.close()
-        rejected.close()
         seconds = time.perf_counter() - t0
         finished = len(todo) - sum(infra.values())
         run = {"skipped_already_done": len(items) - len(todo), "processed": finished,
                "infra_errors": dict(infra), "infra_error_examples": infra_examples[:5],
                "seconds": round(seconds, 3), "items_per_s": round(finished / seconds, 3) if seconds > 0 else None}
         summary = summarize(accepted.rows, rejected.rows, len(items), run)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        jsonl.write_json(run_dir / "summary.json", summary)
     return summary

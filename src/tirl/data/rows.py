@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from tirl.jsonl import DataError  # defined with the JSONL files, raised by every loader; re-exported here
+
 log = logging.getLogger("tirl.data")
 
 T = TypeVar("T")
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 MAX_LISTED_ERRORS = 5  # a file with thousands of bad rows should not produce a thousand-line message
-
-
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message says where (file:line or file[row]) and why."""
 
 
 @dataclass(frozen=True)

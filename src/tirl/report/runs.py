@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from tirl.analysis.code_purpose import PURPOSES
 from tirl.analysis.tool_stats import purpose_shares
+from tirl.jsonl import read_rows
 
 
 def finite(x: Any) -> bool:
@@ -28,7 +29,7 @@ class Run:
     label: str
     path: Path
     metrics: list[dict[str, float]] = field(default_factory=list)
-    """One dict per step, sorted by step; values are floats (NaN where logged as "nan")."""
+    """One dict per step, sorted by step; numeric values only (an undefined figure, null, is absent)."""
     samples: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -61,31 +62,15 @@ def default_labels(dirs: Sequence[Path]) -> list[str]:
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)  # "nan", "inf" as the logger writes them
-        except ValueError:
-            return None
-    return None
+    """A metric value as a float; None for null (undefined, `tirl.jsonl`'s NaN rule) and non-numbers."""
+    return float(v) if isinstance(v, (int, float)) else None
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, problems: list[str]) -> list[Any]:
     if not path.is_file():
         problems.append(f"{path.name} is missing")
         return []
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            problems.append(f"{path.name}:{i} is not JSON (skipped; a run still writing?)")
-    return rows
+    return read_rows(path, problems)
 
 
 def load_run(path: Path, label: str) -> Run:

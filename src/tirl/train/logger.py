@@ -1,21 +1,16 @@
 """Per-step metrics: always a JSONL file in the run directory, TensorBoard / W&B when asked.
 
-One JSON object per line: ``{"step": 3, "reward/mean": 0.2, ...}``. On resume the file is cut back
-to the checkpoint's step first, so a resumed run's file has each step exactly once.
+One JSON object per line: ``{"step": 3, "reward/mean": 0.2, ...}``; an undefined figure (NaN) is
+null (`tirl.jsonl`'s rule). On resume the file is cut back to the checkpoint's step first, so a
+resumed run's file has each step exactly once.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep it visible rather than crash or drop it
-    return value
+from tirl.jsonl import append_rows, read_rows, truncate_after_step
 
 
 class MetricsLogger:
@@ -40,12 +35,10 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines with a step beyond `step` (they were logged after the checkpoint we resume)."""
-        truncate_jsonl_after(self.path, step)
+        truncate_after_step(self.path, step)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_rows(self.path, [{"step": step, **metrics}])
         numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self._tb is not None:
             for k, v in numeric.items():
@@ -60,24 +53,8 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def truncate_jsonl_after(path: Path, step: int) -> None:
-    """Keep the lines of a per-step JSONL file whose step is <= `step` (a torn last line goes too)."""
-    if not path.exists():
-        return
-    kept = []
-    for ln in path.read_text().splitlines():
-        try:
-            if json.loads(ln).get("step", 0) <= step:
-                kept.append(ln)
-        except json.JSONDecodeError:
-            continue
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in kept))
-    tmp.replace(path)
-
-
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return read_rows(path)

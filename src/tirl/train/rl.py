@@ -16,7 +16,6 @@ multi-GPU, async rollouts overlapping training, dynamic sampling.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,8 @@ from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, s
 from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, set_threads
 from tirl.train.episodes import play
 from tirl.progress import progress
-from tirl.train.logger import MetricsLogger, truncate_jsonl_after
+from tirl.jsonl import append_rows, truncate_after_step, write_json
+from tirl.train.logger import MetricsLogger
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
 
 
@@ -153,7 +153,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
         stream.position = state["data_position"]
         start = state["step"]
         logger.truncate_after(start)
-        truncate_jsonl_after(run_dir / "samples.jsonl", start)
+        truncate_after_step(run_dir / "samples.jsonl", start)
 
     def checkpoint(step: int) -> None:
         models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
@@ -221,19 +221,11 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
     logger.close()
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, run_dir=str(run_dir),
                    checkpoint=str(latest_checkpoint(run_dir)))
-    (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+    write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _finite(x: Any) -> Any:
-    """JSON has no NaN: undefined figures (e.g. pass rate with no calls) become null."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    return None if isinstance(x, float) and x != x else x
 
 
 def _write_samples(run_dir: Path, step: int, trajs: list, grades: list, k: int = 4) -> None:
     """A few trajectories per step for the report (not all: a big run would write gigabytes)."""
-    with open(run_dir / "samples.jsonl", "a") as f:
-        for t, g in list(zip(trajs, grades))[:k]:
-            f.write(json.dumps({"step": step, "grade": g.to_dict(), **t.to_dict()}) + "\n")
+    append_rows(run_dir / "samples.jsonl",
+                [{"step": step, "grade": g.to_dict(), **t.to_dict()} for t, g in list(zip(trajs, grades))[:k]])
