@@ -8,7 +8,7 @@ turn). Reported per tool-call count (1, 4, 8 by default): wall time, positions t
 
 How the call count is made exact: the model is a random local Qwen2 (built here with
 `build_tiny_model`, bigger than the test model so that compute, not Python overhead, dominates), and
-`ForcedHFGenerator` takes each token from a fixed stream (k code blocks, then an answer) while running
+`ForcedHFGenerator` (the test double in `tests/forced_generator.py`) takes each token from a fixed stream (k code blocks, then an answer) while running
 exactly the forwards a sampling run would run. The sandbox is an in-process stand-in returning a fixed
 60-character output at once, so the timing is generation only (execution speed is the sandbox's own
 benchmark).
@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the forced generator lives with the tests
 
 import torch  # noqa: E402
 
+from forced_generator import ForcedHFGenerator  # noqa: E402
 from tirl.formats import RETOOL  # noqa: E402
-from tirl.generation.hf import ForcedHFGenerator  # noqa: E402
 from tirl.models import build_tiny_model, load_model, load_tokenizer  # noqa: E402
 from tirl.rollout import rollout  # noqa: E402
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
+from forced_generator import ForcedHFGenerator
 from helpers_rollout import SubprocessRunner
 
 from tirl.formats import RETOOL
 from tirl.generation import GenerationRequest, Generator, SamplingParams
-from tirl.generation.hf import ForcedHFGenerator, HFGenerator, sample_next
+from tirl.generation.hf import HFGenerator, sample_next
 from tirl.rollout import rollout
 
 torch.set_num_threads(1)

@@ -227,7 +227,7 @@ def rollout(
         gen_time += time.perf_counter() - t0
         counts["turns"] += 1
 
-        pending: list[tuple[Trajectory, str, int]] = []  # (trajectory, code, text offset of the stop end)
+        pending: list[tuple[Trajectory, str]] = []  # (trajectory, code to run)
         for t, o in zip(live, outs):
             t.response_ids += o.token_ids
             t.loss_mask += [1] * len(o.token_ids)
@@ -247,9 +247,9 @@ def rollout(
 
         if pending:
             t0 = time.perf_counter()
-            results = _run_codes(sandbox, [code for _, code, _ in pending], cfg.exec_timeout)
+            results = _run_codes(sandbox, [code for _, code in pending], cfg.exec_timeout)
             exec_time += time.perf_counter() - t0
-            for (t, code, _), res in zip(pending, results):
+            for (t, code), res in zip(pending, results):
                 status = str(getattr(res, "status", "sandbox_error"))
                 message = format_exec_result(status, str(getattr(res, "stdout", "") or ""),
                                              str(getattr(res, "stderr", "") or ""), cfg.error_lines)
@@ -300,7 +300,7 @@ def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyl
     if not code or not code.strip():
         _inject(t, code or "", "empty", EMPTY_CODE_MESSAGE, 0.0, tokenizer, style, cfg)
         return
-    pending.append((t, code, end))
+    pending.append((t, code))
 
 
 def _run_codes(sandbox: Any, codes: list[str], timeout: float | None) -> list[Any]:

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from tirl.data import DataError, FieldMap, Problem, ProblemsConfig, build_prompt, load_problems
+from tirl.data import DataError, Problem, build_prompt, load_problems
 from tirl.formats import RETOOL, TORL
 
 
@@ -48,9 +48,7 @@ def test_nested_fields_and_chat_prompt_as_in_verl_parquet(tmp_path):
         "data_source": "toy",
     }]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "verl.parquet")
-    cfg = ProblemsConfig(source=str(tmp_path / "verl.parquet"),
-                         fields=FieldMap(problem="prompt", answer="reward_model.ground_truth"))
-    got = cfg.load()
+    got = load_problems(tmp_path / "verl.parquet", problem_field="prompt", answer_field="reward_model.ground_truth")
     assert got == [Problem("verl-0", "What is 6*7?", "42", {"data_source": "toy"})]
 
 
@@ -174,13 +172,3 @@ def test_build_prompt_plain_and_chat():
     assert build_prompt(prob, RETOOL, _ChatTok(), use_chat_template=False) == build_prompt(prob, RETOOL)
     with pytest.raises(ValueError, match="no chat template"):
         build_prompt(prob, RETOOL, None, use_chat_template=True)
-
-
-def test_problems_config_loads_through_yaml(tmp_path):
-    from tirl.config import load_config
-
-    write_jsonl(tmp_path / "q.jsonl", [{"question": "q", "final": 9}])
-    y = tmp_path / "c.yaml"
-    y.write_text(f"source: {tmp_path / 'q.jsonl'}\nfields:\n  problem: question\n  answer: final\n")
-    cfg = load_config(ProblemsConfig, y, ["limit=1"])
-    assert [(p.problem, p.answer) for p in cfg.load()] == [("q", "9")]

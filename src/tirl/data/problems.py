@@ -5,7 +5,7 @@
 
 Sources: a JSONL, JSON (a list of objects, or `{"data": [...]}`) or Parquet file, a directory saved
 with `datasets.save_to_disk`, or a Hugging Face dataset name (`datasets.load_dataset`; offline runs
-load only what is cached). Field names are mapped by `FieldMap` (dotted paths reach nested fields,
+load only what is cached). Field names are mapped by the `*_field` arguments (dotted paths reach nested fields,
 e.g. verl's `reward_model.ground_truth`); a problem field holding a chat message list (verl's
 `prompt`) gives the content of its last user message.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows
-from tirl.formats import TagStyle, get_style, plain_prompt
+from tirl.formats import TagStyle, plain_prompt
 from tirl.rollout import prompt_text
 
 
@@ -43,45 +43,6 @@ class Problem:
     answer: str
     extra: dict[str, Any] = field(default_factory=dict)
     """The row's other fields, kept for reports and user filters (difficulty, source, ...)."""
-
-
-@dataclass
-class FieldMap:
-    """Which field of a row holds what; dotted paths reach into nested objects."""
-
-    problem: str = "problem"
-    """The question text (or a chat message list; its last user message is taken)."""
-    answer: str = "answer"
-    """The reference answer (string or number), graded by `tirl.reward.grade`."""
-    id: str = "id"
-    """Optional: rows without it get `{file stem}-{row index}`, stable across runs of the same file."""
-
-
-@dataclass
-class ProblemsConfig:
-    """Where problems come from; a YAML config sets it, `load()` reads it."""
-
-    source: str = ""
-    """File path (.jsonl, .json, .parquet), saved `datasets` directory, or Hugging Face dataset name."""
-    split: str = "train"
-    """Split of a hub/saved dataset; ignored for single files."""
-    subset: str | None = None
-    """Hub dataset configuration name (e.g. `main` for gsm8k); None for the default one."""
-    fields: FieldMap = field(default_factory=FieldMap)
-    """Field mapping, so that datasets with `question`/`solution` columns load without conversion."""
-    limit: int | None = None
-    """Load only the first N valid problems (quick runs); None loads all."""
-    skip_invalid: bool = False
-    """Skip bad rows (counted and logged) instead of refusing the file."""
-
-    def load(self) -> Loaded:
-        if not self.source:
-            raise DataError("no problem source given (set data.source to a file or dataset name)")
-        return load_problems(
-            self.source, problem_field=self.fields.problem, answer_field=self.fields.answer,
-            id_field=self.fields.id, split=self.split, subset=self.subset, limit=self.limit,
-            skip_invalid=self.skip_invalid,
-        )
 
 
 def load_problems(
@@ -174,11 +135,6 @@ def _answer_field(row: dict[str, Any], name: str) -> str:
 
 
 # --- prompts -------------------------------------------------------------------------------------
-def prompt_messages(problem: Problem | str, style: TagStyle | str) -> list[dict[str, str]]:
-    """The chat messages of a problem's prompt: the style's system prompt (if any), then the user turn."""
-    return get_style(style).prompt_messages(problem.problem if isinstance(problem, Problem) else problem)
-
-
 render_messages_plain = plain_prompt
 
 

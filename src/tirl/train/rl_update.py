@@ -11,7 +11,6 @@ accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -262,7 +261,3 @@ def logprob_mismatch(batch: dict[str, Tensor]) -> dict[str, float]:
         return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
     d = (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()[m]
     return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean())}
-
-
-def finite_or_zero(x: float) -> float:
-    return x if math.isfinite(x) else 0.0
