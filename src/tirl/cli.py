@@ -33,6 +33,8 @@ COMMANDS: dict[str, Command] = {
     "report": Command("HTML report and plots for one or more run directories", "tirl.report.command", 7),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
                        "tirl.convert.command", 6),
+    "select": Command("choose training problems from earlier RL runs (LIMR learning-impact scores)",
+                      "tirl.select_command", 15),
     "serve": Command("OpenAI-compatible completions server around a local model",
                      "tirl.generation.serve_command", 8),
 }

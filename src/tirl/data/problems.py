@@ -61,14 +61,13 @@ def load_problems(
     Raises `DataError` naming file:line (JSONL) or file[row] (JSON, Parquet, datasets) for every bad
     row unless `skip_invalid`.
     """
-    stem = Path(source).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
+    stem = _stem(source)
     seen: dict[str, str] = {}
 
     def parse(where: str, index: int, row: dict[str, Any]) -> Problem:
         problem = _text_field(row, problem_field, allow_messages=True)
         answer = _answer_field(row, answer_field)
-        raw_id = _get(row, id_field)
-        pid = f"{stem}-{index}" if raw_id is _MISSING or raw_id is None else _scalar_str(raw_id, id_field)
+        pid = _problem_id(row, id_field, stem, index)
         if pid in seen:
             raise DataError(f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = where
@@ -78,6 +77,30 @@ def load_problems(
 
     rows = iter_rows(source, split=split, subset=subset)
     return collect(rows, parse, source=str(source), skip_invalid=skip_invalid, limit=limit)
+
+
+def raw_rows_by_id(source: str | os.PathLike, *, id_field: str = "id", split: str = "train",
+                   subset: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every parseable row of `source`, untouched, under the id `load_problems` gives its problem, so a
+    selection of problems can be written back in the data's own format."""
+    stem = _stem(source)
+    out: dict[str, dict[str, Any]] = {}
+    for index, (_, row) in enumerate(iter_rows(source, split=split, subset=subset)):
+        if isinstance(row, dict):
+            try:
+                out[_problem_id(row, id_field, stem, index)] = row
+            except DataError:
+                continue  # load_problems refuses or skips it too: it was never trained on
+    return out
+
+
+def _stem(source: str | os.PathLike) -> str:
+    return Path(source).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
+
+
+def _problem_id(row: dict[str, Any], id_field: str, stem: str, index: int) -> str:
+    raw_id = _get(row, id_field)
+    return f"{stem}-{index}" if raw_id is _MISSING or raw_id is None else _scalar_str(raw_id, id_field)
 
 
 # --- fields --------------------------------------------------------------------------------------

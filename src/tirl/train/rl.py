@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tirl.config import save_config
+from tirl.analysis.limr import REWARDS_FILE, reward_rows
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train import rl_update as U
@@ -154,6 +155,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
         start = state["step"]
         logger.truncate_after(start)
         truncate_after_step(run_dir / "samples.jsonl", start)
+        truncate_after_step(run_dir / REWARDS_FILE, start)
 
     def checkpoint(step: int) -> None:
         models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
@@ -171,6 +173,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, style, cfg)
         for step in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
+            first = stream.position
             problems = stream.take(tc.prompts_per_step)
             trajs, grades, metrics = play(generator, tokenizer, sandbox, problems, style, cfg.rollout,
                                           chat=cfg.prompt.chat, exec_penalty=algo.exec_penalty,
@@ -214,6 +217,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
                 summary["eval_end"] = final
             logger.log(step, metrics)
             _write_samples(run_dir, step, trajs, grades)
+            append_rows(run_dir / REWARDS_FILE, reward_rows(
+                [p.id for p in problems], [g.correct for g in grades], cfg.rollout.n, step,
+                [(first + i) // len(train_items) for i in range(len(problems))]))
             if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 checkpoint(step)
             bar.update(bar.task_ids[0], completed=step,
