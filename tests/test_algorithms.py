@@ -354,3 +354,47 @@ def test_chunked_token_logprobs_gradient():
     (torch.log_softmax(ref, -1).gather(-1, tokens[..., None])[..., 0] * weights).sum().backward()
     assert half.grad.dtype == torch.bfloat16
     torch.testing.assert_close(half.grad.float(), ref.grad, atol=1e-2, rtol=1e-2)
+
+
+# --------------------------------------------------------------------------- TIS, verl's Dr. GRPO name
+
+
+def test_verl_seq_mean_token_sum_norm_is_seq_sum():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # (1 + 2 + 4) / (2 sequences * 3 positions)
+    assert A.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 6)
+    assert A.global_normalizer(mask, "seq-mean-token-sum-norm", seq_len=8) == 16.0
+
+
+def test_tis_is_the_identity_when_rollout_and_trainer_agree():
+    g = torch.Generator().manual_seed(0)
+    lp, old = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    adv, mask = torch.randn(3, generator=g), torch.tensor([[1, 1, 0, 1, 0]] * 3)
+    w, m = A.truncated_is_weights(old, old.clone(), mask, cap=2.0)
+    assert torch.equal(w, mask.float())
+    assert m == {"tis/weight_mean": 1.0, "tis/clipped_frac": 0.0}
+    base, _ = A.policy_loss(lp, old, adv, mask)
+    weighted, _ = A.policy_loss(lp, old, adv, mask, weights=w)
+    assert torch.equal(base, weighted)
+
+
+def test_tis_weights_hand_example_and_cap():
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.3, 0.4]]))
+    w, m = A.truncated_is_weights(old, rollout, torch.tensor([[1, 1, 1]]), cap=2.5)
+    assert w.tolist()[0] == pytest.approx([2.0, 2.5, 0.5])  # 0.9 / 0.3 = 3 is capped at 2.5
+    assert m["tis/clipped_frac"] == pytest.approx(1 / 3)
+    assert m["tis/weight_mean"] == pytest.approx(5 / 3)
+    with pytest.raises(ValueError, match="cap must be positive"):
+        A.truncated_is_weights(old, rollout, torch.tensor([[1, 1, 1]]), cap=0)
+
+
+def test_tis_weights_scale_each_tokens_gradient():
+    lp = torch.zeros(1, 2, requires_grad=True)
+    old = torch.zeros(1, 2)
+    weights = torch.tensor([[2.0, 0.5]])
+    loss, _ = A.policy_loss(lp, old, torch.tensor([1.0]), torch.ones(1, 2), weights=weights, agg="seq-sum")
+    loss.backward()
+    # -A * ratio per token, ratio = 1 at lp = old, d/dlp = -A * w / (B * T)
+    assert lp.grad.tolist()[0] == pytest.approx([-2.0 / 2, -0.5 / 2])

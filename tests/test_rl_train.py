@@ -1,6 +1,7 @@
 """`tirl train`: the update is exact and masked, the loop runs for GRPO and PPO, and resume is exact."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,6 +88,32 @@ def test_update_changes_parameters_and_accumulation_is_exact():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):  # batch 1 x accumulate 8 == batch 8 x accumulate 1
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _one_update(algo, rollout_shift=0.0):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
+    batch["rollout_logprobs"] = batch["old_logprobs"] + rollout_shift
+    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
+                        micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
+                        generator=torch.Generator().manual_seed(0))
+    return [p.detach().clone() for p in model.parameters()], m
+
+
+def test_tis_changes_nothing_when_the_rollout_engine_agrees_and_reweights_when_it_does_not():
+    plain, _ = _one_update(U.AlgoConfig(name="grpo"))
+    same, m = _one_update(U.AlgoConfig(name="grpo", tis_cap=2.0))
+    assert m["tis/weight_mean"] == 1.0 and m["tis/clipped_frac"] == 0.0
+    for a, b in zip(plain, same):
+        assert torch.equal(a, b)
+    # rollout engine half as likely on every token: weights 2, capped at 1.5 -> a 1.5x larger step
+    off, m = _one_update(U.AlgoConfig(name="grpo", tis_cap=1.5), rollout_shift=-math.log(2))
+    assert m["tis/clipped_frac"] == 1.0
+    start = [p.detach().clone() for p in _tiny().parameters()]
+    for p0, a, b in zip(start, plain, off):
+        torch.testing.assert_close(b - p0, 1.5 * (a - p0), rtol=1e-4, atol=1e-6)
 
 
 def test_all_equal_groups_are_skipped():

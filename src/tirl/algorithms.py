@@ -28,8 +28,8 @@ Simplifications / not covered:
       sampled token); process rewards are possible through ``gae_advantages`` but untested here.
     - No DAPO dynamic sampling (dropping groups whose rewards are all equal): such groups simply
       get zero GRPO advantages. The trainer may filter them.
-    - No sequence-level importance ratios (GSPO) and no truncated importance sampling for
-      rollout/trainer mismatch.
+    - No sequence-level importance ratios (GSPO). Rollout/trainer mismatch is corrected per token
+      by :func:`truncated_is_weights` (TIS), which :func:`policy_loss` takes as ``weights``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ from tirl.logprobs import entropy_from_logits, token_logprobs  # noqa: E402
 
 Tensor = torch.Tensor
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-sum")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-sum", "seq-mean-token-sum-norm")
+# verl's name for the Dr. GRPO constant-length mode; the same sum and the same normaliser as seq-sum.
+_SEQ_SUM = ("seq-sum", "seq-mean-token-sum-norm")
 KL_KINDS = ("k1", "k2", "k3")
 # exp() of a log-ratio beyond this overflows float32 long before it means anything; verl and
 # TRL clamp similarly. Ratios this far from 1 are clipped by the surrogate anyway.
@@ -268,6 +270,7 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean",
         ``"seq-sum"``: sum over all valid tokens / (B * T) by default, i.e. the mean over sequences
             of (token sum / constant length). Dr. GRPO: pass ``normalizer = number of sequences
             * max response length`` so that no length-dependent factor biases the gradient.
+            ``"seq-mean-token-sum-norm"`` is verl's name for it and behaves identically.
 
     Args:
         loss_mat: (B, T) per-token loss.
@@ -286,7 +289,7 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean",
         total = picked.sum()
     elif mode == "seq-mean-token-mean":
         total = (picked.sum(dim=1) / m.sum(dim=1).clamp(min=1)).sum()
-    elif mode == "seq-sum":
+    elif mode in _SEQ_SUM:
         total = picked.sum()
     else:
         raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AGG_MODES}")
@@ -312,7 +315,7 @@ def global_normalizer(mask: Tensor, mode: str, seq_len: int | None = None) -> fl
         n = float(m.sum())
     elif mode == "seq-mean-token-mean":
         n = float(m.any(dim=1).sum())
-    elif mode == "seq-sum":
+    elif mode in _SEQ_SUM:
         n = float(m.shape[0] * (m.shape[1] if seq_len is None else seq_len))
     else:
         raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AGG_MODES}")
@@ -326,9 +329,33 @@ def _float(x: Tensor) -> float:
     return float(x.detach())
 
 
+def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor,
+                         cap: float) -> tuple[Tensor, dict]:
+    """Truncated importance sampling (TIS) weights min(pi_old / pi_rollout, cap), per token, no grad.
+
+    When another engine (a vLLM server, stale weights, bf16 sampling) generated the rollout, the
+    tokens come from pi_rollout, not from the trainer's pi_old that the PPO ratio starts from. The
+    weight corrects for that; the cap bounds its variance. Where the two agree, every weight is 1.
+
+    Returns ((B, T) weights, 0 at masked positions, and metrics ``tis/weight_mean``,
+    ``tis/clipped_frac`` (share of tokens at the cap) over valid tokens).
+    """
+    _check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs)
+    if cap <= 0:
+        raise ValueError(f"the TIS cap must be positive, got {cap}")
+    m = _check_mask(mask, old_logprobs)
+    log_w = torch.where(m, old_logprobs.detach() - rollout_logprobs.detach(), 0.0)
+    raw = torch.exp(log_w.clamp(max=_MAX_LOG_RATIO))
+    w = torch.where(m, raw.clamp(max=cap), 0.0)
+    metrics = {"tis/weight_mean": _float(masked_mean(w, m)),
+               "tis/clipped_frac": _float(masked_mean((raw > cap).float(), m))}
+    return w, metrics
+
+
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
-                agg: str = "token-mean", normalizer: float | None = None) -> tuple[Tensor, dict]:
+                agg: str = "token-mean", normalizer: float | None = None,
+                weights: Tensor | None = None) -> tuple[Tensor, dict]:
     """PPO clipped surrogate (Schulman et al. 2017) with clip-higher and dual clip.
 
     Per token, with ratio r = exp(logprobs - old_logprobs) and advantage A:
@@ -343,6 +370,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
         advantages: (B, T), or (B,) broadcast over tokens (GRPO / RLOO).
         mask: (B, T) 1 = sampled token.
         agg, normalizer: see :func:`aggregate`.
+        weights: optional (B, T) per-token factors (no grad) applied to the clipped loss, e.g.
+            :func:`truncated_is_weights`; None = 1 everywhere.
 
     Returns:
         (loss, metrics). Metrics, over valid tokens of this call:
@@ -380,6 +409,9 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
         bound = -adv * dual_clip
         dual_active = (adv < 0) & (loss_mat > bound)
         loss_mat = torch.where(adv < 0, torch.minimum(loss_mat, bound), loss_mat)
+    if weights is not None:
+        _check_same_shape(weights=weights, logprobs=logprobs)
+        loss_mat = loss_mat * torch.where(m, weights.detach().to(loss_mat.dtype), 0.0)
     loss = aggregate(loss_mat, m, agg, normalizer)
 
     with torch.no_grad():
@@ -500,7 +532,7 @@ def entropy_loss(entropy: Tensor, mask: Tensor, agg: str = "token-mean",
 __all__ = [
     "AGG_MODES", "KL_KINDS", "masked_sum", "masked_mean", "masked_var", "whiten",
     "grpo_advantages", "rloo_advantages", "expand_to_tokens", "outcome_token_rewards",
-    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "value_loss",
+    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "truncated_is_weights", "value_loss",
     "kl_penalty", "kl_loss", "kl_reward_penalty", "entropy_from_logits", "entropy_loss",
     "token_logprobs",
 ]

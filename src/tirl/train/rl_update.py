@@ -35,7 +35,11 @@ class AlgoConfig:
     dual_clip: float = 0.0
     """Dual-clip bound c for negative advantages (ReTool 10); 0 = off."""
     agg: str = "token-mean"
-    """`token-mean`, `seq-mean-token-mean` or `seq-sum` (Dr. GRPO): see `tirl.algorithms.aggregate`."""
+    """`token-mean`, `seq-mean-token-mean` or `seq-sum` (Dr. GRPO; verl calls it
+    `seq-mean-token-sum-norm`, also accepted): see `tirl.algorithms.aggregate`."""
+    tis_cap: float = 0.0
+    """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, cap)
+    when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off."""
     kl_coef: float = 0.0
     """KL to a frozen reference model; 0 (both papers) loads no reference model."""
     kl_kind: str = "k3"
@@ -71,6 +75,8 @@ class AlgoConfig:
                              f"(trainer.prompts_per_step x rollout.n = {batch})")
         if self.agg not in A.AGG_MODES:
             raise ValueError(f"algorithm.agg must be one of {A.AGG_MODES}, not {self.agg!r}")
+        if self.tis_cap < 0:
+            raise ValueError(f"algorithm.tis_cap must be >= 0 (0 = off), not {self.tis_cap}")
         if self.kl_mode not in ("loss", "reward"):
             raise ValueError(f"algorithm.kl_mode must be 'loss' or 'reward', not {self.kl_mode!r}")
 
@@ -221,8 +227,11 @@ def policy_update(
 
     def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
         lp, ent = forward_logprobs(model, sub, temperature, with_entropy=True)
+        weights, tm = (A.truncated_is_weights(sub["old_logprobs"], sub["rollout_logprobs"], sub["mask"], cfg.tis_cap)
+                       if cfg.tis_cap > 0 else (None, {}))
         loss, m = A.policy_loss(lp, sub["old_logprobs"], sub["advantages"], sub["mask"], cfg.clip_low,
-                                cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm)
+                                cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm, weights)
+        m.update(tm)
         e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
         m.update(em)
         if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
