@@ -1,0 +1,85 @@
+"""User reward functions: loading by module or file, composing with the math grade, errors that name the culprit."""
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from tirl.custom_reward import RewardConfig, RewardFunctionError, UserReward, load_reward_function
+from tirl.reward import Grade
+
+MATH_RIGHT = Grade(score=1.0, correct=True, extracted="42", reference="42", reason="match")
+MATH_WRONG = Grade(score=-1.0, correct=False, extracted="41", reference="42", reason="mismatch")
+PROBLEM = SimpleNamespace(id="p-7", problem="6 * 7?", answer="42", extra={"data_source": "toy"})
+TRAJ = SimpleNamespace(tool_calls=[SimpleNamespace(status="ok")])
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "from tirl.reward import Grade\n"
+        "def tool_bonus(problem, response, trajectory, reference):\n"
+        "    return 0.25 if trajectory.tool_calls else 0.0\n"
+        "def judge(problem, response, trajectory, reference):\n"
+        "    ok = reference in response\n"
+        "    return Grade(score=2.0 if ok else 0.0, correct=ok, extracted=None, reference=reference, reason='judge')\n"
+        "def boom(problem, response, trajectory, reference):\n"
+        "    raise KeyError('difficulty')\n"
+        "def nan(problem, response, trajectory, reference):\n"
+        "    return float('nan')\n"
+        "def text(problem, response, trajectory, reference):\n"
+        "    return 'good'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("my_rewards", None)
+
+
+def test_add_shapes_the_math_score_and_keeps_its_verdict(user_module):
+    r = UserReward(RewardConfig(function="my_rewards:tool_bonus"))
+    g = r(PROBLEM, "the answer is 42", TRAJ, MATH_WRONG)
+    assert (g.score, g.correct, g.reason) == (-0.75, False, "mismatch")
+    assert r(PROBLEM, "x", SimpleNamespace(tool_calls=[]), MATH_RIGHT).score == 1.0
+
+
+def test_replace_uses_the_user_grade_or_its_sign(user_module):
+    g = UserReward(RewardConfig(function="my_rewards:judge", combine="replace"))(PROBLEM, "it is 42", TRAJ, MATH_WRONG)
+    assert (g.score, g.correct, g.reason) == (2.0, True, "judge")
+    g = UserReward(RewardConfig(function="my_rewards:tool_bonus", combine="replace"))(PROBLEM, "", TRAJ, MATH_WRONG)
+    assert (g.score, g.correct, g.reason) == (0.25, True, "custom")
+
+
+def test_a_file_path_loads_without_being_importable(tmp_path):
+    (tmp_path / "r.py").write_text("def f(problem, response, trajectory, reference):\n    return len(problem.id)\n")
+    assert UserReward(RewardConfig(function=f"{tmp_path}/r.py:f"))(PROBLEM, "", TRAJ, MATH_RIGHT).score == 4.0
+
+
+def test_no_function_is_the_math_grade_itself():
+    assert UserReward(RewardConfig())(PROBLEM, "", TRAJ, MATH_RIGHT) is MATH_RIGHT
+
+
+@pytest.mark.parametrize("fn,needle", [
+    ("my_rewards:boom", "reward.function my_rewards:boom failed on problem p-7: KeyError: 'difficulty'"),
+    ("my_rewards:nan", "returned nan on problem p-7: expected a finite number or a Grade"),
+    ("my_rewards:text", "returned 'good' on problem p-7"),
+])
+def test_errors_in_user_code_name_the_function_and_the_problem(user_module, fn, needle):
+    with pytest.raises(RewardFunctionError) as e:
+        UserReward(RewardConfig(function=fn))(PROBLEM, "", TRAJ, MATH_RIGHT)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("no_such_module_xyz:f", "importing no_such_module_xyz failed: ModuleNotFoundError"),
+    ("my_rewards:absent", "my_rewards has no callable 'absent'"),
+    ("/nowhere/r.py:f", "no such file /nowhere/r.py"),
+])
+def test_loading_errors_say_what_is_missing(user_module, spec, needle):
+    with pytest.raises(RewardFunctionError, match=needle):
+        load_reward_function(spec)
+
+
+def test_config_refuses_unknown_combine_and_a_spec_without_callable():
+    with pytest.raises(ValueError, match="reward.combine must be one of add, replace"):
+        RewardConfig(combine="mul").validate()
+    with pytest.raises(ValueError, match="module.path:callable"):
+        RewardConfig(function="my_rewards").validate()
