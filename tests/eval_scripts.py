@@ -80,6 +80,7 @@ def main(model_dir: str, problems: str, run_dir: str, sleep_s: float = 0.0) -> N
     import torch
 
     from tirl.eval import EvalConfig, evaluate, load_benchmark_file
+    from tirl.rollout import RolloutConfig
     from tirl.models import load_tokenizer
 
     torch.set_num_threads(1)
@@ -88,7 +89,7 @@ def main(model_dir: str, problems: str, run_dir: str, sleep_s: float = 0.0) -> N
     _, scripts = resume_scripts(len(rows))
     gen = ByProblemGenerator(tok, scripts, sleep_s=sleep_s)
     evaluate(gen, tok, FakeSandbox(), {"tiny": load_benchmark_file(problems)},
-             EvalConfig(n=2, max_tokens=64, batch_size=1), run_dir, model_id="scripted", show=False)
+             EvalConfig(rollout=RolloutConfig(n=2, max_new_tokens=64, max_tool_calls=8, temperature=0.0, seed=0), batch_size=1), run_dir, model_id="scripted", show=False)
 
 
 if __name__ == "__main__":

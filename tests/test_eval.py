@@ -3,6 +3,8 @@ resolution and its error messages, settings checks, and the command through a su
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -39,11 +41,18 @@ ANSWERS = {"What is 12 times 34?": "408", "What is 99 times 99?": "9801", "What 
            "What is 1 plus 2?": "3"}
 
 
+def eval_cfg(max_tokens=4096, batch_size=16, **rollout):
+    """An EvalConfig from the rollout fields a test cares about (eval's own defaults otherwise)."""
+    cfg = EvalConfig(batch_size=batch_size)
+    cfg.rollout = dataclasses.replace(cfg.rollout, max_new_tokens=max_tokens, **rollout)
+    return cfg
+
+
 def _scripted_run(tok, run_dir, batch_size=16):
     problems = [Problem(f"p{i}", q, a) for i, (q, a) in enumerate(ANSWERS.items())]
     sandbox = FakeSandbox()
     gen = ByProblemGenerator(tok, SCRIPTS)
-    summary = evaluate(gen, tok, sandbox, {"toy": problems}, EvalConfig(n=4, max_tokens=128, batch_size=batch_size),
+    summary = evaluate(gen, tok, sandbox, {"toy": problems}, eval_cfg(n=4, max_tokens=128, batch_size=batch_size),
                        run_dir, model_id="scripted", show=False)
     return summary, sandbox
 
@@ -145,10 +154,10 @@ def test_resume_with_other_settings_is_refused_and_more_samples_are_added(tiny_t
 
     def go(**kw):
         return evaluate(ByProblemGenerator(tiny_tokenizer, scripts), tiny_tokenizer, FakeSandbox(), {"two": problems},
-                        EvalConfig(max_tokens=64, **kw), run, model_id="scripted", show=False)
+                        eval_cfg(max_tokens=64, **kw), run, model_id="scripted", show=False)
 
     go(n=1)
-    with pytest.raises(ValueError, match="temperature: 0.0 there, 0.7 now"):
+    with pytest.raises(ValueError, match="rollout.temperature: 0.0 there, 0.7 now"):
         go(n=1, temperature=0.7)
     s = go(n=2)
     assert s["resumed_samples"] == 2 and s["benchmarks"]["two"]["samples"] == 4
@@ -188,7 +197,7 @@ def test_cli_eval_smoke_and_resume(tiny_model_dir, tmp_path):  # noqa: F811
     assert r.returncode == 0, r.stderr[-3000:]
     assert "avg@2" in r.stdout and "mini" in r.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["benchmarks"]["mini"]["samples"] == 6 and summary["settings"]["n"] == 2
+    assert summary["benchmarks"]["mini"]["samples"] == 6 and summary["settings"]["rollout"]["n"] == 2
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
     again = _tirl(*args)
     assert again.returncode == 0 and "6 samples resumed" in again.stdout
@@ -198,22 +207,22 @@ def test_cli_eval_smoke_and_resume(tiny_model_dir, tmp_path):  # noqa: F811
 def test_cli_eval_errors_are_clear(tiny_model_dir, tmp_path):  # noqa: F811
     r = _tirl("eval", "--model", str(tiny_model_dir), "--benchmark", "aime24", "--data-dir", str(tmp_path),
               "--run-dir", str(tmp_path / "run"))
-    assert r.returncode == 2 and "aime24.jsonl" in r.stdout
+    assert r.returncode == 2 and "aime24.jsonl" in r.stderr and len(r.stderr.splitlines()) == 1
     r = _tirl("eval", "--data", "x.jsonl", "--run-dir", str(tmp_path / "run"))
-    assert r.returncode == 2 and "exactly one of --model" in r.stdout
+    assert r.returncode == 2 and "exactly one of --model" in r.stderr
 
 
 def test_cli_eval_takes_a_config_then_overrides_then_flags(tiny_model_dir, tmp_path):  # noqa: F811
     rows, _ = resume_scripts(2)
     data = _write_jsonl(tmp_path / "mini.jsonl", rows)
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text("n: 3\ntemperature: 1.0\nmax_tokens: 8\ntop_p: 0.7\n")
-    r = _tirl("eval", str(cfg), "top_p=0.9", "--n", "2", "--model", str(tiny_model_dir), "--data", str(data),
+    cfg.write_text("rollout:\n  n: 3\n  temperature: 1.0\n  max_new_tokens: 8\n  top_p: 0.7\n")
+    r = _tirl("eval", str(cfg), "rollout.top_p=0.9", "--n", "2", "--model", str(tiny_model_dir), "--data", str(data),
               "--threads", "1", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    settings = json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]
-    # file: temperature and max_tokens; override: top_p; flag: n
-    assert (settings["n"], settings["temperature"], settings["max_tokens"], settings["top_p"]) == (2, 1.0, 8, 0.9)
+    settings = json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["rollout"]
+    # file: temperature and max_new_tokens; override: top_p; flag: n
+    assert (settings["n"], settings["temperature"], settings["max_new_tokens"], settings["top_p"]) == (2, 1.0, 8, 0.9)
     r = _tirl("eval", str(cfg), "tempature=1", "--model", str(tiny_model_dir), "--data", str(data),
               "--run-dir", str(tmp_path / "run2"))
-    assert r.returncode == 2 and "unknown key 'tempature'" in r.stdout
+    assert r.returncode == 2 and "unknown key 'tempature'" in r.stderr

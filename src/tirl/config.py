@@ -77,9 +77,16 @@ def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path 
     return ConfigError(f"{where}: bad value for '{key}': {msg}")
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build a `schema` instance from its defaults, an optional YAML file and dotted overrides."""
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: dict[str, Any] | None = None) -> T:
+    """Build a `schema` instance from its defaults, `base` (e.g. settings saved with a model), an
+    optional YAML file and dotted overrides, in that order."""
     merged = OmegaConf.structured(schema)
+    if base:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(base))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, "saved settings (tirl.json)", None) from None
     if path is not None and "=" in str(path) and not Path(path).exists():
         # `tirl cmd key=value`: the optional CONFIG positional caught the first override.
         overrides, path = [str(path), *overrides], None
@@ -115,6 +122,34 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(to_yaml(cfg))
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {dotted.key: leaf}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+    return out
+
+
+def check_resume(run_dir: str | Path, cfg: Any, force: bool = False,
+                 may_change: Sequence[str] = ("trainer.steps",)) -> None:
+    """Refuse to resume `run_dir` with settings other than its `config.yaml` (unless `force`).
+
+    `may_change` lists keys a resume is for (more steps). The message names every changed key.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if force or not path.is_file():
+        return
+    old = flatten(OmegaConf.to_container(OmegaConf.load(path)))
+    new = flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in may_change]
+    if changed:
+        raise ConfigError(f"--resume with changed settings ({'; '.join(changed)}); resume with the settings of "
+                          f"{path}, or pass --force to resume anyway")
 
 
 def add_config_arguments(parser: Any, default: str | None = None,

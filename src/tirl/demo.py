@@ -79,25 +79,30 @@ def _rl_config(cfg: DemoConfig, model_path: str, with_tool: bool) -> RLConfig:
                     rollout=rollout, algorithm=cfg.algorithm, trainer=cfg.rl, sandbox=cfg.sandbox)
 
 
-def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True) -> dict[str, float]:
-    """Held-out accuracy and code use, greedy and sampled (temperature 1), for one model."""
+def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True,
+                   out_dir: str | Path | None = None) -> dict[str, float]:
+    """Held-out accuracy and code use, greedy and sampled (temperature 1), for one model, through
+    `tirl.eval.evaluate` (the path `tirl eval` and the trainer's held-out evaluation take). With
+    `out_dir`, each evaluation's samples and summary go to `out_dir/greedy` and `out_dir/sampled`."""
+    from tirl.eval import EvalConfig, evaluate
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_model, load_tokenizer
     from tirl.sandbox import Sandbox
-    from tirl.train.episodes import play
-    from tirl.train.setup import load_split, make_style
+    from tirl.train.setup import load_split
 
     items = load_split(cfg.task, "test")[: cfg.eval_size]
     tok, model = load_tokenizer(path), load_model(path, device="cpu")
-    style = make_style(cfg.prompt)
     rollout = cfg.rollout if with_tool else dataclasses.replace(cfg.rollout, max_tool_calls=0, on_tool_cap="stop")
     out: dict[str, float] = {}
     with Sandbox(cfg.sandbox) as sandbox:
         gen = HFGenerator(model, tok)
         for name, temp in (("greedy", 0.0), ("sampled", 1.0)):
-            _, _, m = play(gen, tok, sandbox, items, style, rollout, n=1, temperature=temp, seed=12345)
-            out[f"{name}_accuracy"] = m["reward/accuracy"]
-            out[f"{name}_code_ratio"] = m["tool/code_ratio"]
+            ecfg = EvalConfig(prompt=cfg.prompt, rollout=dataclasses.replace(rollout, n=1, temperature=temp, seed=12345),
+                              batch_size=max(1, len(items)))
+            run = Path(out_dir) / name if out_dir is not None else None
+            summary = evaluate(gen, tok, sandbox, {"heldout": items}, ecfg, run, model_id=str(path), show=False)
+            out[f"{name}_accuracy"] = summary["overall"]["avg@1"]
+            out[f"{name}_code_ratio"] = summary["overall"]["tool/code_ratio"]
     return out
 
 
@@ -137,9 +142,10 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
 
     def final_eval() -> dict[str, dict[str, float]]:
         return {
-            "sft": evaluate_model(sft["model"], cfg),
-            "rl": evaluate_model(rl["checkpoint"] + "/policy", cfg),
-            "text_rl": evaluate_model(text_rl["checkpoint"] + "/policy", cfg, with_tool=False),
+            "sft": evaluate_model(sft["model"], cfg, out_dir=run_dir / "eval" / "sft"),
+            "rl": evaluate_model(rl["checkpoint"] + "/policy", cfg, out_dir=run_dir / "eval" / "rl"),
+            "text_rl": evaluate_model(text_rl["checkpoint"] + "/policy", cfg, with_tool=False,
+                                      out_dir=run_dir / "eval" / "text_rl"),
         }
 
     evals = stage("5/5 held-out evaluation and report", final_eval)
@@ -220,18 +226,15 @@ def add_arguments(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from tirl.config import ConfigError, load_config
-    from tirl.train.rl_command import quiet_transformers
+    from tirl.commands import guarded
 
-    try:
-        cfg = load_config(DemoConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"tirl demo: {e}")
-        return 2
+    return guarded("demo", lambda: _run(args))
+
+
+def _run(args: Any) -> int:
+    from tirl.commands import command_config, quiet_transformers
+
+    cfg = command_config(DemoConfig, args)
     quiet_transformers()
-    try:
-        run_demo(cfg, args.run_dir)
-    except FileExistsError as e:
-        print(f"tirl demo: {e}")
-        return 2
+    run_demo(cfg, args.run_dir)
     return 0

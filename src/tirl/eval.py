@@ -37,15 +37,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from tirl import jsonl
 from tirl.data import DataError, Problem, load_problems
-from tirl.formats import get_style
+from tirl.formats import PromptConfig, get_style, make_style
 from tirl.reward import grade_detailed
-from tirl.rollout import RolloutConfig, encode_prompt, rollout
+from tirl.rollout import RolloutConfig, check_prompt_and_rollout, encode_prompt, rollout
 
 
 @dataclass(frozen=True)
@@ -69,42 +69,50 @@ BENCHMARKS: dict[str, Benchmark] = {
 LOCAL_SUFFIXES = (".jsonl", ".parquet", ".json")
 
 
+def _eval_rollout() -> RolloutConfig:
+    return RolloutConfig(n=1, max_new_tokens=4096, max_tool_calls=8, max_output_chars=256, temperature=0.0, seed=0)
+
+
 @dataclass
 class EvalConfig:
-    """How samples are drawn and graded. Defaults: one greedy sample; ReTool reports n=32, T=1.0, top-p 0.7."""
+    """How samples are drawn and graded: the same `prompt` and `rollout` sections as `tirl train`.
 
-    n: int = 1
-    """Samples per problem (k of avg@k / pass@k / maj@k)."""
-    temperature: float = 0.0
-    """0 = greedy (n > 1 then repeats one answer); the papers sample at 1.0."""
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 4096
-    """Response budget, interpreter tokens included (ToRL 3,072; ReTool 16,384)."""
-    max_tool_calls: int = 8
-    """Code blocks run per response (ReTool's recipe: 8 turns; ToRL: 1-3)."""
-    max_output_chars: int = 256
-    """Interpreter output kept per call (both papers cut to 256 characters)."""
-    style: str = "retool"
-    """Tag style: retool or torl."""
-    chat: bool | None = None
-    """Use the tokenizer's chat template; None = when it has one."""
-    seed: int = 0
+    Defaults: one greedy sample (`rollout.n=1`, `rollout.temperature=0`), 4,096 response tokens, 8
+    tool calls; ReTool reports n=32, T=1.0, top-p 0.7 (configs/eval_retool.yaml). With `--model DIR`
+    the prompt and tool-loop settings saved with the model (`tirl.json`) replace these defaults.
+    """
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    rollout: RolloutConfig = field(default_factory=_eval_rollout)
+    """`rollout.n` is k of avg@k / pass@k / maj@k; `rollout.seed` seeds each batch (None = unseeded)."""
     batch_size: int = 16
     """Samples generated together per rollout call (and the unit of fsync'ed progress)."""
-    exec_timeout: float | None = None
-    """Per-call sandbox time limit; None = the sandbox's own."""
     lenient: bool = False
     """Fall back to the last number when no \\boxed{} is found (off: the papers' strict extraction)."""
-    limit: int | None = None
+    limit: Optional[int] = None
     """Only the first N problems of each benchmark (quick runs)."""
+    skip_invalid: bool = False
+    """Skip malformed data rows (their count is printed) instead of refusing the file."""
+
+    @property
+    def n(self) -> int:
+        return self.rollout.n
 
     def identity(self) -> dict[str, Any]:
         """Settings that decide what a sample is; a resumed run must match them (n and limit may change)."""
-        d = dataclasses.asdict(self)
-        for k in ("n", "limit", "batch_size"):
+        from tirl.config import flatten
+
+        d = flatten(dataclasses.asdict(self))  # dotted keys: a refusal names `rollout.temperature`
+        for k in ("limit", "batch_size", "skip_invalid", "rollout.n"):
             d.pop(k)
         return d
+
+    def validate(self) -> None:
+        if self.rollout.n < 1:
+            raise ValueError(f"rollout.n must be >= 1, got {self.rollout.n}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_prompt_and_rollout(self.prompt, self.rollout)
 
 
 # --- benchmarks ----------------------------------------------------------------------------------
@@ -138,13 +146,15 @@ def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fie
 
 # --- the record store (resume) -------------------------------------------------------------------
 class SampleStore:
-    """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); a `tirl.jsonl.AppendLog`."""
+    """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); a `tirl.jsonl.AppendLog`.
+    With `path=None` the records live in memory only (the trainer's held-out evaluation)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.log = jsonl.AppendLog(path)
-        self.path, self.repaired_bytes = self.log.path, self.log.repaired_bytes
+    def __init__(self, path: str | os.PathLike | None):
+        self.log = jsonl.AppendLog(path) if path is not None else None
+        self.path = self.log.path if self.log is not None else None
+        self.repaired_bytes = self.log.repaired_bytes if self.log is not None else 0
         self.records: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for n, rec in enumerate(self.log.rows, 1):
+        for n, rec in enumerate(self.log.rows if self.log is not None else [], 1):
             try:
                 key = (str(rec["benchmark"]), str(rec["problem_id"]), int(rec["sample_index"]))
             except (ValueError, KeyError, TypeError) as e:
@@ -157,7 +167,8 @@ class SampleStore:
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         fresh = [r for r in records if (r["benchmark"], r["problem_id"], r["sample_index"]) not in self.records]
-        jsonl.append_rows(self.path, fresh)
+        if self.path is not None:
+            jsonl.append_rows(self.path, fresh)
         for r in fresh:
             self.records[(r["benchmark"], r["problem_id"], r["sample_index"])] = r
 
@@ -175,56 +186,59 @@ def evaluate(
     sandbox: Any,
     benchmarks: dict[str, Sequence[Problem]],
     cfg: EvalConfig,
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | None,
     *,
     model_id: str = "",
     show: bool | None = None,
 ) -> dict[str, Any]:
     """Sample, grade and score every (benchmark, problem, sample index) not yet in `run_dir`.
 
+    The one evaluation path: `tirl eval`, the trainer's held-out evaluation and `tirl demo` all call
+    it. `run_dir=None` keeps the records in memory and writes nothing (the trainer's periodic checks).
     `model_id` names the model or server in `eval_config.json` (a resumed run must match it).
     Returns the summary (also written to `summary.json`); see `tirl.eval_scores.summarise`.
     """
     from tirl.eval_scores import summarise, write_outputs
     from tirl.progress import progress
 
-    if cfg.n < 1:
-        raise ValueError(f"n must be >= 1, got {cfg.n}")
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    check_settings(run, {"model": model_id, **cfg.identity()})
-    store = SampleStore(run / "samples.jsonl")
-    style = get_style(cfg.style)
-    rcfg = RolloutConfig(n=1, max_new_tokens=cfg.max_tokens, max_tool_calls=cfg.max_tool_calls,
-                         max_output_chars=cfg.max_output_chars, temperature=cfg.temperature, top_p=cfg.top_p,
-                         top_k=cfg.top_k, seed=cfg.seed, exec_timeout=cfg.exec_timeout)
+    cfg.validate()
+    n = cfg.rollout.n
+    run = Path(run_dir) if run_dir is not None else None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+        check_settings(run, {"model": model_id, **cfg.identity()})
+    store = SampleStore(run / "samples.jsonl" if run is not None else None)
+    style = make_style(cfg.prompt)
+    rcfg = dataclasses.replace(cfg.rollout, n=1)
     problems = {name: list(ps)[: cfg.limit] if cfg.limit else list(ps) for name, ps in benchmarks.items()}
-    todo = [(name, p, i) for name, ps in problems.items() for p in ps for i in range(cfg.n)
+    todo = [(name, p, i) for name, ps in problems.items() for p in ps for i in range(n)
             if (name, p.id, i) not in store]
-    total = sum(len(ps) for ps in problems.values()) * cfg.n
-    wanted = {(name, p.id, i) for name, ps in problems.items() for p in ps for i in range(cfg.n)}
+    total = sum(len(ps) for ps in problems.values()) * n
+    wanted = {(name, p.id, i) for name, ps in problems.items() for p in ps for i in range(n)}
     counted = [store.records[k]["correct"] for k in wanted if k in store]
     started = time.perf_counter()
     prompt_cache: dict[str, list[int]] = {}
+    seed = cfg.rollout.seed
     with progress("eval", total, disable=show if show is None else not show) as bar:
         bar.update(0, advance=total - len(todo), info=_acc(counted))
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start: start + cfg.batch_size]
-            prompts = [prompt_cache.setdefault(p.problem, encode_prompt(tokenizer, p.problem, style, cfg.chat))
+            prompts = [prompt_cache.setdefault(p.problem, encode_prompt(tokenizer, p.problem, style, cfg.prompt.chat))
                        for _, p, _ in chunk]
             trajs, _ = rollout(generator, prompts, tokenizer, sandbox, style, rcfg,
-                               seed=cfg.seed + start if cfg.seed is not None else None)
-            records = [make_record(name, p, i, t, cfg.lenient) for (name, p, i), t in zip(chunk, trajs)]
+                               seed=seed + start if seed is not None else None)
+            records = [make_record(name, p, i, t, style, cfg.lenient) for (name, p, i), t in zip(chunk, trajs)]
             store.append(records)
             counted += [r["correct"] for r in records]
             bar.update(0, advance=len(chunk), info=_acc(counted))
-    summary = summarise(problems, store.records, cfg.n)
+    summary = summarise(problems, store.records, n)
     summary["elapsed_s"] = round(time.perf_counter() - started, 2)
     summary["resumed_samples"] = total - len(todo)
     summary["settings"] = {"model": model_id, **dataclasses.asdict(cfg)}
     if hasattr(generator, "modes"):
         summary["backend_modes"] = dict(generator.modes)
-    write_outputs(run, summary, problems, store.records, cfg.n)
+    if run is not None:
+        write_outputs(run, summary, problems, store.records, n)
     return summary
 
 
@@ -232,19 +246,23 @@ def _acc(correct: list[bool]) -> str:
     return f"acc {sum(correct) / len(correct):.3f} ({len(correct)})" if correct else ""
 
 
-def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, lenient: bool = False) -> dict[str, Any]:
+def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, style: Any = None,
+                lenient: bool = False) -> dict[str, Any]:
     """The JSONL record of one graded sample (see the module docstring)."""
-    from tirl.train.episodes import code_ran
+    from tirl.train.episodes import grade_trajectory
 
-    g = grade_detailed(traj.text, problem.answer, lenient=lenient, code_ran=code_ran(traj))
-    return {
+    g = grade_trajectory(traj, problem.answer, style, lenient=lenient)
+    rec = {
         "benchmark": benchmark, "problem_id": problem.id, "sample_index": sample_index,
         "reference": problem.answer, "extracted": g.extracted, "correct": bool(g.correct), "grade": g.reason,
-        "finish_reason": traj.finish_reason, "num_tool_calls": traj.num_calls,
+        "score": g.score, "finish_reason": traj.finish_reason, "num_tool_calls": traj.num_calls,
         "tool_calls": [{"code": c.code, "status": c.status, "output": c.output, "span": list(c.span),
                         "duration_s": round(c.duration_s, 4)} for c in traj.tool_calls],
         "tool_cap_hit": traj.tool_cap_hit, "unclosed_code": traj.unclosed_code,
         "response_tokens": len(traj.response_ids), "sampled_tokens": int(sum(traj.loss_mask)),
         "response": traj.text,
     }
-
+    source = getattr(problem, "data_source", None)
+    if source:
+        rec["data_source"] = source
+    return rec

@@ -8,7 +8,7 @@ started only when the first code block needs it, loads the benchmarks, and runs 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the tool-use statistics, per benchmark and overall. Resumable: re-run the same command with the same "
         "--run-dir to continue an interrupted evaluation. The papers' setting (ReTool): --n 32 "
         "--temperature 1.0 --top-p 0.7 --max-tokens 16384 (configs/eval_retool.yaml). Sampling settings "
-        "come from the built-in defaults, then CONFIG, then key=value overrides, then the flags below.")
+        "come from the built-in defaults, then the settings saved with --model (tirl.json: prompt and tool "
+        "loop as trained), then CONFIG, then key=value overrides (the same prompt.* and rollout.* keys as "
+        "`tirl train`), then the flags below.")
     from tirl.config import add_config_arguments
 
-    add_config_arguments(parser, example="n=4 temperature=1.0")
+    add_config_arguments(parser, example="rollout.n=4 rollout.temperature=1.0 prompt.system_prompt=''")
     S = argparse.SUPPRESS  # a flag the user did not give leaves the config's value alone
     src = parser.add_argument_group("what to evaluate")
     src.add_argument("--model", help="model directory, Hugging Face name, or .gguf file (in-process generation)")
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--answer-field", default="answer", help="answer field of --data files")
     data.add_argument("--id-field", default="id", help="id field of --data files (default: id; row index if absent)")
     data.add_argument("--limit", type=int, default=S, help="only the first N problems of each benchmark")
+    data.add_argument("--skip-invalid", action="store_true", default=S,
+                      help="skip malformed rows of --data files (their count is printed) instead of refusing the file")
     s = parser.add_argument_group("sampling and the tool loop")
     s.add_argument("--n", type=int, default=S, help="samples per problem (default: 1)")
     s.add_argument("--temperature", type=float, default=S, help="0 = greedy (default: 0)")
@@ -65,6 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples.jsonl, problems.jsonl, summary.json go here (default: runs/eval)")
 
 
+FLAG_KEYS = {
+    "n": "rollout.n", "temperature": "rollout.temperature", "top_p": "rollout.top_p", "top_k": "rollout.top_k",
+    "max_tokens": "rollout.max_new_tokens", "max_tool_calls": "rollout.max_tool_calls",
+    "max_output_chars": "rollout.max_output_chars", "seed": "rollout.seed", "exec_timeout": "rollout.exec_timeout",
+    "style": "prompt.style", "chat": "prompt.chat", "batch_size": "batch_size", "lenient": "lenient",
+    "limit": "limit", "skip_invalid": "skip_invalid",
+}
+"""Each flag is the dotted key it sets (flags win over the file and the overrides)."""
+
+
 def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
     """Every requested benchmark's problems, by name (raises `DataError` saying where it looked)."""
     from tirl.data import DataError
@@ -77,8 +91,21 @@ def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
         name = Path(f).stem
         if name in out:
             raise DataError(f"two benchmarks named {name!r}; rename {f}")
-        out[name] = load_benchmark_file(f, limit=args.limit, problem_field=args.problem_field,
-                                        answer_field=args.answer_field, id_field=args.id_field)
+        problems = load_benchmark_file(f, limit=args.limit, problem_field=args.problem_field,
+                                       answer_field=args.answer_field, id_field=args.id_field,
+                                       skip_invalid=args.skip_invalid)
+        if getattr(problems, "skipped", None):
+            print(f"tirl eval: skipped {len(problems.skipped)} invalid row(s) of {f}; first: {problems.skipped[0]}",
+                  file=sys.stderr)
+        sources = sorted({p.data_source for p in problems if p.data_source})
+        if len(sources) > 1:  # verl's data_source column: one score row per source, and the overall
+            for src in sources:
+                out[f"{name}/{src}"] = [p for p in problems if p.data_source == src]
+            rest = [p for p in problems if not p.data_source]
+            if rest:
+                out[name] = rest
+        else:
+            out[name] = problems
     if not out:
         raise DataError("nothing to evaluate: give --benchmark NAME[,NAME] and/or --data FILE")
     return out
@@ -129,34 +156,32 @@ def make_generator(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirl.config import ConfigError, load_config
-    from tirl.data import DataError
+    from tirl.commands import guarded
+
+    return guarded("eval", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tirl.commands import UserError, check_model_source, command_config, quiet_transformers, set_threads
     from tirl.eval import EvalConfig, evaluate
     from tirl.eval_scores import render_table
     from tirl.generation.openai import ServerError
-    from tirl.train.rl_command import quiet_transformers
+    from tirl.trained_settings import read_settings
 
     if bool(args.model) == bool(args.server):
-        print("tirl eval: give exactly one of --model PATH_OR_NAME and --server URL")
-        return 2
+        raise UserError("give exactly one of --model PATH_OR_NAME and --server URL")
+    check_model_source(args.model)
+    cfg = command_config(EvalConfig, args, FLAG_KEYS, base=read_settings(args.model))
     try:
-        cfg = load_config(EvalConfig, args.config, args.overrides)
-    except ConfigError as e:
-        print(f"tirl eval: {e}")
-        return 2
-    for f in dataclasses.fields(EvalConfig):  # explicit flags win over the file
-        if hasattr(args, f.name):
-            setattr(cfg, f.name, getattr(args, f.name))
-    args.limit, args.batch_size = cfg.limit, cfg.batch_size
-    try:
-        problems = load_all(args)
-    except DataError as e:
-        print(f"tirl eval: {e}")
-        return 2
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if cfg.rollout.n > 1 and cfg.rollout.temperature == 0:
+        print(f"tirl eval: warning: rollout.n={cfg.rollout.n} with temperature 0 (greedy) repeats one answer "
+              f"{cfg.rollout.n} times; set --temperature > 0 for pass@k / maj@k", file=sys.stderr)
+    args.limit, args.batch_size, args.skip_invalid = cfg.limit, cfg.batch_size, cfg.skip_invalid
+    problems = load_all(args)
+    set_threads(args.threads)
     quiet_transformers()
     sandbox = LazySandbox(args.sandbox_url)
     gen = None
@@ -164,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
         gen, tok, model_id = make_generator(args)
         summary = evaluate(gen, tok, sandbox, problems, cfg, args.run_dir, model_id=model_id)
     except (ValueError, ServerError, OSError) as e:  # settings mismatch, 4xx, unreachable server, bad path
-        print(f"tirl eval: {e}")
-        return 2
+        raise UserError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
     finally:
         sandbox.close()
         if gen is not None and hasattr(gen, "close"):

@@ -22,8 +22,8 @@ Not covered: languages other than Python.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Optional
 
 # --- prompts -------------------------------------------------------------------------------------
 # Written for this project in the spirit of each paper's instructions (same tags, same answer
@@ -63,6 +63,8 @@ class TagStyle:
     answer_open: str = ""
     """Tag around the final answer (ReTool's `<answer>`); empty when the style has none."""
     answer_close: str = ""
+    answer_required: bool = False
+    """Grade only a `\\boxed{}` inside the answer tags (ReTool's rule); False = the last box anywhere."""
     system_prompt: str = ""
     """System message for chat models; empty when the style uses `prompt_template` alone."""
     prompt_template: str = "{problem}"
@@ -115,6 +117,7 @@ RETOOL = TagStyle(
     output_suffix="\n</interpreter>\n\n",
     answer_open="<answer>\n",
     answer_close="\n</answer>",
+    answer_required=True,
     system_prompt=RETOOL_SYSTEM_PROMPT,
 )
 
@@ -147,6 +150,59 @@ STYLES: dict[str, TagStyle] = {"retool": RETOOL, "torl": TORL, "torl-fence": TOR
 def plain_prompt(messages: list[dict[str, str]]) -> str:
     """Messages as plain text for a model without a chat template: contents joined by blank lines."""
     return "\n\n".join(m["content"] for m in messages)
+
+
+@dataclass
+class PromptConfig:
+    """How a problem becomes a prompt: the `prompt` section of every config (sft, train, eval, serve).
+
+    Saved next to every checkpoint and SFT model (`tirl.json`), so `tirl eval` / `tirl serve` prompt
+    a trained model exactly as it was trained unless told otherwise.
+    """
+
+    style: str = "retool"
+    """Tag style: retool, torl or torl-fence (see `STYLES`)."""
+    system_prompt: Optional[str] = None
+    """Overrides the style's system prompt; "" = none (tiny models do not need one)."""
+    prompt_template: Optional[str] = None
+    """Overrides the style's user template (`{problem}` is substituted)."""
+    chat: Optional[bool] = None
+    """Use the tokenizer's chat template; None = when it has one."""
+
+
+def make_style(cfg: PromptConfig) -> TagStyle:
+    """The tag style a prompt config names, with its system prompt / template overrides applied."""
+    style = get_style(cfg.style)
+    changes: dict[str, Any] = {}
+    if cfg.system_prompt is not None:
+        changes["system_prompt"] = cfg.system_prompt
+    if cfg.prompt_template is not None:
+        changes["prompt_template"] = cfg.prompt_template
+    return replace(style, **changes) if changes else style
+
+
+def render_messages(tokenizer: Any, messages: list[dict[str, str]], chat: bool | None = None) -> str:
+    """THE prompt rule: chat messages -> the text a model continues. Every caller goes through here
+    (RL rollouts, evaluation, SFT tokenisation, conversion, serving).
+
+    With a chat template (used when the tokenizer has one and `chat` is not False): the messages
+    through `apply_chat_template(add_generation_prompt=True)`. Without: contents joined by blank lines
+    (`plain_prompt`), the papers' base-model form.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat is None:
+        chat = has_template
+    if not chat:
+        return plain_prompt(messages)
+    if not has_template:
+        raise ValueError("prompt.chat is true but the tokenizer has no chat template "
+                         "(set prompt.chat=false to use the plain paper template)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def problem_prompt(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> str:
+    """The prompt of one problem: the style's messages (`TagStyle.prompt_messages`) through `render_messages`."""
+    return render_messages(tokenizer, get_style(style).prompt_messages(problem), chat)
 
 
 def get_style(spec: str | dict[str, Any] | TagStyle) -> TagStyle:
@@ -321,6 +377,20 @@ def extract_boxed(text: str) -> str | None:
             return boxes[-1]
     boxes = _all_boxed(text)
     return boxes[-1] if boxes else None
+
+
+def extract_answer(text: str, style: TagStyle) -> str | None:
+    """The final answer under `style`'s rule: with `answer_required`, the last box inside the last
+    `answer_open ... answer_close` block that has one (None without such a block); else `extract_boxed`."""
+    if not (style.answer_required and style.answer_open):
+        return extract_boxed(text)
+    open_tag, close_tag = style.answer_open.strip(), style.answer_close.strip()
+    blocks = re.findall(re.escape(open_tag) + r"(.*?)" + re.escape(close_tag), text, re.DOTALL)
+    for block in reversed(blocks):
+        boxes = _all_boxed(block)
+        if boxes:
+            return boxes[-1]
+    return None
 
 
 def extract_last_number(text: str) -> str | None:

@@ -31,7 +31,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tirl.formats import extract_boxed, extract_last_number
+from tirl.formats import TagStyle, extract_answer, extract_boxed, extract_last_number
 
 CORRECT, INCORRECT = 1.0, -1.0
 DEFAULT_TIMEOUT_S = 5.0
@@ -225,14 +225,17 @@ def grade_detailed(
     code_ran: bool | None = None,
     exec_penalty: float = 0.0,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    style: TagStyle | None = None,
 ) -> Grade:
     """Grade `response` against `reference`; see the module docstring for the rules.
 
-    `code_ran`: False when the response wrote code but none of it ran successfully (then
-    `exec_penalty` is subtracted); None or True leaves the score alone.
+    `code_ran`: False when the response holds code that did not execute cleanly (then
+    `exec_penalty` is subtracted, right or wrong, as ToRL's variant); None or True leaves the score
+    alone. `style`: its answer rule (`formats.extract_answer`; ReTool's requires `<answer>`);
+    None = the last `\\boxed{}` anywhere.
     """
     reference = str(reference)
-    answer = extract_boxed(response)
+    answer = extract_answer(response, style) if style is not None else extract_boxed(response)
     reason_prefix = ""
     if answer is None and lenient:
         answer = extract_last_number(response)

@@ -46,12 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
 from tirl.formats import (
+    PromptConfig,
     TagStyle,
     find_closed_code,
     format_exec_result,
     get_style,
     has_open_code,
-    plain_prompt,
+    problem_prompt,
     render_output,
     truncate_middle,
 )
@@ -123,6 +124,9 @@ class Trajectory:
     """`answer`, `eos`, `length` or `tool_cap`."""
     text: str = ""
     """The decoded response (sampled and injected tokens)."""
+    model_text: str = ""
+    """The decoded sampled tokens only (interpreter output left out): what grading reads, so an answer
+    that appears only in interpreter output (code that prints `\\boxed{...}`) is never the model's."""
     group_index: int = 0
     """Index of the prompt in the batch (the GRPO group)."""
     sample_index: int = 0
@@ -154,28 +158,13 @@ class RolloutResult(NamedTuple):
 
 
 def prompt_text(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> str:
-    """The one prompt rule, shared by RL, evaluation and SFT (`tirl.data.build_prompt`).
-
-    With a chat template (used when the tokenizer has one and `chat` is not False): the style's
-    system prompt and user turn through `apply_chat_template`. Without: the same messages as plain
-    text joined by blank lines (`formats.plain_prompt`).
-    """
-    style = get_style(style)
-    messages = style.prompt_messages(problem)
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat is None:
-        chat = has_template
-    if not chat:
-        return plain_prompt(messages)
-    if not has_template:
-        raise ValueError("chat=True but the tokenizer has no chat template "
-                         "(set prompt.chat to false to use the plain paper template)")
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """The prompt of one problem (`tirl.formats.problem_prompt`, the one prompt rule)."""
+    return problem_prompt(tokenizer, problem, style, chat)
 
 
 def encode_prompt(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> list[int]:
     """Prompt ids for one problem (see `prompt_text`); encoded without extra special tokens."""
-    return tokenizer.encode(prompt_text(tokenizer, problem, style, chat), add_special_tokens=False)
+    return tokenizer.encode(problem_prompt(tokenizer, problem, style, chat), add_special_tokens=False)
 
 
 _rollout_ids = itertools.count()
@@ -261,6 +250,7 @@ def rollout(
 
     for t in trajs:
         t.text = tokenizer.decode(t.response_ids)
+        t.model_text = _sampled_text(t, tokenizer)
     metrics = tool_metrics(trajs)
     fed_needed = sum(getattr(t, "_fed_upto", 0) for t in trajs)
     metrics.update({
@@ -279,6 +269,31 @@ def rollout(
     for t in trajs:
         t.__dict__.pop("_fed_upto", None)
     return RolloutResult(trajs, metrics)
+
+
+def _sampled_text(t: Trajectory, tokenizer: Any) -> str:
+    """Decode the runs of sampled tokens (loss_mask 1) one by one and join them."""
+    out, start = [], None
+    for i, m in enumerate(t.loss_mask + [0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            out.append(tokenizer.decode(t.response_ids[start:i]))
+            start = None
+    return "".join(out)
+
+
+def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
+    """Refuse values of the shared `prompt` / `rollout` config sections before anything runs."""
+    get_style(prompt.style)  # an unknown style raises, naming the known ones
+    if cfg.temperature < 0:
+        raise ValueError(f"rollout.temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.on_tool_cap not in ("message", "stop"):
+        raise ValueError(f"rollout.on_tool_cap must be 'message' or 'stop', not {cfg.on_tool_cap!r}")
+    if cfg.n < 1 or cfg.max_new_tokens < 1 or cfg.max_tool_calls < 0:
+        raise ValueError("rollout.n and rollout.max_new_tokens must be >= 1, rollout.max_tool_calls >= 0")
 
 
 def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyle, cfg: RolloutConfig,

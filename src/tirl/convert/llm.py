@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from tirl.formats import plain_prompt
+from tirl.formats import render_messages
 from tirl.http_client import HTTPRejected, HTTPUnavailable, request_json
 
 
@@ -103,10 +103,9 @@ class GeneratorRewriter:
         self._lock = asyncio.Lock()
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        if self.use_chat_template:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = plain_prompt(messages) + "\n\n"
+        text = render_messages(self.tokenizer, messages, self.use_chat_template)
+        if not self.use_chat_template:
+            text += "\n\n"  # a base model starts its answer after a blank line, not mid-paragraph
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     async def rewrite(self, messages: list[dict[str, str]], key: str = "") -> tuple[str, str]:

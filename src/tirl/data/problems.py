@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows
-from tirl.formats import TagStyle, plain_prompt
-from tirl.rollout import prompt_text
+from tirl.formats import TagStyle, plain_prompt, problem_prompt
 
 
 @dataclass
@@ -43,6 +42,12 @@ class Problem:
     answer: str
     extra: dict[str, Any] = field(default_factory=dict)
     """The row's other fields, kept for reports and user filters (difficulty, source, ...)."""
+
+    @property
+    def data_source(self) -> str | None:
+        """verl's `data_source` column, when the row had one (evaluation scores each source apart)."""
+        value = self.extra.get("data_source")
+        return str(value) if value is not None else None
 
 
 def load_problems(
@@ -65,18 +70,33 @@ def load_problems(
     seen: dict[str, str] = {}
 
     def parse(where: str, index: int, row: dict[str, Any]) -> Problem:
-        problem = _text_field(row, problem_field, allow_messages=True)
-        answer = _answer_field(row, answer_field)
+        pf, af = _verl_fields(row, problem_field, answer_field)
+        problem = _text_field(row, pf, allow_messages=True)
+        answer = _answer_field(row, af)
         pid = _problem_id(row, id_field, stem, index)
         if pid in seen:
             raise DataError(f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = where
-        used = {problem_field.split(".")[0], answer_field.split(".")[0], id_field.split(".")[0]}
+        used = {pf.split(".")[0], id_field.split(".")[0]} | ({af.split(".")[0]} if "." not in af else set())
         extra = {k: v for k, v in row.items() if k not in used}
         return Problem(pid, problem, answer, extra)
 
     rows = iter_rows(source, split=split, subset=subset)
-    return collect(rows, parse, source=str(source), skip_invalid=skip_invalid, limit=limit)
+    loaded = collect(rows, parse, source=str(source), skip_invalid=skip_invalid, limit=limit)
+    if not loaded:
+        skipped = f" ({len(loaded.skipped)} invalid row(s) skipped)" if loaded.skipped else " (the file is empty)"
+        raise DataError(f"{source}: no problems{skipped}")
+    return loaded
+
+
+def _verl_fields(row: dict[str, Any], problem_field: str, answer_field: str) -> tuple[str, str]:
+    """verl / ToRL parquet rows (`prompt`: chat messages, `reward_model.ground_truth`) need no field
+    mapping: when the default field is absent and theirs is present, theirs is read."""
+    if problem_field == "problem" and "problem" not in row and isinstance(row.get("prompt"), list):
+        problem_field = "prompt"
+    if answer_field == "answer" and "answer" not in row and _get(row, "reward_model.ground_truth") is not _MISSING:
+        answer_field = "reward_model.ground_truth"
+    return problem_field, answer_field
 
 
 def raw_rows_by_id(source: str | os.PathLike, *, id_field: str = "id", split: str = "train",
@@ -173,4 +193,4 @@ def build_prompt(
     False renders the paper template as plain text (system prompt, blank line, user template).
     """
     text = problem.problem if isinstance(problem, Problem) else problem
-    return prompt_text(tokenizer, text, style, use_chat_template)
+    return problem_prompt(tokenizer, text, style, use_chat_template)

@@ -193,10 +193,9 @@ def collect(
         except DataError as e:
             errors.append(f"{where}: {e}")
     if errors and not skip_invalid:
-        shown = "\n  ".join(errors[:MAX_LISTED_ERRORS])
-        more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
-        raise DataError(f"{len(errors)} invalid row(s) in {source} (use skip_invalid / --skip-invalid to skip "
-                        f"them):\n  {shown}{more}")
+        # One line: the first bad row names file and line; the count says whether there are more.
+        more = f" (and {len(errors) - 1} more invalid row(s))" if len(errors) > 1 else ""
+        raise DataError(f"{errors[0]}{more}; fix the data, or pass --skip-invalid to skip invalid rows")
     if errors:
         log.warning("skipped %d invalid row(s) of %s; first: %s", len(errors), source, errors[0])
     return Loaded(items, errors)

@@ -16,7 +16,7 @@ EOS: the tokenizer's `eos_token_id` is appended after the response with mask 1, 
 to stop (ChatML models' eos, `<|im_end|>`, is also their end-of-turn marker).
 
 Prompt: with `style` given, the prompt is rebuilt from the trace's problem with
-`tirl.data.build_prompt` (the exact prompt RL will use); without, the trace's own prompt messages
+`tirl.formats.problem_prompt` (the exact prompt RL will use); without, the trace's own prompt messages
 (through the chat template when `use_chat_template`, else their contents joined by blank lines) or
 its text prompt.
 
@@ -32,26 +32,22 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-from tirl.data.problems import build_prompt, render_messages_plain
 from tirl.data.traces import Trace
-from tirl.formats import TagStyle
+from tirl.formats import TagStyle, problem_prompt, render_messages
 
 log = logging.getLogger("tirl.data")
 
 IGNORE_INDEX = -100  # label value the HF/PyTorch cross-entropy ignores
 
 
-def trace_prompt(trace: Trace, tokenizer: Any, style: TagStyle | None = None, use_chat_template: bool = False) -> str:
-    """The prompt text the trace is trained under (see the module docstring)."""
+def trace_prompt(trace: Trace, tokenizer: Any, style: TagStyle | None = None, use_chat_template: bool | None = False) -> str:
+    """The prompt text the trace is trained under (see the module docstring): the one prompt rule
+    (`tirl.formats.render_messages`) applied to the style's messages, or to the trace's own."""
     if style is not None:
-        return build_prompt(trace.problem, style, tokenizer, use_chat_template=use_chat_template)
-    if use_chat_template:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("use_chat_template=True but the tokenizer has no chat template")
-        return tokenizer.apply_chat_template(trace.prompt_messages, add_generation_prompt=True, tokenize=False)
-    if trace.prompt_text is not None:
+        return problem_prompt(tokenizer, trace.problem, style, use_chat_template)
+    if not use_chat_template and trace.prompt_text is not None:
         return trace.prompt_text
-    return render_messages_plain(trace.prompt_messages)
+    return render_messages(tokenizer, trace.prompt_messages, bool(use_chat_template))
 
 
 def tokenize_trace(

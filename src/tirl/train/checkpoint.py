@@ -57,12 +57,15 @@ def save_checkpoint(
     state: dict[str, Any],
     tokenizer: Any = None,
     keep: int = 2,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """Save `models` (name -> model with save_pretrained) and `state` atomically; keep the last `keep`.
 
     `state` holds picklable trainer state (optimizer/scheduler state dicts, data position...);
-    RNG states are added here.
+    RNG states are added here. `settings` (`tirl.trained_settings`) go next to each model's weights.
     """
+    from tirl.trained_settings import write_settings
+
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
@@ -74,6 +77,8 @@ def save_checkpoint(
         model.save_pretrained(tmp / name)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / name)
+        if settings is not None:
+            write_settings(tmp / name, settings)
     torch.save({**state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     _fsync_tree(tmp)
     (tmp / MARKER).write_text(str(step))

@@ -40,6 +40,18 @@ class OptimConfig:
     """Global gradient-norm clip; 0 disables it."""
 
 
+    def validate(self, where: str = "optim") -> None:
+        """Refuse values that cannot train, before anything is written."""
+        if self.lr < 0:
+            raise ValueError(f"{where}.lr must be >= 0, got {self.lr}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"{where}.schedule must be 'constant' or 'cosine', not {self.schedule!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ValueError(f"{where}.warmup_steps, weight_decay and max_grad_norm must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"{where}.betas must be two numbers in [0, 1), got {self.betas}")
+
+
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     """Multiplier of the peak lr at optimizer step `step` (0-based).
 

@@ -15,11 +15,24 @@ from tirl.rollout import RolloutConfig, Trajectory, encode_prompt, rollout
 
 
 def code_ran(t: Trajectory) -> bool | None:
-    """None when the response wrote no code; else whether any of it ran cleanly (ToRL's penalty)."""
-    calls = [c for c in t.tool_calls if c.executed]
+    """None when the response wrote no code; False when any of its code did not execute cleanly.
+
+    ToRL's optional penalty is for "code that cannot execute": one failing block is enough, even if a
+    later fix ran (a model that learns to write a failing block before every answer must still pay).
+    Blocks over the tool-call cap were never offered to the sandbox and do not count.
+    """
+    calls = [c for c in t.tool_calls if c.status != "capped"]
     if not calls:
         return None
-    return any(c.status == "ok" for c in calls)
+    return all(c.status == "ok" for c in calls)
+
+
+def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = None, *, lenient: bool = False,
+                     exec_penalty: float = 0.0) -> Grade:
+    """Grade what the model wrote (`Trajectory.model_text`: interpreter output left out), by the
+    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
+    return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
+                          exec_penalty=exec_penalty)
 
 
 def play(
@@ -38,10 +51,14 @@ def play(
     cfg = dataclasses.replace(rollout_cfg, **overrides)
     prompts = [encode_prompt(tokenizer, p.problem, style, chat) for p in problems]
     trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
-    grades = [grade_detailed(t.text, problems[t.group_index].answer, code_ran=code_ran(t),
-                             exec_penalty=exec_penalty) for t in trajs]
+    grades = [grade_trajectory(t, problems[t.group_index].answer, style, exec_penalty=exec_penalty) for t in trajs]
     n = max(len(grades), 1)
-    metrics["reward/mean"] = sum(g.score for g in grades) / n
+    scores = [g.score for g in grades]
+    mean = sum(scores) / n
+    metrics["reward/mean"] = mean
+    metrics["reward/std"] = (sum((x - mean) ** 2 for x in scores) / n) ** 0.5
     metrics["reward/accuracy"] = sum(g.correct for g in grades) / n
     metrics["reward/no_answer_ratio"] = sum(g.reason == "no_answer" for g in grades) / n
+    groups = [scores[i:i + cfg.n] for i in range(0, len(scores), cfg.n)]
+    metrics["reward/frac_zero_std"] = sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)
     return trajs, grades, metrics

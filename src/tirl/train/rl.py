@@ -16,6 +16,8 @@ multi-GPU, async rollouts overlapping training, dynamic sampling.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +25,12 @@ from typing import Any
 
 import torch
 
-from tirl.config import save_config
 from tirl.analysis.limr import REWARDS_FILE, reward_rows
-from tirl.rollout import RolloutConfig
+from tirl.commands import check_model_source
+from tirl.config import check_resume, save_config
+from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig
+from tirl.trained_settings import settings_of
 from tirl.train import rl_update as U
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
 from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, set_threads
@@ -35,6 +39,9 @@ from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
 from tirl.train.logger import MetricsLogger
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
+
+
+log = logging.getLogger("tirl.train")
 
 
 @dataclass
@@ -61,6 +68,8 @@ class TrainerConfig:
     """Torch threads; 1 suits tiny models on small CPUs, 0 keeps torch's default."""
     tensorboard: bool = False
     wandb: bool = False
+    warn_idle_steps: int = 5
+    """Warn (once per idle stretch) after this many consecutive steps without a policy update."""
 
 
 @dataclass
@@ -79,35 +88,68 @@ def validate(cfg: RLConfig) -> None:
     batch = cfg.trainer.prompts_per_step * cfg.rollout.n
     mini = cfg.trainer.mini_batch_size or batch
     cfg.algorithm.validate(cfg.rollout.n, batch, mini)
+    check_prompt_and_rollout(cfg.prompt, cfg.rollout)
+    cfg.trainer.optim.validate("trainer.optim")
     if cfg.trainer.steps < 1 or cfg.trainer.prompts_per_step < 1 or cfg.trainer.micro_batch_size < 1:
         raise ValueError("trainer.steps, trainer.prompts_per_step and trainer.micro_batch_size must be >= 1")
+    if cfg.trainer.eval_temperature < 0:
+        raise ValueError(f"trainer.eval_temperature must be >= 0 (0 = greedy), got {cfg.trainer.eval_temperature}")
 
 
 def _load_policy(path: str, cfg: RLConfig) -> Any:
     from tirl.models import load_model
 
-    return load_model(path, gguf_file=cfg.model.gguf_file, dtype=cfg.model.dtype, device="cpu")
+    return without_dropout(load_model(path, gguf_file=cfg.model.gguf_file, dtype=cfg.model.dtype, device="cpu"))
 
 
 def _load_critic(path: str) -> Any:
     from transformers import AutoModelForTokenClassification
 
     # A token-classification head with one label is a value head on a copy of the policy.
-    return AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+    return without_dropout(AutoModelForTokenClassification.from_pretrained(path, num_labels=1))
 
 
-def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, style: Any, cfg: RLConfig) -> dict:
+def without_dropout(model: Any) -> Any:
+    """Every dropout at 0, as verl loads actor and critic. Updates run in train mode while old
+    log-probs and values are scored in eval mode: with dropout on (Qwen2's token-classification head
+    adds Dropout(0.1)) the ratio and the value clip would compare noisy numbers with clean ones."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "classifier_dropout", "hidden_dropout_prob",
+                "attention_probs_dropout_prob"):
+        if getattr(model.config, key, None):
+            setattr(model.config, key, 0.0)
+    return model
+
+
+def eval_config(cfg: RLConfig) -> Any:
+    """The held-out evaluation's settings: the run's own prompt and tool loop, one sample at
+    `trainer.eval_temperature` (what `tirl eval --model CHECKPOINT` uses by default, via tirl.json)."""
+    from tirl.eval import EvalConfig
+
+    return EvalConfig(prompt=cfg.prompt, rollout=dataclasses.replace(
+        cfg.rollout, n=1, temperature=cfg.trainer.eval_temperature, seed=cfg.trainer.seed),
+        batch_size=max(1, cfg.trainer.eval_size))
+
+
+EVAL_KEYS = {"avg@1": "eval/accuracy", "reward_mean": "eval/reward_mean", "tool/code_ratio": "eval/code_ratio",
+             "tool/pass_rate": "eval/pass_rate", "tool/calls_mean": "eval/calls_mean",
+             "response/length_mean": "eval/length_mean"}
+
+
+def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, cfg: RLConfig) -> dict:
+    """Held-out figures through `tirl.eval.evaluate`, the one evaluation path (nothing written)."""
+    from tirl.eval import evaluate as run_eval
+
     if not items:
         return {}
-    _, _, m = play(generator, tokenizer, sandbox, items, style, cfg.rollout, chat=cfg.prompt.chat,
-                   n=1, temperature=cfg.trainer.eval_temperature, seed=cfg.trainer.seed)
-    keep = {"reward/accuracy": "eval/accuracy", "reward/mean": "eval/reward_mean",
-            "tool/code_ratio": "eval/code_ratio", "tool/pass_rate": "eval/pass_rate",
-            "tool/calls_mean": "eval/calls_mean", "response/length_mean": "eval/length_mean"}
-    return {new: m[old] for old, new in keep.items() if old in m}
+    summary = run_eval(generator, tokenizer, sandbox, {"heldout": items}, eval_config(cfg), None, show=False)
+    overall = summary["overall"]
+    return {new: overall[old] for old, new in EVAL_KEYS.items() if old in overall}
 
 
-def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_tokenizer
     from tirl.sandbox import Sandbox
@@ -118,11 +160,16 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
     tc, algo = cfg.trainer, cfg.algorithm
     set_threads(tc.threads)
     ckpt = resume_point(run_dir, resume)
+    if ckpt is not None:
+        check_resume(run_dir, cfg, force)
+    style = make_style(cfg.prompt)
+    # Everything that can be refused is read before the run directory is written.
+    train_items, test_items = load_split(cfg.data, "train"), load_split(cfg.data, "test")[: tc.eval_size]
+    check_model_source(cfg.model.path)
+    check_model_source(cfg.model.critic_path, "model.critic_path")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
-    style = make_style(cfg.prompt)
-    train_items, test_items = load_split(cfg.data, "train"), load_split(cfg.data, "test")[: tc.eval_size]
     base = resolve_model(cfg.model, style, cfg.data, run_dir)
     tokenizer = load_tokenizer(base)
     torch.manual_seed(tc.seed)
@@ -162,15 +209,17 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_position": stream.position}
         if critic is not None:
             state.update(critic_optimizer=c_opt.state_dict(), critic_scheduler=c_sched.state_dict())
-        save_checkpoint(run_dir, step, models, state, tokenizer=tokenizer, keep=tc.keep_checkpoints)
+        save_checkpoint(run_dir, step, models, state, tokenizer=tokenizer, keep=tc.keep_checkpoints,
+                        settings=settings_of(cfg.prompt, cfg.rollout))
 
     summary: dict[str, Any] = {}
+    idle = 0  # consecutive steps without a policy update
     policy.eval()
     with Sandbox(cfg.sandbox) as sandbox, progress("train", tc.steps) as bar:
         generator = HFGenerator(policy, tokenizer)
         bar.update(0, completed=start)
         if start == 0 and test_items:
-            summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, style, cfg)
+            summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
         for step in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
             first = stream.position
@@ -182,7 +231,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
 
             t1 = time.perf_counter()
             batch = U.make_batch(trajs, tokenizer.pad_token_id or 0)
-            U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs")
+            U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs", "old_entropy")
             metrics.update(U.logprob_mismatch(batch))
             if ref is not None:
                 U.score_batch(ref, batch, cfg.rollout.temperature, tc.micro_batch_size, "ref_logprobs")
@@ -199,6 +248,14 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
             if rows and step > algo.critic_warmup_steps:
                 metrics.update(U.policy_update(policy, opt, sched, batch, rows, algo,
                                                temperature=cfg.rollout.temperature, **common))
+                idle = 0
+            else:
+                metrics.update(U.no_update_metrics(batch, algo))
+                idle += step > algo.critic_warmup_steps
+                if idle == tc.warn_idle_steps:
+                    log.warning("no policy update for %d steps: every group's rewards were all equal (all right "
+                                "or all wrong). Raise rollout.n or temperature, or use easier/harder problems.",
+                                idle)
             t_train = time.perf_counter() - t1
 
             tokens = float(batch["attention_mask"].sum())
@@ -210,9 +267,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False) -> dict[s
                 "throughput/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
             })
             if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
-                metrics.update(evaluate(generator, tokenizer, sandbox, test_items, style, cfg))
+                metrics.update(evaluate(generator, tokenizer, sandbox, test_items, cfg))
             if step == tc.steps:
-                final = evaluate(generator, tokenizer, sandbox, test_items, style, cfg)
+                final = evaluate(generator, tokenizer, sandbox, test_items, cfg)
                 metrics.update(final)
                 summary["eval_end"] = final
             logger.log(step, metrics)

@@ -1,4 +1,4 @@
-"""`tirl train CONFIG [key=value ...] --run-dir DIR [--resume]`."""
+"""`tirl train CONFIG [key=value ...] --run-dir DIR [--resume [--force]] [--skip-invalid]`."""
 
 from __future__ import annotations
 
@@ -13,37 +13,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "RL with interleaved code execution: rollouts pause at each closed code block, run it in the "
         "sandbox and resume; +1/-1 reward on the final answer. algorithm.name=grpo|ppo|rloo."
     )
-    add_config_arguments(parser)
+    add_config_arguments(parser, example="trainer.optim.lr=1e-5 rollout.n=8")
     parser.add_argument("--run-dir", default="runs/train",
                         help="where metrics.jsonl, samples.jsonl, checkpoints/ and summary.json go "
                         "(default: runs/train)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest complete checkpoint in --run-dir, exactly")
+    parser.add_argument("--force", action="store_true",
+                        help="with --resume: continue even though settings differ from the run's config.yaml")
+    parser.add_argument("--skip-invalid", action="store_true", default=argparse.SUPPRESS,
+                        help="skip malformed problem rows (their count is logged) instead of refusing the file")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirl.config import ConfigError, load_config
+    from tirl.commands import guarded
+
+    return guarded("train", lambda: _run(args), run_dir=args.run_dir)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tirl.commands import UserError, command_config, quiet_transformers
     from tirl.train.rl import RLConfig, train_rl, validate
 
+    cfg = command_config(RLConfig, args, {"skip_invalid": "data.skip_invalid"})
     try:
-        cfg = load_config(RLConfig, args.config, args.overrides)
         validate(cfg)
-    except (ConfigError, ValueError) as e:
-        print(f"tirl train: {e}")
-        return 2
+    except ValueError as e:
+        raise UserError(str(e)) from None
     quiet_transformers()
-    try:
-        summary = train_rl(cfg, args.run_dir, resume=args.resume)
-    except (FileExistsError, FileNotFoundError) as e:
-        print(f"tirl train: {e}")
-        return 2
+    summary = train_rl(cfg, args.run_dir, resume=args.resume, force=args.force)
     print(json.dumps(summary, indent=2))
     return 0
 
-
-def quiet_transformers() -> None:
-    """Our progress bar is the one that matters; transformers' per-save bars are noise here."""
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()

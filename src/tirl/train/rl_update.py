@@ -79,6 +79,17 @@ class AlgoConfig:
             raise ValueError(f"algorithm.tis_cap must be >= 0 (0 = off), not {self.tis_cap}")
         if self.kl_mode not in ("loss", "reward"):
             raise ValueError(f"algorithm.kl_mode must be 'loss' or 'reward', not {self.kl_mode!r}")
+        if self.kl_kind not in A.KL_KINDS:
+            raise ValueError(f"algorithm.kl_kind must be one of {', '.join(A.KL_KINDS)}, not {self.kl_kind!r}")
+        if not 0 < self.clip_low < 1:
+            raise ValueError(f"algorithm.clip_low must be in (0, 1) (the ratio's lower bound is 1 - clip_low), "
+                             f"got {self.clip_low}")
+        if self.clip_high <= 0:
+            raise ValueError(f"algorithm.clip_high must be > 0, got {self.clip_high}")
+        if self.dual_clip < 0 or 0 < self.dual_clip <= 1:
+            raise ValueError(f"algorithm.dual_clip must be 0 (off) or > 1 (ReTool: 10), got {self.dual_clip}")
+        if self.kl_coef < 0 or self.entropy_coef < 0 or self.exec_penalty < 0 or self.critic_lr < 0:
+            raise ValueError("algorithm.kl_coef, entropy_coef, exec_penalty and critic_lr must be >= 0")
 
 
 def make_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, Tensor]:
@@ -128,14 +139,20 @@ def forward_values(critic: Any, batch: dict[str, Tensor]) -> Tensor:
 
 
 @torch.no_grad()
-def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro: int, key: str) -> None:
-    """Fill `batch[key]` with log-probs (no grad) in micro-batches."""
-    parts = []
+def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro: int, key: str,
+                entropy_key: str | None = None) -> None:
+    """Fill `batch[key]` with log-probs (no grad) in micro-batches (and `batch[entropy_key]`, if given)."""
+    parts, ents = [], []
     for start in range(0, batch["input_ids"].shape[0], micro):
         sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
-        lp, _ = forward_logprobs(model, sub, temperature)
-        parts.append(torch.nn.functional.pad(lp, (0, batch["mask"].shape[1] - lp.shape[1])))
+        lp, ent = forward_logprobs(model, sub, temperature, with_entropy=entropy_key is not None)
+        pad = (0, batch["mask"].shape[1] - lp.shape[1])
+        parts.append(torch.nn.functional.pad(lp, pad))
+        if ent is not None:
+            ents.append(torch.nn.functional.pad(ent, pad))
     batch[key] = torch.cat(parts)
+    if entropy_key is not None:
+        batch[entropy_key] = torch.cat(ents)
 
 
 @torch.no_grad()
@@ -151,6 +168,15 @@ def score_values(critic: Any, batch: dict[str, Tensor], micro: int) -> None:
 def compute_advantages(batch: dict[str, Tensor], rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
     """Fill `batch["advantages"]` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `returns`."""
     mask = batch["mask"]
+    out: dict[str, float] = {}
+    kl_in_reward = cfg.kl_coef > 0 and cfg.kl_mode == "reward"
+    if cfg.name in ("grpo", "rloo") and kl_in_reward:
+        # Outcome advantages see one number per response: the KL reward penalty summed over its tokens
+        # (what a per-token penalty adds up to with gamma = 1) is subtracted before the group baseline.
+        penalty = A.kl_reward_penalty(batch["old_logprobs"], batch["ref_logprobs"], mask, cfg.kl_coef,
+                                      cfg.kl_kind).sum(-1)
+        rewards = rewards + penalty
+        out["kl/reward_penalty_mean"] = float(penalty.mean())
     if cfg.name == "grpo":
         batch["advantages"] = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
     elif cfg.name == "rloo":
@@ -165,8 +191,9 @@ def compute_advantages(batch: dict[str, Tensor], rewards: Tensor, cfg: AlgoConfi
         batch["returns"] = ret
     adv = batch["advantages"]
     valid = mask.bool() if adv.dim() == 2 else torch.ones_like(adv, dtype=torch.bool)
-    return {"advantage/mean": float(adv[valid].mean()) if valid.any() else 0.0,
-            "advantage/abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0}
+    out.update({"advantage/mean": float(adv[valid].mean()) if valid.any() else 0.0,
+                "advantage/abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0})
+    return out
 
 
 def rows_to_train(batch: dict[str, Tensor], cfg: AlgoConfig) -> list[int]:
@@ -246,6 +273,21 @@ def policy_update(
                              grad_key="train/grad_norm", **loop)
     out = _mean_metrics(steps) if steps else {}
     out["train/optimizer_steps"] = float(len(steps))
+    return out
+
+
+def no_update_metrics(batch: dict[str, Tensor], cfg: AlgoConfig) -> dict[str, float]:
+    """The keys `policy_update` logs, for a step that made no update (every group all-equal, or the
+    critic warm-up): curves get a point, not a hole. Nothing moved, so losses, clip fractions and the
+    gradient are 0 and the ratio is 1; entropy is the sampled tokens' under the unchanged policy."""
+    out = {"loss/policy": 0.0, "train/grad_norm": 0.0, "train/optimizer_steps": 0.0,
+           "policy/clipfrac": 0.0, "policy/clipfrac_low": 0.0, "policy/clipfrac_high": 0.0,
+           "policy/dual_clipfrac": 0.0, "policy/approx_kl": 0.0, "policy/ratio_mean": 1.0, "policy/ratio_max": 1.0}
+    if "old_entropy" in batch:
+        out["entropy/mean"] = float(A.masked_mean(batch["old_entropy"], batch["mask"]))
+    if cfg.kl_coef > 0 and cfg.kl_mode == "loss" and "ref_logprobs" in batch:
+        _, km = A.kl_loss(batch["old_logprobs"], batch["ref_logprobs"], batch["mask"], cfg.kl_kind, cfg.agg)
+        out.update(km)
     return out
 
 

@@ -9,12 +9,14 @@ nothing until trained).
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tirl.formats import TagStyle, get_style
+from tirl.formats import PromptConfig, TagStyle, make_style  # noqa: F401 (re-exported: configs import them here)
+
+log = logging.getLogger("tirl.train")
 
 BUILTIN = "builtin"
 TINY = "builtin:tiny"
@@ -24,8 +26,11 @@ TINY = "builtin:tiny"
 class DataConfig:
     train: str = BUILTIN
     """`builtin` (the arithmetic task) or a JSONL / JSON / Parquet file or a dataset name."""
-    test: str = BUILTIN
-    """Held-out problems, same forms; empty = no held-out evaluation."""
+    test: Optional[str] = None
+    """Held-out problems, same forms; "" = no held-out evaluation; None (unset) = the built-in task's
+    held-out split when `train` is builtin, else none (never the toy task for a user's data)."""
+    skip_invalid: bool = False
+    """Skip malformed rows of data files (counted and logged) instead of refusing the file."""
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str = "id"
@@ -36,18 +41,6 @@ class DataConfig:
     train_size: int = 2000
     test_size: int = 50
     seed: int = 0
-
-
-@dataclass
-class PromptConfig:
-    style: str = "retool"
-    """Tag style: retool or torl (see tirl.formats)."""
-    system_prompt: Optional[str] = None
-    """Overrides the style's system prompt; "" = none (tiny models do not need one)."""
-    prompt_template: Optional[str] = None
-    """Overrides the style's user template (`{problem}` is substituted)."""
-    chat: Optional[bool] = None
-    """Use the tokenizer's chat template; None = when it has one."""
 
 
 @dataclass
@@ -63,19 +56,14 @@ class ModelConfig:
     """Size of builtin:tiny (ignored for real models)."""
 
 
-def make_style(cfg: PromptConfig) -> TagStyle:
-    style = get_style(cfg.style)
-    changes: dict[str, Any] = {}
-    if cfg.system_prompt is not None:
-        changes["system_prompt"] = cfg.system_prompt
-    if cfg.prompt_template is not None:
-        changes["prompt_template"] = cfg.prompt_template
-    return dataclasses.replace(style, **changes) if changes else style
-
-
 def load_split(cfg: DataConfig, split: str) -> list[Any]:
     """Problems (objects with .id, .problem, .answer) of `split` ('train' or 'test')."""
     source = cfg.train if split == "train" else cfg.test
+    if source is None:
+        if cfg.train != BUILTIN:
+            log.warning("data.test is not set: no held-out evaluation (set data.test=FILE to have one)")
+            return []
+        source = BUILTIN
     if not source:
         return []
     if source == BUILTIN:
@@ -86,7 +74,7 @@ def load_split(cfg: DataConfig, split: str) -> list[Any]:
     from tirl.data import load_problems
 
     return load_problems(source, problem_field=cfg.problem_field, answer_field=cfg.answer_field,
-                         id_field=cfg.id_field)
+                         id_field=cfg.id_field, skip_invalid=cfg.skip_invalid)
 
 
 def tokenizer_corpus(style: TagStyle, data: DataConfig) -> list[str]:

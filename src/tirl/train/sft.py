@@ -25,12 +25,15 @@ from typing import Any, Optional
 
 import torch
 
-from tirl.config import save_config
-from tirl.data import IGNORE_INDEX
+from tirl.commands import check_model_source
+from tirl.config import check_resume, save_config
+from tirl.data import IGNORE_INDEX, DataError
+from tirl.formats import get_style
 from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, set_threads
 from tirl.progress import progress
 from tirl.train.logger import MetricsLogger
+from tirl.trained_settings import settings_of, write_settings
 from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
 
 
@@ -79,6 +82,17 @@ class SFTConfig:
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
     output: Optional[str] = None
     """Where the final model goes; None = RUN_DIR/model."""
+
+
+def validate_sft(cfg: SFTConfig) -> None:
+    """Refuse values that cannot train, before anything is written."""
+    get_style(cfg.prompt.style)
+    cfg.trainer.optim.validate("trainer.optim")
+    t = cfg.trainer
+    if t.steps < 1 or t.batch_size < 1 or t.micro_batch_size < 1 or cfg.data.max_length < 1:
+        raise ValueError("trainer.steps, trainer.batch_size, trainer.micro_batch_size and data.max_length must be >= 1")
+    if not 0 <= cfg.data.eval_fraction < 1:
+        raise ValueError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
 
 
 def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
@@ -146,7 +160,7 @@ def eval_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, micro: in
     return total / max(count, 1)
 
 
-def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
     from tirl.data import tokenize_traces
     from tirl.models import load_model, load_tokenizer
 
@@ -154,9 +168,15 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict
     run_dir = Path(run_dir)
     tc = cfg.trainer
     set_threads(tc.threads)
+    validate_sft(cfg)
     ckpt = resume_point(run_dir, resume)
+    if ckpt is not None:
+        check_resume(run_dir, cfg, force)
     style = make_style(cfg.prompt)
     train_traces, eval_traces = load_sft_traces(cfg.data, style)  # refuse bad data before anything is written
+    if not train_traces:
+        raise DataError(f"{cfg.data.train}: no training traces")
+    check_model_source(cfg.model.path)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
@@ -211,12 +231,14 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict
             logger.log(step, metrics)
             if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 save_checkpoint(run_dir, step, {"model": model}, {"optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict()}, tokenizer=tokenizer, keep=tc.keep_checkpoints)
+                                "scheduler": sched.state_dict()}, tokenizer=tokenizer, keep=tc.keep_checkpoints,
+                                settings=settings_of(cfg.prompt))
             bar.update(bar.task_ids[0], completed=step, info=f"loss {total:.3f}")
     logger.close()
     out = Path(cfg.output) if cfg.output else run_dir / "model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    write_settings(out, settings_of(cfg.prompt))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, model=str(out), run_dir=str(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,139 @@
+"""What every `tirl` command shares: building its config, the one-line error rule, threads, quiet logs.
+
+    cfg = command_config(EvalConfig, args, flags={"n": "rollout.n"}, base=saved_settings)
+
+A config is built in one order for every command: the dataclass defaults, then `base` (settings
+saved with a model, `tirl.trained_settings`), then the YAML file, then `key=value` overrides, then
+the flags the user gave (each flag is just another dotted override, so a flag and its key can never
+disagree). Overrides may come before or after flags (`tirl sft CFG --run-dir D trainer.steps=10`):
+`tirl.cli` hands leftover `key=value` words to `args.overrides`.
+
+Errors a user can act on (`UserError`, `ConfigError`, `DataError`, missing files, a taken port) end
+the command with exit code 2 and ONE line on stderr naming the file / line / key at fault; a run
+directory the command created is removed again when it holds no checkpoint yet, so a failed start
+leaves nothing half-written. `TIRL_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class UserError(ValueError):
+    """A mistake the user can fix; the message alone (one line) is shown."""
+
+
+def command_config(schema: type[T], args: argparse.Namespace, flags: Mapping[str, str] = (),
+                   base: dict[str, Any] | None = None) -> T:
+    """`schema` from defaults < `base` < args.config < args.overrides < given flags (see the docstring).
+
+    `flags` maps an argparse destination to its dotted key; a flag the user did not give must be
+    absent from `args` (declare it with `default=argparse.SUPPRESS`).
+    """
+    from tirl.config import load_config
+
+    flag_overrides = [f"{key}={_dotlist_value(getattr(args, dest))}" for dest, key in dict(flags).items()
+                      if hasattr(args, dest)]
+    return load_config(schema, args.config, [*args.overrides, *flag_overrides], base=base)
+
+
+def _dotlist_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def fail(command: str, message: Any) -> int:
+    """Print `tirl COMMAND: message` as one line on stderr; return the usage exit code 2."""
+    lines = str(message).strip().splitlines()
+    print(f"tirl {command}: {lines[0] if lines else 'failed'}", file=sys.stderr)
+    return 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from tirl.config import ConfigError
+    from tirl.data import DataError
+
+    return (UserError, ConfigError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError)
+
+
+def guarded(command: str, body: Callable[[], int | None], run_dir: str | os.PathLike | None = None,
+            extra: tuple[type[BaseException], ...] = ()) -> int:
+    """Run `body`; a user error becomes one stderr line and exit 2 (see the module docstring)."""
+    try:
+        with _clean_if_failed(run_dir):
+            return int(body() or 0)
+    except user_errors() + extra as e:
+        if os.environ.get("TIRL_DEBUG"):
+            raise
+        return fail(command, _describe(e))
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    msg = str(e).strip() or type(e).__name__
+    return msg.splitlines()[0]
+
+
+@contextlib.contextmanager
+def _clean_if_failed(run_dir: str | os.PathLike | None) -> Iterator[None]:
+    """Remove `run_dir` when this command created it and failed before its first checkpoint."""
+    path = Path(run_dir) if run_dir is not None else None
+    fresh = path is not None and not path.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and path.exists() and not (path / "checkpoints").exists():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_source(path: str | None, what: str = "model") -> None:
+    """Refuse a local model path that does not exist, before anything is written.
+
+    A hub id (`org/name`) is left to the loader; anything else that looks like a path (starts with
+    `/`, `.` or `~`, has two or more `/`, ends in `.gguf`) must exist.
+    """
+    if not path or path.startswith("builtin:") or Path(path).expanduser().exists():
+        return
+    if path.endswith(".gguf") or not _HUB_ID.match(path):
+        raise UserError(f"{what} path not found: {path}")
+
+
+def set_threads(threads: int) -> None:
+    """Torch intra-op threads (`--threads N`; 0 = torch's default). Imports torch only when asked."""
+    if threads and threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+_quieted = False
+
+
+def quiet_transformers() -> None:
+    """Our progress bar is the one that matters; transformers' per-save bars are noise here."""
+    global _quieted
+    if _quieted:
+        return
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    _quieted = True
