@@ -32,7 +32,7 @@ def test_demo_smoke(tmp_path):
     # a second demo into the same directory is refused rather than mixed in
     r2 = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smoke.yaml"), "--run-dir",
                          str(run)], capture_output=True, text=True, timeout=300, env=os.environ.copy())
-    assert r2.returncode == 2 and "already holds a demo run" in r2.stdout
+    assert r2.returncode == 2 and "already holds a demo run" in r2.stderr
 
 
 def test_demo_yaml_matches_the_built_in_defaults():

@@ -133,10 +133,21 @@ def _tirl(*args):
     ("trainer.mini_batch_size=64", "mini_batch_size (64) is larger than the batch"),
     ("algorithm.name=dpo", "grpo, ppo or rloo"),
     ("trainer.lrr=1", "unknown key 'trainer.lrr'"),
+    # issue 11: every value that can be checked is checked before anything is written
+    ("algorithm.clip_low=1.0", "algorithm.clip_low must be in (0, 1)"),
+    ("algorithm.dual_clip=0.5", "algorithm.dual_clip must be 0 (off) or > 1"),
+    ("algorithm.kl_kind=k9", "algorithm.kl_kind must be one of k1, k2, k3"),
+    ("rollout.temperature=-1", "rollout.temperature must be >= 0"),
+    ("trainer.optim.lr=-1e-5", "trainer.optim.lr must be >= 0"),
+    ("prompt.style=retol", "unknown tag style 'retol'"),
+    ("trainer.optim.schedule=cosin", "trainer.optim.schedule must be 'constant' or 'cosine'"),
+    ("model.path=/nonexistent/model", "model path not found: /nonexistent/model"),
+    ("data.train=/nonexistent/train.jsonl", "/nonexistent/train.jsonl: no such file"),
 ])
 def test_unworkable_configs_are_refused_before_anything_is_written(tmp_path, override, needle):
     r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), override, "--run-dir", str(tmp_path / "run"))
-    assert r.returncode == 2 and needle in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 2 and needle in r.stderr, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "run").exists()
 
 

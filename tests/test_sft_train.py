@@ -1,6 +1,8 @@
 """`tirl sft`: loss falls, the model loads with from_pretrained and feeds `tirl train`, resume is exact."""
 
 import json
+
+import pytest
 import os
 import subprocess
 import sys
@@ -66,8 +68,24 @@ def test_bad_trace_file_is_refused_with_file_and_line(tmp_path):
     bad.write_text(json.dumps(good) + "\n" + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     r = _tirl("sft", str(CONFIGS / "smoke_sft.yaml"), f"data.train={bad}", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 2
-    assert "traces.jsonl:2" in r.stdout
+    assert "traces.jsonl:2" in r.stderr and "--skip-invalid" in r.stderr and len(r.stderr.splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda d: ["model.path=" + str(d / "no_such_model")], "model path not found"),
+    (lambda d: [f"data.train={_touch(d / 'empty.jsonl')}"], "empty.jsonl: no training traces"),
+])
+def test_user_errors_are_one_line_on_stderr_and_leave_nothing(tmp_path, make, needle):
+    # overrides after flags are accepted (issue 11): `tirl sft CFG --run-dir D key=value`
+    r = _tirl("sft", str(CONFIGS / "smoke_sft.yaml"), "--run-dir", str(tmp_path / "run"), *make(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def _touch(path):
+    path.write_text("")
+    return path
 
 
 def test_length_grouping_covers_every_example_once():
