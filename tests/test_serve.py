@@ -38,8 +38,8 @@ def served(tiny_model, tiny_tokenizer):  # noqa: F811
         yield server, thread.url
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{url}/v1/completions", json.dumps(body).encode(),
+def _post(url: str, body: dict, path: str = "/v1/completions") -> tuple[int, dict]:
+    req = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -137,6 +137,36 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_chat_completions_render_messages_by_the_prompt_rule(tiny_model, tiny_tokenizer):  # noqa: F811
+    from tirl.formats import PromptConfig, render_messages
+
+    server = CompletionServer(HFGenerator(tiny_model, tiny_tokenizer), tiny_tokenizer, "tiny",
+                              prompt=PromptConfig(style="retool", system_prompt="Be exact."))
+    with ServerThread(server.app()) as thread:
+        msgs = [{"role": "user", "content": "What is 12 times 34?"}]
+        status, chat = _post(thread.url, {"messages": msgs, "max_tokens": 6, "temperature": 0},
+                             "/v1/chat/completions")
+        # the same text through /v1/completions with the prompt the rule builds (system prompt added)
+        text = render_messages(tiny_tokenizer, [{"role": "system", "content": "Be exact."}, *msgs])
+        _, plain = _post(thread.url, {"prompt": text, "max_tokens": 6, "temperature": 0, "add_special_tokens": False})
+        bad, err = _post(thread.url, {"messages": "hi"}, "/v1/chat/completions")
+    assert status == 200 and chat["object"] == "chat.completion"
+    assert chat["choices"][0]["message"] == {"role": "assistant", "content": plain["choices"][0]["text"]}
+    assert bad == 400 and "messages must be" in err["error"]["message"]
+
+
+def test_cli_serve_refuses_a_taken_port_in_one_line(tiny_model_dir):  # noqa: F811
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        r = subprocess.run([sys.executable, "-m", "tirl.cli", "serve", str(tiny_model_dir), "--port", str(port)],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert len(r.stderr.splitlines()) == 1
 
 
 def test_cli_serve_smoke(tiny_model_dir):  # noqa: F811

@@ -1,6 +1,6 @@
 """Typed configs: a dataclass schema, a YAML file, then dotted command-line overrides.
 
-    cfg = load_config(TrainConfig, "configs/demo.yaml", ["trainer.lr=1e-5", "rollout.n=8"])
+    cfg = load_config(RLConfig, "configs/smoke_grpo.yaml", ["trainer.optim.lr=1e-5", "rollout.n=8"])
 
 OmegaConf structured configs do the merging and type checks; this module only turns their errors
 into messages that name the source (file and line, or the override), the key, and the allowed keys
@@ -104,7 +104,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             raise _explain(e, schema, str(path), path) from None
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.lr=1e-5)")
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.optim.lr=1e-5)")
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as e:
@@ -153,7 +153,7 @@ def check_resume(run_dir: str | Path, cfg: Any, force: bool = False,
 
 
 def add_config_arguments(parser: Any, default: str | None = None,
-                         example: str = "trainer.lr=1e-5 rollout.n=8") -> None:
+                         example: str = "trainer.optim.lr=1e-5 rollout.n=8") -> None:
     """The shared `CONFIG [key=value ...]` arguments of every configurable command."""
     parser.add_argument(
         "config", nargs="?", default=default,

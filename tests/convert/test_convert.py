@@ -367,9 +367,23 @@ def test_cli_smoke(tmp_path, chat_server):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "p", "answer": "1"}\n')
     res = _cli("--input", str(bad), "--server", url, "--model-name", "fake", "--run-dir", str(out), cwd=tmp_path)
-    assert res.returncode == 2 and f"{bad}:1: missing field 'solution'" in res.stdout
+    assert res.returncode == 2 and f"{bad}:1: missing field 'solution'" in res.stderr
     both = _cli("--input", str(data), "--server", url, "--model", "x", cwd=tmp_path)
-    assert both.returncode == 2 and "exactly one of" in both.stdout
+    assert both.returncode == 2 and "exactly one of" in both.stderr
+
+
+def test_cli_fails_when_every_request_failed(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"id": "a", "problem": "1+1?", "solution": "2", "answer": "2"}) + "\n")
+    res = _cli("--input", str(data), "--server", f"http://127.0.0.1:{port}", "--model-name", "fake",
+               "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    # before: exit 0 with 0 accepted, as if the data were the problem
+    assert res.returncode == 2 and "all 1 request(s) failed" in res.stderr, res.stdout + res.stderr
 
 
 def test_cli_with_a_local_model(tmp_path, tiny_model_dir):

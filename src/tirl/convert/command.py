@@ -99,21 +99,24 @@ def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirl.config import ConfigError
+    from tirl.commands import guarded
+
+    return guarded("convert", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tirl.commands import UserError, fail
     from tirl.convert.items import load_items
     from tirl.convert.pipeline import convert_async
     from tirl.progress import progress
-    from tirl.data.rows import DataError
 
     if bool(args.server) == bool(args.model):
-        print("tirl convert: give exactly one of --server URL (with --model-name) and --model PATH")
-        return 2
+        raise UserError("give exactly one of --server URL (with --model-name) and --model PATH")
     try:
         cfg = make_config(args)
         items = load_items(cfg)
-    except (ConfigError, DataError, ValueError) as e:
-        print(f"tirl convert: {e}")
-        return 2
+    except ValueError as e:  # ConfigError and DataError are ValueErrors too
+        raise UserError(str(e)) from None
     sandbox = rewriter = None
     try:
         rewriter, model_id = make_rewriter(args, cfg)
@@ -141,12 +144,17 @@ def run(args: argparse.Namespace) -> int:
                     await rewriter.aclose()
 
             summary = asyncio.run(go())
-    except (ValueError, DataError, OSError) as e:
-        print(f"tirl convert: {e}")
-        return 2
+    except (ValueError, OSError) as e:
+        raise UserError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
     finally:
         if sandbox is not None:
             sandbox.close()
     print(json.dumps(summary, indent=2))
     print(f"accepted: {Path(args.run_dir) / 'accepted.jsonl'}; rejected: {Path(args.run_dir) / 'rejected.jsonl'}")
+    this_run = summary.get("this_run", {})
+    failed = sum(this_run.get("infra_errors", {}).values())
+    if failed and this_run.get("processed", 0) == 0:
+        # Every request failed (server down, wrong model name...): not a conversion, an outage.
+        examples = this_run.get("infra_error_examples") or ["no detail"]
+        return fail("convert", f"all {failed} request(s) failed; first: {examples[0]}")
     return 0

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
+
+from tirl.formats import PromptConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Serve a local model (directory, hub name, or .gguf file) over an OpenAI-compatible "
-        "/v1/completions endpoint (token-id prompts and vLLM's return_tokens_as_token_ids supported), "
-        "for `tirl eval --server URL` or any OpenAI client. Binds to loopback by default: there is no "
-        "authentication.")
+        "/v1/completions endpoint (token-id prompts and vLLM's return_tokens_as_token_ids supported) and "
+        "/v1/chat/completions, for `tirl eval --server URL`, `tirl convert --server URL` or any OpenAI client. "
+        "Chat messages are rendered with the prompt settings saved with the model (tirl.json), which "
+        "prompt.* overrides replace. Binds to loopback by default: there is no authentication.")
     parser.add_argument("model", help="model directory, Hugging Face name, or path to a .gguf file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="prompt settings, e.g. prompt.system_prompt='' prompt.chat=false")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a directory)")
@@ -24,22 +30,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
 
 
+@dataclass
+class ServeConfig:
+    """What `tirl serve` takes as dotted overrides: the `prompt` section every command shares."""
+
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
 def run(args: argparse.Namespace) -> int:
-    from tirl.generation.server import serve
+    from tirl.commands import guarded
 
-    if args.threads > 0:
-        import torch
+    return guarded("serve", lambda: _run(args), extra=(OSError,))
 
-        torch.set_num_threads(args.threads)
-    _quiet()
+
+def _run(args: argparse.Namespace) -> int:
+    from tirl.commands import check_model_source, command_config, quiet_transformers, set_threads
+    from tirl.generation.server import check_port_free, serve
+    from tirl.trained_settings import read_settings
+
+    check_model_source(args.model)
+    saved = read_settings(args.model)
+    args.config = None
+    cfg = command_config(ServeConfig, args, base={"prompt": saved["prompt"]} if "prompt" in saved else None)
+    check_port_free(args.host, args.port)
+    set_threads(args.threads)
+    quiet_transformers()
     serve(args.model, host=args.host, port=args.port, gguf_file=args.gguf_file, dtype=args.dtype,
           served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
-          cache_slots=args.cache_slots)
+          cache_slots=args.cache_slots, prompt=cfg.prompt)
     return 0
-
-
-def _quiet() -> None:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()

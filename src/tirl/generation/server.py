@@ -11,6 +11,10 @@ Endpoints
   default true, as vLLM). Each choice carries `finish_reason` (`stop` | `length`) and vLLM's
   `stop_reason` (the matched stop string, or null for EOS). Unsupported options (`echo`, `stream`,
   `best_of`, `suffix`, penalties other than their neutral value) are refused with 400, never ignored.
+* `POST /v1/chat/completions` — the same options with `messages` instead of `prompt`; the messages
+  become the prompt through the one prompt rule (`tirl.formats.render_messages`) under the model's
+  saved prompt settings (`tirl.json`: chat template or plain text; the style's system prompt is added
+  when the request has none), so `tirl convert --server` and chat clients work against it.
 * `GET /v1/models`, `GET /health`.
 
 Batching: requests that arrive within `batch_wait_s` of each other with the same sampling settings
@@ -25,7 +29,7 @@ sequences are released beyond `cache_slots`.
 
 Log-probs: of the sampled token only (`top_logprobs` lists just that token), under the protocol's
 `log_softmax(logits / T)` (see `tirl.generation.base`).
-Not covered: chat completions, streaming, authentication (bind to loopback or put it behind a proxy),
+Not covered: tool-call messages in chat completions, streaming, authentication (bind to loopback or put it behind a proxy),
 several models per server.
 """
 
@@ -65,8 +69,13 @@ class CompletionServer:
     """Holds the generator, the request batcher and the prefix-cache bookkeeping; `app()` serves it."""
 
     def __init__(self, generator: Any, tokenizer: Any, model_name: str, *, max_batch_size: int = 32,
-                 batch_wait_s: float = 0.005, cache_slots: int = 16, max_model_len: int | None = None):
+                 batch_wait_s: float = 0.005, cache_slots: int = 16, max_model_len: int | None = None,
+                 prompt: Any = None):
+        from tirl.formats import PromptConfig
+
         self.generator, self.tokenizer, self.model_name = generator, tokenizer, model_name
+        self.prompt = prompt or PromptConfig()
+        """How chat messages become a prompt (`/v1/chat/completions`)."""
         self.max_batch_size, self.batch_wait_s, self.cache_slots = max_batch_size, batch_wait_s, cache_slots
         self.max_model_len = max_model_len or _max_len(generator)
         self._seqs: OrderedDict[int, list[int]] = OrderedDict()  # cache key -> ids whose KV it holds
@@ -78,6 +87,7 @@ class CompletionServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.on_startup.append(self._start)
@@ -100,7 +110,28 @@ class CompletionServer:
         return web.json_response({"object": "list", "data": [
             {"id": self.model_name, "object": "model", "owned_by": "tirl", "max_model_len": self.max_model_len}]})
 
-    async def _completions(self, request: web.Request) -> web.Response:
+    async def _chat_completions(self, request: web.Request) -> web.Response:
+        return await self._completions(request, chat=True)
+
+    def _chat_prompt(self, body: dict[str, Any]) -> str:
+        """The request's messages as prompt text, by the model's saved prompt rule."""
+        from tirl.formats import make_style, render_messages
+
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise BadRequest("messages must be a non-empty list of {role, content} objects with string content")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        system = make_style(self.prompt).system_prompt
+        if system and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system})
+        try:
+            return render_messages(self.tokenizer, messages, self.prompt.chat)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    async def _completions(self, request: web.Request, chat: bool = False) -> web.Response:
         try:
             body = await request.json()
         except Exception:  # noqa: BLE001 - any parse failure is the client's
@@ -108,6 +139,10 @@ class CompletionServer:
         try:
             if not isinstance(body, dict):
                 raise BadRequest("body must be a JSON object")
+            if chat:
+                if "prompt" in body:
+                    raise BadRequest("chat completions take messages, not prompt (use /v1/completions)")
+                body = {**body, "prompt": self._chat_prompt(body), "add_special_tokens": False}
             if body.get("model") not in (None, self.model_name):
                 return _error(404, f"model {body.get('model')!r} does not exist; this server has {self.model_name!r}")
             prompts, params, opts = self._parse(body)
@@ -126,6 +161,13 @@ class CompletionServer:
         choices = [self._choice(i, out, opts, params.stop) for i, out in enumerate(outs)]
         n_prompt = sum(len(it.ids) for it in items)
         n_out = sum(len(o.token_ids) for o in outs)
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        if chat:
+            return web.json_response({
+                "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model_name, "usage": usage,
+                "choices": [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                             "finish_reason": c["finish_reason"], "logprobs": c["logprobs"]} for c in choices]})
         return web.json_response({
             "id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": self.model_name, "choices": choices,
@@ -333,17 +375,32 @@ class ServerThread:
         self.close()
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a taken port before the model loads (a bind error after a minute of loading is unkind)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass --port N") from None
+
+
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, gguf_file: str | None = None,
           dtype: str = "float32", served_model_name: str | None = None, max_batch_size: int = 32,
-          cache_slots: int = 16) -> None:
-    """Load `model` (a directory, a hub name, or a .gguf file) and serve it until interrupted (blocking)."""
+          cache_slots: int = 16, prompt: Any = None) -> None:
+    """Load `model` (a directory, a hub name, or a .gguf file) and serve it until interrupted (blocking).
+    `prompt` (a `PromptConfig`) decides how chat messages are rendered."""
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_model, load_tokenizer
+
+    check_port_free(host, port)
 
     tokenizer = load_tokenizer(model, gguf_file=gguf_file)
     lm = load_model(model, gguf_file=gguf_file, dtype=dtype)
     name = served_model_name or str(model)
     server = CompletionServer(HFGenerator(lm, tokenizer, max_batch_size=max_batch_size), tokenizer, name,
-                              max_batch_size=max_batch_size, cache_slots=cache_slots)
-    print(f"tirl serve: {name} on http://{host}:{port}/v1 (completions, models; health at /health)", flush=True)
+                              max_batch_size=max_batch_size, cache_slots=cache_slots, prompt=prompt)
+    print(f"tirl serve: {name} on http://{host}:{port}/v1 (completions, chat/completions, models; health at "
+          "/health)", flush=True)
     web.run_app(server.app(), host=host, port=port, print=None)
