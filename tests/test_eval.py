@@ -226,3 +226,55 @@ def test_cli_eval_takes_a_config_then_overrides_then_flags(tiny_model_dir, tmp_p
     r = _tirl("eval", str(cfg), "tempature=1", "--model", str(tiny_model_dir), "--data", str(data),
               "--run-dir", str(tmp_path / "run2"))
     assert r.returncode == 2 and "unknown key 'tempature'" in r.stderr
+
+
+def test_cli_eval_prompts_a_model_as_it_was_trained(tiny_model_dir, tmp_path):  # noqa: F811
+    """Issue 11's headline bug: eval added the ReTool system prompt to a model trained without one."""
+    import shutil
+
+    from tirl.formats import PromptConfig
+    from tirl.trained_settings import settings_of, write_settings
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_settings(model, settings_of(PromptConfig(style="retool", system_prompt="")))
+    rows, _ = resume_scripts(1)
+    data = _write_jsonl(tmp_path / "mini.jsonl", rows)
+    base = ["eval", "--model", str(model), "--data", str(data), "--max-tokens", "4", "--threads", "1"]
+    r = _tirl(*base, "--run-dir", str(tmp_path / "saved"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    settings = json.loads((tmp_path / "saved" / "summary.json").read_text())["settings"]
+    assert settings["prompt"]["system_prompt"] == ""  # before: the ReTool system prompt, always
+    # an explicit override still wins over the saved settings
+    r = _tirl(*base, "prompt.system_prompt=Think.", "--run-dir", str(tmp_path / "override"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "override" / "summary.json").read_text())["settings"]["prompt"]["system_prompt"] \
+        == "Think."
+
+
+def test_cli_eval_refuses_an_empty_file_and_warns_on_greedy_repeats(tiny_model_dir, tmp_path):  # noqa: F811
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = _tirl("eval", "--model", str(tiny_model_dir), "--data", str(empty), "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.strip() == f"tirl eval: {empty}: no problems (the file is empty)"
+    assert not (tmp_path / "run").exists()
+    rows, _ = resume_scripts(1)
+    data = _write_jsonl(tmp_path / "mini.jsonl", rows)
+    r = _tirl("eval", "--model", str(tiny_model_dir), "--data", str(data), "--n", "2", "--max-tokens", "2",
+              "--threads", "1", "--run-dir", str(tmp_path / "run2"))
+    assert r.returncode == 0 and "rollout.n=2 with temperature 0 (greedy) repeats one answer" in r.stderr
+
+
+def test_verl_parquet_rows_load_without_field_mapping(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"data_source": "aime", "prompt": [{"role": "user", "content": "What is 2+2?"}],
+             "reward_model": {"style": "rule", "ground_truth": "4"}, "ability": "math"},
+            {"data_source": "math", "prompt": [{"role": "user", "content": "What is 3+3?"}],
+             "reward_model": {"style": "rule", "ground_truth": "6"}, "ability": "math"}]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    problems = load_benchmark_file(path)
+    assert [(p.problem, p.answer, p.data_source) for p in problems] == [
+        ("What is 2+2?", "4", "aime"), ("What is 3+3?", "6", "math")]
