@@ -181,6 +181,27 @@ def test_cli_smoke_run(tmp_path, algo):
     assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), trained.parameters()))
 
 
+def test_steps_without_update_log_every_key_and_warn_once(tmp_path):
+    # The random tiny model never answers: every group is all -1, so GRPO has nothing to update.
+    run = tmp_path / "idle"
+    r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), "trainer.steps=2", "trainer.warn_idle_steps=2",
+              "trainer.eval_size=2", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = read_metrics(run)
+    for m in metrics:  # before: loss/KL/entropy/clip/grad keys were missing on such steps
+        missing = [k for k in EXPECTED_KEYS + ["loss/policy", "reward/std", "reward/frac_zero_std"] if k not in m]
+        assert not missing, missing
+        assert m["reward/frac_zero_std"] == 1.0 and m["train/optimizer_steps"] == 0.0
+    assert r.stderr.count("no policy update for 2 steps") == 1
+    # the checkpoint carries the prompt settings it was trained with, for tirl eval / serve
+    saved = json.loads((run / "checkpoints" / "step-000002" / "policy" / "tirl.json").read_text())
+    assert saved["prompt"]["style"] == "retool" and "max_tool_calls" in saved["rollout"]
+    # --resume with changed settings says what changed and refuses (unless --force)
+    r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), "trainer.steps=3", "trainer.warn_idle_steps=2",
+              "trainer.eval_size=2", "rollout.temperature=0.5", "--run-dir", str(run), "--resume")
+    assert r.returncode == 2 and "rollout.temperature: 1.0 -> 0.5" in r.stderr and "--force" in r.stderr
+
+
 def _cfg(steps):
     return load_config(RLConfig, CONFIGS / "smoke_ppo.yaml", [f"trainer.steps={steps}", "trainer.save_every=2",
                                                                "trainer.eval_size=2"])
