@@ -187,4 +187,4 @@ def test_cli_report_through_a_subprocess(tmp_path):
     assert (run / "plots" / "accuracy.png").exists() and "<title>smoke</title>" in (run / "report.html").read_text()
     r = subprocess.run([sys.executable, "-m", "tirl.cli", "report", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "no metrics.jsonl" in r.stdout
+    assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and len(r.stderr.splitlines()) == 1

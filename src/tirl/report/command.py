@@ -24,13 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tirl.commands import guarded
+
+    return guarded("report", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tirl.commands import UserError
     from tirl.report.page import write_report
 
     out = Path(args.out) if args.out else Path(args.run_dirs[0])
     try:
         path = write_report(args.run_dirs, out, title=args.title, labels=args.labels)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"tirl report: {e}")
-        return 2
+    except ValueError as e:
+        raise UserError(str(e)) from None
     print(path)
     return 0
