@@ -259,3 +259,12 @@ def test_kill_mid_run_then_resume_loses_nothing_but_uncheckpointed_steps(tmp_pat
     assert [m["step"] for m in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
     assert (run / "checkpoints" / "step-000006" / "COMPLETE").is_file()
     assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_data_file_never_falls_back_to_the_toy_task_for_held_out_problems(tmp_path):
+    from tirl.train.setup import DataConfig, load_split
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    assert load_split(DataConfig(train=str(data)), "test") == []  # before: 50 built-in arithmetic problems
+    assert len(load_split(DataConfig(test_size=3), "test")) == 3  # the built-in task keeps its held-out split

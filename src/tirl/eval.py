@@ -144,6 +144,19 @@ def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fie
     return list(load_problems(path, limit=limit, **fields))
 
 
+def split_by_source(name: str, problems: Sequence[Problem]) -> dict[str, list[Problem]]:
+    """One benchmark per verl `data_source` (`name/source`) when a file mixes several, else `{name: all}`;
+    the overall row still covers them all."""
+    sources = sorted({p.data_source for p in problems if getattr(p, "data_source", None)})
+    if len(sources) <= 1:
+        return {name: list(problems)}
+    out = {f"{name}/{src}": [p for p in problems if p.data_source == src] for src in sources}
+    rest = [p for p in problems if not p.data_source]
+    if rest:
+        out[name] = rest
+    return out
+
+
 # --- the record store (resume) -------------------------------------------------------------------
 class SampleStore:
     """`samples.jsonl`: records keyed by (benchmark, problem id, sample index); a `tirl.jsonl.AppendLog`.

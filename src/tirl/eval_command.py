@@ -82,7 +82,7 @@ FLAG_KEYS = {
 def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
     """Every requested benchmark's problems, by name (raises `DataError` saying where it looked)."""
     from tirl.data import DataError
-    from tirl.eval import load_benchmark, load_benchmark_file
+    from tirl.eval import load_benchmark, load_benchmark_file, split_by_source
 
     out: dict[str, list[Any]] = {}
     for name in [b.strip() for b in args.benchmark.split(",") if b.strip()]:
@@ -97,15 +97,7 @@ def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
         if getattr(problems, "skipped", None):
             print(f"tirl eval: skipped {len(problems.skipped)} invalid row(s) of {f}; first: {problems.skipped[0]}",
                   file=sys.stderr)
-        sources = sorted({p.data_source for p in problems if p.data_source})
-        if len(sources) > 1:  # verl's data_source column: one score row per source, and the overall
-            for src in sources:
-                out[f"{name}/{src}"] = [p for p in problems if p.data_source == src]
-            rest = [p for p in problems if not p.data_source]
-            if rest:
-                out[name] = rest
-        else:
-            out[name] = problems
+        out.update(split_by_source(name, problems))  # verl's data_source: one score row per source
     if not out:
         raise DataError("nothing to evaluate: give --benchmark NAME[,NAME] and/or --data FILE")
     return out

@@ -50,6 +50,9 @@ def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, fl
         out[f"maj@{k}"] = sum(maj_at_k([r["extracted"] for r in s], [r["correct"] for r in s], k)
                               for s in rows) / len(rows)
     out["no_answer_ratio"] = sum(r["grade"] == "no_answer" for r in flat) / len(flat)
+    scores = [r["score"] for r in flat if "score" in r]  # records before issue 11 have none
+    if scores:
+        out["reward_mean"] = sum(scores) / len(scores)
     out.update(tool_metrics(metrics_view(flat)))
     return out
 

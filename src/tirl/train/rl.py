@@ -140,13 +140,18 @@ EVAL_KEYS = {"avg@1": "eval/accuracy", "reward_mean": "eval/reward_mean", "tool/
 
 def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, cfg: RLConfig) -> dict:
     """Held-out figures through `tirl.eval.evaluate`, the one evaluation path (nothing written)."""
-    from tirl.eval import evaluate as run_eval
+    from tirl.eval import evaluate as run_eval, split_by_source
 
     if not items:
         return {}
-    summary = run_eval(generator, tokenizer, sandbox, {"heldout": items}, eval_config(cfg), None, show=False)
+    groups = split_by_source("heldout", items)
+    summary = run_eval(generator, tokenizer, sandbox, groups, eval_config(cfg), None, show=False)
     overall = summary["overall"]
-    return {new: overall[old] for old, new in EVAL_KEYS.items() if old in overall}
+    out = {new: overall[old] for old, new in EVAL_KEYS.items() if old in overall}
+    if len(groups) > 1:  # verl's data_source: accuracy per source as well
+        out.update({f"eval/{name.split('/', 1)[-1]}/accuracy": s["avg@1"]
+                    for name, s in summary["benchmarks"].items() if "avg@1" in s})
+    return out
 
 
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
