@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from tirl.config import UserError
+
 T = TypeVar("T")
-
-
-class UserError(ValueError):
-    """A mistake the user can fix; the message alone (one line) is shown."""
+__all__ = ["UserError", "check_model_source", "command_config", "fail", "guarded", "quiet_transformers",
+           "set_threads"]
 
 
 def command_config(schema: type[T], args: argparse.Namespace, flags: Mapping[str, str] = (),
@@ -62,11 +62,8 @@ def fail(command: str, message: Any) -> int:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from tirl.config import ConfigError
-    from tirl.data import DataError
-
-    return (UserError, ConfigError, DataError, FileNotFoundError, FileExistsError, NotADirectoryError,
-            IsADirectoryError, PermissionError)
+    # ConfigError and DataError are UserErrors.
+    return (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def guarded(command: str, body: Callable[[], int | None], run_dir: str | os.PathLike | None = None,

@@ -20,7 +20,12 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A mistake the user can fix (a config, a data file, a path); commands show the message alone, on
+    one line (`tirl.commands.guarded`)."""
+
+
+class ConfigError(UserError):
     """A config that cannot be used; the message says where and why."""
 
 

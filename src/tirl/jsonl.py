@@ -23,8 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from tirl.config import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A data file or row that cannot be used; the message says where (file:line or file[row]) and why."""
 
 

@@ -255,7 +255,7 @@ def test_load_items_fields_and_errors(tmp_path):
     bad.write_text(json.dumps({"problem": "Q", "answer": "1"}) + "\n{oops\n")
     with pytest.raises(ValueError) as e:
         load_items(ConvertConfig(input=str(bad)))
-    assert f"{bad}:1: missing field 'solution'" in str(e.value) and f"{bad}:2: invalid JSON" in str(e.value)
+    assert f"{bad}:1: missing field 'solution'" in str(e.value) and "(and 1 more invalid row(s))" in str(e.value)
 
 
 def test_prompt_shows_the_style_and_the_execution_model():

@@ -111,7 +111,9 @@ def test_skip_invalid_counts_and_logs_and_never_drops_silently(tmp_path, caplog)
     p = write_jsonl(tmp_path / "mix.jsonl", lines)
     with pytest.raises(DataError) as e:
         load_problems(p)
-    assert str(e.value).startswith("2 invalid row(s)") and "mix.jsonl:2" in str(e.value) and "mix.jsonl:4" in str(e.value)
+    # one line: the first bad row's file:line and reason, how many more, and the way out
+    assert str(e.value) == (f"{p}:2: missing field 'answer' (fields present: problem) (and 1 more invalid row(s)); "
+                            "fix the data, or pass --skip-invalid to skip invalid rows")
     with caplog.at_level(logging.WARNING, logger="tirl.data"):
         got = load_problems(p, skip_invalid=True)
     assert [x.problem for x in got] == ["q0", "q2", "q4"]
@@ -122,7 +124,7 @@ def test_skip_invalid_counts_and_logs_and_never_drops_silently(tmp_path, caplog)
 def test_many_errors_are_summarised(tmp_path):
     p = write_jsonl(tmp_path / "bad.jsonl", [{"x": i} for i in range(12)])
     msg = str(pytest.raises(DataError, load_problems, p).value)
-    assert msg.startswith("12 invalid row(s)") and "... and 7 more" in msg
+    assert msg.startswith(f"{p}:1: missing field") and "(and 11 more invalid row(s))" in msg and "\n" not in msg
 
 
 def test_limit_stops_reading(tmp_path):

@@ -77,7 +77,7 @@ def load_problems(
         if pid in seen:
             raise DataError(f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = where
-        used = {pf.split(".")[0], id_field.split(".")[0]} | ({af.split(".")[0]} if "." not in af else set())
+        used = {pf.split(".")[0], af.split(".")[0], id_field.split(".")[0]}
         extra = {k: v for k, v in row.items() if k not in used}
         return Problem(pid, problem, answer, extra)
 

@@ -10,29 +10,9 @@ import dataclasses
 from typing import Any, Sequence
 
 from tirl.formats import TagStyle
-from tirl.reward import Grade, grade_detailed
+from tirl.eval import code_ran, grade_trajectory  # noqa: F401 (code_ran re-exported)
+from tirl.reward import Grade
 from tirl.rollout import RolloutConfig, Trajectory, encode_prompt, rollout
-
-
-def code_ran(t: Trajectory) -> bool | None:
-    """None when the response wrote no code; False when any of its code did not execute cleanly.
-
-    ToRL's optional penalty is for "code that cannot execute": one failing block is enough, even if a
-    later fix ran (a model that learns to write a failing block before every answer must still pay).
-    Blocks over the tool-call cap were never offered to the sandbox and do not count.
-    """
-    calls = [c for c in t.tool_calls if c.status != "capped"]
-    if not calls:
-        return None
-    return all(c.status == "ok" for c in calls)
-
-
-def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = None, *, lenient: bool = False,
-                     exec_penalty: float = 0.0) -> Grade:
-    """Grade what the model wrote (`Trajectory.model_text`: interpreter output left out), by the
-    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
-    return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
-                          exec_penalty=exec_penalty)
 
 
 def play(
