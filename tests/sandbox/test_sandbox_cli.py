@@ -36,4 +36,4 @@ def test_config_file_overrides_and_flags(tmp_path):
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert json.loads(out.stdout)["probe"]["status"] == "ok"
     bad = _cli("check", str(cfg), "memroy_mb=1")
-    assert bad.returncode == 2 and "unknown key 'memroy_mb'" in bad.stdout and "memory_mb" in bad.stdout
+    assert bad.returncode == 2 and "unknown key 'memroy_mb'" in bad.stderr and "memory_mb" in bad.stderr

@@ -48,30 +48,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _config(args):
     """SandboxConfig from its defaults, then CONFIG, then key=value overrides, then the flags."""
-    from tirl.config import load_config
+    from tirl.commands import command_config
 
     from .config import SandboxConfig
 
-    cfg = load_config(SandboxConfig, args.config, args.overrides)
     flags = {"timeout": "timeout_s", "memory_mb": "memory_mb", "max_concurrency": "max_concurrency",
              "isolation": "isolation"}
-    for flag, field in flags.items():
-        if hasattr(args, flag):
-            setattr(cfg, field, getattr(args, flag))
+    cfg = command_config(SandboxConfig, args, flags)
     if hasattr(args, "preload"):
         cfg.preload = [m for m in args.preload.split(",") if m]
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
+    from tirl.commands import fail
     from tirl.config import ConfigError
 
     cmd = args.sandbox_command
     try:
         _config(args)
     except ConfigError as e:
-        print(f"tirl sandbox {cmd}: {e}")
-        return 2
+        return fail(f"sandbox {cmd}", e)
     if cmd == "serve":
         from .http import serve
 
@@ -92,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             rep = check(_config(args))
         except SandboxUnavailable as e:
-            print(f"sandbox unavailable: {e}")
-            return 2
+            return fail(f"sandbox {cmd}", f"sandbox unavailable: {e}")
         if args.json:
             print(json.dumps(rep, indent=1))
         else:
