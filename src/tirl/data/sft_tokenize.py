@@ -55,7 +55,7 @@ def tokenize_trace(
     tokenizer: Any,
     style: TagStyle | None = None,
     max_length: int | None = None,
-    use_chat_template: bool = False,
+    use_chat_template: bool | None = False,
     add_eos: bool = True,
 ) -> dict[str, Any]:
     """`input_ids`, `loss_mask`, `labels`, `attention_mask` (lists of length T <= max_length) and
@@ -99,7 +99,7 @@ def tokenize_traces(
     tokenizer: Any,
     style: TagStyle | None = None,
     max_length: int | None = None,
-    use_chat_template: bool = False,
+    use_chat_template: bool | None = False,
 ) -> list[dict[str, Any]]:
     """`tokenize_trace` over a list; logs how many traces were truncated and how many tokens that cost."""
     out = [tokenize_trace(t, tokenizer, style, max_length, use_chat_template) for t in traces]

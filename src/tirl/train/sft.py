@@ -182,9 +182,9 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
 
     base = resolve_model(cfg.model, style, cfg.data.task, run_dir)
     tokenizer = load_tokenizer(base)
-    chat = cfg.prompt.chat if cfg.prompt.chat is not None else bool(getattr(tokenizer, "chat_template", None))
-    train_ex = tokenize_traces(train_traces, tokenizer, style, cfg.data.max_length, use_chat_template=chat)
-    eval_ex = tokenize_traces(eval_traces, tokenizer, style, cfg.data.max_length, use_chat_template=chat)
+    # prompt.chat None = the prompt rule's own default (the chat template when the tokenizer has one)
+    train_ex = tokenize_traces(train_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
+    eval_ex = tokenize_traces(eval_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
     if not train_ex:
         raise ValueError("no training traces")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
