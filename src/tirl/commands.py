@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 from tirl.config import UserError
 
 T = TypeVar("T")
-__all__ = ["UserError", "check_model_source", "command_config", "fail", "guarded", "quiet_transformers",
-           "set_threads"]
+__all__ = ["UserError", "check_model_source", "command_config", "fail", "guarded", "loading",
+           "quiet_transformers", "set_threads"]
 
 
 def command_config(schema: type[T], args: argparse.Namespace, flags: Mapping[str, str] = (),
@@ -111,6 +111,17 @@ def check_model_source(path: str | None, what: str = "model") -> None:
         return
     if path.endswith(".gguf") or not _HUB_ID.match(path):
         raise UserError(f"{what} path not found: {path}")
+
+
+@contextlib.contextmanager
+def loading(what: str, source: Any) -> Iterator[None]:
+    """Turn a loader's OSError (a hub name that is not cached offline, a directory without weights)
+    into a one-line `UserError` naming what was being loaded from where."""
+    try:
+        yield
+    except OSError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot load {what} {str(source)!r}: {first}") from None
 
 
 def set_threads(threads: int) -> None:

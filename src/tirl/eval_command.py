@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tirl.commands import UserError, check_model_source, command_config, quiet_transformers, set_threads
+    from tirl.commands import (UserError, check_model_source, command_config, loading, quiet_transformers,
+                               set_threads)
     from tirl.eval import EvalConfig, evaluate
     from tirl.eval_scores import render_table
     from tirl.generation.openai import ServerError
@@ -178,7 +179,8 @@ def _run(args: argparse.Namespace) -> int:
     sandbox = LazySandbox(args.sandbox_url)
     gen = None
     try:
-        gen, tok, model_id = make_generator(args)
+        with loading("model", args.model or args.server):
+            gen, tok, model_id = make_generator(args)
         summary = evaluate(gen, tok, sandbox, problems, cfg, args.run_dir, model_id=model_id)
     except (ValueError, ServerError, OSError) as e:  # settings mismatch, 4xx, unreachable server, bad path
         raise UserError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None

@@ -40,11 +40,11 @@ class ServeConfig:
 def run(args: argparse.Namespace) -> int:
     from tirl.commands import guarded
 
-    return guarded("serve", lambda: _run(args), extra=(OSError,))
+    return guarded("serve", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tirl.commands import check_model_source, command_config, quiet_transformers, set_threads
+    from tirl.commands import check_model_source, command_config, loading, quiet_transformers, set_threads
     from tirl.generation.server import check_port_free, serve
     from tirl.trained_settings import read_settings
 
@@ -55,7 +55,8 @@ def _run(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port)
     set_threads(args.threads)
     quiet_transformers()
-    serve(args.model, host=args.host, port=args.port, gguf_file=args.gguf_file, dtype=args.dtype,
-          served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
-          cache_slots=args.cache_slots, prompt=cfg.prompt)
+    with loading("model", args.model):
+        serve(args.model, host=args.host, port=args.port, gguf_file=args.gguf_file, dtype=args.dtype,
+              served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
+              cache_slots=args.cache_slots, prompt=cfg.prompt)
     return 0

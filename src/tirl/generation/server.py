@@ -383,7 +383,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass --port N") from None
+            from tirl.config import UserError
+
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port N") from None
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, gguf_file: str | None = None,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from tirl.analysis.limr import REWARDS_FILE, reward_rows
-from tirl.commands import check_model_source
+from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig
@@ -176,11 +176,12 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     save_config(cfg, run_dir / "config.yaml")
 
     base = resolve_model(cfg.model, style, cfg.data, run_dir)
-    tokenizer = load_tokenizer(base)
-    torch.manual_seed(tc.seed)
-    policy = _load_policy(str(ckpt / "policy") if ckpt else base, cfg)
-    critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base)) if algo.name == "ppo" else None
-    ref = _load_policy(base, cfg) if algo.kl_coef > 0 else None
+    with loading("model", base):
+        tokenizer = load_tokenizer(base)
+        torch.manual_seed(tc.seed)
+        policy = _load_policy(str(ckpt / "policy") if ckpt else base, cfg)
+        critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base)) if algo.name == "ppo" else None
+        ref = _load_policy(base, cfg) if algo.kl_coef > 0 else None
     if ref is not None:
         ref.requires_grad_(False)
 

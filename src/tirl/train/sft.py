@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from tirl.commands import check_model_source
+from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.data import IGNORE_INDEX, DataError
 from tirl.formats import get_style
@@ -181,7 +181,8 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
     save_config(cfg, run_dir / "config.yaml")
 
     base = resolve_model(cfg.model, style, cfg.data.task, run_dir)
-    tokenizer = load_tokenizer(base)
+    with loading("model", base):
+        tokenizer = load_tokenizer(base)
     # prompt.chat None = the prompt rule's own default (the chat template when the tokenizer has one)
     train_ex = tokenize_traces(train_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
     eval_ex = tokenize_traces(eval_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
@@ -189,7 +190,8 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
         raise ValueError("no training traces")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     torch.manual_seed(tc.seed)
-    model = load_model(str(ckpt / "model") if ckpt else base, dtype=cfg.model.dtype, device="cpu")
+    with loading("model", base):
+        model = load_model(str(ckpt / "model") if ckpt else base, dtype=cfg.model.dtype, device="cpu")
     opt, sched = build_optimizer(model.parameters(), tc.optim, tc.steps)
     logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
     start = 0
