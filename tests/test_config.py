@@ -74,3 +74,18 @@ def test_an_override_in_the_config_position_is_an_override():
     # `tirl sandbox check memory_mb=512`: argparse hands the first key=value over as CONFIG.
     cfg = load_config(Cfg, "rollout.n=5", ["seed=2"])
     assert cfg.rollout.n == 5 and cfg.seed == 2
+
+
+def test_resume_with_changed_settings_names_them_and_force_overrides(tmp_path):
+    from tirl.config import ConfigError, check_resume, save_config
+    from tirl.train.rl import RLConfig
+
+    cfg = RLConfig()
+    save_config(cfg, tmp_path / "config.yaml")
+    more_steps = load_config(RLConfig, None, ["trainer.steps=40"])
+    check_resume(tmp_path, more_steps)  # more steps is what a resume is for
+    changed = load_config(RLConfig, None, ["rollout.temperature=0.5", "algorithm.clip_high=0.3"])
+    with pytest.raises(ConfigError) as e:
+        check_resume(tmp_path, changed)
+    assert "algorithm.clip_high: 0.28 -> 0.3" in str(e.value) and "rollout.temperature: 1.0 -> 0.5" in str(e.value)
+    check_resume(tmp_path, changed, force=True)

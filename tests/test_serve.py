@@ -157,6 +157,25 @@ def test_chat_completions_render_messages_by_the_prompt_rule(tiny_model, tiny_to
     assert bad == 400 and "messages must be" in err["error"]["message"]
 
 
+def test_convert_chat_client_works_against_tirl_serve(tiny_model, tiny_tokenizer):  # noqa: F811
+    import asyncio
+
+    from tirl.data.convert_llm import ChatRewriter
+
+    server = CompletionServer(HFGenerator(tiny_model, tiny_tokenizer), tiny_tokenizer, "tiny")
+    with ServerThread(server.app()) as thread:
+        client = ChatRewriter(thread.url, "tiny", temperature=0.0, max_tokens=5, seed=1, retries=0)
+
+        async def go():
+            try:
+                return await client.rewrite([{"role": "user", "content": "What is 12 times 34?"}])
+            finally:
+                await client.aclose()
+
+        text, finish = asyncio.run(go())
+    assert isinstance(text, str) and finish in ("stop", "length")  # before: 404 on /v1/chat/completions
+
+
 def test_cli_serve_refuses_a_taken_port_in_one_line(tiny_model_dir):  # noqa: F811
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
