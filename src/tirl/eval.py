@@ -8,8 +8,12 @@ Benchmarks by name (`BENCHMARKS`): `aime24`, `aime25`, `math500` resolve to `<da
 `datasets` (offline, only a cached copy loads; the error says every place that was tried). Any JSONL,
 JSON or Parquet file with problem and answer fields works too (`load_benchmark_file`).
 
-Each sample goes through `tirl.rollout.rollout` (the same loop, prompt rule and sandbox as RL) and
-`tirl.reward.grade_detailed` (the RL grader, strict unless `lenient`). Scores are in `eval_scores.py`.
+This is the one evaluation path: `tirl eval`, the trainer's held-out evaluation (`run_dir=None`: in
+memory, nothing written) and `tirl demo` all call `evaluate`, so their figures come from the same code
+(which is why this module sits below `tirl.train` in the layers). Settings are `EvalConfig`: the same
+`prompt` and `rollout` sections as `tirl train`. Each sample goes through `tirl.rollout.rollout` (the
+same loop, prompt rule and sandbox as RL) and `grade_trajectory` (the RL grader on the tokens the model
+sampled, never on interpreter output; strict unless `lenient`). Scores are in `eval_scores.py`.
 
 Files in the run directory:
 * `samples.jsonl` — one record per finished sample: benchmark, problem id, sample index, the

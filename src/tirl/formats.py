@@ -11,6 +11,10 @@ Two styles ship, one per paper:
 
 A style is data (a frozen dataclass), so a config can define another one (``TagStyle.from_dict``).
 
+The prompt rule lives here too, once: ``PromptConfig`` (the ``prompt`` section of every config) and
+``render_messages`` / ``problem_prompt``, which SFT, RL rollouts, evaluation, conversion and serving
+all call. The tokenizer is passed in (duck-typed), so this module still imports no torch.
+
 Everything here is pure string work: no torch, no I/O. The stop string is part of what the model
 sampled, so the harness never re-appends it (token-in/token-out: see ``tirl.rollout``).
 

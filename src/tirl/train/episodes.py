@@ -1,7 +1,7 @@
-"""One round of play: prompts -> `rollout` with the sandbox -> `grade` each response.
+"""One round of RL play: prompts -> `rollout` with the sandbox -> `grade_trajectory` each response.
 
-Shared by the RL step and held-out evaluation, so both see the same prompts, the same tool loop and
-the same grader.
+Grading is evaluation's (`tirl.eval.grade_trajectory`), so a reward and an evaluation score judge a
+response the same way; held-out evaluation itself goes through `tirl.eval.evaluate`.
 """
 
 from __future__ import annotations
