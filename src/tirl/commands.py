@@ -37,12 +37,12 @@ def command_config(schema: type[T], args: argparse.Namespace, flags: Mapping[str
     """`schema` from defaults < `base` < args.config < args.overrides < given flags (see the docstring).
 
     `flags` maps an argparse destination to its dotted key; a flag the user did not give must be
-    absent from `args` (declare it with `default=argparse.SUPPRESS`).
+    absent from `args` or None (declare it with `default=argparse.SUPPRESS` or `default=None`).
     """
     from tirl.config import load_config
 
     flag_overrides = [f"{key}={_dotlist_value(getattr(args, dest))}" for dest, key in dict(flags).items()
-                      if hasattr(args, dest)]
+                      if getattr(args, dest, None) is not None]
     return load_config(schema, args.config, [*args.overrides, *flag_overrides], base=base)
 
 

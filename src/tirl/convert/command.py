@@ -60,18 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_config(args: argparse.Namespace) -> Any:
-    from tirl.config import load_config
+    """ConvertConfig from defaults, CONFIG, key=value overrides, then the flags given (`tirl.commands`)."""
+    from tirl.commands import command_config
     from tirl.convert.config import ConvertConfig
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not Path(config).exists():  # `tirl convert key=value` without a file
-        config, overrides = None, [config] + overrides
-    cfg = load_config(ConvertConfig, config, overrides)
-    for name in FLAG_FIELDS:
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(cfg, name, value)
-    return cfg
+    return command_config(ConvertConfig, args, {name: name for name in FLAG_FIELDS})
 
 
 def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
