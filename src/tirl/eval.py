@@ -120,7 +120,8 @@ class EvalConfig:
 
 
 # --- benchmarks ----------------------------------------------------------------------------------
-def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Problem]:
+def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None,
+                   skip_invalid: bool = False) -> list[Problem]:
     """Problems of a named benchmark: `<data_dir>/<name>.{jsonl,parquet,json}` or its hub id."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
@@ -132,7 +133,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: 
         if found is None:
             raise DataError(f"benchmark {name!r}: no file {' or '.join(map(str, tried))}; put the benchmark "
                             f"there, or drop --data-dir to load the hub dataset {spec.hub_id!r}")
-        return load_benchmark_file(found, limit=limit)
+        return load_benchmark_file(found, limit=limit, skip_invalid=skip_invalid)
     try:
         return list(load_problems(spec.hub_id, split=spec.split, subset=spec.subset, limit=limit,
                                   problem_field=spec.problem_field, answer_field=spec.answer_field,
@@ -143,9 +144,10 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, limit: 
                         f"(fields id, problem, answer), or --data FILE.") from e
 
 
-def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fields: str) -> list[Problem]:
-    """Problems from any JSONL / JSON / Parquet file (field names as in `tirl.data.load_problems`)."""
-    return list(load_problems(path, limit=limit, **fields))
+def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fields: Any) -> list[Problem]:
+    """Problems from any JSONL / JSON / Parquet file (field names as in `tirl.data.load_problems`); a
+    list whose `.skipped` holds the reasons of rows skipped with `skip_invalid=True`."""
+    return load_problems(path, limit=limit, **fields)
 
 
 def split_by_source(name: str, problems: Sequence[Problem]) -> dict[str, list[Problem]]:
