@@ -160,7 +160,7 @@ def test_chat_completions_render_messages_by_the_prompt_rule(tiny_model, tiny_to
 def test_convert_chat_client_works_against_tirl_serve(tiny_model, tiny_tokenizer):  # noqa: F811
     import asyncio
 
-    from tirl.data.convert_llm import ChatRewriter
+    from tirl.convert.llm import ChatRewriter
 
     server = CompletionServer(HFGenerator(tiny_model, tiny_tokenizer), tiny_tokenizer, "tiny")
     with ServerThread(server.app()) as thread:
