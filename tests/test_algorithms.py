@@ -398,3 +398,13 @@ def test_tis_weights_scale_each_tokens_gradient():
     loss.backward()
     # -A * ratio per token, ratio = 1 at lp = old, d/dlp = -A * w / (B * T)
     assert lp.grad.tolist()[0] == pytest.approx([-2.0 / 2, -0.5 / 2])
+
+
+def test_adaptive_kl_controller_hand_values():
+    # KL at twice the target: error clipped to +0.2; 64 samples over a horizon of 640 -> x1.02
+    assert A.adaptive_kl_coef(0.1, 0.2, 0.1, 64, 640) == pytest.approx(0.1 * 1.02)
+    # KL at 95% of the target: error -0.05 -> x(1 - 0.005)
+    assert A.adaptive_kl_coef(0.1, 0.095, 0.1, 64, 640) == pytest.approx(0.1 * (1 - 0.005))
+    assert A.adaptive_kl_coef(0.1, 0.1, 0.1, 64, 640) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="target > 0"):
+        A.adaptive_kl_coef(0.1, 0.1, 0.0, 64, 640)

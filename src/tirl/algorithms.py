@@ -507,6 +507,15 @@ def kl_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kind: str = "k
     return loss, {"kl/mean": _float(masked_mean(kl.detach(), mask))}
 
 
+def adaptive_kl_coef(coef: float, observed_kl: float, target: float, n_samples: int, horizon: int) -> float:
+    """The next KL coefficient of the adaptive controller (Ziegler et al. 2019): move it by at most
+    20% x n_samples / horizon per step, up when the observed KL is above `target`, down when below."""
+    if target <= 0 or horizon <= 0:
+        raise ValueError(f"adaptive KL needs target > 0 and horizon > 0, got {target}, {horizon}")
+    error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * n_samples / horizon)
+
+
 @torch.no_grad()
 def kl_reward_penalty(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, coef: float,
                       kind: str = "k1") -> Tensor:
@@ -532,7 +541,7 @@ def entropy_loss(entropy: Tensor, mask: Tensor, agg: str = "token-mean",
 __all__ = [
     "AGG_MODES", "KL_KINDS", "masked_sum", "masked_mean", "masked_var", "whiten",
     "grpo_advantages", "rloo_advantages", "expand_to_tokens", "outcome_token_rewards",
-    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "truncated_is_weights", "value_loss",
+    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "truncated_is_weights", "adaptive_kl_coef", "value_loss",
     "kl_penalty", "kl_loss", "kl_reward_penalty", "entropy_from_logits", "entropy_loss",
     "token_logprobs",
 ]

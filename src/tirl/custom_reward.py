@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from tirl.config import UserError
 from tirl.reward import Grade
 
 COMBINE = ("add", "replace")
@@ -41,12 +42,12 @@ class RewardConfig:
 
     def validate(self) -> None:
         if self.combine not in COMBINE:
-            raise ValueError(f"reward.combine must be one of {', '.join(COMBINE)}, not {self.combine!r}")
+            raise UserError(f"reward.combine must be one of {', '.join(COMBINE)}, not {self.combine!r}")
         if self.function is not None and ":" not in self.function:
-            raise ValueError(f"reward.function must look like 'module.path:callable', got {self.function!r}")
+            raise UserError(f"reward.function must look like 'module.path:callable', got {self.function!r}")
 
 
-class RewardFunctionError(RuntimeError):
+class RewardFunctionError(UserError):
     """A user reward function that cannot be loaded or failed; the message names it (and the problem)."""
 
 

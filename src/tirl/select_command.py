@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tirl.analysis.limr import LimrError
+    from tirl.commands import guarded
 
-    try:
+    def body() -> int:
         kept, scored = select_limr([Path(d) for d in args.run_dirs], Path(args.out), args.threshold)
-    except (LimrError, ValueError, FileNotFoundError) as e:
-        print(f"tirl select: {e}", file=sys.stderr)
-        return 2
-    print(f"tirl select: kept {kept} of {scored} scored problems (threshold {args.threshold}) -> {args.out}")
-    return 0
+        print(f"tirl select: kept {kept} of {scored} scored problems (threshold {args.threshold}) -> {args.out}")
+        return 0
+
+    return guarded("select", body)
 
 
 def select_limr(run_dirs: list[Path], out: Path, threshold: float) -> tuple[int, int]:
@@ -70,7 +68,7 @@ def select_limr(run_dirs: list[Path], out: Path, threshold: float) -> tuple[int,
 
 
 def _same_training_data(run_dirs: list[Path]) -> Any:
-    from tirl.config import load_config
+    from tirl.config import UserError, load_config
     from tirl.train.rl import RLConfig
 
     configs = []
@@ -80,7 +78,7 @@ def _same_training_data(run_dirs: list[Path]) -> Any:
         configs.append(load_config(RLConfig, str(d / "config.yaml"), []).data)
     for d, c in zip(run_dirs[1:], configs[1:]):
         if _data_key(c) != _data_key(configs[0]):
-            raise ValueError(f"{d} trained on other data than {run_dirs[0]}; select from runs on the same data")
+            raise UserError(f"{d} trained on other data than {run_dirs[0]}; select from runs on the same data")
     return configs[0]
 
 

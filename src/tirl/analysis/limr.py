@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from tirl.config import UserError
+
 REWARDS_FILE = "rewards.jsonl"
 
 
-class LimrError(ValueError):
+class LimrError(UserError):
     """Rewards that cannot be scored; the message names the file and line."""
 
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from tirl.formats import TagStyle
 from tirl.eval import code_ran, grade_trajectory  # noqa: F401 (code_ran re-exported)
 from tirl.reward import Grade
+from tirl.train.dapo import with_overlong_penalty
 from tirl.rollout import RolloutConfig, Trajectory, encode_prompt, rollout
 
 
@@ -25,13 +26,21 @@ def play(
     *,
     chat: bool | None = None,
     exec_penalty: float = 0.0,
+    reward_fn: Any = None,
+    overlong_buffer: int = 0,
     **overrides: Any,
 ) -> tuple[list[Trajectory], list[Grade], dict[str, float]]:
-    """Roll out every problem (`rollout_cfg.n` samples each) and grade each trajectory."""
+    """Roll out every problem (`rollout_cfg.n` samples each) and grade each trajectory; then the
+    user's reward function (`tirl.custom_reward.UserReward`), then DAPO's overlong term, if set."""
     cfg = dataclasses.replace(rollout_cfg, **overrides)
     prompts = [encode_prompt(tokenizer, p.problem, style, chat) for p in problems]
     trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
     grades = [grade_trajectory(t, problems[t.group_index].answer, style, exec_penalty=exec_penalty) for t in trajs]
+    if reward_fn is not None:
+        grades = [reward_fn(problems[t.group_index], t.model_text, t, g) for t, g in zip(trajs, grades)]
+    if overlong_buffer:
+        grades = [with_overlong_penalty(g, len(t.response_ids), cfg.max_new_tokens, overlong_buffer)
+                  for t, g in zip(trajs, grades)]
     n = max(len(grades), 1)
     scores = [g.score for g in grades]
     mean = sum(scores) / n

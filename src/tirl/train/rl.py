@@ -10,8 +10,9 @@ Exact resume: the rollout seed of step s is derived from (seed, s), the problem 
 + 2 steps equals 4 steps (tested).
 
 Simplifications: one process, one device; generation uses the training model itself (no separate
-inference engine), so rollout and recomputed log-probs differ only by numerics. Not covered:
-multi-GPU, async rollouts overlapping training, dynamic sampling.
+inference engine), so rollout and recomputed log-probs differ only by numerics. DAPO's dynamic
+sampling and overlong handling are options (`tirl.train.dapo`). Not covered: multi-GPU, async rollouts
+overlapping training.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import torch
 from tirl.analysis.limr import REWARDS_FILE, reward_rows
 from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
+from tirl.custom_reward import RewardConfig, UserReward
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig
 from tirl.trained_settings import settings_of
+from tirl import algorithms as A
 from tirl.train import rl_update as U
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
 from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, set_threads
+from tirl.train import dapo
 from tirl.train.episodes import play
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
@@ -81,6 +85,7 @@ class RLConfig:
     algorithm: U.AlgoConfig = field(default_factory=U.AlgoConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 def validate(cfg: RLConfig) -> None:
@@ -90,6 +95,10 @@ def validate(cfg: RLConfig) -> None:
     cfg.algorithm.validate(cfg.rollout.n, batch, mini)
     check_prompt_and_rollout(cfg.prompt, cfg.rollout)
     cfg.trainer.optim.validate("trainer.optim")
+    cfg.reward.validate()
+    if cfg.algorithm.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ValueError(f"algorithm.overlong_buffer ({cfg.algorithm.overlong_buffer}) must be below "
+                         f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens})")
     if cfg.trainer.steps < 1 or cfg.trainer.prompts_per_step < 1 or cfg.trainer.micro_batch_size < 1:
         raise ValueError("trainer.steps, trainer.prompts_per_step and trainer.micro_batch_size must be >= 1")
     if cfg.trainer.eval_temperature < 0:
@@ -172,6 +181,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     train_items, test_items = load_split(cfg.data, "train"), load_split(cfg.data, "test")[: tc.eval_size]
     check_model_source(cfg.model.path)
     check_model_source(cfg.model.critic_path, "model.critic_path")
+    reward_fn = UserReward(cfg.reward) if cfg.reward.function else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
@@ -197,6 +207,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
     stream = ProblemStream(train_items, seed=tc.seed)
     start = 0
+    kl_coef = algo.kl_coef  # moves each step when algorithm.kl_target is set (adaptive controller)
     if ckpt is not None:
         state = load_state(ckpt)
         opt.load_state_dict(state["optimizer"])
@@ -206,13 +217,15 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             c_sched.load_state_dict(state["critic_scheduler"])
         stream.position = state["data_position"]
         start = state["step"]
+        kl_coef = state.get("kl_coef", algo.kl_coef)
         logger.truncate_after(start)
         truncate_after_step(run_dir / "samples.jsonl", start)
         truncate_after_step(run_dir / REWARDS_FILE, start)
 
     def checkpoint(step: int) -> None:
         models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_position": stream.position}
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "data_position": stream.position,
+                 "kl_coef": kl_coef}
         if critic is not None:
             state.update(critic_optimizer=c_opt.state_dict(), critic_scheduler=c_sched.state_dict())
         save_checkpoint(run_dir, step, models, state, tokenizer=tokenizer, keep=tc.keep_checkpoints,
@@ -228,11 +241,25 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
         for step in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
-            first = stream.position
-            problems = stream.take(tc.prompts_per_step)
-            trajs, grades, metrics = play(generator, tokenizer, sandbox, problems, style, cfg.rollout,
-                                          chat=cfg.prompt.chat, exec_penalty=algo.exec_penalty,
-                                          seed=tc.seed * 1_000_003 + step * 1009)
+            epochs: list[int] = []  # epoch of every problem drawn this step, in order (for rewards.jsonl)
+
+            def take(k: int) -> list:
+                first = stream.position
+                epochs.extend((first + i) // len(train_items) for i in range(k))
+                return stream.take(k)
+
+            def play_round(problems: list, round_: int) -> tuple:
+                return play(generator, tokenizer, sandbox, problems, style, cfg.rollout, chat=cfg.prompt.chat,
+                            exec_penalty=algo.exec_penalty, reward_fn=reward_fn, overlong_buffer=algo.overlong_buffer,
+                            seed=tc.seed * 1_000_003 + step * 1009 + round_ * 7_919_017)
+
+            if algo.dynamic_sampling:
+                problems, trajs, grades, metrics, played = dapo.dynamic_sample(
+                    play_round, take, tc.prompts_per_step, cfg.rollout.n, algo.dynamic_sampling_max_rounds)
+            else:
+                problems = take(tc.prompts_per_step)
+                trajs, grades, metrics = play_round(problems, 0)
+                played = [(p, grades[i * cfg.rollout.n:(i + 1) * cfg.rollout.n]) for i, p in enumerate(problems)]
             t_rollout = time.perf_counter() - t0
 
             t1 = time.perf_counter()
@@ -244,24 +271,32 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             if critic is not None:
                 U.score_values(critic, batch, tc.micro_batch_size)
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
-            metrics.update(U.compute_advantages(batch, rewards, algo, cfg.rollout.n))
-            rows = U.rows_to_train(batch, algo)
+            step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
+            metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
+            rows = U.rows_to_train(batch, step_algo)
+            if algo.overlong_filter:
+                rows = [r for r in rows if trajs[r].finish_reason != "length"]
+                metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))
             gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
             common = dict(mini_batch_size=mini, micro_batch_size=tc.micro_batch_size, epochs=tc.ppo_epochs,
                           max_grad_norm=tc.optim.max_grad_norm, seq_len=cfg.rollout.max_new_tokens, generator=gen)
             if critic is not None:
                 metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
             if rows and step > algo.critic_warmup_steps:
-                metrics.update(U.policy_update(policy, opt, sched, batch, rows, algo,
+                metrics.update(U.policy_update(policy, opt, sched, batch, rows, step_algo,
                                                temperature=cfg.rollout.temperature, **common))
                 idle = 0
             else:
-                metrics.update(U.no_update_metrics(batch, algo))
+                metrics.update(U.no_update_metrics(batch, step_algo))
                 idle += step > algo.critic_warmup_steps
                 if idle == tc.warn_idle_steps:
                     log.warning("no policy update for %d steps: every group's rewards were all equal (all right "
                                 "or all wrong). Raise rollout.n or temperature, or use easier/harder problems.",
                                 idle)
+            if algo.kl_target:
+                observed = U.observed_kl(batch, algo.kl_kind)
+                metrics.update({"kl/coef": kl_coef, "kl/observed": observed})
+                kl_coef = A.adaptive_kl_coef(kl_coef, observed, algo.kl_target, len(trajs), algo.kl_horizon)
             t_train = time.perf_counter() - t1
 
             tokens = float(batch["attention_mask"].sum())
@@ -281,8 +316,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             logger.log(step, metrics)
             _write_samples(run_dir, step, trajs, grades)
             append_rows(run_dir / REWARDS_FILE, reward_rows(
-                [p.id for p in problems], [g.correct for g in grades], cfg.rollout.n, step,
-                [(first + i) // len(train_items) for i in range(len(problems))]))
+                [p.id for p, _ in played], [g.correct for _, gs in played for g in gs], cfg.rollout.n, step,
+                epochs))
             if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 checkpoint(step)
             bar.update(bar.task_ids[0], completed=step,

@@ -42,6 +42,11 @@ class AlgoConfig:
     when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off."""
     kl_coef: float = 0.0
     """KL to a frozen reference model; 0 (both papers) loads no reference model."""
+    kl_target: float = 0.0
+    """Adaptive KL controller (Ziegler et al.): steer kl_coef so the per-token KL to the reference
+    stays near this value; 0 = a fixed kl_coef. kl_coef is the starting value."""
+    kl_horizon: int = 10000
+    """The controller's horizon in samples: larger = slower changes of the coefficient."""
     kl_kind: str = "k3"
     """k1, k2 or k3 (low-variance, GRPO's)."""
     kl_mode: str = "loss"
@@ -62,6 +67,16 @@ class AlgoConfig:
     """GRPO/RLOO: leave out samples whose advantage is 0 (all-equal groups) when no KL or entropy
     term needs them; they carry no policy gradient, and on small models they are often most of the
     batch. Like DAPO's dynamic sampling, this changes the token-mean denominator."""
+    dynamic_sampling: bool = False
+    """DAPO: keep sampling rounds of prompts until the step holds `prompts_per_step` groups whose
+    rewards differ (GRPO/RLOO), instead of training on fewer; see `tirl.train.dapo`."""
+    dynamic_sampling_max_rounds: int = 4
+    """Bound on sampling rounds per step; the step then trains on the informative groups it has."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: the last N tokens before rollout.max_new_tokens cost up to -1
+    (linearly); 0 = off."""
+    overlong_filter: bool = False
+    """DAPO's overlong filtering: responses cut at rollout.max_new_tokens are left out of the loss."""
     exec_penalty: float = 0.0
     """ToRL's variant: subtract this (0.5) when a response's code never ran successfully."""
 
@@ -75,6 +90,16 @@ class AlgoConfig:
                              f"(trainer.prompts_per_step x rollout.n = {batch})")
         if self.agg not in A.AGG_MODES:
             raise ValueError(f"algorithm.agg must be one of {A.AGG_MODES}, not {self.agg!r}")
+        if self.dynamic_sampling and self.name == "ppo":
+            raise ValueError("algorithm.dynamic_sampling needs groups (grpo or rloo); PPO's advantages are "
+                             "not zero for all-equal groups")
+        if self.dynamic_sampling_max_rounds < 1:
+            raise ValueError(f"algorithm.dynamic_sampling_max_rounds must be >= 1, not {self.dynamic_sampling_max_rounds}")
+        if self.overlong_buffer < 0:
+            raise ValueError(f"algorithm.overlong_buffer must be >= 0 (0 = off), not {self.overlong_buffer}")
+        if self.kl_target < 0 or (self.kl_target > 0 and (self.kl_coef <= 0 or self.kl_horizon <= 0)):
+            raise ValueError("algorithm.kl_target needs a starting algorithm.kl_coef > 0 and kl_horizon > 0 "
+                             f"(got kl_target={self.kl_target}, kl_coef={self.kl_coef}, kl_horizon={self.kl_horizon})")
         if self.tis_cap < 0:
             raise ValueError(f"algorithm.tis_cap must be >= 0 (0 = off), not {self.tis_cap}")
         if self.kl_mode not in ("loss", "reward"):
@@ -303,6 +328,12 @@ def critic_update(
     steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
                              grad_key="critic/grad_norm", **loop)
     return _mean_metrics(steps) if steps else {}
+
+
+def observed_kl(batch: dict[str, Tensor], kind: str) -> float:
+    """Mean per-token KL estimate of the sampled tokens between the rollout policy and the reference."""
+    return float(A.masked_mean(A.kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], kind, batch["mask"]),
+                               batch["mask"]))
 
 
 def logprob_mismatch(batch: dict[str, Tensor]) -> dict[str, float]:

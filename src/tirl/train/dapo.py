@@ -1,0 +1,91 @@
+"""DAPO's data rules (Yu et al. 2025): dynamic sampling and overlong handling.
+
+Dynamic sampling (`algorithm.dynamic_sampling`): a GRPO group whose rewards are all equal has zero
+advantage and teaches nothing, so a step keeps sampling rounds of `prompts_per_step` new prompts and
+keeps only groups with some spread, until it holds `prompts_per_step` of them or has played
+`dynamic_sampling_max_rounds` rounds (then it trains on what it has, and `dapo/groups_short` says how
+many were missing). The step's batch stays full instead of shrinking to the few useful groups.
+
+Overlong handling, for responses that hit `rollout.max_new_tokens` (L_max):
+- soft punishment (`algorithm.overlong_buffer` = L_cache > 0): a length-dependent reward term,
+  0 up to L_max - L_cache, falling linearly to -1 at L_max;
+- filtering (`algorithm.overlong_filter`): truncated responses are left out of the loss (their
+  rewards still count in their group's baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from tirl.reward import Grade
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment for a response of `length` tokens (0 when `buffer` is 0)."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    if length > max_len:
+        return -1.0
+    return ((max_len - buffer) - length) / buffer
+
+
+def with_overlong_penalty(grade: Grade, length: int, max_len: int, buffer: int) -> Grade:
+    p = overlong_penalty(length, max_len, buffer)
+    return dataclasses.replace(grade, score=grade.score + p) if p else grade
+
+
+def informative(scores: Sequence[float], n: int) -> list[bool]:
+    """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)?"""
+    return [len(set(scores[i:i + n])) > 1 for i in range(0, len(scores), n)]
+
+
+# play(problems, round) -> (trajectories, grades, metrics), n samples per problem, prompt-major.
+PlayFn = Callable[[list[Any], int], tuple[list[Any], list[Grade], dict[str, float]]]
+
+
+def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: int, max_rounds: int):
+    """Play rounds of `k` prompts until `k` informative groups are held (or `max_rounds` are played).
+
+    Returns (problems, trajectories, grades, metrics, played): `k` groups in the order they were
+    sampled, renumbered 0.. — informative ones first choice; when the rounds run out, all-equal groups
+    fill the rest (they carry no gradient, but the step keeps its samples and its metrics); metrics over
+    every sampled round (times summed, rates weighted by groups) plus `dapo/*`; `played` lists
+    (problem, grades) of every group sampled, for rewards.jsonl.
+    """
+    groups, rounds = [], []  # (problem, trajs, grades, informative) in sampling order
+    for r in range(max_rounds):
+        problems = take(k)
+        trajs, grades, metrics = play(problems, r)
+        rounds.append((len(problems), metrics))
+        flags = informative([g.score for g in grades], n)
+        groups += [(p, trajs[i * n:(i + 1) * n], grades[i * n:(i + 1) * n], useful)
+                   for i, (p, useful) in enumerate(zip(problems, flags))]
+        if sum(g[3] for g in groups) >= k:
+            break
+    useful = [i for i, g in enumerate(groups) if g[3]][:k]
+    filler = [i for i, g in enumerate(groups) if not g[3]][: k - len(useful)]
+    chosen = [groups[i] for i in sorted(useful + filler)]
+    kept_t = [t for _, ts, _, _ in chosen for t in ts]
+    for j, t in enumerate(kept_t):
+        t.group_index = j // n
+    metrics = _merge(rounds)
+    metrics.update({"dapo/rounds": float(len(rounds)), "dapo/groups_sampled": float(len(groups)),
+                    "dapo/groups_kept": float(len(useful)), "dapo/groups_short": float(k - len(useful)),
+                    "dapo/informative_ratio": sum(g[3] for g in groups) / max(len(groups), 1)})
+    played = [(p, gs) for p, _, gs, _ in groups]
+    return [c[0] for c in chosen], kept_t, [g for _, _, gs, _ in chosen for g in gs], metrics, played
+
+
+def _merge(rounds: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """Rounds' metrics as one step's: durations and counts add up, everything else is a mean
+    weighted by the round's number of groups."""
+    keys = {k for _, m in rounds for k in m}
+    out = {}
+    for key in keys:
+        vals = [(w, m[key]) for w, m in rounds if key in m]
+        if key.endswith("_s") or key.endswith("_tokens"):
+            out[key] = sum(v for _, v in vals)
+        else:
+            out[key] = sum(w * v for w, v in vals) / max(sum(w for w, _ in vals), 1)
+    return out
