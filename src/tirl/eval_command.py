@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "come from the built-in defaults, then the settings saved with --model (tirl.json: prompt and tool "
         "loop as trained), then CONFIG, then key=value overrides (the same prompt.* and rollout.* keys as "
         "`tirl train`), then the flags below.")
-    from tirl.config import add_config_arguments
+    from tirl.config import add_config_arguments, add_device_arguments
 
     add_config_arguments(parser, example="rollout.n=4 rollout.temperature=1.0 prompt.system_prompt=''")
     S = argparse.SUPPRESS  # a flag the user did not give leaves the config's value alone
@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--served-model-name", help="model name to request from --server (default: its first)")
     src.add_argument("--gguf-file", help="GGUF file name inside --model (a directory)")
     src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    add_device_arguments(src)
     src.add_argument("--prompt-mode", default="auto", choices=["auto", "tokens", "text"],
                      help="--server prompts as token ids (exact) or text (re-tokenised by the server)")
     src.add_argument("--max-concurrency", type=int, default=32, help="requests in flight to --server (default: 32)")
@@ -137,12 +138,13 @@ def make_generator(args: argparse.Namespace) -> tuple[Any, Any, str]:
                               max_concurrency=args.max_concurrency)
         return gen, tok, f"server:{args.server}/{gen.model}"
     from tirl.generation.hf import HFGenerator
-    from tirl.models import load_model
+    from tirl.models import check_device_and_precision, load_model
 
+    check_device_and_precision(args.device, args.precision or "fp32")
     tok = load_tokenizer(args.model, gguf_file=args.gguf_file)
-    model = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype)
+    model = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
     model_id = str(args.model) + (f"#{args.gguf_file}" if args.gguf_file else "")
-    return HFGenerator(model, tok, max_batch_size=args.batch_size), tok, model_id
+    return HFGenerator(model, tok, max_batch_size=args.batch_size, precision=args.precision or "fp32"), tok, model_id
 
 
 def run(args: argparse.Namespace) -> int:

@@ -78,3 +78,94 @@ def token_logprobs(logits: Tensor, tokens: Tensor, chunk_rows: int = 0) -> Tenso
         return picked - torch.logsumexp(logits, dim=-1)
     out = _ChunkedTokenLogprob.apply(logits, tokens, chunk_rows if chunk_rows > 0 else 1)
     return out if logits.dtype in (torch.float16, torch.bfloat16) else out.to(logits.dtype)
+
+
+# --- straight from a model: the output layer applied in chunks at the scored positions only -----------
+
+# Config attributes of models whose logits are not just `lm_head(hidden)`: those take the full path.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _split_head(model) -> tuple[object, object] | None:
+    """(decoder body returning hidden states, output layer) when logits are exactly `head(body(x))`."""
+    if hasattr(model, "get_base_model"):  # peft: adapters live inside the wrapped model's own modules
+        model = model.get_base_model()
+    cfg = getattr(model, "config", None)
+    if cfg is None or any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in _LOGIT_TRANSFORMS):
+        return None
+    body = getattr(model, getattr(model, "base_model_prefix", "") or "", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or head is None or body is model:
+        return None
+    return body, head
+
+
+def _head_chunk(head, hidden: Tensor, tokens: Tensor, temperature: float, want_entropy: bool):
+    z = head(hidden).float()
+    if temperature > 0:
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)
+    lp = z.gather(-1, tokens[:, None])[:, 0] - lse
+    if not want_entropy:
+        return lp, None
+    return lp, lse - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
+
+
+def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
+                         temperature: float = 1.0, entropy: str = "none", chunk_tokens: int = 1024,
+                         unchunked_max: int = 1 << 24) -> tuple[Tensor, Tensor | None]:
+    """(B, T) float32 log-probs of `input_ids[:, 1:]` under `model`, and optionally their entropies.
+
+    Only positions where `mask` (B, T) is nonzero are scored (others are 0): the output layer — for a
+    real vocabulary the largest matmul of the step, and a (B, T, V) logits tensor — is applied only to
+    the hidden states of those positions, `chunk_tokens` at a time, in float32, under activation
+    checkpointing, so neither forward nor backward ever holds more than a (chunk, V) slice of logits.
+    When all the scored logits together hold at most `unchunked_max` values (64 MB in float32: small
+    vocabularies), they are computed at once and kept for backward instead (no recomputation).
+    `entropy`: "none", "detached" (for logging only: no graph is kept) or "grad" (for an entropy term).
+    Models whose logits are more than `head(hidden)` (soft-capping, scaling) take the full-logits path.
+    """
+    import torch.utils.checkpoint as ckpt
+
+    if entropy not in ("none", "detached", "grad"):
+        raise ValueError(f"entropy must be none, detached or grad, not {entropy!r}")
+    targets = input_ids[:, 1:]
+    split = _split_head(model)
+    if split is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+        if temperature > 0:
+            logits = logits / temperature
+        lp = token_logprobs(logits, targets).float()
+        ent = None
+        if entropy != "none":
+            ent = entropy_from_logits(logits.detach() if entropy == "detached" else logits)
+        return lp * (mask != 0), ent
+    body, head = split
+    # use_cache=False: scoring keeps no keys/values (a model's default would build and fill a cache)
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+    sel = mask != 0
+    h, tok = hidden[sel], targets[sel]
+    lps, ents = [], []
+    recompute = torch.is_grad_enabled()  # checkpoint each chunk: backward recomputes its logits
+    vocab = head.weight.shape[0] if hasattr(head, "weight") else None
+    if vocab is not None and h.shape[0] * vocab <= unchunked_max:
+        chunk_tokens, recompute = max(h.shape[0], 1), False  # one plain chunk, autograd keeps its logits
+    for s in range(0, h.shape[0], chunk_tokens):
+        hc, tc = h[s:s + chunk_tokens], tok[s:s + chunk_tokens]
+        if recompute:
+            lp_c, ent_c = ckpt.checkpoint(_head_chunk, head, hc, tc, temperature, entropy != "none",
+                                          use_reentrant=False)
+        else:
+            lp_c, ent_c = _head_chunk(head, hc, tc, temperature, entropy != "none")
+        if entropy == "detached" and ent_c is not None:
+            ent_c = ent_c.detach()
+        lps.append(lp_c)
+        ents.append(ent_c)
+    B, T = targets.shape
+    lp = hidden.new_zeros((B, T), dtype=torch.float32)
+    lp = lp.masked_scatter(sel, torch.cat(lps)) if lps else lp
+    ent = None
+    if entropy != "none":
+        ent = hidden.new_zeros((B, T), dtype=torch.float32)
+        ent = ent.masked_scatter(sel, torch.cat(ents)) if ents else ent
+    return lp, ent

@@ -64,34 +64,131 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
 
 
+DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (or None): the first CUDA device when there is one, else the CPU; `cpu`, `cuda`, `cuda:N`.
+
+    Refuses a CUDA device this machine does not have, in one line, instead of failing on the first
+    tensor moved there.
+    """
+    if isinstance(spec, torch.device):
+        return spec
+    s = (spec or "auto").strip().lower()
+    if s == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(s)
+    except RuntimeError:
+        raise ValueError(f"device must be {DEVICE_HELP}, not {spec!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be {DEVICE_HELP}, not {spec!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise ValueError(f"device {spec!r} asked for, but this machine has {n} CUDA device(s); "
+                             f"use device=auto or cpu")
+    return dev
+
+
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_device("auto"))
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {' | '.join(PRECISIONS)}, not {precision!r}")
+    return precision
+
+
+def check_device_and_precision(device: str, precision: str, where: str = "") -> None:
+    """Refuse a device / precision pair that cannot work, before any model loads (`where` prefixes the
+    key names in the message, e.g. "trainer.")."""
+    try:
+        dev = resolve_device(device)
+        check_precision(precision)
+    except ValueError as e:
+        raise ValueError(f"{where}{e}") from None
+    if precision == "fp16" and dev.type == "cpu":
+        raise ValueError(f"{where}precision fp16 needs a CUDA device; use bf16 on the CPU")
+
+
+def autocast(device: str | torch.device, precision: str = "fp32") -> Any:
+    """Mixed-precision context for forwards: `fp32` is a no-op; `bf16` / `fp16` autocast matmuls to half
+    precision on the model's device (CPU included), while weights, gradients and optimizer state stay
+    in the weights' own dtype (float32 master weights: RL learning rates of ~1e-6 make updates smaller
+    than bf16's resolution, so a bf16 copy of the weights would silently not learn).
+
+    fp16 on CPU is refused: CPU autocast supports it poorly and it needs loss scaling; use bf16.
+    """
+    import contextlib
+
+    check_precision(precision)
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and dev.type == "cpu":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def load_model(
     path_or_name: str | os.PathLike,
     gguf_file: str | None = None,
     dtype: str | torch.dtype | None = "float32",
-    device: str | None = None,
+    device: str | torch.device | None = None,
     attn_implementation: str | None = None,
 ) -> Any:
-    """An `AutoModelForCausalLM` in eval mode on `device` (default: cuda if present, else cpu).
+    """An `AutoModelForCausalLM` in eval mode on `device` (`auto` / None: cuda if present, else cpu).
 
     `gguf_file` is a file name inside `path_or_name` (a directory) or an absolute path to a .gguf file.
+    GGUF weights are de-quantised into ordinary float tensors and the quantisation record is dropped,
+    so the model trains and saves (`save_pretrained`) like any other float model.
     float32 is the default because the CPU runs here are small; pass "bfloat16" on GPUs.
     """
     from transformers import AutoModelForCausalLM
 
+    dev = resolve_device(device)
     path, gguf = _split_gguf(path_or_name, gguf_file)
     kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype)}
     if gguf:
         kwargs["gguf_file"] = gguf
+        kwargs.update(_dequantize_gguf_config(gguf))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.to(device or default_device())
+    if gguf:
+        _drop_quantization_record(model)
+    model.to(dev)
     model.eval()
     return model
+
+
+def _dequantize_gguf_config(gguf: str) -> dict[str, Any]:
+    """Ask for de-quantised (trainable) weights where transformers can keep GGUF blocks packed."""
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always de-quantise GGUF weights
+        return {}
+    return {"quantization_config": GgufConfig(gguf_file=gguf, dequantize=True)}
+
+
+def _drop_quantization_record(model: Any) -> None:
+    """A de-quantised GGUF model still carries its loader's quantizer, and `save_pretrained` refuses to
+    save it ("quantized with gguf and is not serializable"); its weights are plain float tensors, so
+    the record is dropped and it saves as an ordinary float checkpoint."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(model, attr, False):
+            setattr(model, attr, False)
 
 
 def load_tokenizer(path_or_name: str | os.PathLike, gguf_file: str | None = None) -> Any:

@@ -21,7 +21,7 @@ FLAG_FIELDS = ("input", "style", "exec_mode", "output_check", "concurrency", "li
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tirl.config import add_config_arguments
+    from tirl.config import add_config_arguments, add_device_arguments
 
     parser.description = (
         "Rewrite text-only solutions into code-integrated SFT traces with an LLM, run every code block in the "
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--model", help="local transformers model directory (or .gguf) generating in-process")
     llm.add_argument("--gguf-file", help="GGUF file name inside --model (a directory)")
     llm.add_argument("--dtype", default="float32", help="--model dtype: float32 | bfloat16 | float16")
+    add_device_arguments(llm)
     data = parser.add_argument_group("input and checks (flags override the config)")
     data.add_argument("--input", help="problems with solutions: .jsonl, .json, .parquet or a dataset")
     data.add_argument("--problem-field")
@@ -82,11 +83,12 @@ def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
                           max_concurrency=max(1, cfg.concurrency), api_key=key, seed=cfg.seed)
         return rw, f"{args.server}#{args.model_name}"
     from tirl.generation.hf import HFGenerator
-    from tirl.models import load_model, load_tokenizer
+    from tirl.models import check_device_and_precision, load_model, load_tokenizer
 
+    check_device_and_precision(args.device, args.precision or "fp32")
     tok = load_tokenizer(args.model, gguf_file=args.gguf_file)
-    model = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype)
-    rw = GeneratorRewriter(HFGenerator(model, tok), tok, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+    model = load_model(args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device)
+    rw = GeneratorRewriter(HFGenerator(model, tok, precision=args.precision or "fp32"), tok, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
                            seed=cfg.seed)
     return rw, str(args.model)
 

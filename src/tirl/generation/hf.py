@@ -12,7 +12,8 @@ KV cache reuse across tool calls (the choice and why)
   may have a hole between its cache and its suffix) and the position ids are each row's own running
   count, so every token sees exactly the keys, and the rotary positions, it would see alone. When a
   row finishes (stop string, EOS, budget), its later slots get mask 0, and its cache is cut back out
-  (the mask's 1-positions, one `index_select`) when half the batch has finished or at the end.
+  (the mask's 1-positions, one `index_select`) as soon as it finishes (`drop_finished_at`), so the
+  remaining decode steps no longer compute it.
   Why not one persistent batched cache with holes: rows finish at different times, and holes would
   accumulate for the whole rollout (memory and attention cost grow with the longest history of the
   batch); re-stacking costs one copy of the caches per turn, which is small next to the decode steps of
@@ -26,14 +27,29 @@ KV cache reuse across tool calls (the choice and why)
 The reference path (`reuse_cache=False`) re-runs each request's whole sequence every call; tests check
 that both give the same logits (within a stated tolerance) and, greedily, the same tokens.
 
-Simplifications: no prefix sharing between the n samples of one prompt (each prefills the prompt);
-stop strings are matched on the decoded text of a window of the last sampled tokens; finished rows stay
-in the batch (masked) until half the batch has finished. Not covered: sliding-window or hybrid caches
-(`DynamicCache` layers other than full attention), tensor parallelism, CUDA graphs.
+Prefix sharing: rows of one call with nothing cached and identical tokens (the n samples of a GRPO
+group) get the keys/values of all but their last token from one prefill per distinct prompt, copied
+into each row's slot of the batched cache; the batch prefill then feeds them one token each.
+
+Stops: a stop string the tokenizer writes as one token (the tiny model's tag tokens) is matched on its
+id; otherwise the decoded text of a window of the last sampled tokens is searched, but only after a
+token whose text holds some stop string's last character (a cached per-token test), so most steps
+decode nothing. Both find every occurrence the plain window search finds (tested with a tag spelled
+out in single characters).
+
+Cache growth: each batch's cache is preallocated for its longest possible sequence (cached + suffix +
+budget) and decode steps write their position in place; transformers' `DynamicLayer` concatenates,
+copying the whole cache at every step.
+
+Simplifications: a row waiting for the sandbox is out of the batch until the rollout's next call (no
+continuous batching: the batch's other rows are not decoded while code runs). Not covered:
+sliding-window or hybrid caches (these get transformers' own layers, no preallocation), tensor
+parallelism, CUDA graphs.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
@@ -55,6 +71,55 @@ class _CacheEntry:
     """Tokens whose keys/values are in `kv` (all of the sequence but the last sampled token)."""
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     """Per layer: keys and values, each `(1, H, len(ids), D)`."""
+
+
+def _roomy_layer_class() -> Any:
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        """A `DynamicLayer` whose keys/values are views into buffers with room for `capacity` positions:
+        a decode step writes its position in place instead of concatenating (copying) the whole cache."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self._k: torch.Tensor | None = None
+            self._v: torch.Tensor | None = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.get_seq_length()
+            m = n + key_states.shape[-2]
+            if self._k is None or m > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
+                shape = (*key_states.shape[:2], max(m, self.capacity), key_states.shape[-1])
+                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    k[:, :, :n], v[:, :, :n] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, n:m], self._v[:, :, n:m] = key_states, value_states
+            self.keys, self.values = self._k[:, :, :m], self._v[:, :, :m]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            if self._k is not None:
+                n = self.get_seq_length()
+                self._k, self._v = self._k[indices], self._v[indices]
+                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    return RoomyLayer
+
+
+def _new_cache(config: Any, capacity: int | None) -> Any:
+    """An empty `DynamicCache`; with `capacity`, its full-attention layers preallocate that many positions."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=config)
+    if capacity and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+        roomy = _roomy_layer_class()
+        cache.layers = [roomy(capacity) for _ in cache.layers]
+    return cache
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -105,10 +170,17 @@ class HFGenerator:
         max_batch_size: int = 64,
         eos_token_ids: Sequence[int] | None = None,
         stop_window_tokens: int = 8,
+        precision: str = "fp32",
+        share_prefix: bool = True,
+        drop_finished_at: float = 0.0,
+        preallocate: bool = True,
+        half_copy: bool = True,
     ):
-        from tirl.models import eos_token_ids as _eos
+        from tirl.models import check_precision, eos_token_ids as _eos
 
         self.model = model
+        self.precision = check_precision(precision)
+        """fp32, or bf16 / fp16 autocast of every forward (sampling itself is float32)."""
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
         self.max_batch_size = max_batch_size
@@ -118,7 +190,24 @@ class HFGenerator:
         # Extra tokens decoded beyond the longest stop string, for tokens that decode to <1 character
         # (a UTF-8 character split over byte-level tokens).
         self.stop_window_tokens = stop_window_tokens
+        self.share_prefix = share_prefix
+        self.drop_finished_at = drop_finished_at
+        self.preallocate = preallocate
+        self.half_copy = half_copy
+        """With bf16/fp16: sample from a half-precision copy of the weights (refreshed when they change)
+        instead of autocasting: autocast re-casts every weight at every decode step, which on a CPU
+        costs more than the half-precision matmuls save. Buffers (rotary frequencies) stay float32."""
+        self._run: Any = model
+        self._copy: Any = None
+        self._stamp: tuple[int, ...] = ()
+        """Preallocate each batch's cache for its longest possible sequence (written in place per step)."""
+        """Finished rows leave the batch once this share of it has finished (0 = at once). Each exit copies
+        the live caches once (an index_select), cheap next to decoding rows nobody needs."""
+        """Requests of one batch with the same uncached tokens (the n samples of a GRPO group) prefill
+        them once and copy the keys/values."""
         self._cache: dict[Hashable, _CacheEntry] = {}
+        self._may_end: dict[tuple[int, str], bool] = {}  # (token, stops' last chars) -> may complete one
+        self._stop_ids: dict[tuple[str, ...], dict[int, str]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -146,11 +235,35 @@ class HFGenerator:
         gen = None
         if params.seed is not None and params.temperature > 0:
             gen = torch.Generator(device=self.device).manual_seed(int(params.seed))
-        for start in range(0, len(todo), self.max_batch_size):
-            idx = todo[start : start + self.max_batch_size]
-            for i, out in zip(idx, self._generate_batch([requests[i] for i in idx], params, gen)):
-                outputs[i] = out
+        from tirl.models import autocast
+
+        self._run = self._half_model() if self.half_copy and self.precision != "fp32" else self.model
+        with autocast(self.device, self.precision) if self._run is self.model else contextlib.nullcontext():
+            for start in range(0, len(todo), self.max_batch_size):
+                idx = todo[start : start + self.max_batch_size]
+                for i, out in zip(idx, self._generate_batch([requests[i] for i in idx], params, gen)):
+                    outputs[i] = out
         return outputs  # type: ignore[return-value]
+
+    def _half_model(self) -> Any:
+        """The half-precision copy, its weights re-copied when the source's changed (an optimizer step
+        bumps every updated tensor's version counter)."""
+        params = list(self.model.parameters())
+        stamp = tuple(p._version for p in params)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        with torch.inference_mode(False), torch.no_grad():
+            if self._copy is None:
+                import copy
+
+                self._copy = copy.deepcopy(self.model).eval()
+                for p in self._copy.parameters():
+                    p.requires_grad_(False)
+                    p.data = p.data.to(dtype)
+            elif stamp != self._stamp:
+                for dst, src in zip(self._copy.parameters(), params):
+                    dst.copy_(src)
+        self._stamp = stamp
+        return self._copy
 
     # --- one batch ---------------------------------------------------------------------------------
     def _lookup(self, r: GenerationRequest) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
@@ -171,6 +284,8 @@ class HFGenerator:
         dev = self.device
         B = len(reqs)
         looked = [self._lookup(r) for r in reqs]
+        if self.share_prefix and self.reuse_cache:  # the reference path (reuse_cache=False) prefills every row
+            looked = self._share_prompts(reqs, looked)
         cs = [c for c, _ in looked]
         sufs = [r.token_ids[c:] for r, c in zip(reqs, cs)]
         C, S = max(cs), max(len(s) for s in sufs)
@@ -184,16 +299,20 @@ class HFGenerator:
             inp[i, S - len(s) :] = torch.tensor(s, dtype=torch.long)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, C:]
         mask, inp, pos = mask.to(dev), inp.to(dev), pos.to(dev)
-        cache = self._stack_cache(looked, C)
+        budgets = [params.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens for r in reqs]
+        cache = self._stack_cache(looked, C, C + S + max(budgets) if self.preallocate else None)
 
-        out = self.model(input_ids=inp, attention_mask=mask, position_ids=pos,
+        out = self._run(input_ids=inp, attention_mask=mask, position_ids=pos,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
 
-        budgets = [params.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens for r in reqs]
         stops = tuple(s for s in params.stop if s)
         window = max((len(s) for s in stops), default=0) + self.stop_window_tokens
+        stop_ids = self._single_token_stops(stops)
+        # A token can complete a stop only if its text holds the stop's last character; single-token
+        # decoding may drop whitespace (sentencepiece), so a stop ending in whitespace checks every token.
+        ends = "" if any(s[-1].isspace() for s in stops) else "".join(sorted({s[-1] for s in stops}))
         new: list[list[int]] = [[] for _ in range(B)]
         lps: list[list[float]] = [[] for _ in range(B)]
         kept_logits: list[list[torch.Tensor]] = [[] for _ in range(B)]
@@ -216,13 +335,15 @@ class HFGenerator:
                     kept_logits[i].append(logits[b].detach().cpu().clone())
                 if t in self.eos_ids:
                     finish[i] = FINISH_EOS
-                elif stops and (hit := self._stop_in(new[i][-window:], stops)):
+                elif t in stop_ids:
+                    finish[i], stop_hit[i] = FINISH_STOP, stop_ids[t]
+                elif stops and self._may_end_stop(t, ends) and (hit := self._stop_in(new[i][-window:], stops)):
                     finish[i], stop_hit[i] = FINISH_STOP, hit
                 elif len(new[i]) >= budgets[i]:
                     finish[i] = FINISH_LENGTH
             alive = [finish[i] is None for i in rows]
             n_dead = alive.count(False)
-            if n_dead == len(rows) or (n_dead * 2 >= len(rows) and len(rows) > 1):
+            if n_dead and (n_dead == len(rows) or n_dead >= self.drop_finished_at * len(rows)):
                 # Cut finished rows' caches out now, so the batch shrinks (or ends).
                 keep = []
                 for b, i in enumerate(rows):
@@ -241,7 +362,7 @@ class HFGenerator:
             alive_t = torch.tensor(alive, device=dev)
             feed = torch.where(alive_t, tok, torch.full_like(tok, self.pad_id))
             mask = torch.cat([mask, alive_t.long()[:, None]], dim=1)
-            out = self.model(input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+            out = self._run(input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
@@ -253,6 +374,64 @@ class HFGenerator:
         """Next token and its log-prob per batch row, `(B,)` each; `active[b]` is None for finished rows."""
         return sample_next(logits, params, gen)
 
+    def _single_token_stops(self, stops: tuple[str, ...]) -> dict[int, str]:
+        """Token id -> stop string, for stop strings the tokenizer writes as one token (tag tokens)."""
+        if stops not in self._stop_ids:
+            found = {}
+            for s in stops:
+                ids = self.tokenizer.encode(s, add_special_tokens=False)
+                if len(ids) == 1 and self.tokenizer.decode(ids) == s:
+                    found[ids[0]] = s
+            self._stop_ids[stops] = found
+        return self._stop_ids[stops]
+
+    def _may_end_stop(self, token: int, ends: str) -> bool:
+        """Could `token` be the last piece of a stop string? Only if its text holds a stop's last
+        character (or is an incomplete UTF-8 piece): other tokens skip the window decode. `ends` empty
+        means every token could."""
+        if not ends:
+            return True
+        key = (token, ends)
+        hit = self._may_end.get(key)
+        if hit is None:
+            text = self.tokenizer.decode([token])
+            hit = "\ufffd" in text or any(c in text for c in ends)
+            self._may_end[key] = hit
+        return hit
+
+    def _share_prompts(self, reqs: Sequence[GenerationRequest], looked: list) -> list:
+        """Rows with nothing cached and identical tokens (the samples of one prompt) get the keys/values
+        of all but their last token from one prefill per distinct prompt; the batch prefill then feeds
+        each of them one token. Same numbers as prefilling each row (tested)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (r, (c, _)) in enumerate(zip(reqs, looked)):
+            if c == 0 and len(r.token_ids) >= 2:
+                groups.setdefault(tuple(r.token_ids), []).append(i)
+        shared = [(ids, rows) for ids, rows in groups.items() if len(rows) > 1]
+        if not shared:
+            return looked
+        dev = self.device
+        P = max(len(ids) - 1 for ids, _ in shared)
+        mask = torch.zeros(len(shared), P, dtype=torch.long)
+        inp = torch.full((len(shared), P), self.pad_id, dtype=torch.long)
+        for u, (ids, _) in enumerate(shared):
+            mask[u, P - len(ids) + 1 :] = 1
+            inp[u, P - len(ids) + 1 :] = torch.tensor(ids[:-1], dtype=torch.long)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self._run(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = list(looked)
+        for u, (ids, rows) in enumerate(shared):
+            valid = mask[u].nonzero()[:, 0].to(dev)
+            kv = [(layer.keys[u : u + 1].index_select(2, valid), layer.values[u : u + 1].index_select(2, valid))
+                  for layer in cache.layers]
+            for i in rows:
+                out[i] = (len(ids) - 1, kv)
+        return out
+
     def _stop_in(self, window_ids: list[int], stops: tuple[str, ...]) -> str | None:
         text = self.tokenizer.decode(window_ids)
         for s in stops:
@@ -260,11 +439,10 @@ class HFGenerator:
                 return s
         return None
 
-    def _stack_cache(self, looked: list, C: int) -> Any:
-        """Batched left-padded `DynamicCache` `(B, H, C, D)` from per-request kv (or an empty cache)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+    def _stack_cache(self, looked: list, C: int, capacity: int | None = None) -> Any:
+        """Batched left-padded `DynamicCache` `(B, H, C, D)` from per-request kv (or an empty cache), with
+        room for `capacity` positions when given."""
+        cache = _new_cache(self.model.config, capacity)
         if C == 0:
             return cache
         ref = next(kv for _, kv in looked if kv is not None)

@@ -9,6 +9,8 @@ from tirl.formats import PromptConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tirl.config import add_device_arguments
+
     parser.description = (
         "Serve a local model (directory, hub name, or .gguf file) over an OpenAI-compatible "
         "/v1/completions endpoint (token-id prompts and vLLM's return_tokens_as_token_ids supported) and "
@@ -22,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a directory)")
     parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    add_device_arguments(parser)
     parser.add_argument("--served-model-name", default=None, help="name in /v1/models (default: MODEL)")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="requests generated together at most (default: 32)")
@@ -48,7 +51,10 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.generation.server import check_port_free, serve
     from tirl.trained_settings import read_settings
 
+    from tirl.models import check_device_and_precision
+
     check_model_source(args.model)
+    check_device_and_precision(args.device, args.precision or "fp32")
     saved = read_settings(args.model)
     args.config = None
     cfg = command_config(ServeConfig, args, base={"prompt": saved["prompt"]} if "prompt" in saved else None)
@@ -58,5 +64,6 @@ def _run(args: argparse.Namespace) -> int:
     with loading("model", args.model):
         serve(args.model, host=args.host, port=args.port, gguf_file=args.gguf_file, dtype=args.dtype,
               served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
-              cache_slots=args.cache_slots, prompt=cfg.prompt)
+              cache_slots=args.cache_slots, prompt=cfg.prompt, device=args.device,
+              precision=args.precision or "fp32")
     return 0

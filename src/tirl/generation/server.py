@@ -390,7 +390,8 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, gguf_file: str | None = None,
           dtype: str = "float32", served_model_name: str | None = None, max_batch_size: int = 32,
-          cache_slots: int = 16, prompt: Any = None) -> None:
+          cache_slots: int = 16, prompt: Any = None, device: str | None = None,
+          precision: str = "fp32") -> None:
     """Load `model` (a directory, a hub name, or a .gguf file) and serve it until interrupted (blocking).
     `prompt` (a `PromptConfig`) decides how chat messages are rendered."""
     from tirl.generation.hf import HFGenerator
@@ -399,10 +400,10 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, gguf_file: s
     check_port_free(host, port)
 
     tokenizer = load_tokenizer(model, gguf_file=gguf_file)
-    lm = load_model(model, gguf_file=gguf_file, dtype=dtype)
+    lm = load_model(model, gguf_file=gguf_file, dtype=dtype, device=device)
     name = served_model_name or str(model)
-    server = CompletionServer(HFGenerator(lm, tokenizer, max_batch_size=max_batch_size), tokenizer, name,
-                              max_batch_size=max_batch_size, cache_slots=cache_slots, prompt=prompt)
+    server = CompletionServer(HFGenerator(lm, tokenizer, max_batch_size=max_batch_size, precision=precision),
+                              tokenizer, name, max_batch_size=max_batch_size, cache_slots=cache_slots, prompt=prompt)
     print(f"tirl serve: {name} on http://{host}:{port}/v1 (completions, chat/completions, models; health at "
           "/health)", flush=True)
     web.run_app(server.app(), host=host, port=port, print=None)

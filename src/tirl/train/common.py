@@ -26,6 +26,13 @@ def set_threads(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def check_device_and_precision(device: str, precision: str) -> None:
+    """Refuse `trainer.device` / `trainer.precision` values that cannot work, before any model loads."""
+    from tirl.models import check_device_and_precision as check
+
+    check(device, precision, where="trainer.")
+
+
 @dataclass
 class OptimConfig:
     lr: float = 1e-6
@@ -75,14 +82,31 @@ def build_optimizer(params: Any, cfg: OptimConfig, total_steps: int) -> tuple[An
     return opt, sched
 
 
-def clip_and_step(params: Sequence[torch.nn.Parameter], opt: Any, sched: Any, max_norm: float) -> float:
-    """Clip, step, zero; returns the gradient norm before clipping."""
+def grad_scaler(precision: str, device: Any) -> Any:
+    """fp16 needs loss scaling (small gradients underflow in half precision); bf16 and fp32 do not."""
+    return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
+
+
+def backward(loss: torch.Tensor, scaler: Any = None) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def clip_and_step(params: Sequence[torch.nn.Parameter], opt: Any, sched: Any, max_norm: float,
+                  scaler: Any = None) -> float:
+    """Clip, step, zero; returns the gradient norm before clipping. With an fp16 `scaler`, gradients are
+    unscaled first and a step whose gradients overflowed is skipped (the scaler lowers its scale)."""
     params = [p for p in params if p.grad is not None]
+    if scaler is not None:
+        scaler.unscale_(opt)
     if max_norm > 0:
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     else:
         norm = float(torch.norm(torch.stack([p.grad.detach().norm() for p in params]))) if params else 0.0
-    opt.step()
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
     return norm

@@ -34,10 +34,12 @@ from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig
 from tirl.trained_settings import settings_of
 from tirl import algorithms as A
+from tirl.train import dapo
+from tirl.train import lora
 from tirl.train import rl_update as U
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
-from tirl.train.common import OptimConfig, ProblemStream, build_optimizer, set_threads
-from tirl.train import dapo
+from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, check_device_and_precision, grad_scaler,
+                               set_threads)
 from tirl.train.episodes import play
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
@@ -70,6 +72,14 @@ class TrainerConfig:
     seed: int = 0
     threads: int = 1
     """Torch threads; 1 suits tiny models on small CPUs, 0 keeps torch's default."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N; auto = the first GPU when there is one. Policy, reference and critic
+    live there; the sandbox never does."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16: autocast for rollout and update forwards (CPU too for bf16); weights,
+    gradients and optimizer state stay float32."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory for long sequences, ~30% more update time."""
     tensorboard: bool = False
     wandb: bool = False
     warn_idle_steps: int = 5
@@ -105,17 +115,24 @@ def validate(cfg: RLConfig) -> None:
         raise ValueError(f"trainer.eval_temperature must be >= 0 (0 = greedy), got {cfg.trainer.eval_temperature}")
 
 
-def _load_policy(path: str, cfg: RLConfig) -> Any:
+    check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
+    lora.check(cfg.model.lora)
+
+
+def _load_policy(path: str, cfg: RLConfig, gguf_file: str | None = None) -> Any:
     from tirl.models import load_model
 
-    return without_dropout(load_model(path, gguf_file=cfg.model.gguf_file, dtype=cfg.model.dtype, device="cpu"))
+    model = without_dropout(load_model(path, gguf_file=gguf_file, dtype=cfg.model.dtype, device=cfg.trainer.device))
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
-def _load_critic(path: str) -> Any:
+def _load_critic(path: str, device: Any) -> Any:
     from transformers import AutoModelForTokenClassification
 
     # A token-classification head with one label is a value head on a copy of the policy.
-    return without_dropout(AutoModelForTokenClassification.from_pretrained(path, num_labels=1))
+    return without_dropout(AutoModelForTokenClassification.from_pretrained(path, num_labels=1).to(device))
 
 
 def without_dropout(model: Any) -> Any:
@@ -165,10 +182,11 @@ def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, cfg: RLC
 
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
-    from tirl.models import load_tokenizer
+    from tirl.models import load_tokenizer, resolve_device
     from tirl.sandbox import Sandbox
 
     validate(cfg)
+    device = resolve_device(cfg.trainer.device)
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     tc, algo = cfg.trainer, cfg.algorithm
@@ -187,18 +205,29 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
 
     base = resolve_model(cfg.model, style, cfg.data, run_dir)
     with loading("model", base):
-        tokenizer = load_tokenizer(base)
+        tokenizer = load_tokenizer(base, gguf_file=cfg.model.gguf_file)
         torch.manual_seed(tc.seed)
-        policy = _load_policy(str(ckpt / "policy") if ckpt else base, cfg)
-        critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base)) if algo.name == "ppo" else None
-        ref = _load_policy(base, cfg) if algo.kl_coef > 0 else None
+        # A checkpoint is a plain float directory (or LoRA adapters over the base); only the base may be GGUF.
+        lora_on = cfg.model.lora.r > 0
+        if ckpt and not lora_on:
+            policy = _load_policy(str(ckpt / "policy"), cfg)
+        else:
+            policy = lora.apply(_load_policy(base, cfg, cfg.model.gguf_file), cfg.model.lora,
+                                adapter_dir=ckpt / "policy" if ckpt else None)
+        critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base),
+                              device) if algo.name == "ppo" else None
+        # With LoRA the frozen base is the reference (adapters off): no second copy.
+        ref = _load_policy(base, cfg, cfg.model.gguf_file) if algo.kl_coef > 0 and not lora_on else None
     if ref is not None:
         ref.requires_grad_(False)
 
     batch_size = tc.prompts_per_step * cfg.rollout.n
     mini = tc.mini_batch_size or batch_size
     steps_per_update = tc.ppo_epochs * -(-batch_size // mini)
-    opt, sched = build_optimizer(policy.parameters(), tc.optim, tc.steps * steps_per_update)
+    fused_old = U.one_step_per_batch(algo, tc.ppo_epochs, mini, batch_size)
+    scaler = grad_scaler(tc.precision, device)
+    opt, sched = build_optimizer([p for p in policy.parameters() if p.requires_grad], tc.optim,
+                                 tc.steps * steps_per_update)
     c_opt = c_sched = None
     if critic is not None:
         c_cfg = OptimConfig(**{**tc.optim.__dict__, "lr": algo.critic_lr})
@@ -235,7 +264,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     idle = 0  # consecutive steps without a policy update
     policy.eval()
     with Sandbox(cfg.sandbox) as sandbox, progress("train", tc.steps) as bar:
-        generator = HFGenerator(policy, tokenizer)
+        generator = HFGenerator(policy, tokenizer, precision=tc.precision)
         bar.update(0, completed=start)
         if start == 0 and test_items:
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
@@ -263,13 +292,17 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             t_rollout = time.perf_counter() - t0
 
             t1 = time.perf_counter()
-            batch = U.make_batch(trajs, tokenizer.pad_token_id or 0)
-            U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs", "old_entropy")
-            metrics.update(U.logprob_mismatch(batch))
-            if ref is not None:
-                U.score_batch(ref, batch, cfg.rollout.temperature, tc.micro_batch_size, "ref_logprobs")
+            batch = U.make_batch(trajs, tokenizer.pad_token_id or 0, device)
+            if not fused_old:
+                U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs",
+                              tc.precision, "old_entropy")
+                metrics.update(U.logprob_mismatch(batch))
+            if algo.kl_coef > 0:
+                with lora.reference_view(policy, ref) as ref_model:
+                    U.score_batch(ref_model, batch, cfg.rollout.temperature, tc.micro_batch_size, "ref_logprobs",
+                                  tc.precision)
             if critic is not None:
-                U.score_values(critic, batch, tc.micro_batch_size)
+                U.score_values(critic, batch, tc.micro_batch_size, tc.precision)
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
             metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
@@ -279,14 +312,21 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))
             gen = torch.Generator().manual_seed(tc.seed * 7919 + step)
             common = dict(mini_batch_size=mini, micro_batch_size=tc.micro_batch_size, epochs=tc.ppo_epochs,
-                          max_grad_norm=tc.optim.max_grad_norm, seq_len=cfg.rollout.max_new_tokens, generator=gen)
+                          max_grad_norm=tc.optim.max_grad_norm, seq_len=cfg.rollout.max_new_tokens, generator=gen,
+                          precision=tc.precision, scaler=scaler)
             if critic is not None:
                 metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
             if rows and step > algo.critic_warmup_steps:
-                metrics.update(U.policy_update(policy, opt, sched, batch, rows, step_algo,
+                metrics.update(U.policy_update(policy, opt, sched, batch, rows, step_algo, old_from_update=fused_old,
                                                temperature=cfg.rollout.temperature, **common))
+                if fused_old:
+                    metrics.update(U.logprob_mismatch(batch, rows))
                 idle = 0
             else:
+                if fused_old:  # no update took them: score the old log-probs (and entropy) for the metrics
+                    U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs",
+                                  tc.precision, "old_entropy")
+                    metrics.update(U.logprob_mismatch(batch))
                 metrics.update(U.no_update_metrics(batch, step_algo))
                 idle += step > algo.critic_warmup_steps
                 if idle == tc.warn_idle_steps:
@@ -323,6 +363,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             bar.update(bar.task_ids[0], completed=step,
                        info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")
     logger.close()
+    if lora_on and cfg.model.lora.merge:
+        summary["merged_model"] = str(lora.save_merged(policy, tokenizer, run_dir / "merged"))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, run_dir=str(run_dir),
                    checkpoint=str(latest_checkpoint(run_dir)))
     write_json(run_dir / "summary.json", summary)

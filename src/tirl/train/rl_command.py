@@ -7,13 +7,14 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tirl.config import add_config_arguments
+    from tirl.config import add_config_arguments, add_device_arguments
 
     parser.description = (
         "RL with interleaved code execution: rollouts pause at each closed code block, run it in the "
         "sandbox and resume; +1/-1 reward on the final answer. algorithm.name=grpo|ppo|rloo."
     )
     add_config_arguments(parser, example="trainer.optim.lr=1e-5 rollout.n=8")
+    add_device_arguments(parser)
     parser.add_argument("--run-dir", default="runs/train",
                         help="where metrics.jsonl, samples.jsonl, checkpoints/ and summary.json go "
                         "(default: runs/train)")
@@ -35,7 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.commands import UserError, command_config, quiet_transformers
     from tirl.train.rl import RLConfig, train_rl, validate
 
-    cfg = command_config(RLConfig, args, {"skip_invalid": "data.skip_invalid"})
+    cfg = command_config(RLConfig, args, {"skip_invalid": "data.skip_invalid", "device": "trainer.device",
+                                          "precision": "trainer.precision"})
     try:
         validate(cfg)
     except ValueError as e:

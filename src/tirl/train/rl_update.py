@@ -79,6 +79,9 @@ class AlgoConfig:
     """DAPO's overlong filtering: responses cut at rollout.max_new_tokens are left out of the loss."""
     exec_penalty: float = 0.0
     """ToRL's variant: subtract this (0.5) when a response's code never ran successfully."""
+    log_entropy: bool = True
+    """Log the policy's entropy (`entropy/mean`); computed without a graph unless entropy_coef > 0.
+    False skips it (a softmax over the vocabulary at every trained token)."""
 
     def validate(self, n: int, batch: int, mini_batch: int) -> None:
         if self.name not in ("grpo", "ppo", "rloo"):
@@ -117,8 +120,9 @@ class AlgoConfig:
             raise ValueError("algorithm.kl_coef, entropy_coef, exec_penalty and critic_lr must be >= 0")
 
 
-def make_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, Tensor]:
-    """Right-padded tensors: input_ids, attention_mask (B, L); mask, rollout_logprobs (B, T)."""
+def make_batch(trajs: Sequence[Trajectory], pad_id: int, device: Any = None) -> dict[str, Tensor]:
+    """Right-padded tensors: input_ids, attention_mask (B, L); mask, rollout_logprobs (B, T); row (B,),
+    each row's own index (it survives `subset`), on `device` (default: the CPU)."""
     seqs = [t.prompt_ids + t.response_ids for t in trajs]
     L = max(len(s) for s in seqs)
     B = len(seqs)
@@ -132,7 +136,9 @@ def make_batch(trajs: Sequence[Trajectory], pad_id: int) -> dict[str, Tensor]:
         P, R = len(t.prompt_ids), len(t.response_ids)
         mask[b, P - 1 : P - 1 + R] = torch.tensor(t.loss_mask, dtype=torch.float32)
         lp[b, P - 1 : P - 1 + R] = torch.tensor(t.logprobs, dtype=torch.float32)
-    return {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": lp}
+    batch = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": lp,
+             "row": torch.arange(B)}
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 def subset(batch: dict[str, Tensor], rows: Sequence[int] | Tensor) -> dict[str, Tensor]:
@@ -146,31 +152,40 @@ def subset(batch: dict[str, Tensor], rows: Sequence[int] | Tensor) -> dict[str, 
     return out
 
 
-def forward_logprobs(model: Any, batch: dict[str, Tensor], temperature: float,
-                     with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(B, T) log-probs of the actual next tokens under `model`, logits scaled as when sampling."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    if temperature > 0:
-        logits = logits / temperature
-    lp = A.token_logprobs(logits, batch["input_ids"][:, 1:])
-    ent = A.entropy_from_logits(logits) if with_entropy else None
-    return lp, ent
+def _autocast(model: Any, precision: str) -> Any:
+    from tirl.models import autocast
+
+    return autocast(next(model.parameters()).device, precision)
 
 
-def forward_values(critic: Any, batch: dict[str, Tensor]) -> Tensor:
+def forward_logprobs(model: Any, batch: dict[str, Tensor], temperature: float, entropy: str = "none",
+                     precision: str = "fp32") -> tuple[Tensor, Tensor | None]:
+    """(B, T) float32 log-probs of the actual next tokens under `model`, logits scaled as when sampling,
+    at the positions `batch["mask"]` trains (0 elsewhere), and their entropies when `entropy` is
+    "detached" or "grad" (see `tirl.logprobs.model_token_logprobs`)."""
+    from tirl.logprobs import model_token_logprobs
+
+    with _autocast(model, precision):
+        return model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"],
+                                    temperature, entropy=entropy)
+
+
+def forward_values(critic: Any, batch: dict[str, Tensor], precision: str = "fp32") -> Tensor:
     """(B, T) value of the state before each target token (a token-classification head, 1 label)."""
-    out = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    with _autocast(critic, precision):
+        out = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return out[:, :-1, 0].float()
 
 
 @torch.no_grad()
 def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro: int, key: str,
-                entropy_key: str | None = None) -> None:
+                precision: str = "fp32", entropy_key: str | None = None) -> None:
     """Fill `batch[key]` with log-probs (no grad) in micro-batches (and `batch[entropy_key]`, if given)."""
     parts, ents = [], []
     for start in range(0, batch["input_ids"].shape[0], micro):
         sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
-        lp, ent = forward_logprobs(model, sub, temperature, with_entropy=entropy_key is not None)
+        lp, ent = forward_logprobs(model, sub, temperature, entropy="detached" if entropy_key else "none",
+                                   precision=precision)
         pad = (0, batch["mask"].shape[1] - lp.shape[1])
         parts.append(torch.nn.functional.pad(lp, pad))
         if ent is not None:
@@ -181,18 +196,29 @@ def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro:
 
 
 @torch.no_grad()
-def score_values(critic: Any, batch: dict[str, Tensor], micro: int) -> None:
+def score_values(critic: Any, batch: dict[str, Tensor], micro: int, precision: str = "fp32") -> None:
     parts = []
     for start in range(0, batch["input_ids"].shape[0], micro):
         sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
-        v = forward_values(critic, sub)
+        v = forward_values(critic, sub, precision)
         parts.append(torch.nn.functional.pad(v, (0, batch["mask"].shape[1] - v.shape[1])))
     batch["old_values"] = torch.cat(parts)
+
+
+def one_step_per_batch(algo: AlgoConfig, ppo_epochs: int, mini_batch_size: int, batch_size: int) -> bool:
+    """True when each batch feeds exactly one optimizer step, so the policy that sampled it is still the
+    policy being trained when its log-probs are taken: the old log-probs then equal the update's own
+    (detached), and their separate no-grad forward can be skipped. PPO's KL-in-reward needs them
+    before the advantages, and the adaptive KL controller needs every row's after the update, so both
+    keep the separate pass."""
+    return (ppo_epochs == 1 and mini_batch_size >= batch_size and not (algo.kl_coef > 0 and algo.kl_mode == "reward")
+            and not algo.kl_target)
 
 
 def compute_advantages(batch: dict[str, Tensor], rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
     """Fill `batch["advantages"]` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `returns`."""
     mask = batch["mask"]
+    rewards = rewards.to(mask.device)
     out: dict[str, float] = {}
     kl_in_reward = cfg.kl_coef > 0 and cfg.kl_mode == "reward"
     if cfg.name in ("grpo", "rloo") and kl_in_reward:
@@ -239,7 +265,7 @@ def _minibatch_steps(
     module: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], agg: str,
     micro_loss: Callable[[dict[str, Tensor], float], tuple[Tensor, dict[str, float]]], *,
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
-    generator: torch.Generator, loss_key: str, grad_key: str,
+    generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None,
 ) -> list[dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
@@ -247,7 +273,7 @@ def _minibatch_steps(
     mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
     loss, so the step's `loss_key` is their sum. Returns one metrics dict per optimizer step.
     """
-    from tirl.train.common import clip_and_step
+    from tirl.train.common import backward, clip_and_step
 
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -260,12 +286,12 @@ def _minibatch_steps(
             parts, total = [], 0.0
             for ms in range(0, len(mb), micro_batch_size):
                 loss, m = micro_loss(subset(batch, mb[ms : ms + micro_batch_size]), norm)
-                loss.backward()
+                backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
             sm = _mean_metrics(parts)
             sm[loss_key] = total
-            sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm)
+            sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm, scaler)
             steps.append(sm)
     module.eval()
     return steps
@@ -273,19 +299,33 @@ def _minibatch_steps(
 
 def policy_update(
     model: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
-    temperature: float, **loop: Any,
+    temperature: float, precision: str = "fp32", old_from_update: bool = False, **loop: Any,
 ) -> dict[str, float]:
-    """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`."""
+    """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`.
+
+    `old_from_update` (only valid when `one_step_per_batch`): the old log-probs are this forward's own,
+    detached, instead of a separate no-grad pass; they are written into `batch["old_logprobs"]` (rows
+    not trained stay 0) for the rollout-vs-trainer check. Same loss, same gradient (tested).
+    """
+    entropy = "grad" if cfg.entropy_coef else ("detached" if cfg.log_entropy else "none")
+    if old_from_update:
+        batch["old_logprobs"] = torch.zeros_like(batch["rollout_logprobs"])
 
     def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
-        lp, ent = forward_logprobs(model, sub, temperature, with_entropy=True)
-        weights, tm = (A.truncated_is_weights(sub["old_logprobs"], sub["rollout_logprobs"], sub["mask"], cfg.tis_cap)
+        lp, ent = forward_logprobs(model, sub, temperature, entropy=entropy, precision=precision)
+        if old_from_update:
+            old = lp.detach()
+            batch["old_logprobs"][sub["row"], : old.shape[1]] = old
+        else:
+            old = sub["old_logprobs"]
+        weights, tm = (A.truncated_is_weights(old, sub["rollout_logprobs"], sub["mask"], cfg.tis_cap)
                        if cfg.tis_cap > 0 else (None, {}))
-        loss, m = A.policy_loss(lp, sub["old_logprobs"], sub["advantages"], sub["mask"], cfg.clip_low,
+        loss, m = A.policy_loss(lp, old, sub["advantages"], sub["mask"], cfg.clip_low,
                                 cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm, weights)
         m.update(tm)
-        e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
-        m.update(em)
+        if ent is not None:
+            e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
+            m.update(em)
         if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
             loss = loss + cfg.entropy_coef * e_loss
         if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
@@ -317,12 +357,13 @@ def no_update_metrics(batch: dict[str, Tensor], cfg: AlgoConfig) -> dict[str, fl
 
 
 def critic_update(
-    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, **loop: Any,
+    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    precision: str = "fp32", **loop: Any,
 ) -> dict[str, float]:
     """Clipped value loss towards the GAE returns over `rows`; see `_minibatch_steps` for `loop`."""
 
     def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
-        return A.value_loss(forward_values(critic, sub), sub["old_values"], sub["returns"], sub["mask"],
+        return A.value_loss(forward_values(critic, sub, precision), sub["old_values"], sub["returns"], sub["mask"],
                             cfg.value_clip or None, cfg.agg, norm)
 
     steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
@@ -336,9 +377,14 @@ def observed_kl(batch: dict[str, Tensor], kind: str) -> float:
                                batch["mask"]))
 
 
-def logprob_mismatch(batch: dict[str, Tensor]) -> dict[str, float]:
-    """Rollout vs recomputed log-probs on sampled tokens: a gap silently biases the ratio."""
+def logprob_mismatch(batch: dict[str, Tensor], rows: Sequence[int] | None = None) -> dict[str, float]:
+    """Rollout vs recomputed log-probs on sampled tokens (of `rows`; default all): a gap silently
+    biases the ratio."""
     m = batch["mask"].bool()
+    if rows is not None:
+        keep = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
+        keep[list(rows)] = True
+        m = m & keep[:, None]
     if not m.any():
         return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
     d = (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()[m]

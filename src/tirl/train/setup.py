@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tirl.formats import PromptConfig, TagStyle, make_style  # noqa: F401 (re-exported: configs import them here)
+from tirl.train.lora import LoraConfig
 
 log = logging.getLogger("tirl.train")
 
@@ -54,6 +55,8 @@ class ModelConfig:
     hidden_size: int = 64
     layers: int = 2
     """Size of builtin:tiny (ignored for real models)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters (needs `tirl[peft]`); `lora.r: 0` (the default) trains every weight."""
 
 
 def load_split(cfg: DataConfig, split: str) -> list[Any]:

@@ -11,7 +11,8 @@ micro-batches (each micro-batch's token sum is divided by the whole batch's toke
 Checkpoints and `--resume` are the RL trainer's (`tirl.train.checkpoint`). The result is
 `RUN_DIR/model/`, a plain `save_pretrained` directory `tirl train` takes as `model.path`.
 
-Not covered: packing with block-diagonal attention, multi-turn conversations, LoRA.
+Not covered: packing with block-diagonal attention, multi-turn conversations. LoRA: `model.lora` (see
+`tirl.train.lora`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.data import IGNORE_INDEX, DataError
 from tirl.formats import get_style
+from tirl.train import lora
 from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
-from tirl.train.common import OptimConfig, build_optimizer, clip_and_step, set_threads
+from tirl.train.common import (OptimConfig, backward, build_optimizer, check_device_and_precision, clip_and_step,
+                               grad_scaler, set_threads)
 from tirl.progress import progress
 from tirl.train.logger import MetricsLogger
 from tirl.trained_settings import settings_of, write_settings
@@ -70,6 +73,11 @@ class SFTTrainerConfig:
     keep_checkpoints: int = 1
     seed: int = 0
     threads: int = 1
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N; auto = the first GPU when there is one."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 autocast (bf16 on CPU too); weights and optimizer state stay float32."""
+    gradient_checkpointing: bool = False
     tensorboard: bool = False
     wandb: bool = False
 
@@ -93,6 +101,8 @@ def validate_sft(cfg: SFTConfig) -> None:
         raise ValueError("trainer.steps, trainer.batch_size, trainer.micro_batch_size and data.max_length must be >= 1")
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ValueError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
+    check_device_and_precision(t.device, t.precision)
+    lora.check(cfg.model.lora)
 
 
 def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
@@ -140,21 +150,28 @@ def collate(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tens
     return {"input_ids": ids, "labels": labels, "attention_mask": attn}
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over trainable tokens, and their count."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, int((targets != IGNORE_INDEX).sum())
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], precision: str = "fp32") -> tuple[torch.Tensor, int]:
+    """Sum of next-token cross-entropy over trainable tokens, and their count.
+
+    The output layer runs only at trainable positions, in float32 chunks (`model_token_logprobs`), so
+    no (B, T, V) logits tensor is built for a real vocabulary."""
+    from tirl.logprobs import model_token_logprobs
+    from tirl.models import autocast
+
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    trainable = batch["labels"][:, 1:] != IGNORE_INDEX
+    with autocast(dev, precision):
+        lp, _ = model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], trainable, temperature=0)
+    return -lp.sum(), int(trainable.sum())
 
 
 @torch.no_grad()
-def eval_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, micro: int) -> float:
+def eval_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, micro: int, precision: str = "fp32") -> float:
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(examples), micro):
-        loss, n = token_loss_sum(model, collate(examples[i : i + micro], pad_id))
+        loss, n = token_loss_sum(model, collate(examples[i : i + micro], pad_id), precision)
         total += float(loss)
         count += n
     return total / max(count, 1)
@@ -167,6 +184,8 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     tc = cfg.trainer
+    check_device_and_precision(tc.device, tc.precision)
+    lora.check(cfg.model.lora)
     set_threads(tc.threads)
     validate_sft(cfg)
     ckpt = resume_point(run_dir, resume)
@@ -182,7 +201,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
 
     base = resolve_model(cfg.model, style, cfg.data.task, run_dir)
     with loading("model", base):
-        tokenizer = load_tokenizer(base)
+        tokenizer = load_tokenizer(base, gguf_file=cfg.model.gguf_file)
     # prompt.chat None = the prompt rule's own default (the chat template when the tokenizer has one)
     train_ex = tokenize_traces(train_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
     eval_ex = tokenize_traces(eval_traces, tokenizer, style, cfg.data.max_length, use_chat_template=cfg.prompt.chat)
@@ -190,9 +209,17 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
         raise ValueError("no training traces")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     torch.manual_seed(tc.seed)
+    # A checkpoint is a plain float directory (or LoRA adapters over the base); only the base may be GGUF.
+    lora_on = cfg.model.lora.r > 0
+    from_ckpt = ckpt is not None and not lora_on
     with loading("model", base):
-        model = load_model(str(ckpt / "model") if ckpt else base, dtype=cfg.model.dtype, device="cpu")
-    opt, sched = build_optimizer(model.parameters(), tc.optim, tc.steps)
+        model = load_model(str(ckpt / "model") if from_ckpt else base,
+                           gguf_file=None if from_ckpt else cfg.model.gguf_file, dtype=cfg.model.dtype, device=tc.device)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = lora.apply(model, cfg.model.lora, adapter_dir=ckpt / "model" if ckpt and lora_on else None)
+    opt, sched = build_optimizer([p for p in model.parameters() if p.requires_grad], tc.optim, tc.steps)
+    scaler = grad_scaler(tc.precision, next(model.parameters()).device)
     logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
     start = 0
     if ckpt is not None:
@@ -220,16 +247,16 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
             model.train()
             total = 0.0
             for m in range(0, len(rows), tc.micro_batch_size):
-                loss_sum, _ = token_loss_sum(model, collate(rows[m : m + tc.micro_batch_size], pad_id))
+                loss_sum, _ = token_loss_sum(model, collate(rows[m : m + tc.micro_batch_size], pad_id), tc.precision)
                 loss = loss_sum / max(n_tokens, 1)
-                loss.backward()
+                backward(loss, scaler)
                 total += float(loss.detach())
             lr = sched.get_last_lr()[0]
-            grad_norm = clip_and_step(params, opt, sched, tc.optim.max_grad_norm)
+            grad_norm = clip_and_step(params, opt, sched, tc.optim.max_grad_norm, scaler)
             metrics = {"loss/sft": total, "train/lr": lr, "train/grad_norm": grad_norm, "train/epoch": float(epoch),
                        "throughput/tokens_per_s": sum(len(e["input_ids"]) for e in rows) / (time.perf_counter() - t0)}
             if eval_ex and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps):
-                metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, tc.micro_batch_size)
+                metrics["eval/loss"] = eval_loss(model, eval_ex, pad_id, tc.micro_batch_size, tc.precision)
             logger.log(step, metrics)
             if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
                 save_checkpoint(run_dir, step, {"model": model}, {"optimizer": opt.state_dict(),
@@ -238,8 +265,11 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
             bar.update(bar.task_ids[0], completed=step, info=f"loss {total:.3f}")
     logger.close()
     out = Path(cfg.output) if cfg.output else run_dir / "model"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if lora_on and cfg.model.lora.merge:
+        lora.save_merged(model, tokenizer, out)  # a plain model `tirl train` takes as model.path
+    else:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     write_settings(out, settings_of(cfg.prompt))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, model=str(out), run_dir=str(run_dir))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -7,13 +7,14 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tirl.config import add_config_arguments
+    from tirl.config import add_config_arguments, add_device_arguments
 
     parser.description = (
         "Cold-start SFT on code-integrated traces: loss on the assistant's own tokens only "
         "(interpreter output masked). Writes RUN_DIR/model/ for `tirl train model.path=RUN_DIR/model`."
     )
     add_config_arguments(parser, example="trainer.steps=100 trainer.optim.lr=1e-4")
+    add_device_arguments(parser)
     parser.add_argument("--run-dir", default="runs/sft",
                         help="where model/, metrics.jsonl, checkpoints/ and summary.json go (default: runs/sft)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
@@ -33,7 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.commands import UserError, command_config, quiet_transformers
     from tirl.train.sft import SFTConfig, train_sft, validate_sft
 
-    cfg = command_config(SFTConfig, args, {"skip_invalid": "data.skip_invalid"})
+    cfg = command_config(SFTConfig, args, {"skip_invalid": "data.skip_invalid", "device": "trainer.device",
+                                           "precision": "trainer.precision"})
     try:
         validate_sft(cfg)
     except ValueError as e:

@@ -1,0 +1,291 @@
+"""tirl vs TRL: GRPO steps per second on the same model, prompts, batch, lengths, learning rate and threads.
+
+    pip install -e ".[bench]"                     # TRL is a benchmark extra, never a tirl dependency
+    python benchmarks/vs_trl.py                   # a random 4.3M-parameter Qwen2 built here, 8 x 8 x 64
+    python benchmarks/vs_trl.py --model runs/demo/sft/model --steps 6 --precision bf16
+    python benchmarks/vs_trl.py --tirl-only trainer.precision=fp32 ...   # ablation rows (dotted overrides)
+
+One invocation builds (or takes) one model directory and one prompt set, then runs TRL's `GRPOTrainer` and
+`tirl train` on them one after the other, each in a fresh child process (so each has its own peak
+memory and neither warms the other's caches), with the same torch threads. Both: GRPO, group size n,
+prompts x n completions a step, at most `--new-tokens` new tokens sampled at temperature 1, one
+optimizer step per batch, no KL, no reference model, the same reward (`tirl.reward.grade`), no tools
+(tirl's rollout does not stop at its code tag; TRL's never does). Printed per run: median s/step over
+the steps after the first (start-up excluded), completion tokens per second, peak resident memory of
+the child, and the ratio. A random model earns the same reward on every sample, so tirl's skipping of
+zero-advantage rows is turned off here (TRL has no such skip): both run the full update. Check `cat /proc/loadavg` first; the load is printed before and after.
+
+The `tools` mode (TRL `tools=` vs tirl's sandbox) is not built yet: TRL's tool path needs a model that
+writes its JSON tool calls, which a random model never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _problems(k: int, seed: int) -> list:
+    from tirl.tasks import generate
+
+    return generate(k, split="train", seed=seed, level=2, kinds=("mul",))
+
+
+def _prompts(tok, problems) -> list[str]:
+    import dataclasses
+
+    from tirl.formats import get_style
+    from tirl.rollout import prompt_text
+
+    style = dataclasses.replace(get_style("retool"), system_prompt="")
+    return [prompt_text(tok, p.problem, style, chat=False) for p in problems]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_trl(a: dict, out: mp.Queue) -> None:
+    import torch
+
+    torch.set_num_threads(a["threads"])
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.utils import logging
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tirl.reward import grade
+
+    logging.set_verbosity_error()
+    tok = AutoTokenizer.from_pretrained(a["model"])
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=torch.float32)
+    problems = _problems(a["prompts"] * a["steps"], a["seed"])
+    ds = Dataset.from_dict({"prompt": _prompts(tok, problems), "answer": [p.answer for p in problems]})
+
+    def reward(completions, answer, **_):
+        return [grade(c, x) for c, x in zip(completions, answer)]
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = GRPOConfig(
+            output_dir=tmp, per_device_train_batch_size=a["prompts"] * a["n"], num_generations=a["n"],
+            max_completion_length=a["new_tokens"], learning_rate=a["lr"], max_steps=a["steps"], logging_steps=1,
+            report_to=[], use_cpu=True, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
+            epsilon=0.2, epsilon_high=0.28, save_strategy="no", seed=a["seed"], bf16=a["precision"] == "bf16",
+            gradient_accumulation_steps=1, dataloader_num_workers=0, shuffle_dataset=False,
+            disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0,
+            gradient_checkpointing=False,  # TRL's default is on; tirl's is off: compare the faster settings
+        )
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
+                              callbacks=[Clock()])
+        gen_times: list[float] = []
+        generate = trainer._generate  # TRL's sampling (tokenising, generate, decoding); the rest is the update
+
+        def timed_generate(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                gen_times.append(time.perf_counter() - t0)
+
+        trainer._generate = timed_generate
+        trainer.train()
+        lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    out.put({"step_s": times, "completion_tokens": [x * a["prompts"] * a["n"] for x in lengths],
+             "peak_mb": _peak_mb(),
+             "split": {"generation": gen_times, "sandbox": [0.0] * len(times),
+                       "update": [t - g for t, g in zip(times, gen_times)]}})
+
+
+ABLATIONS = {
+    "shared-prefill": "each sample prefills its prompt (no prefix sharing)",
+    "stop-ids": "stop strings found by decoding a window after every token",
+    "fused-old": "a separate no-grad forward for the old log-probs",
+    "masked-head": "full (B, T, V) logits over every position",
+    "preallocated-cache": "the KV cache grows by concatenation at every decode step",
+}
+
+
+def _ablate(names: list[str]) -> None:
+    """Turn tirl's speed-ups off one by one (benchmark only), for the 'what bought what' rows."""
+    import functools
+
+    from tirl import logprobs
+    from tirl.generation import hf
+    from tirl.train import rl_update
+
+    for name in names:
+        if name == "shared-prefill":
+            hf.HFGenerator.__init__ = functools.partialmethod(hf.HFGenerator.__init__, share_prefix=False)
+        elif name == "stop-ids":
+            hf.HFGenerator._single_token_stops = lambda self, stops: {}
+            hf.HFGenerator._may_end_stop = lambda self, token, ends: True
+        elif name == "fused-old":
+            rl_update.one_step_per_batch = lambda *a, **k: False
+        elif name == "preallocated-cache":
+            hf.HFGenerator.__init__ = functools.partialmethod(hf.HFGenerator.__init__, preallocate=False)
+        elif name == "masked-head":
+            logprobs._split_head = lambda model: None
+        else:
+            raise SystemExit(f"--ablate: unknown {name!r}; one of {', '.join(ABLATIONS)}")
+
+
+def _no_code_stop() -> None:
+    """No tools: generation stops at EOS or the length budget only, as TRL's does. (With the sandbox
+    merely capped at 0 calls, a random model that samples the `</code>` tag would pause there, get the
+    cap message injected and resume in a second turn: more work than TRL does, for nothing.)"""
+    import dataclasses
+
+    from tirl.train import rl
+
+    make_style = rl.make_style
+    rl.make_style = lambda cfg: dataclasses.replace(make_style(cfg), stop="\x00no-tools\x00")
+
+
+def run_tirl(a: dict, out: mp.Queue) -> None:
+    import torch
+
+    torch.set_num_threads(a["threads"])
+    _ablate(a["ablate"])
+    _no_code_stop()
+    from tirl.config import load_config
+    from tirl.models import load_tokenizer
+    from tirl.train.logger import read_metrics
+    from tirl.train.rl import RLConfig, train_rl
+    from tirl.train.rl_command import quiet_transformers
+
+    quiet_transformers()
+    tok = load_tokenizer(a["model"])
+    problems = _problems(a["prompts"] * a["steps"], a["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train.jsonl"
+        data.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
+                                for p in problems))
+        cfg = load_config(RLConfig, None, [
+            f"model.path={a['model']}", f"data.train={data}", 'data.test=""', 'prompt.system_prompt=""',
+            "prompt.chat=false", f"rollout.n={a['n']}", f"rollout.max_new_tokens={a['new_tokens']}",
+            "rollout.max_tool_calls=0", "rollout.stop_at_answer=false", "rollout.temperature=1.0",
+            f"trainer.prompts_per_step={a['prompts']}", f"trainer.micro_batch_size={a['prompts'] * a['n']}",
+            f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
+            f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
+            f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
+            "algorithm.clip_high=0.28",
+            # a random model earns the same reward everywhere; TRL still runs its update on every row, and so must we
+            "algorithm.skip_zero_advantage=false", *a["overrides"],
+        ])
+        train_rl(cfg, Path(tmp) / "run")
+        ms = read_metrics(Path(tmp) / "run")
+    split = {k: [float(m.get(key, 0.0)) for m in ms]
+             for k, key in (("generation", "time/generation_s"), ("sandbox", "time/sandbox_s"),
+                            ("update", "time/train_s"))}
+    out.put({"step_s": [float(m["time/step_s"]) for m in ms],
+             "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
+             "peak_mb": _peak_mb(), "split": split})
+
+
+def _child(fn, a: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=fn, args=(a, q))
+    p.start()
+    res = q.get()
+    p.join()
+    return res
+
+
+def summarise(name: str, r: dict) -> dict:
+    """Medians over the steps after the first (which pays for start-up): robust to a neighbour's load spike."""
+    steps = r["step_s"][1:] or r["step_s"]
+    toks = r["completion_tokens"][1:] or r["completion_tokens"]
+    s = statistics.median(steps)
+    row = {"name": name, "s_per_step": s, "tokens_per_s": statistics.mean(toks) / statistics.mean(steps),
+           "peak_mb": r["peak_mb"], "steps_measured": len(steps)}
+    for k, v in r["split"].items():
+        row[k] = statistics.median(v[1:] or v)
+    return row
+
+
+def build_model(out: Path, hidden: int, layers: int) -> str:
+    from tirl.formats import get_style
+    from tirl.models import build_tiny_model
+    from tirl.train.setup import DataConfig, tokenizer_corpus
+
+    if not (out / "config.json").is_file():
+        build_tiny_model(out, tokenizer_corpus(get_style("retool"), DataConfig(task_level=2)), hidden_size=hidden,
+                         layers=layers, heads=4, kv_heads=2, intermediate_size=2 * hidden, seed=0)
+    return str(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model directory (default: a random Qwen2 built here)")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=7, help="with --hidden 256: 4.3M parameters")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=8, help="GRPO group size")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating TRL / tirl runs (default: 2)")
+    ap.add_argument("--tirl-only", action="store_true", help="skip TRL (ablation rows of tirl alone)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--ablate", action="append", default=[], choices=list(ABLATIONS),
+                    help="turn one of tirl's speed-ups off (repeatable): " + "; ".join(
+                        f"{k}: {v}" for k, v in ABLATIONS.items()))
+    ap.add_argument("overrides", nargs="*", help="extra dotted overrides for the tirl run")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or build_model(Path(tmp) / "model", args.hidden, args.layers)
+        a = {k: getattr(args, k) for k in ("prompts", "n", "new_tokens", "steps", "lr", "threads", "precision",
+                                           "seed", "overrides", "ablate")}
+        a["model"] = model
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(model)
+        print(f"model: {args.model or 'random Qwen2'} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
+              f"vocab {c.vocab_size}); {args.prompts} prompts x {args.n} samples x {args.new_tokens} new tokens, "
+              f"{args.steps} steps, lr {args.lr}, {args.threads} thread(s), {args.precision}")
+        print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
+        rows = []
+        label = " ".join([*args.overrides, *(f"-{x}" for x in args.ablate)])
+        for r in range(args.rounds):  # alternate, so a change of load hits both sides
+            if not args.tirl_only:
+                rows.append(summarise(f"TRL GRPOTrainer [{r + 1}]", _child(run_trl, a)))
+            rows.append(summarise(f"tirl train [{r + 1}]" + (f" ({label})" if label else ""), _child(run_tirl, a)))
+        print(f"load average after:  {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"{'':40s} {'s/step':>8s} {'compl. tok/s':>13s} {'peak MB':>8s}   split (generation / sandbox / update s)")
+    for r in rows:
+        split = (f"{r['generation']:.2f} / {r['sandbox']:.2f} / {r['update']:.2f}" if "update" in r else "")
+        print(f"{r['name']:40s} {r['s_per_step']:8.2f} {r['tokens_per_s']:13.0f} {r['peak_mb']:8.0f}   {split}")
+    if not args.tirl_only:
+        trl = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("TRL"))
+        ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl"))
+        print(f"tirl is {trl / ours:.2f}x faster per step than TRL (median s/step {ours:.2f} vs {trl:.2f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The transformers backend's shortcuts change no numbers: one prefill per distinct prompt for the samples
+of a GRPO group, and stop strings matched on token ids or only when a token could complete one."""
+
+from __future__ import annotations
+
+import torch
+from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
+from forced_generator import ForcedHFGenerator
+
+from tirl.generation import GenerationRequest, SamplingParams
+from tirl.generation.hf import HFGenerator
+
+TOL = 1e-4
+
+
+def enc(tok, s):
+    return tok.encode(s, add_special_tokens=False)
+
+
+class _CountTokens:
+    """Counts token positions the model's embedding layer sees (prefill + decode work)."""
+
+    def __init__(self, model):
+        self.n = 0
+        self.handle = model.get_input_embeddings().register_forward_hook(self)
+
+    def __call__(self, module, args, out):
+        self.n += args[0].numel()
+
+
+def test_group_samples_share_one_prompt_prefill_and_match_separate_prefills(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    long_prompt = enc(tok, "What is 12 times 34? Let me compute it. The product is 408. " * 3)
+    other = enc(tok, "Hi")
+    reqs = lambda: [GenerationRequest(long_prompt, key=("a", i)) for i in range(4)] + [  # noqa: E731
+        GenerationRequest(other, key=("b", 0))]
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    outs, work = {}, {}
+    for share in (False, True):
+        g = HFGenerator(tiny_model, tok, share_prefix=share)
+        counter = _CountTokens(tiny_model)
+        first = g.generate(reqs(), params)
+        # a second turn continues from each row's own cache (tool output appended)
+        tool = enc(tok, "<interpreter>408</interpreter>")
+        second = g.generate([GenerationRequest(r.token_ids + o.token_ids + tool, key=r.key)
+                             for r, o in zip(reqs(), first)], params)
+        counter.handle.remove()
+        outs[share], work[share] = (first, second), counter.n
+    for a, b in zip(outs[False][0] + outs[False][1], outs[True][0] + outs[True][1]):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
+    assert len(set(outs[True][0][0].token_ids)) > 3  # varied output: a real check
+    # the 4 samples of the long prompt prefilled it once, not 4 times (batch padding aside)
+    assert work[True] <= work[False] - 2 * len(long_prompt)
+
+
+def test_sampled_group_rows_differ_after_sharing(tiny_model, tiny_tokenizer):
+    """Shared keys/values are copied, not aliased: rows sampled from one prompt go their own ways."""
+    tok = tiny_tokenizer
+    p = enc(tok, "What is 12 times 34?")
+    outs = HFGenerator(tiny_model, tok).generate([GenerationRequest(p, key=i) for i in range(6)],
+                                                 SamplingParams(max_new_tokens=12, temperature=1.0, seed=3))
+    assert len({tuple(o.token_ids) for o in outs}) > 1
+
+
+def test_stop_found_as_one_tag_token_and_spelled_out_in_pieces(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    tag = enc(tok, "</code>")
+    assert len(tag) == 1  # the tiny tokenizer has tag tokens: the id path
+    pieces = [tok.convert_tokens_to_ids(c) for c in "</code>"]  # the same text, one byte-level token a char
+    assert tok.unk_token_id not in pieces and tok.decode(pieces) == "</code>"
+    body = enc(tok, "x = 12 * 34")
+    after = enc(tok, " more")
+    streams = {"id": body + tag + after, "pieces": body + pieces + after}
+    g = ForcedHFGenerator(tiny_model, tok, streams)
+    outs = g.generate([GenerationRequest(enc(tok, "Hi"), key=k) for k in streams],
+                      SamplingParams(max_new_tokens=40, temperature=1.0, stop=["</code>"]))
+    assert outs[0].finish_reason == "stop" and outs[0].stop_string == "</code>" and outs[0].token_ids == body + tag
+    assert outs[1].finish_reason == "stop" and outs[1].stop_string == "</code>" and outs[1].token_ids == body + pieces
+
+
+def test_finished_rows_leave_the_batch_at_once_without_changing_outputs(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    body = enc(tok, "x = 12 * 34 and then some more words to write")
+    streams = {k: body[: 2 + 3 * k] + [tok.eos_token_id] for k in range(4)}  # rows end at different steps
+    outs, work = {}, {}
+    for at in (0.0, 0.5):
+        g = ForcedHFGenerator(tiny_model, tok, streams, drop_finished_at=at)
+        counter = _CountTokens(tiny_model)
+        outs[at] = g.generate([GenerationRequest(enc(tok, "Hi there"), key=k) for k in streams],
+                              SamplingParams(max_new_tokens=40, temperature=1.0))
+        counter.handle.remove()
+        work[at] = counter.n
+    for a, b in zip(outs[0.0], outs[0.5]):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "eos"
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
+    assert work[0.0] < work[0.5]
+
+
+def test_preallocated_cache_equals_a_growing_one_over_tool_turns(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    ps = [enc(tok, "What is 12 times 34?"), enc(tok, "Hi"), enc(tok, "The product is 1024.")]
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    runs = []
+    for pre in (False, True):
+        g = HFGenerator(tiny_model, tok, preallocate=pre)
+        first = g.generate([GenerationRequest(p, key=i) for i, p in enumerate(ps)], params)
+        tool = [enc(tok, "<interpreter>408</interpreter>"), enc(tok, "<interpreter>1</interpreter>"), []]
+        second = g.generate([GenerationRequest(p + o.token_ids + t, key=i)
+                             for i, (p, o, t) in enumerate(zip(ps, first, tool))], params)
+        runs.append(first + second)
+    for a, b in zip(*runs):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
+
+
+def test_bf16_generation_uses_a_copy_refreshed_after_every_weight_update(tiny_model_dir, tiny_tokenizer):
+    from tirl.models import load_model
+
+    tok = tiny_tokenizer
+    model = load_model(tiny_model_dir, device="cpu")
+    reqs = lambda: [GenerationRequest(enc(tok, "What is 12 times 34?"))]  # noqa: E731
+    params = SamplingParams(max_new_tokens=10, temperature=0)
+    g = HFGenerator(model, tok, precision="bf16")
+    g.generate(reqs(), params)
+    assert g._copy is not None and next(g._copy.parameters()).dtype == torch.bfloat16
+    assert next(model.parameters()).dtype == torch.float32  # the trained weights are untouched
+    with torch.no_grad():  # an "optimizer step": in place, as torch optimizers do
+        for p in model.parameters():
+            p.mul_(1.5)
+    after = g.generate(reqs(), params)[0]
+    fresh = HFGenerator(model, tok, precision="bf16").generate(reqs(), params)[0]
+    assert after.token_ids == fresh.token_ids and after.logprobs == fresh.logprobs
+    # and it stays near autocast (both round to bf16; the copy also keeps activations in bf16)
+    auto = HFGenerator(model, tok, precision="bf16", half_copy=False).generate(reqs(), params)[0]
+    assert max(abs(a - b) for a, b in zip(after.logprobs, auto.logprobs)) < 0.3
