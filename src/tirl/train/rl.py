@@ -128,11 +128,13 @@ def _load_policy(path: str, cfg: RLConfig, gguf_file: str | None = None) -> Any:
     return model
 
 
-def _load_critic(path: str, device: Any) -> Any:
+def _load_critic(path: str, device: Any = None) -> Any:
     from transformers import AutoModelForTokenClassification
 
+    from tirl.models import resolve_device
+
     # A token-classification head with one label is a value head on a copy of the policy.
-    return without_dropout(AutoModelForTokenClassification.from_pretrained(path, num_labels=1).to(device))
+    return without_dropout(AutoModelForTokenClassification.from_pretrained(path, num_labels=1).to(resolve_device(device)))
 
 
 def without_dropout(model: Any) -> Any:
