@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from tirl.train.logger import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -13,10 +15,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def test_demo_smoke(tmp_path):
     run = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smoke.yaml"), "--run-dir",
-                        str(run)], capture_output=True, text=True, timeout=900, env=os.environ.copy())
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smoke.yaml"), "seed=3",
+                        "--run-dir", str(run)], capture_output=True, text=True, timeout=900, env=os.environ.copy())
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
+    # the one seed knob reaches every stage: problems and initial weights, SFT order, RL sampling
+    assert summary["seeds"] == {"task": 3, "sft": 3, "rl": 3}
+    for stage, key in (("sft", "trainer.seed"), ("rl", "trainer.seed"), ("rl", "data.seed"),
+                       ("text_rl", "trainer.seed"), ("sft", "data.task.seed")):
+        assert OmegaConf.select(OmegaConf.load(run / stage / "config.yaml"), key) == 3, (stage, key)
     for key in ("sft_accuracy", "rl_accuracy", "text_rl_accuracy", "code_ratio_start", "code_ratio_end",
                 "steps", "wall_s", "report"):
         assert key in summary, key
