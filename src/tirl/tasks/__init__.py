@@ -1,6 +1,51 @@
-"""Built-in tasks: seeded problem generators with reference answers, and their SFT traces."""
+"""Built-in tasks: seeded problem generators with reference answers, and their SFT traces.
+
+Two tasks, chosen by `data.task`: ``arithmetic`` (bare exact arithmetic, for tiny models built from
+scratch: `tirl demo`) and ``words`` (multi-step word problems in real language, for small pretrained
+models: `configs/smollm2_retool.yaml`). The dispatch is the two dicts below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
 
 from tirl.tasks.arithmetic import KINDS, TaskItem, generate
 from tirl.tasks.sft_traces import make_traces
+from tirl.tasks.words import WORD_KINDS, generate_words
 
-__all__ = ["KINDS", "TaskItem", "generate", "make_traces"]
+TASKS = {"arithmetic": KINDS, "words": WORD_KINDS}
+"""Task name -> its kinds."""
+DEFAULT_KINDS = {"arithmetic": ("mul",), "words": WORD_KINDS}
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown built-in task {task!r}; known: {', '.join(TASKS)}")
+
+
+def generate_task(task: str, n: int, *, split: str, seed: int, level: int,
+                  kinds: Sequence[str] = ()) -> list[TaskItem]:
+    """`n` problems of a built-in task; empty `kinds` = the task's default kinds."""
+    check_task(task)
+    kinds = tuple(kinds) or DEFAULT_KINDS[task]
+    if task == "words":
+        return generate_words(n, split=split, seed=seed, level=level, kinds=kinds)
+    return generate(n, split=split, seed=seed, level=level, kinds=kinds)
+
+
+def task_traces(task: str, items: list[TaskItem], *, style: Any, mix: dict[str, float],
+                text_error_rate: float, seed: int, max_output_chars: int = 256) -> list[dict[str, Any]]:
+    """SFT trace records for a built-in task's items; word traces run their programs in the real sandbox."""
+    check_task(task)
+    if task == "arithmetic":
+        return make_traces(items, style=style, mix=mix, text_error_rate=text_error_rate, seed=seed)
+    from tirl.sandbox import Sandbox
+    from tirl.tasks.word_traces import make_word_traces
+
+    with Sandbox() as sandbox:
+        return make_word_traces(items, sandbox.run_batch, style=style, mix=mix, text_error_rate=text_error_rate,
+                                seed=seed, max_output_chars=max_output_chars)
+
+
+__all__ = ["KINDS", "TASKS", "WORD_KINDS", "TaskItem", "generate", "generate_task", "generate_words",
+           "make_traces", "task_traces"]

@@ -35,6 +35,8 @@ class TaskItem:
     """The computation written as a person would (what a text-only trace works on)."""
     kind: str
     level: int
+    broken_code: str = ""
+    """A first program with a realistic mistake, for error-then-fix traces ("" = derive one)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

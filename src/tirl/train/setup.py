@@ -35,10 +35,16 @@ class DataConfig:
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str = "id"
+    task: str = "arithmetic"
+    """Built-in task when train/test is `builtin`: arithmetic (bare sums and products, for tiny models) or
+    words (multi-step word problems in real language, for small pretrained models)."""
     task_level: int = 1
-    """Built-in task difficulty: operand digits 2 / 3 / 4 for levels 1 / 2 / 3."""
-    task_kinds: list[str] = field(default_factory=lambda: ["mul"])
-    """Built-in task kinds: mul, add_mul, modpow, digit_sum."""
+    """Built-in task difficulty. arithmetic: operand digits 2 / 3 / 4 for levels 1 / 2 / 3; words: 1 small
+    numbers, 3 large, 2 a mix (30% small)."""
+    task_kinds: list[str] = field(default_factory=list)
+    """Built-in task kinds; empty = the task's default (arithmetic: mul; words: all). arithmetic: mul,
+    add_mul, modpow, digit_sum; words: bulk_cost, distance, duration, discount, leftover, days_between,
+    range_sum, savings."""
     train_size: int = 2000
     test_size: int = 50
     seed: int = 0
@@ -70,10 +76,10 @@ def load_split(cfg: DataConfig, split: str) -> list[Any]:
     if not source:
         return []
     if source == BUILTIN:
-        from tirl.tasks import generate
+        from tirl.tasks import generate_task
 
         size = cfg.train_size if split == "train" else cfg.test_size
-        return generate(size, split=split, seed=cfg.seed, level=cfg.task_level, kinds=tuple(cfg.task_kinds))
+        return generate_task(cfg.task, size, split=split, seed=cfg.seed, level=cfg.task_level, kinds=cfg.task_kinds)
     from tirl.data import load_problems
 
     return load_problems(source, problem_field=cfg.problem_field, answer_field=cfg.answer_field,

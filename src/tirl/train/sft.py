@@ -110,11 +110,13 @@ def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
     from tirl.data import load_traces, trace_from_row
 
     if cfg.train == BUILTIN:
-        from tirl.tasks import generate, make_traces
+        from tirl.tasks import generate_task, task_traces
 
         t = cfg.task
-        items = generate(t.train_size, split="train", seed=t.seed, level=t.task_level, kinds=tuple(t.task_kinds))
-        rows = make_traces(items, style=style, mix=dict(cfg.mix), text_error_rate=cfg.text_error_rate, seed=t.seed)
+        items = generate_task(t.task, t.train_size, split="train", seed=t.seed, level=t.task_level,
+                              kinds=t.task_kinds)
+        rows = task_traces(t.task, items, style=style, mix=dict(cfg.mix), text_error_rate=cfg.text_error_rate,
+                           seed=t.seed)
         traces = [trace_from_row(r, style, id=r["id"], where=f"builtin[{i}]") for i, r in enumerate(rows)]
     else:
         traces = list(load_traces(cfg.train, style, skip_invalid=cfg.skip_invalid))
