@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tirl.jsonl import write_json
+from tirl.jsonl import append_rows, read_rows, write_json
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train.common import OptimConfig
@@ -105,10 +105,11 @@ def _rl_config(cfg: DemoConfig, model_path: str, with_tool: bool) -> RLConfig:
 
 
 def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True,
-                   out_dir: str | Path | None = None) -> dict[str, float]:
-    """Held-out accuracy and code use, greedy and sampled (temperature 1), for one model, through
-    `tirl.eval.evaluate` (the path `tirl eval` and the trainer's held-out evaluation take). With
-    `out_dir`, each evaluation's samples and summary go to `out_dir/greedy` and `out_dir/sampled`."""
+                   out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Held-out accuracy, code use and tool-call pass rate, greedy and sampled (temperature 1), for one
+    model, through `tirl.eval.evaluate` (the path `tirl eval` and the trainer's held-out evaluation
+    take). With `out_dir`, each evaluation's samples and summary go to `out_dir/greedy` and
+    `out_dir/sampled`, and `samples` holds the trajectories worth showing (self-corrections first)."""
     from tirl.eval import EvalConfig, evaluate
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_model, load_tokenizer
@@ -118,7 +119,7 @@ def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True,
     items = load_split(cfg.task, "test")[: cfg.eval_size]
     tok, model = load_tokenizer(path), load_model(path, device=cfg.rl.device)
     rollout = cfg.rollout if with_tool else dataclasses.replace(cfg.rollout, max_tool_calls=0, on_tool_cap="stop")
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {"samples": []}
     with Sandbox(cfg.sandbox) as sandbox:
         gen = HFGenerator(model, tok, precision=cfg.rl.precision)
         for name, temp in (("greedy", 0.0), ("sampled", 1.0)):
@@ -128,7 +129,27 @@ def evaluate_model(path: str, cfg: DemoConfig, with_tool: bool = True,
             summary = evaluate(gen, tok, sandbox, {"heldout": items}, ecfg, run, model_id=str(path), show=False)
             out[f"{name}_accuracy"] = summary["overall"]["avg@1"]
             out[f"{name}_code_ratio"] = summary["overall"]["tool/code_ratio"]
+            out[f"{name}_pass_rate"] = summary["overall"].get("tool/pass_rate")
+            if run is not None:
+                out["samples"] += showcase(read_rows(run / "samples.jsonl"), f"held-out, {name}")
     return out
+
+
+def showcase(records: list[dict[str, Any]], label: str, k: int = 2) -> list[dict[str, Any]]:
+    """Up to `k` correct evaluation records (`tirl.eval` samples.jsonl) that recovered from a failed call
+    (error -> fixed code -> right answer), else correct ones that used code; in the shape the report
+    renders (`samples.jsonl` of a training run)."""
+    def recovered(r: dict[str, Any]) -> bool:
+        statuses = [c["status"] for c in r.get("tool_calls") or [] if c["status"] not in ("empty", "capped")]
+        return any(s != "ok" for s in statuses) and statuses[-1:] == ["ok"]
+
+    right = [r for r in records if r.get("correct") and r.get("tool_calls")]
+    right.sort(key=lambda r: not recovered(r))  # stable: self-corrections first
+    return [{"step": label, "problem_id": r.get("problem_id"), "self_correction": recovered(r),
+             "grade": {"correct": True, "score": r.get("score"), "extracted": r.get("extracted"),
+                       "reference": r.get("reference")},
+             "text": r.get("response", ""), "tool_calls": r.get("tool_calls"), "finish_reason": r.get("finish_reason")}
+            for r in right[:k]]
 
 
 def _mean_of(metrics: list[dict[str, Any]], key: str, rows: list[int]) -> float | None:
@@ -167,7 +188,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
     text_rl = stage("4/5 GRPO without the tool (baseline)",
                     lambda: train_rl(_rl_config(cfg, text_sft["model"], False), run_dir / "text_rl"))
 
-    def final_eval() -> dict[str, dict[str, float]]:
+    def final_eval() -> dict[str, dict[str, Any]]:
         return {
             "sft": evaluate_model(sft["model"], cfg, out_dir=run_dir / "eval" / "sft"),
             "rl": evaluate_model(rl["checkpoint"] + "/policy", cfg, out_dir=run_dir / "eval" / "rl"),
@@ -191,8 +212,15 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
         "sampled": {name: {"accuracy": e["sampled_accuracy"], "code_ratio": e["sampled_code_ratio"]}
                     for name, e in evals.items()},
         "greedy_code_ratio": {name: e["greedy_code_ratio"] for name, e in evals.items()},
+        "pass_rate": {name: {"greedy": e["greedy_pass_rate"], "sampled": e["sampled_pass_rate"]}
+                      for name, e in evals.items()},
+        "pass_rate_start": _mean_of(metrics, "tool/pass_rate", list(range(k))),
+        "pass_rate_end": _mean_of(metrics, "tool/pass_rate", list(range(len(metrics) - k, len(metrics)))),
         "stage_seconds": times,
     }
+    # Held-out trajectories of the tool-RL model worth reading (self-corrections first), for the report.
+    append_rows(run_dir / "heldout_samples.jsonl", evals["rl"]["samples"])
+    summary["self_corrections_shown"] = sum(bool(s.get("self_correction")) for s in evals["rl"]["samples"])
     summary["report"] = str(_report(run_dir, summary))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     write_json(run_dir / "summary.json", summary)
@@ -214,10 +242,14 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
         "after GRPO without the tool": f"{pct(summary['text_rl_accuracy'])} / {pct(sampled['text_rl']['accuracy'])}",
         "responses with code during RL (start -> end)": f"{pct(summary['code_ratio_start'])} -> "
                                                          f"{pct(summary['code_ratio_end'])}",
+        "tool-call pass rate during RL (start -> end)": f"{pct(summary.get('pass_rate_start'))} -> "
+                                                         f"{pct(summary.get('pass_rate_end'))}",
         "RL steps": summary["steps"],
     }
+    samples = read_rows(run_dir / "heldout_samples.jsonl") if (run_dir / "heldout_samples.jsonl").exists() else []
     return write_report([run_dir / "rl", run_dir / "text_rl"], run_dir, title="tirl demo",
-                        labels=["GRPO with the tool", "GRPO without the tool"], extra=headline)
+                        labels=["GRPO with the tool", "GRPO without the tool"], extra=headline,
+                        samples=samples, samples_title="Held-out samples after GRPO with the tool")
 
 
 def _print_summary(console: Any, s: dict[str, Any], run_dir: Path) -> None:
@@ -238,6 +270,8 @@ def _print_summary(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     console.print(t)
     console.print(f"code use during RL: {pct(s['code_ratio_start'])} of responses at the start -> "
                   f"{pct(s['code_ratio_end'])} at the end")
+    console.print(f"tool-call pass rate during RL: {pct(s.get('pass_rate_start'))} -> {pct(s.get('pass_rate_end'))}; "
+                  f"self-corrections among the held-out samples shown: {s.get('self_corrections_shown', 0)}")
     console.print(f"report: {s['report']}\nrun directory: {run_dir}   wall time: {s['wall_s']:.0f} s")
 
 

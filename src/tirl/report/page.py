@@ -213,11 +213,13 @@ pre.traj{white-space:pre-wrap;word-break:break-word;margin:0;padding:.6em .8em;f
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str = "tirl report",
-                 labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                 labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None,
+                 samples: Sequence[dict[str, Any]] = (), samples_title: str = "More samples") -> Path:
     """Write out_dir/report.html and out_dir/plots/*.png over the runs; returns the HTML path.
 
     Raises FileNotFoundError when a path holds no run, ValueError when `labels` does not match the
-    number of runs after expansion.
+    number of runs after expansion. `samples` (rows in `samples.jsonl`'s shape, e.g. held-out
+    trajectories a caller picked) are shown after the runs' own, under `samples_title`.
     """
     dirs = expand_run_dirs(run_dirs)
     if labels is not None and len(labels) != len(dirs):
@@ -250,6 +252,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str
         picked = pick_samples(r)
         body.append(f"<h3>{html.escape(r.label)}</h3>")
         body += [render_sample(s) for s in picked] or ['<p class="skip">no samples.jsonl entries.</p>']
+    if samples:
+        body.append(f"<h3>{html.escape(samples_title)}</h3>")
+        body += [render_sample(s) for s in samples]
 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
