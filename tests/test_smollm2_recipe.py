@@ -75,6 +75,7 @@ def test_smollm2_demo_smoke(tmp_path):
     assert "im_start" in (model_dir / "tokenizer_config.json").read_text() + "".join(
         p.read_text() for p in model_dir.glob("*.jinja"))
     assert Path(summary["report"]).is_file()
+    assert len((run / "heldout.jsonl").read_text().splitlines()) == 10  # for tirl eval --data
 
 
 @pytest.mark.realmodel

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from tirl.jsonl import append_rows, read_rows, write_json
+from tirl.jsonl import append_rows, atomic_write, dumps, read_rows, write_json
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train.common import OptimConfig
@@ -168,6 +168,11 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
     if (run_dir / "summary.json").exists() or (run_dir / "sft").exists():
         raise FileExistsError(f"{run_dir} already holds a demo run: choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    from tirl.train.setup import load_split
+
+    # The held-out problems as a file, so any other model can be scored on them: tirl eval --data heldout.jsonl
+    atomic_write(run_dir / "heldout.jsonl", "".join(dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
+                                                    for p in load_split(cfg.task, "test")[: cfg.eval_size]))
     t0 = time.perf_counter()
     times: dict[str, float] = {}
 
