@@ -183,8 +183,8 @@ def _days_between(rng: random.Random, hard: bool) -> Made:
 
 
 def _range_sum(rng: random.Random, hard: bool) -> Made:
-    lo = _n(rng, hard, (1, 9), (101, 999))
-    hi = lo + _n(rng, hard, (3, 8), (150, 5000))
+    lo = _n(rng, hard, (1, 40), (101, 999))
+    hi = lo + _n(rng, hard, (3, 12), (150, 5000))
     problem = rng.choice((
         f"What is the sum of all whole numbers from {lo} to {hi}, both included?",
         f"Add up every integer from {lo} through {hi}. What total do you get?",
@@ -261,7 +261,7 @@ def generate_words(
         attempts += 1
         if attempts > 200 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct {split} word problems at level {level}")
-        kind = kinds[len(items) % len(kinds)] if len(kinds) > 1 else kinds[0]  # balanced kinds
+        kind = kinds[len(items) % len(kinds)]  # round robin: kinds stay balanced
         hard = level == 3 or (level == 2 and rng.random() >= EASY_SHARE)
         problem, code, steps, broken = _MAKERS[kind](rng, hard)
         if problem in seen or in_test_split(problem) != (split == "test"):
