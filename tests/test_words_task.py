@@ -65,6 +65,7 @@ def test_level_two_mixes_easy_and_hard_problems():
     easy = sum(it.level == 1 for it in items) / len(items)
     assert 0.2 < easy < 0.4
     assert max(int(it.answer) for it in items if it.level == 3) > 10**6
+    assert len({it.problem for it in generate_words(2000, level=1)}) == 2000  # the easy space is not tiny
 
 
 def test_unknown_task_or_kind_is_refused_by_name():
