@@ -1,21 +1,16 @@
 """Run untrusted, model-written Python fast and safely.
 
-``Sandbox`` (local: warm zygote + per-call cgroup slot, namespaces, seccomp, rlimits, unprivileged
-uid), ``HttpSandbox`` (client of ``tirl sandbox serve`` or any SandboxFusion-compatible server) and
-sessions share one result type, ``ExecResult``. ``check()`` reports the isolation this machine allows.
-This package never imports torch; numpy is imported only inside the zygote.
+``Sandbox`` (local: warm zygote, a PID namespace per call, per-slot cgroup, read-only filesystem with
+a private /tmp, seccomp, rlimits, an unprivileged uid or user namespace), ``HttpSandbox`` (client of
+``tirl sandbox serve`` or any SandboxFusion-compatible server) and sessions share one result type,
+``ExecResult``; callers type against ``SandboxLike``. ``check()`` reports the isolation this machine
+allows and which limits it cannot enforce. This package never imports torch; numpy is imported only
+inside the zygote.
 """
 from .config import STATUSES, ExecResult, SandboxConfig
-from .core import PRIMITIVES, Sandbox, SandboxUnavailable
-
-
-def check(config: SandboxConfig | None = None) -> dict:
-    """Start a sandbox, run one probe call, and report the isolation level achieved and what's missing."""
-    with Sandbox(config or SandboxConfig()) as sb:
-        report = sb.isolation
-        res = sb.run("import math, json, fractions, itertools, collections\nprint('ok')", timeout=30)
-        report["probe"] = {"status": res.status, "stderr": res.stderr[-500:], "duration_s": round(res.duration_s, 4)}
-    return report
+from .local import Sandbox, check
+from .protocol import SandboxLike
+from .supervisor import PRIMITIVES, SandboxUnavailable
 
 
 def __getattr__(name):  # keep aiohttp out of the import path of users who never use HTTP
@@ -30,5 +25,5 @@ def __getattr__(name):  # keep aiohttp out of the import path of users who never
     raise AttributeError(name)
 
 
-__all__ = ["Sandbox", "SandboxConfig", "ExecResult", "SandboxUnavailable", "STATUSES", "PRIMITIVES",
-           "check", "HttpSandbox", "Session"]
+__all__ = ["Sandbox", "SandboxConfig", "ExecResult", "SandboxUnavailable", "SandboxLike", "STATUSES",
+           "PRIMITIVES", "check", "HttpSandbox", "Session"]

@@ -15,7 +15,7 @@ import sys
 import time
 
 from .config import SandboxConfig
-from .core import Sandbox
+from .local import Sandbox
 
 _MIX = [  # (code, timeout, expected status)
     ("print({i})", None, "ok"),

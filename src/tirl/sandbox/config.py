@@ -31,6 +31,9 @@ class SandboxConfig:
     """Size of the private tmpfs mounted on /tmp for each call (counts against memory too)."""
     max_open_files: int = 256
     """RLIMIT_NOFILE per call."""
+    cpu_quota: float = 0.0
+    """Optional CPU quota per slot in cores (cgroup cpu.max / cfs_quota); 0 = none. Slots always get
+    equal cpu weight, so a call that forks busy processes cannot starve its neighbours."""
     preload: list[str] = field(default_factory=lambda: ["numpy", "sympy"])
     """Modules imported once in the zygote; each call gets them for free (fork shares the pages)."""
     max_concurrency: int = 0
@@ -41,11 +44,11 @@ class SandboxConfig:
     seccomp: bool = True
     """Load the syscall filter (ptrace, mount, namespaces, non-AF_UNIX sockets, bpf... denied)."""
     uid_base: int = 1_500_000_000
-    """First unprivileged uid; each slot gets its own (uid_base + pid-derived offset + slot), so
-    concurrent calls cannot signal each other. Unused by any real account."""
+    """Root only: first unprivileged uid. Each sandbox leases a block of 256 uids no other sandbox on
+    the host holds (a lock file per block), one uid per slot. Unused by any real account."""
     hide_paths: list[str] = field(default_factory=list)
-    """Extra directories to hide (tmpfs over them) besides /root, /home, /work, /tmp, /var/tmp,
-    /dev/shm, /mnt, /media, /srv, /opt and the current directory."""
+    """Extra directories to hide (tmpfs over them) besides /root, /home, /work, /tmp, /var/tmp, /mnt,
+    /media, /srv, /opt, /run, /var/lock and the current directory. The rest is visible read-only."""
     max_sessions: int = 8
     """Stateful sessions alive at once (each holds one sandboxed process and one slot)."""
     env: dict[str, str] = field(default_factory=dict)
@@ -77,6 +80,8 @@ class ExecResult:
     """Human-readable detail for non-ok statuses (e.g. which limit, or the sandbox failure)."""
     session_lost: bool = False
     """Session mode: the session's state was discarded (timeout, crash, reclaim)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Files asked for with ``fetch_files`` that the program left in /tmp: path -> base64 content."""
 
     @property
     def ok(self) -> bool:
@@ -108,7 +113,7 @@ class ExecResult:
                 "stderr": self.stderr,
             },
             "executor_pod_name": None,
-            "files": {},
+            "files": dict(self.files),
         }
 
     @classmethod
@@ -125,4 +130,4 @@ class ExecResult:
             status = "error"
         return cls(status=status, stdout=rr.get("stdout") or "", stderr=rr.get("stderr") or "",
                    exit_code=rr.get("return_code"), duration_s=rr.get("execution_time") or 0.0,
-                   message=d.get("message") or "")
+                   message=d.get("message") or "", files=dict(d.get("files") or {}))

@@ -23,7 +23,7 @@ from aiohttp import web
 from tirl.http_client import BackgroundLoop, HTTPUnavailable, request_json
 
 from .config import ExecResult, SandboxConfig
-from .core import Sandbox
+from .local import Sandbox
 
 _MAX_TIMEOUT_S = 300.0
 

@@ -1,0 +1,571 @@
+"""The asyncio supervisor driving a warm zygote (see ``_zygote.py``); ``Sandbox`` is its friendly face.
+
+Per call the supervisor takes a free slot (bounded concurrency = the slot pool), hands the zygote a
+payload memfd (code, input files, files to fetch), a stdin descriptor, the stdout/stderr/set-up pipes
+and a memfd for fetched files, then: drains both streams with a byte cap, enforces the wall-clock
+deadline by killing the call (its PID-namespace init takes every descendant along; the slot cgroup is
+swept too), and classifies the outcome from trusted sources only (``outcome.classify``).
+The zygote is restarted lazily after it dies (in-flight calls then report ``sandbox_error``).
+"""
+from __future__ import annotations
+
+import array
+import asyncio
+import base64
+import fcntl
+import itertools
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .cgroups import CgroupSlots, remove_stale
+from .config import ExecResult, SandboxConfig
+from .outcome import Observed, classify
+
+_ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
+PRIMITIVES = ("cgroup", "namespaces", "pid_namespace", "tmpfs", "fs_hiding", "readonly_fs", "minimal_dev",
+              "drop_privileges", "no_new_privs", "seccomp")
+# Scrubbed environment for the zygote and the snippets: nothing of the trainer's (tokens, keys).
+BASE_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp",
+    "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+    # One thread per BLAS: calls run side by side, and a thread pool per fork would multiply.
+    "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
+}
+_SYSTEM_DIRS = ("/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/proc", "/sys", "/dev", "/var", "/run")
+# Hidden in every call besides SandboxConfig.hide_paths and the current directory. /run and the lock
+# directories are host runtime state (and on the host's disk or RAM): a call must not leave data there.
+HIDDEN = ("/root", "/home", "/work", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/run", "/var/lock",
+          "/var/run")
+_UID_LOCK_DIR = "/run/tirl-sandbox"
+MAX_FILES_BYTES = 16 << 20  # fetched files, in total (base64 grows it by a third)
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot start with the requested isolation (the message names what is missing)."""
+
+
+@dataclass
+class Proc:
+    """One sandboxed process (a call or a session) as the supervisor tracks it."""
+
+    cid: int
+    slot: int
+    started: asyncio.Future
+    exited: asyncio.Future
+
+
+@dataclass
+class Drain:
+    """Non-blocking reader of one pipe, keeping at most ``cap`` bytes."""
+
+    fd: int
+    cap: int
+    loop: asyncio.AbstractEventLoop
+    on_overflow: object = None
+    buf: bytearray = field(default_factory=bytearray)
+    overflow: bool = False
+    done: asyncio.Future | None = None
+
+    def start(self) -> None:
+        os.set_blocking(self.fd, False)
+        self.done = self.loop.create_future()
+        self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()
+            return
+        room = self.cap - len(self.buf)
+        if len(chunk) > room:
+            self.buf += chunk[:max(room, 0)]
+            if not self.overflow:
+                self.overflow = True
+                if self.on_overflow:
+                    self.on_overflow()
+        else:
+            self.buf += chunk
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            if self.done is not None:
+                self.loop.remove_reader(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+def hide_and_expose(cfg: SandboxConfig) -> tuple[list[str], list[str]]:
+    hide = list(HIDDEN)
+    cwd = os.path.realpath(os.getcwd())
+    if not any(cwd == d or d.startswith(cwd.rstrip("/") + "/") for d in _SYSTEM_DIRS):
+        hide.append(cwd)
+    hide += [os.path.realpath(p) for p in cfg.hide_paths]
+    # The interpreter and its packages stay readable (read-only) so lazy imports work in the child;
+    # project sources on sys.path (editable installs) stay hidden.
+    expose = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    expose |= {os.path.realpath(p) for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)}
+    expose.add(os.path.dirname(os.path.realpath(sys.executable)))
+    return sorted(set(hide)), sorted(p for p in expose if os.path.isdir(p))
+
+
+def lease_uid_block(base: int, blocks: int = 4096) -> tuple[int, int]:
+    """A block of 256 uids no other sandbox on this host holds: (first uid, lock fd to keep open).
+
+    flock conflicts between two open files even within one process, and the kernel drops the lock
+    when its holder dies, so a crashed trainer never leaks its block."""
+    os.makedirs(_UID_LOCK_DIR, mode=0o700, exist_ok=True)
+    first = os.getpid() % blocks
+    for k in range(blocks):
+        b = (first + k) % blocks
+        fd = os.open(os.path.join(_UID_LOCK_DIR, f"uids-{b}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return base + b * 256, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise SandboxUnavailable(f"all {blocks} sandbox uid blocks are taken")
+
+
+def check_timeout(timeout: float | None, default: float) -> float:
+    t = default if timeout is None else timeout
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"timeout must be a finite positive number of seconds, not {timeout!r}")
+    return t
+
+
+def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
+    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit."""
+    out, total = {}, 0
+    for name, data in (files or {}).items():
+        if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name \
+                or os.path.normpath(name).startswith(".."):
+            raise ValueError(f"input file name must be a relative path inside /tmp: {name!r}")
+        if isinstance(data, str):
+            raw = base64.b64decode(data, validate=True)
+        elif isinstance(data, (bytes, bytearray)):
+            raw = bytes(data)
+        else:
+            raise ValueError(f"input file {name!r} must be bytes or a base64 string")
+        total += len(raw)
+        out[name] = base64.b64encode(raw).decode()
+    if total > limit_bytes:
+        raise ValueError(f"input files hold {total} bytes, over the limit of {limit_bytes} (tmp_size_mb)")
+    return out
+
+
+class Supervisor:
+    """Runs on one event loop. Use ``await Supervisor.create(cfg)``."""
+
+    def __init__(self, cfg: SandboxConfig):
+        self.cfg = cfg
+        self.n = cfg.max_concurrency or os.cpu_count() or 1
+        self.n_slots = self.n + max(cfg.max_sessions, 0)
+        if self.n_slots > 255:
+            raise ValueError("max_concurrency + max_sessions must be below 256")
+        self.cg: CgroupSlots | None = None
+        self.cg_reason = ""
+        self.caps: dict = {}
+        self.report: dict = {}
+        self._ids = itertools.count(1)
+        self._procs: dict[int, Proc] = {}
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._session_slots: list[int] = []
+        self._slot_mem: dict[int, int] = {}
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+        self._uid_lock = -1
+        self.loop = asyncio.get_running_loop()
+        self.uid0 = cfg.uid_base  # replaced by a leased block when running as root
+
+    @classmethod
+    async def create(cls, cfg: SandboxConfig) -> Supervisor:
+        self = cls(cfg)
+        try:
+            if cfg.isolation != "none":
+                if os.geteuid() == 0:
+                    self.uid0, self._uid_lock = lease_uid_block(cfg.uid_base)
+                    remove_stale()
+                self.cg, self.cg_reason = CgroupSlots.create(self.n_slots, cfg.memory_mb << 20, cfg.max_pids,
+                                                             cfg.cpu_quota)
+            await self._start_zygote()
+            self._check_level()
+        except BaseException:
+            await self.close()
+            raise
+        for i in range(self.n):
+            self._free.put_nowait(i)
+        self._session_slots = list(range(self.n, self.n_slots))
+        return self
+
+    # ---- zygote ----------------------------------------------------------------------------
+    async def _start_zygote(self) -> None:
+        cfg = self.cfg
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        errlog = os.memfd_create("zygote-stderr")
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", _ZYGOTE, str(child.fileno())], env=dict(BASE_ENV), cwd="/",
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+        finally:
+            child.close()
+        hide, expose = hide_and_expose(cfg)
+        parent.send(json.dumps({
+            "preload": list(cfg.preload), "isolation": cfg.isolation, "seccomp": cfg.seccomp,
+            "hide": hide, "expose": expose, "tmp_size_mb": cfg.tmp_size_mb, "probe_uid": self.uid0 + 255,
+            "cgroup_slots": [self.cg.procs_files(i) for i in range(self.n_slots)] if self.cg else [],
+            # Without a cpu cgroup, a call's processes share the scheduler autogroup of its session.
+            "deny_setsid": not (self.cg and self.cg.has_cpu),
+        }).encode())
+        parent.setblocking(False)
+        try:
+            msg = await asyncio.wait_for(self.loop.sock_recv(parent, 1 << 20), 120)
+        except asyncio.TimeoutError:
+            msg = b""
+        if not msg:
+            self._proc.kill()
+            self._proc.wait()
+            os.lseek(errlog, 0, 0)
+            err = os.read(errlog, 1 << 16).decode(errors="replace")
+            os.close(errlog)
+            parent.close()
+            raise SandboxUnavailable(f"zygote failed to start: {err[-2000:]}")
+        os.close(errlog)
+        self.caps = json.loads(msg)["caps"]
+        self._sock = parent
+        self.loop.add_reader(parent.fileno(), self._on_message)
+
+    def _check_level(self) -> None:
+        feats = set(self.caps.get("features", []))
+        missing = dict(self.caps.get("missing", {}))
+        if self.cg is None:
+            missing["cgroup"] = self.cg_reason or "isolation disabled"
+        else:
+            feats.add("cgroup")
+        if self.cfg.isolation == "none":
+            level, missing = "none", {p: "isolation=none" for p in PRIMITIVES}
+        else:
+            level = "full" if all(p in feats for p in PRIMITIVES) else "partial"
+        self.report = {
+            "level": level, "cgroup": self.cg.version if self.cg else None,
+            "present": [p for p in PRIMITIVES if p in feats], "missing": missing,
+            "limits": self._limit_report(feats),
+            "root": self.caps.get("root"), "preload_errors": self.caps.get("preload_errors", {}),
+            "max_concurrency": self.n,
+        }
+        if self.cfg.isolation == "strict":
+            absent = [p for p in PRIMITIVES if p not in feats]
+            if absent:
+                why = "; ".join(f"{p} ({missing.get(p, 'unavailable')})" for p in absent)
+                raise SandboxUnavailable(f"isolation='strict' but missing: {why}")
+
+    def _limit_report(self, feats: set) -> dict[str, str]:
+        """How each limit is enforced here, in words; 'NOT ENFORCED' where it cannot be."""
+        cg = self.cg
+        cpu_share = ("cpu cgroup per slot (equal weight)" if cg and cg.has_cpu else
+                     "scheduler autogroup per call (setsid denied inside)" if "seccomp" in feats else
+                     "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup")
+        return {
+            "wall_clock": "SIGKILL of the whole call from outside",
+            "memory": "cgroup memory limit for the whole call" if cg else
+                      "per process only (RLIMIT_AS): NOT ENFORCED across the processes of one call (no cgroup)",
+            "pids": "cgroup pids limit" if cg else
+                    ("RLIMIT_NPROC per call (own uid or user namespace)" if "drop_privileges" in feats else
+                     "NOT ENFORCED (no cgroup, no per-call uid)"),
+            "cpu_share": cpu_share,
+            "cleanup": "PID namespace per call (its init takes every descendant)" if "pid_namespace" in feats else
+                       ("cgroup sweep" if cg else "process group + per-uid sweep only"),
+        }
+
+    def _on_message(self) -> None:
+        try:
+            msg = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            msg = b""
+        if not msg:
+            self._zygote_died()
+            return
+        ev = json.loads(msg)
+        proc = self._procs.get(ev.get("id"))
+        if proc is None:
+            return
+        if ev["event"] == "started":
+            if not proc.started.done():
+                proc.started.set_result(None)
+        elif ev["event"] in ("exit", "killed") and not proc.exited.done():
+            proc.exited.set_result(ev)
+
+    def _zygote_died(self) -> None:
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        for p in self._procs.values():
+            for fut in (p.started, p.exited):
+                if not fut.done():
+                    fut.set_exception(ConnectionError("zygote died"))
+
+    async def ensure_zygote(self) -> None:
+        if self._sock is None:
+            async with self._start_lock:
+                if self._sock is None and not self._closed:
+                    await self._start_zygote()
+
+    async def _send(self, obj: dict, fds: list[int] = ()) -> None:
+        data = json.dumps(obj).encode()
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        while True:
+            if self._sock is None:
+                raise ConnectionError("zygote died")
+            try:
+                self._sock.sendmsg([data], anc)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    # ---- one-shot calls --------------------------------------------------------------------
+    async def run(self, code: str, timeout: float | None = None, *, stdin: str | bytes | None = None,
+                  files: dict | None = None, fetch_files: list[str] | None = None,
+                  memory_mb: int | None = None) -> ExecResult:
+        """Run ``code`` once. Raises ValueError for a malformed request (never for program faults)."""
+        timeout = check_timeout(timeout, self.cfg.timeout_s)
+        if not isinstance(code, str):
+            raise ValueError(f"code must be a string, not {type(code).__name__}")
+        payload = {"code": code, "files": check_files(files, self.cfg.tmp_size_mb << 20),
+                   "fetch": [str(f) for f in fetch_files or []]}
+        if memory_mb is not None and (not isinstance(memory_mb, int) or memory_mb <= 0):
+            raise ValueError(f"memory_mb must be a positive integer, not {memory_mb!r}")
+        stdin_b = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
+        slot = await self._free.get()
+        try:
+            return await self._run_in_slot(slot, payload, stdin_b, timeout, memory_mb)
+        finally:
+            self._free.put_nowait(slot)
+
+    async def run_batch(self, codes: list[str], timeout: float | None = None) -> list[ExecResult]:
+        return list(await asyncio.gather(*(self.run(c, timeout) for c in codes)))
+
+    def limits(self, timeout: float, memory_mb: int | None = None) -> dict:
+        cfg = self.cfg
+        mem = min(memory_mb or cfg.memory_mb, cfg.memory_mb) << 20
+        return {
+            "cpu_s": max(1, int(cfg.cpu_time_s or timeout + 1)),
+            "fsize": cfg.file_size_mb << 20, "nofile": cfg.max_open_files, "nproc": cfg.max_pids,
+            # Backup for machines without a memory cgroup; with one, leave headroom for virtual
+            # reservations (BLAS, arenas) so the cgroup, which counts real pages, decides.
+            "as": (mem * 2 + (512 << 20)) if self.cg is not None else mem + (256 << 20),
+            "memory_bytes": mem,
+        }
+
+    async def _run_in_slot(self, slot: int, payload: dict, stdin: bytes, timeout: float,
+                           memory_mb: int | None) -> ExecResult:
+        t0 = time.monotonic()
+        if self._closed:
+            return ExecResult("sandbox_error", message="sandbox is closed")
+        limits = self.limits(timeout, memory_mb)
+        if self.cg is not None and self._slot_mem.get(slot, self.cfg.memory_mb << 20) != limits["memory_bytes"]:
+            self.cg.set_memory(slot, limits["memory_bytes"])
+            self._slot_mem[slot] = limits["memory_bytes"]
+        mine: list[int] = []  # our descriptors, closed whatever happens
+        try:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            mine += [out_r, out_w]
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            mine += [err_r, err_w]
+            st_r, st_w = os.pipe2(os.O_CLOEXEC)
+            mine += [st_r, st_w]
+            files_fd = os.memfd_create("files", os.MFD_CLOEXEC)
+            mine.append(files_fd)
+            send = [_memfd("payload", json.dumps(payload).encode()), _memfd("stdin", stdin)]
+            mine += send
+            send += [out_w, err_w, st_w, files_fd]
+            proc: Proc | None = None
+            killed = False
+
+            def kill() -> None:
+                nonlocal killed
+                killed = True
+                if proc is not None:
+                    self.kill(proc)
+
+            cap = self.cfg.max_output_bytes
+            out, err, st = Drain(out_r, cap, self.loop, kill), Drain(err_r, cap, self.loop, kill), Drain(st_r, 4096, self.loop)
+            mine = [fd for fd in mine if fd not in (out_r, err_r, st_r)]
+            oom0 = self.cg.oom_kills(slot) if self.cg else 0
+            timed_out = False
+            try:
+                proc = await self.spawn(slot, limits, send)
+                for fd in (out_w, err_w, st_w) + tuple(send[:2]):
+                    os.close(fd)
+                    mine.remove(fd)
+                for d in (out, err, st):
+                    d.start()
+                try:
+                    ev = await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
+                except asyncio.TimeoutError:
+                    timed_out = True
+                    kill()
+                    ev = await asyncio.wait_for(proc.exited, 30)
+                await self.empty_slot(proc)
+                await asyncio.wait_for(asyncio.gather(out.done, err.done, st.done), 10)
+            except (ConnectionError, asyncio.TimeoutError, OSError) as e:
+                if proc is not None:
+                    await self.empty_slot(proc)
+                return ExecResult("sandbox_error", duration_s=time.monotonic() - t0,
+                                  message=f"sandbox failure: {e!r}")
+            finally:
+                for d in (out, err, st):
+                    d.close()
+                if proc is not None:
+                    self._procs.pop(proc.cid, None)
+            code = os.waitstatus_to_exitcode(ev.get("status", 0))
+            res = classify(Observed(
+                code, bytes(out.buf), bytes(err.buf), time.monotonic() - t0, out.overflow or err.overflow, cap,
+                timed_out, bytes(st.buf).decode(errors="replace"),
+                (self.cg.oom_kills(slot) - oom0) if self.cg else 0, ev.get("cpu_s", 0.0), limits["cpu_s"],
+                ev.get("maxrss_kb", 0)))
+            if payload["fetch"] and not killed:
+                res.files = _read_fetched(files_fd, set(payload["fetch"]))
+            return res
+        finally:
+            for fd in mine:
+                os.close(fd)
+
+    # ---- building blocks shared with sessions ------------------------------------------------
+    async def spawn(self, slot: int, limits: dict, fds: list[int], session: bool = False) -> Proc:
+        """Start one sandboxed process in ``slot`` with ``fds`` = [payload, stdin, stdout w, stderr w,
+        set-up status w, files-out (, session control)]. The caller still owns (and closes) ``fds``."""
+        await self.ensure_zygote()
+        proc = Proc(next(self._ids), slot, self.loop.create_future(), self.loop.create_future())
+        self._procs[proc.cid] = proc
+        req = {"op": "run", "id": proc.cid, "slot": slot if self.cg else None, "uid": self.uid0 + slot,
+               "limits": limits, "session": session, "env": {**BASE_ENV, **self.cfg.env}}
+        try:
+            await self._send(req, fds)
+            await proc.started
+        except BaseException:
+            self._procs.pop(proc.cid, None)
+            raise
+        return proc
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILL the process and (through its PID-namespace init and the slot cgroup) all it started."""
+        if self.cg is not None:
+            self.cg.kill_pass(proc.slot)
+        if self._sock is not None and not proc.exited.done():
+            try:
+                self._sock.send(json.dumps({"op": "kill", "id": proc.cid}).encode())
+            except BlockingIOError:
+                self.loop.create_task(self._send({"op": "kill", "id": proc.cid}))
+            except OSError:
+                pass
+
+    async def empty_slot(self, proc: Proc) -> None:
+        """After the process exited: nothing of it may survive (orphans, double-forked daemons)."""
+        self._procs.pop(proc.cid, None)
+        if self.cg is not None:
+            end = time.monotonic() + 10
+            while self.cg.kill_pass(proc.slot) and time.monotonic() < end:
+                await asyncio.sleep(0.001)
+            return
+        feats = self.caps.get("features", [])
+        if "pid_namespace" in feats or self._sock is None:
+            return  # the zygote reports the exit only once the call's PID namespace is empty
+        if "drop_privileges" in feats and self.caps.get("root"):
+            kid = next(self._ids)
+            done = Proc(kid, proc.slot, self.loop.create_future(), self.loop.create_future())
+            self._procs[kid] = done
+            try:
+                await self._send({"op": "killuid", "uid": self.uid0 + proc.slot, "id": kid})
+                await asyncio.wait_for(done.exited, 10)
+            except (ConnectionError, asyncio.TimeoutError, OSError):
+                pass
+            finally:
+                self._procs.pop(kid, None)
+
+    def oom_kills(self, slot: int) -> int:
+        return self.cg.oom_kills(slot) if self.cg else 0
+
+    def take_session_slot(self) -> int | None:
+        return self._session_slots.pop() if self._session_slots else None
+
+    def give_session_slot(self, slot: int) -> None:
+        self._session_slots.append(slot)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._sock.close()  # the zygote exits on EOF and SIGKILLs its children
+            self._sock = None
+        if self._proc is not None:
+            try:
+                await asyncio.wait_for(self.loop.run_in_executor(None, self._proc.wait), 5)
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self.cg is not None:
+            for i in range(self.n_slots):
+                self.cg.kill_all(i)
+            self.cg.close()
+            self.cg = None
+        if self._uid_lock >= 0:
+            os.close(self._uid_lock)
+            self._uid_lock = -1
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)  # stdin is read through this very file offset
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_fetched(fd: int, wanted: set[str]) -> dict[str, str]:
+    """Files the program left for ``fetch_files``: program output, so parsed defensively and capped."""
+    size = os.fstat(fd).st_size
+    if not size or size > MAX_FILES_BYTES * 4 // 3 + 4096:
+        return {}
+    try:
+        got = json.loads(os.pread(fd, size, 0))
+    except (ValueError, OSError):
+        return {}
+    if not isinstance(got, dict):
+        return {}
+    return {k: v for k, v in got.items() if k in wanted and isinstance(v, str)}
+
+
+
