@@ -1,0 +1,257 @@
+"""Round-2 attack cases, run twice by ``test_attacks_round2.py``: as this process's user (root in CI)
+and, re-launched through ``setpriv``, as a throwaway unprivileged uid. Each case is data (code,
+timeout) plus a judge; ``run_all`` runs every case in one sandbox and checks the host after each.
+
+Runs standalone too (``python attack_cases.py [NAMES...]``): prints one JSON object name -> outcome.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+SECRET = "tirl-round2-secret-51c0"
+
+
+def _r(res) -> dict:
+    return {k: getattr(res, k) for k in ("status", "stdout", "stderr", "exit_code", "signal", "message", "files",
+                                         "session_lost")}
+
+
+# ---- the cases: name -> (code, timeout, judge(result, ctx) -> "" when fine, else why) ------------------
+def _ok_out(expected):
+    return lambda r, c: "" if r["status"] == "ok" and r["stdout"] == expected else f"want ok {expected!r}"
+
+
+def _no_write(r, c):
+    return "" if r["status"] == "ok" and "WROTE" not in r["stdout"] else "a write outside /tmp succeeded"
+
+
+WRITE_TRY = ("import os\nfor p in {paths!r}:\n    try:\n        os.makedirs(os.path.dirname(p), exist_ok=True)\n"
+             "        open(p, 'w').write('x' * 1000)\n        print('WROTE', p)\n    except OSError as e:\n"
+             "        print('refused', p, e.errno)\n")
+
+CASES: dict[str, tuple[str, float, object]] = {
+    "run_lock_not_writable": (WRITE_TRY.format(paths=["/run/lock/tirl", "/var/lock/tirl", "/run/tirl",
+                                                       "/var/run/tirl"]), 5, _no_write),
+    "readonly_system_dirs": (WRITE_TRY.format(paths=["/etc/tirl", "/usr/tirl", "/var/cache/tirl", "/var/lib/tirl",
+                                                      "/var/log/tirl", "/tirl", "/dev/tirl", "/dev/shm/tirl",
+                                                      "/sys/fs/cgroup/tirl", "/var/tmp/tirl"]), 5, _no_write),
+    "site_packages_pth": (WRITE_TRY.replace("for p in {paths!r}", "import sysconfig\nfor p in [sysconfig.get_paths()"
+                                            "['purelib'] + '/tirl_evil.pth']"), 5, _no_write),
+    "interpreter_dir": (WRITE_TRY.replace("for p in {paths!r}", "import sys\nfor p in [sys.prefix + '/tirl_x', "
+                                          "os.path.dirname(os.__file__) + '/tirl_x.py']"), 5, _no_write),
+    "home_and_project_hidden": ("import os\nprint([p for p in {paths!r} if os.path.exists(p)])", 5,
+                                lambda r, c: "" if r["status"] == "ok" and r["stdout"] == "[]\n" else "host files visible"),
+    "write_persists_between_calls": ("import os\nprint(sorted(os.listdir('/tmp')))\n"
+                                     "for p in ('/tmp/tirl_note', '/dev/shm/tirl_note'):\n"
+                                     "    try:\n        open(p, 'w').write('hi')\n    except OSError:\n        pass\n",
+                                     5, None),
+    "dev_is_minimal": ("import os\nprint(sorted(os.listdir('/dev')))", 5,
+                       _ok_out("['fd', 'full', 'null', 'random', 'stderr', 'stdin', 'stdout', 'urandom', 'zero']\n")),
+    "dev_nodes_work": ("import os\nopen('/dev/null', 'w').write('x')\nprint(len(open('/dev/urandom', 'rb').read(8)),"
+                       " open('/dev/zero', 'rb').read(2), os.path.exists('/dev/ptmx'))", 5, _ok_out("8 b'\\x00\\x00' False\n")),
+    "no_pty": ("import os\ntry:\n    os.openpty()\n    print('GOT PTY')\nexcept OSError as e:\n    print('no pty')", 5,
+               _ok_out("no pty\n")),
+    "proc_shows_only_the_call": ("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))", 5,
+                                 lambda r, c: "" if r["status"] == "ok" and set(eval(r["stdout"])) <= {1, 2}
+                                 else f"other processes visible: {r['stdout'][:200]}"),
+    "zygote_memory_write": ("import os\nhit = []\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) != os.getpid():\n"
+                            "        try:\n            open(f'/proc/{p}/mem', 'r+b')\n            hit.append(p)\n"
+                            "        except OSError:\n            pass\nprint(hit)", 5, _ok_out("[]\n")),
+    "math_pi_intact": ("import math\nprint(math.pi)", 5, _ok_out("3.141592653589793\n")),
+    "supervisor_environ": ("import os\ntry:\n    print(open('/proc/{sup_pid}/environ').read())\nexcept OSError:\n"
+                           "    print('denied')\nprint('{secret}' in str(os.environ))", 5,
+                           lambda r, c: "" if r["status"] == "ok" and SECRET not in r["stdout"] and
+                           r["stdout"].endswith("False\n") else "secret reachable"),
+    "host_tmp_secret": ("try:\n    print(open('{secret_path}').read())\nexcept OSError as e:\n    print('hidden')", 5,
+                        _ok_out("hidden\n")),
+    "kill_minus_one": ("import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('still here')",
+                       5, _ok_out("still here\n")),
+    "kill_every_pid": ("import os, signal\nn = 0\nfor pid in range(1, 4096):\n    if pid != os.getpid():\n        try:\n"
+                       "            os.kill(pid, signal.SIGKILL)\n            n += 1\n        except OSError:\n            pass\n"
+                       "print('sent', n)", 10, lambda r, c: "" if r["status"] == "ok" else "the call itself died"),
+    "fork_bomb_bounded": ("import os, time\nn = 0\ntry:\n    while n < 5000:\n        if os.fork() == 0:\n"
+                          "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint(n)",
+                          10, lambda r, c: "" if r["status"] == "ok" and int(r["stdout"] or 9999) < 64
+                          else f"fork bomb reached {r['stdout'].strip()} processes"),
+    "orphan_daemon_after_exit": ("import os, time\nif os.fork() == 0:\n    os.setsid() if hasattr(os, 'setsid') else None\n"
+                                 "    if os.fork() == 0:\n        time.sleep(600)\n    os._exit(0)\nos.wait()\nprint('launched')",
+                                 5, lambda r, c: "" if r["status"] in ("ok", "error") else "launcher failed oddly"),
+    "abstract_socket_to_host": ("import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0{abstract}')\n"
+                                "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
+    "network_namespace": ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                          "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
+    "oom_child_survivor_is_ok": ("import os\npid = os.fork()\nif pid == 0:\n    xs = []\n    while True:\n"
+                                 "        xs.append(bytearray(16 << 20))\nos.waitpid(pid, 0)\nprint('parent fine')", 20,
+                                 _ok_out("parent fine\n")),
+    "memory_across_children": ("import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n    if pid == 0:\n"
+                               "        try:\n            b = bytearray(100 << 20)\n            b[::4096] = b'x' * len(b[::4096])\n"
+                               "        except MemoryError:\n            os._exit(3)\n        time.sleep(1)\n        os._exit(0)\n"
+                               "    kids.append(pid)\nprint(sum(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) == 0 for k in kids))",
+                               20, None),
+    "setsid_hogs_then_exit": ("import os\nfor i in range(20):\n    if os.fork() == 0:\n        try:\n            os.setsid()\n"
+                              "        except OSError:\n            pass\n        while True:\n            pass\nprint('spawned')",
+                              5, _ok_out("spawned\n")),
+    "stdin_and_files": ("import sys\nname = input()\ndata = open('in/data.txt').read()\nopen('out.txt', 'w').write(name + data)\n"
+                        "print(sys.stdin.read().strip())", 5, None),
+    "cpu_fairness": ("", 0, lambda r, c: "" if r["status"] == "ok" and r["stdout"] == f"{sum(range(2_000_000))}\n"
+                     else f"honest call starved by a neighbour's fork-hog: {r['status']}"),
+    "remount_escape": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/root', 2),"
+                       " libc.mount(None, b'/', None, 32 | 4096, None))", 5, _ok_out("-1 -1\n")),
+}
+
+
+def _judge_persist(r, c):
+    return "" if r["status"] == "ok" and r["stdout"] == c["tmp_listing"] else f"a file persisted: {r['stdout']!r}"
+
+
+def _judge_memory(r, c):
+    if c["report"]["cgroup"]:
+        return "" if r["status"] in ("memory", "ok") and (r["status"] == "memory" or int(r["stdout"] or 0) < 8) \
+            else f"8 x 100 MB held under a 256 MB cgroup: {r}"
+    # Without a cgroup the limit cannot hold across processes: the report must say so.
+    return "" if "NOT ENFORCED" in c["report"]["limits"]["memory"] else "report hides the unenforced memory limit"
+
+
+def _judge_stdin(r, c):
+    return "" if (r["status"] == "ok" and r["stdout"] == "rest of stdin\n"
+                  and r["files"].get("out.txt") == "YWxpY2VoZWxsbw==") else f"stdin/files broken: {r}"
+
+
+FORMATTED = {"home_and_project_hidden", "supervisor_environ", "host_tmp_secret", "abstract_socket_to_host",
+             "network_namespace"}
+JUDGES = {"write_persists_between_calls": _judge_persist, "memory_across_children": _judge_memory,
+          "stdin_and_files": _judge_stdin}
+
+
+def descendants(root_pid: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = set(), [root_pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.add(k)
+            todo.append(k)
+    return out
+
+
+def host_check(sb, ctx) -> str:
+    """After a case: the sandbox still answers, and nothing but the zygote and one spare init lives under it."""
+    res = sb.run("print('alive')", timeout=10)
+    if res.status != "ok" or res.stdout != "alive\n":
+        return f"sandbox broken after the attack: {res}"
+    zyg = sb._sup._proc
+    if zyg is None or zyg.poll() is not None:
+        return "zygote died"
+    deadline = time.monotonic() + 5
+    while True:
+        left = descendants(zyg.pid)
+        if len(left) <= 2:  # the zygote proper (its own PID namespace) and the next call's init
+            break
+        if time.monotonic() > deadline:
+            return f"{len(left)} processes survive under the zygote"
+        time.sleep(0.05)
+    if sb._sup.cg is not None and any(sb._sup.cg.members(i) for i in range(sb._sup.n_slots)):
+        return "cgroup slot not empty"
+    for p in ("/run/lock/tirl", "/var/lock/tirl", "/etc/tirl", "/usr/tirl", "/tirl", "/var/cache/tirl",
+              "/var/lib/tirl", "/var/log/tirl", "/var/tmp/tirl", "/dev/shm/tirl", "/tmp/tirl_note"):
+        if os.path.exists(p):
+            return f"attack left {p} on the host"
+    return ""
+
+
+HONEST = "x = 0\nfor i in range(2_000_000):\n    x += i\nprint(x)"
+HOG = ("import os, time\nfor i in range(40):\n    if os.fork() == 0:\n        try:\n            os.setsid()\n"
+       "        except OSError:\n            pass\n        while True:\n            pass\ntime.sleep(60)")
+
+
+def cpu_fairness(sb) -> dict:
+    """An honest call next to a fork-hog in the other slot finishes, with a timeout of 4x its time alone
+    (without a fair share it gets ~1/40 of the CPU and times out)."""
+    import asyncio
+
+    alone = sb.run(HONEST, timeout=30)
+    limit = max(4 * alone.duration_s, 1.0)
+
+    async def both():
+        hog = asyncio.ensure_future(sb.arun(HOG, timeout=limit + 3))
+        await asyncio.sleep(0.3)  # the hogs are running
+        honest = await sb.arun(HONEST, timeout=limit)
+        return honest, await hog
+
+    honest, hog = asyncio.run(both())
+    res = _r(honest)
+    res["ratio"] = round(honest.duration_s / max(alone.duration_s, 1e-6), 2)
+    return res
+
+
+def run_all(sb, names=None) -> dict:
+    """Run the cases (all by default) in ``sb``; returns name -> {"result", "verdict", "host"}."""
+    import tempfile
+
+    listener = socket.socket(socket.AF_UNIX)
+    abstract = f"tirl-test-{os.getpid()}"
+    listener.bind("\0" + abstract)
+    listener.listen()
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    secret_dir = tempfile.mkdtemp(prefix="tirl-secret-")
+    secret_path = os.path.join(secret_dir, "hf_token")
+    with open(secret_path, "w") as fh:
+        fh.write(SECRET)
+    os.environ["TIRL_ROUND2_SECRET"] = SECRET
+    home = os.path.expanduser("~")
+    ctx = {"sup_pid": os.getpid(), "secret": SECRET, "secret_path": secret_path, "abstract": abstract,
+           "port": tcp.getsockname()[1], "report": sb.isolation,
+           "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
+                                 secret_path) if os.path.isfile(p)],
+           "tmp_listing": "[]\n"}
+    out = {}
+    try:
+        for name in names or CASES:
+            code, timeout, judge = CASES[name]
+            judge = judge or JUDGES[name]
+            extras = {}
+            if name == "stdin_and_files":
+                extras = {"stdin": "alice\nrest of stdin\n", "files": {"in/data.txt": b"hello"},
+                          "fetch_files": ["out.txt"]}
+            if name == "cpu_fairness":
+                res = cpu_fairness(sb)
+            else:
+                res = _r(sb.run(code.format(**ctx) if name in FORMATTED else code, timeout=timeout, **extras))
+            if name == "write_persists_between_calls":  # a second call must see an empty /tmp again
+                res = _r(sb.run(code, timeout=timeout))
+            out[name] = {"result": res, "verdict": judge(res, ctx), "host": host_check(sb, ctx)}
+    finally:
+        listener.close()
+        tcp.close()
+        os.unlink(secret_path)
+        os.rmdir(secret_dir)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    from tirl.sandbox import Sandbox, SandboxConfig
+
+    cfg = SandboxConfig(timeout_s=5, memory_mb=256, max_concurrency=2, max_sessions=2)
+    with Sandbox(cfg) as sb:
+        zyg = sb._sup._proc.pid
+        out = {"report": sb.isolation, "cases": run_all(sb, argv or None)}
+    time.sleep(0.2)
+    out["after_close"] = sorted(descendants(zyg)) if os.path.exists(f"/proc/{zyg}") else []
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""Round-2 attacks (``attack_cases.py``), each run as this process's user and as an unprivileged uid.
+
+The ``self`` run uses the shared sandbox of this module's process (root in CI). The ``unprivileged``
+run re-launches every case once, in a subprocess under ``setpriv`` as a throwaway uid
+(``TIRL_UNPRIV_USER``, default ``tirl-unpriv``, else ``nobody``) with a Python that uid can run
+(``TIRL_UNPRIV_PYTHON``, else this interpreter, else /opt/tirl-unpriv-venv/bin/python) and this
+checkout's ``src`` on PYTHONPATH; it is skipped, with the reason, when that is impossible. One-time
+set-up of such a machine: ``useradd --system tirl-unpriv`` and a venv outside /root with numpy,
+sympy, aiohttp, omegaconf, pyseccomp. After each case the host is checked (sandbox answers, nothing
+left under the zygote, no cgroup member, no file left in host directories); after the unprivileged
+run, nothing of that uid survives.
+"""
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+import attack_cases
+
+SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def self_results(sb):
+    return {"report": sb.isolation, "cases": attack_cases.run_all(sb)}
+
+
+def _unpriv_command():
+    if os.geteuid() != 0:
+        pytest.skip("this process is not root: the 'self' run is already the unprivileged run")
+    if subprocess.run(["which", "setpriv"], capture_output=True).returncode:
+        pytest.skip("setpriv (util-linux) is not installed")
+    for name in (os.environ.get("TIRL_UNPRIV_USER"), "tirl-unpriv", "nobody"):
+        try:
+            user = pwd.getpwnam(name) if name else None
+        except KeyError:
+            continue
+        if user:
+            break
+    else:
+        pytest.skip("no unprivileged user (set TIRL_UNPRIV_USER or useradd tirl-unpriv)")
+    base = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "env", "-i",
+            "PATH=/usr/bin:/bin", f"PYTHONPATH={os.path.realpath(SRC)}"]
+    tried = []
+    for py in (os.environ.get("TIRL_UNPRIV_PYTHON"), sys.executable, "/opt/tirl-unpriv-venv/bin/python"):
+        if not py:
+            continue
+        probe = subprocess.run(base + [py, "-c", "import numpy, sympy, aiohttp, omegaconf, tirl.sandbox"],
+                               capture_output=True, cwd="/", timeout=60)
+        if probe.returncode == 0:
+            return base + [py], user.pw_uid
+        tried.append(f"{py}: {probe.stderr.decode(errors='replace').strip().splitlines()[-1:]}")
+    pytest.skip(f"uid {user.pw_uid} cannot run a Python with tirl.sandbox's needs ({'; '.join(tried)}); "
+                "set TIRL_UNPRIV_PYTHON")
+
+
+@pytest.fixture(scope="module")
+def unpriv_results():
+    cmd, uid = _unpriv_command()
+    proc = subprocess.run(cmd + [os.path.join(HERE, "attack_cases.py")], capture_output=True, cwd="/", timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
+    out = json.loads(proc.stdout)
+    out["survivors"] = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) == uid]
+    return out
+
+
+def _uid_of(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("name", list(attack_cases.CASES))
+@pytest.mark.parametrize("who", ["self", "unprivileged"])
+def test_attack(request, who, name):
+    results = request.getfixturevalue("self_results" if who == "self" else "unpriv_results")
+    case = results["cases"][name]
+    assert case["verdict"] == "", f"{case['verdict']}: {case['result']}"
+    assert case["host"] == "", case["host"]
+    if who == "unprivileged":
+        assert results["after_close"] == [] and results["survivors"] == [], "processes outlived close()"
+
+
+def test_unprivileged_report_is_honest(unpriv_results):
+    """Where a limit needs a privilege this machine does not give, the report names it."""
+    rep = unpriv_results["report"]
+    assert rep["root"] is False
+    if rep["cgroup"] is None:
+        assert rep["level"] == "partial" and "cgroup" in rep["missing"]
+        assert "NOT ENFORCED" in rep["limits"]["memory"]
+    for prim in ("pid_namespace", "readonly_fs", "minimal_dev", "drop_privileges", "seccomp"):
+        assert prim in rep["present"], rep["missing"].get(prim)
