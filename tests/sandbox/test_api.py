@@ -7,7 +7,7 @@ import sys
 import pytest
 from _sandbox_helpers import needs, processes_of
 
-from tirl.sandbox import ExecResult, Sandbox, SandboxConfig, SandboxUnavailable, check
+from tirl.sandbox import PRIMITIVES, ExecResult, Sandbox, SandboxConfig, SandboxUnavailable, check
 
 
 def test_run_ok_and_fields(sb):
@@ -89,7 +89,8 @@ def test_sandboxfusion_shape():
 def test_isolation_report(sb):
     rep = sb.isolation
     assert rep["level"] in ("full", "partial")
-    assert set(rep["present"]) | set(rep["missing"]) >= {"cgroup", "namespaces", "seccomp", "setuid"}
+    assert set(rep["present"]) | set(rep["missing"]) >= set(PRIMITIVES)
+    assert "limits" in rep and {"memory", "pids", "cpu_share"} <= set(rep["limits"])
 
 
 def test_check_reports_level_and_probe():

@@ -131,7 +131,7 @@ def test_environment_has_no_secrets(unharmed):
 
 
 def test_parent_environ(unharmed):
-    needs(unharmed, "setuid")
+    needs(unharmed, "drop_privileges")
     code = ("import os\nfor p in (os.getppid(), 1, %d):\n    try:\n        print(open(f'/proc/{p}/environ').read())\n"
             "    except OSError as e:\n        print('denied', type(e).__name__)") % os.getpid()
     res = unharmed.run(code)
@@ -139,7 +139,7 @@ def test_parent_environ(unharmed):
 
 
 def test_other_processes_invisible(unharmed):
-    needs(unharmed, "setuid")
+    needs(unharmed, "drop_privileges")
     res = unharmed.run("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
     assert res.status == "ok", res
     assert str(os.getpid()) not in res.stdout.strip("[]\n").split(", ")
@@ -203,18 +203,21 @@ def test_mount(unharmed):
 # ---- signals and privileges ---------------------------------------------------------------------
 def test_kill_parent(unharmed):
     res = unharmed.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
-    assert res.status in ("ok", "error"), res  # EPERM: the zygote belongs to another uid
+    # The parent is outside the call's PID namespace, so getppid() is 0 and kill(0) hits the caller's
+    # own process group; either way the host (checked by ``unharmed``) is untouched.
+    assert res.status in ("ok", "error", "killed"), res
 
 
 def test_kill_everything(unharmed):
-    res = unharmed.run("import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('still here')")
+    # ESRCH when nothing else is in reach (the call's own PID namespace)
+    res = unharmed.run("import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('still here')")
     assert res.status == "ok" and res.stdout == "still here\n", res
 
 
 def test_kill_minus_one_spares_neighbour(unharmed):
-    needs(unharmed, "setuid")
+    needs(unharmed, "drop_privileges")
     sleeper = "import time\ntime.sleep(1.5)\nprint('survived')"
-    killer = "import os, signal, time\ntime.sleep(0.3)\nos.kill(-1, signal.SIGKILL)\nprint('tried')"
+    killer = "import os, signal, time\ntime.sleep(0.3)\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('tried')"
     a, b = unharmed.run_batch([sleeper, killer], timeout=10)
     assert a.status == "ok" and a.stdout == "survived\n", a
     assert b.status == "ok", b
@@ -236,7 +239,7 @@ def test_new_user_namespace(unharmed):
 
 
 def test_setuid_root(unharmed):
-    needs(unharmed, "setuid")
+    needs(unharmed, "drop_privileges")
     res = unharmed.run("import os\nprint(os.getuid())\nos.setuid(0)")
     assert res.status == "error" and "PermissionError" in res.stderr, res
     assert int(res.stdout) != 0

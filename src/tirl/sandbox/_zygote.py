@@ -455,7 +455,8 @@ class Zygote:
 
     def _handle(self):
         try:
-            msg, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * 4))
+            # CLOEXEC: the per-call init (spawned with exec) must not inherit another call's pipes.
+            msg, anc, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * 4), socket.MSG_CMSG_CLOEXEC)
         except InterruptedError:
             return
         if not msg:
@@ -724,6 +725,7 @@ def _exit_code(e):
 
 def main():
     sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.set_inheritable(False)
     cfg = json.loads(sock.recv(1 << 20))
     z = Zygote(sock, cfg)
     z.start()
