@@ -50,6 +50,7 @@ from tirl.data import DataError, Problem, load_problems
 from tirl.formats import PromptConfig, TagStyle, make_style
 from tirl.reward import Grade, grade_detailed
 from tirl.rollout import RolloutConfig, Trajectory, check_prompt_and_rollout, encode_prompt, rollout
+from tirl.sandbox.protocol import SandboxLike
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def check_settings(run_dir: Path, settings: dict[str, Any]) -> None:
 def evaluate(
     generator: Any,
     tokenizer: Any,
-    sandbox: Any,
+    sandbox: SandboxLike,
     benchmarks: dict[str, Sequence[Problem]],
     cfg: EvalConfig,
     run_dir: str | os.PathLike | None,
@@ -218,6 +219,7 @@ def evaluate(
     Returns the summary (also written to `summary.json`); see `tirl.eval_scores.summarise`.
     """
     from tirl.eval_scores import summarise, write_outputs
+    from tirl.sandbox.isolation import summarise as summarise_isolation
     from tirl.progress import progress
 
     cfg.validate()
@@ -254,6 +256,7 @@ def evaluate(
     summary["elapsed_s"] = round(time.perf_counter() - started, 2)
     summary["resumed_samples"] = total - len(todo)
     summary["settings"] = {"model": model_id, **dataclasses.asdict(cfg)}
+    summary["sandbox"] = summarise_isolation(getattr(sandbox, "isolation", None))
     if hasattr(generator, "modes"):
         summary["backend_modes"] = dict(generator.modes)
     if run is not None:

@@ -112,8 +112,16 @@ class LazySandbox:
         if self._sb is None:
             from tirl.sandbox import HttpSandbox, Sandbox, SandboxConfig
 
+            from tirl.sandbox.isolation import describe
+
             self._sb = HttpSandbox(self.url) if self.url else Sandbox(SandboxConfig())
+            print(f"sandbox: {describe(self.isolation)}", file=sys.stderr, flush=True)
         return self._sb.run_batch(codes) if timeout is None else self._sb.run_batch(codes, timeout=timeout)
+
+    @property
+    def isolation(self) -> dict | None:
+        """The sandbox's isolation report; None while no code block has started it."""
+        return self._sb.isolation if self._sb is not None else None
 
     def close(self) -> None:
         if self._sb is not None:

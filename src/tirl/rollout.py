@@ -57,6 +57,8 @@ from tirl.formats import (
     truncate_middle,
 )
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
+from tirl.sandbox.config import ExecResult
+from tirl.sandbox.protocol import SandboxLike
 
 EMPTY_CODE_MESSAGE = "Error: empty code block, nothing was run."
 CAP_MESSAGE = "Error: tool call limit reached ({n} calls); no more code will be run. Give your final answer."
@@ -174,7 +176,7 @@ def rollout(
     generator: Any,
     prompts: Sequence[str] | Sequence[Sequence[int]],
     tokenizer: Any,
-    sandbox: Any,
+    sandbox: SandboxLike,
     style: TagStyle | str = "retool",
     config: RolloutConfig | None = None,
     **overrides: Any,
@@ -239,10 +241,8 @@ def rollout(
             results = _run_codes(sandbox, [code for _, code in pending], cfg.exec_timeout)
             exec_time += time.perf_counter() - t0
             for (t, code), res in zip(pending, results):
-                status = str(getattr(res, "status", "sandbox_error"))
-                message = format_exec_result(status, str(getattr(res, "stdout", "") or ""),
-                                             str(getattr(res, "stderr", "") or ""), cfg.error_lines)
-                _inject(t, code, status, message, float(getattr(res, "duration_s", 0.0) or 0.0), tokenizer, style, cfg)
+                message = format_exec_result(res.status, res.stdout, res.stderr, cfg.error_lines)
+                _inject(t, code, res.status, message, res.duration_s, tokenizer, style, cfg)
 
         finished = [t for t in live if t.finish_reason]
         generator.release([keys[id(t)] for t in finished])
@@ -318,7 +318,7 @@ def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyl
     pending.append((t, code))
 
 
-def _run_codes(sandbox: Any, codes: list[str], timeout: float | None) -> list[Any]:
+def _run_codes(sandbox: SandboxLike, codes: list[str], timeout: float | None) -> list[ExecResult]:
     """`sandbox.run_batch(codes)`; any failure of the sandbox itself becomes a per-call error result."""
     try:
         results = list(sandbox.run_batch(codes) if timeout is None else sandbox.run_batch(codes, timeout=timeout))
@@ -327,14 +327,7 @@ def _run_codes(sandbox: Any, codes: list[str], timeout: float | None) -> list[An
         return results
     except Exception as e:  # noqa: BLE001 - a broken sandbox must not end the rollout
         msg = f"Error: sandbox failure: {type(e).__name__}: {e}"
-        return [_Failed("sandbox_error", "", msg, 0.0) for _ in codes]
-
-
-class _Failed(NamedTuple):
-    status: str
-    stdout: str
-    stderr: str
-    duration_s: float
+        return [ExecResult("sandbox_error", stderr=msg, message=msg) for _ in codes]
 
 
 def _inject(t: Trajectory, code: str, status: str, message: str, duration_s: float, tokenizer: Any,

@@ -20,6 +20,7 @@ from tirl.convert.verify import InfraError, Verdict, verify
 from tirl.data.rows import DataError
 from tirl.data.traces import trace_from_row
 from tirl.formats import get_style
+from tirl.sandbox.protocol import SandboxLike, SessionCapable
 
 
 # --- the run directory (append-only logs: `tirl.jsonl`) --------------------------------------------
@@ -39,11 +40,11 @@ def summarize(accepted: list[dict], rejected: list[dict], total: int, run: dict[
 
 
 # --- the pipeline --------------------------------------------------------------------------------
-async def _run_fresh(sandbox: Any, codes: list[str], timeout: float) -> list[Any]:
+async def _run_fresh(sandbox: SandboxLike, codes: list[str], timeout: float) -> list[Any]:
     return list(await asyncio.gather(*(sandbox.arun(c, timeout=timeout) for c in codes)))
 
 
-async def _run_session(sandbox: Any, codes: list[str], timeout: float, slots: asyncio.Semaphore) -> list[Any]:
+async def _run_session(sandbox: SessionCapable, codes: list[str], timeout: float, slots: asyncio.Semaphore) -> list[Any]:
     async with slots:
         session = sandbox.session()
         try:
@@ -59,7 +60,7 @@ def check_settings(run_dir: Path, cfg: ConvertConfig) -> None:
                          "use another --run-dir or the same settings")
 
 
-async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: Any, run_dir: str | os.PathLike,
+async def convert_async(cfg: ConvertConfig, rewriter: Any, sandbox: SandboxLike, run_dir: str | os.PathLike,
                         items: list[Item] | None = None, on_item: Callable[[str], None] | None = None,
                         model_id: str = "") -> dict[str, Any]:
     """Convert every item not yet done in `run_dir`; returns the summary also written to summary.json.

@@ -268,6 +268,14 @@ class HttpSandbox:
     async def arun(self, code: str, timeout: float | None = None, **extras) -> ExecResult:
         return await self._bg.wrap(self._run(code, timeout, **extras))
 
+    @property
+    def isolation(self) -> dict:
+        """The server's isolation report (``{"level": "unknown"}`` from a server that has none)."""
+        try:
+            return self.health().get("isolation") or {"level": "unknown"}
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return {"level": "unknown"}
+
     def health(self) -> dict:
         async def go():
             client = await self._bg.session()

@@ -260,6 +260,9 @@ class Supervisor:
             missing["cgroup"] = self.cg_reason or "isolation disabled"
         else:
             feats.add("cgroup")
+        for p in PRIMITIVES:  # every absent primitive is named, with a reason
+            if p not in feats and p not in missing:
+                missing[p] = "disabled: SandboxConfig.seccomp is false" if p == "seccomp" else "not available"
         if self.cfg.isolation == "none":
             level, missing = "none", {p: "isolation=none" for p in PRIMITIVES}
         else:

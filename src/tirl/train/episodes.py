@@ -14,12 +14,13 @@ from tirl.eval import code_ran, grade_trajectory  # noqa: F401 (code_ran re-expo
 from tirl.reward import Grade
 from tirl.train.dapo import with_overlong_penalty
 from tirl.rollout import RolloutConfig, Trajectory, encode_prompt, rollout
+from tirl.sandbox.protocol import SandboxLike
 
 
 def play(
     generator: Any,
     tokenizer: Any,
-    sandbox: Any,
+    sandbox: SandboxLike,
     problems: Sequence[Any],
     style: TagStyle,
     rollout_cfg: RolloutConfig,

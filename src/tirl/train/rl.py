@@ -31,7 +31,7 @@ from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.custom_reward import RewardConfig, UserReward
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
-from tirl.sandbox import SandboxConfig
+from tirl.sandbox import SandboxConfig, SandboxLike
 from tirl.trained_settings import settings_of
 from tirl import algorithms as A
 from tirl.train import dapo
@@ -94,7 +94,8 @@ class RLConfig:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(n=4, max_new_tokens=128))
     algorithm: U.AlgoConfig = field(default_factory=U.AlgoConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    # Training refuses a partial sandbox unless the user opts in with sandbox.isolation=auto.
+    sandbox: SandboxConfig = field(default_factory=lambda: SandboxConfig(isolation="strict"))
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
@@ -166,7 +167,7 @@ EVAL_KEYS = {"avg@1": "eval/accuracy", "reward_mean": "eval/reward_mean", "tool/
              "response/length_mean": "eval/length_mean"}
 
 
-def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, cfg: RLConfig) -> dict:
+def evaluate(generator: Any, tokenizer: Any, sandbox: SandboxLike, items: list, cfg: RLConfig) -> dict:
     """Held-out figures through `tirl.eval.evaluate`, the one evaluation path (nothing written)."""
     from tirl.eval import evaluate as run_eval, split_by_source
 
@@ -185,7 +186,7 @@ def evaluate(generator: Any, tokenizer: Any, sandbox: Any, items: list, cfg: RLC
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_tokenizer, resolve_device
-    from tirl.sandbox import Sandbox
+    from tirl.sandbox.isolation import open_sandbox, summarise
 
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -265,7 +266,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     summary: dict[str, Any] = {}
     idle = 0  # consecutive steps without a policy update
     policy.eval()
-    with Sandbox(cfg.sandbox) as sandbox, progress("train", tc.steps) as bar:
+    with open_sandbox(cfg.sandbox, "training") as sandbox, progress("train", tc.steps) as bar:
+        summary["sandbox"] = summarise(sandbox.isolation)
         generator = HFGenerator(policy, tokenizer, precision=tc.precision)
         bar.update(0, completed=start)
         if start == 0 and test_items:
@@ -348,6 +350,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 "time/sandbox_s": metrics.get("rollout/exec_time_s", 0.0), "time/train_s": t_train,
                 "time/step_s": time.perf_counter() - t0,
                 "throughput/tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+                "sandbox/full_isolation": float(summary["sandbox"]["level"] == "full"),
             })
             if tc.eval_every and step % tc.eval_every == 0 and step != tc.steps:
                 metrics.update(evaluate(generator, tokenizer, sandbox, test_items, cfg))

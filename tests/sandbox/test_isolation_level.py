@@ -1,0 +1,35 @@
+"""How runs report sandbox isolation, and training's refusal of a partial sandbox without opt-in."""
+import pytest
+
+from tirl.sandbox import SandboxConfig, SandboxUnavailable
+from tirl.sandbox.isolation import describe, open_sandbox, summarise
+
+PARTIAL = dict(seccomp=False, preload=[], max_concurrency=1, max_sessions=0)  # no syscall filter: partial
+
+
+def test_training_refuses_partial_without_opt_in():
+    with pytest.raises(SandboxUnavailable, match=r"training refuses .*seccomp.*sandbox\.isolation=auto"):
+        open_sandbox(SandboxConfig(isolation="strict", **PARTIAL), "training", log=lambda m: None)
+
+
+def test_auto_runs_partial_and_says_so_loudly():
+    lines = []
+    with open_sandbox(SandboxConfig(isolation="auto", **PARTIAL), "training", log=lines.append) as sb:
+        assert sb.run("print(1)").ok
+        rec = summarise(sb.isolation)
+    assert rec["level"] == "partial" and "seccomp" in rec["missing"]
+    assert lines[0].startswith("sandbox: isolation PARTIAL: missing ") and "seccomp" in lines[0]
+    assert lines[1].startswith("WARNING: training runs model-written code with PARTIAL sandbox isolation")
+
+
+def test_rl_config_defaults_to_strict():
+    from tirl.train.rl import RLConfig
+
+    assert RLConfig().sandbox.isolation == "strict"
+
+
+def test_summaries():
+    assert summarise(None)["level"] == "not started"
+    rep = {"level": "partial", "missing": {"cgroup": "no"}, "limits": {"memory": "NOT ENFORCED across", "pids": "x"}}
+    assert summarise(rep) == {"level": "partial", "missing": ["cgroup"], "not_enforced": ["memory"]}
+    assert describe(rep) == "isolation PARTIAL: missing cgroup; not enforced: memory"
