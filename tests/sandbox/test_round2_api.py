@@ -2,7 +2,6 @@
 OOM verdicts, and the cgroup v2 set-up against a fake cgroupfs that enforces the kernel's rules."""
 import asyncio
 import base64
-import errno
 import json
 import os
 
@@ -13,6 +12,8 @@ from tirl.sandbox import ExecResult, Sandbox, SandboxConfig
 from tirl.sandbox.cgroups import CgroupSlots
 from tirl.sandbox.http import HttpSandbox, make_app, start_server
 from tirl.sandbox.outcome import Observed, classify
+
+from fake_cgroupfs import FakeCgroup2, kernel_rules_trace
 
 
 # ---- session control channel ----------------------------------------------------------------------
@@ -92,95 +93,6 @@ def test_stdin_files_and_fetch_local(sb):
 
 
 # ---- cgroup v2 against a fake tree ----------------------------------------------------------------
-class FakeCgroup2:
-    """A cgroup2 tree in memory enforcing: controllers come from the parent's subtree_control; enabling
-    needs them available; a non-root cgroup with controllers enabled holds no processes (either way)."""
-
-    root = "/fake/cg"
-
-    def __init__(self, own="/user.slice/app.scope", avail=("memory", "pids", "cpu", "io"), others=0):
-        self.top = set(avail)
-        self.nodes = {"/fake/cg": {"procs": set(), "sub": set()}}
-        path = "/fake/cg"
-        for part in own.strip("/").split("/"):
-            parent, path = path, f"{path}/{part}"
-            self.nodes[parent]["sub"] = set(avail)
-            self.nodes[path] = {"procs": set(), "sub": set()}
-        self.own = path
-        self.nodes[path]["procs"] = {os.getpid()} | {10_000 + i for i in range(others)}
-
-    def avail(self, path):  # like the kernel: what the parent enabled for its children, read live
-        return self.top if path == self.root else self.nodes[os.path.dirname(path)]["sub"]
-
-    def own_cgroups(self):
-        return {"": self.own[len(self.root):]}
-
-    def _split(self, path):
-        return os.path.dirname(path), os.path.basename(path)
-
-    def exists(self, path):
-        d, f = self._split(path)
-        if path in self.nodes:
-            return True
-        node = self.nodes.get(d)
-        if node is None:
-            return False
-        ctrl = f.split(".")[0]
-        return f.startswith("cgroup.") or (ctrl in self.avail(d) and f != "memory.swap.max")
-
-    def writable(self, path):
-        return True
-
-    def read(self, path):
-        d, f = self._split(path)
-        if d not in self.nodes:
-            raise FileNotFoundError(errno.ENOENT, "no such cgroup", path)
-        n = self.nodes[d]
-        return {"cgroup.controllers": " ".join(sorted(self.avail(d))), "cgroup.subtree_control": " ".join(sorted(n["sub"])),
-                "cgroup.procs": "\n".join(map(str, sorted(n["procs"]))), "memory.events": "oom_kill 0\n"}.get(f, "")
-
-    def write(self, path, value):
-        d, f = self._split(path)
-        n = self.nodes[d]
-        if f == "cgroup.subtree_control":
-            for tok in value.split():
-                if tok[1:] not in self.avail(d):
-                    raise OSError(errno.ENOENT, "controller not available", path)
-            if n["procs"] and d != self.root:
-                raise OSError(errno.EBUSY, "no internal processes", path)
-            n["sub"] |= {t[1:] for t in value.split() if t[0] == "+"}
-        elif f == "cgroup.procs":
-            if n["sub"] and d != self.root:
-                raise OSError(errno.EBUSY, "no internal processes", path)
-            pid = int(value) or os.getpid()
-            for other in self.nodes.values():
-                other["procs"].discard(pid)
-            n["procs"].add(pid)
-        elif not self.exists(path):
-            raise OSError(errno.ENOENT, "no such file", path)
-
-    def mkdir(self, path):
-        d, _ = self._split(path)
-        self.nodes[path] = {"procs": set(), "sub": set()}
-
-    def rmdir(self, path):
-        if path not in self.nodes:
-            raise FileNotFoundError(errno.ENOENT, "no such cgroup", path)
-        n = self.nodes[path]
-        if n["procs"] or any(p.startswith(path + "/") for p in self.nodes):
-            raise OSError(errno.EBUSY, "busy", path)
-        del self.nodes[path]
-
-    def listdir(self, path):
-        return [p.rsplit("/", 1)[1] for p in self.nodes if os.path.dirname(p) == path]
-
-    def kill(self, pid):
-        pass
-
-    def pid_alive(self, pid):
-        return True
-
-
 def test_cgroup_v2_supervisor_moves_to_a_leaf_first():
     fs = FakeCgroup2()
     slots, why = CgroupSlots._create_v2(fs, "tirl-sandbox-1-x", 3), ""
@@ -284,3 +196,23 @@ def test_http_sandboxfusion_stdin_files_memory(server):
     with HttpSandbox(server[0]) as client:
         res = client.run("print(input())", stdin="via client\n")
         assert isinstance(res, ExecResult) and res.stdout == "via client\n"
+
+
+def test_fake_cgroupfs_rules_match_the_kernel():
+    """The fake tree's rules, replayed on a real cgroup2 mount in a private mount namespace."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare to mount cgroup2 in a private mount namespace")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, os.path.join(here, "fake_cgroupfs.py")],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount cgroup2 here: {proc.stderr.strip()[-300:]}")
+    real = json.loads(proc.stdout)
+    if "skip" in real:
+        pytest.skip(real["skip"])
+    fake = FakeCgroup2(own="/", avail=(real["ctrl"],))
+    assert kernel_rules_trace(fake, fake.root, real["ctrl"], 4242) == real["trace"]
