@@ -95,7 +95,7 @@ def test_stdin_files_and_fetch_local(sb):
 # ---- cgroup v2 against a fake tree ----------------------------------------------------------------
 def test_cgroup_v2_supervisor_moves_to_a_leaf_first():
     fs = FakeCgroup2()
-    slots, why = CgroupSlots._create_v2(fs, "tirl-sandbox-1-x", 3), ""
+    slots = CgroupSlots._create_v2(fs, "tirl-sandbox-1-x", 3)
     assert slots is not None and slots.version == "v2" and slots.has_cpu
     base = slots.bases[""]
     assert os.getpid() in fs.nodes[base + "/supervisor"]["procs"]  # we left our former cgroup

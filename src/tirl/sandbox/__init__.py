@@ -7,10 +7,10 @@ a private /tmp, seccomp, rlimits, an unprivileged uid or user namespace), ``Http
 allows and which limits it cannot enforce. This package never imports torch; numpy is imported only
 inside the zygote.
 """
-from .config import STATUSES, ExecResult, SandboxConfig
+from .config import STATUSES, ExecResult, SandboxConfig, SandboxUnavailable
 from .local import Sandbox, check
 from .protocol import SandboxLike
-from .supervisor import PRIMITIVES, SandboxUnavailable
+from .supervisor import PRIMITIVES
 
 
 def __getattr__(name):  # keep aiohttp out of the import path of users who never use HTTP

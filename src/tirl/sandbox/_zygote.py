@@ -27,11 +27,9 @@ namespace and no capabilities) -> no_new_privs -> seccomp -> fds 0/1/2 only -> r
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
 Not covered: GPU devices, disk I/O bandwidth.
 """
-import base64
 import ctypes
 import errno
 import gc
-import io
 import json
 import os
 import resource
@@ -39,135 +37,17 @@ import shutil
 import signal
 import socket
 import sys
-import traceback
-import types
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWCGROUP = 0x10000000, 0x20000000, 0x40000000, 0x02000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE = 38, 22, 36, 4
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 1, 24, 47, 4
-SECCOMP_MODE_FILTER = 2
-SYS_MOUNT_SETATTR, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, 0x8000, 1
-DEVICES = ("null", "zero", "full", "random", "urandom")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ``python -I`` leaves our directory out
+from _nsutil import (  # noqa: E402
+    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, DEVICES, MS_BIND, MS_NODEV, MS_NOEXEC,
+    MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE,
+    PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SockFprog, build_seccomp_bpf,
+    check, drop_capabilities, enter_user_namespace, libc, make_readonly, mount, unshare,
+)
+from _runner import run_user_code, session_loop, write_inputs  # noqa: E402
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-
-
-def _check(ret, what):
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(src, target, fstype, flags, data=None):
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
-
-
-def _unshare(flags):
-    _check(_libc.unshare(flags), "unshare")
-
-
-def _write_file(path, text):
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _enter_user_namespace(inner_uid=0):
-    """Map our own uid/gid to ``inner_uid`` in a new user namespace (no setuid helper needed)."""
-    uid, gid = os.geteuid(), os.getegid()
-    _unshare(CLONE_NEWUSER)
-    _write_file("/proc/self/setgroups", "deny")
-    _write_file("/proc/self/uid_map", f"{inner_uid} {uid} 1")
-    _write_file("/proc/self/gid_map", f"{inner_uid} {gid} 1")
-
-
-def _drop_capabilities():
-    """Empty bounding, ambient, permitted, effective and inheritable sets (user-namespace path)."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last + 1):
-        _libc.prctl(PR_CAPBSET_DROP, cap, None, 0, 0)
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, None, 0, 0)
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-
-    hdr, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3, all zero
-    _check(_libc.capset(ctypes.byref(hdr), ctypes.byref(data)), "capset")
-
-
-def _make_readonly():
-    """Every mount of this namespace read-only (mount_setattr, else one remount per mount point)."""
-
-    class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    if _libc.syscall(SYS_MOUNT_SETATTR, -100, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
-        return
-    with open("/proc/self/mountinfo") as fh:  # kernels before 5.12
-        points = [line.split()[4].encode().decode("unicode_escape") for line in fh]
-    for p in points:
-        try:
-            st = os.statvfs(p)
-        except OSError:
-            continue
-        keep = st.f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # locked flags must be kept in a user ns
-        _mount(None, p, None, MS_REMOUNT | MS_BIND | MS_RDONLY | keep)
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
-# Denied outright (EPERM): escape hatches and kernel attack surface a numeric snippet never needs.
-_DENY = (
-    "ptrace process_vm_readv process_vm_writev kcmp mount umount2 pivot_root chroot move_mount "
-    "open_tree fsopen fsmount fsconfig fspick mount_setattr setns unshare keyctl add_key request_key "
-    "bpf perf_event_open userfaultfd io_uring_setup io_uring_enter io_uring_register kexec_load "
-    "kexec_file_load init_module finit_module delete_module reboot swapon swapoff acct quotactl "
-    "syslog open_by_handle_at name_to_handle_at iopl ioperm uselib vhangup lookup_dcookie"
-).split()
-
-
-def build_seccomp_bpf(deny_setsid=False):
-    """Compile the filter once (in the zygote); children load the raw BPF with one prctl.
-
-    ``deny_setsid``: without a cpu cgroup, a call's processes share one scheduler autogroup (the
-    session made at set-up) only if they cannot start sessions of their own."""
-    import pyseccomp as sc  # optional dependency; absence is reported, not fatal
-
-    f = sc.SyscallFilter(sc.ALLOW)
-    for name in _DENY + (["setsid"] if deny_setsid else []):
-        try:
-            f.add_rule(sc.ERRNO(errno.EPERM), name)
-        except Exception:  # syscall unknown on this architecture
-            pass
-    # clone3 passes flags in memory seccomp cannot inspect: ENOSYS makes glibc fall back to clone.
-    try:
-        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-    except Exception:
-        pass
-    for flag in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP):
-        f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
-    fd = os.memfd_create("bpf")
-    with os.fdopen(fd, "w+b") as fh:
-        f.export_bpf(fh)
-        fh.seek(0)
-        return fh.read()
+del sys.path[0]  # nothing of ours on the snippet's import path
 
 
 class Zygote:
@@ -194,12 +74,12 @@ class Zygote:
                 errors[mod] = repr(e)
         want = cfg["isolation"] != "none"
         caps = {"root": self.root, "preload_errors": errors, "missing": {}}
-        _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, None, 0, 0)  # orphans come to us, not to init
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, None, 0, 0)  # orphans come to us, not to init
         self.cg_fds = [[os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in paths] for paths in cfg.get("cgroup_slots", [])]
         if want:
             self._start_isolation(caps)
         caps["features"] = sorted(k for k, v in self.features.items() if v)
-        _libc.prctl(PR_SET_DUMPABLE, 0, None, 0, 0)  # nobody (same uid included) reads or writes our memory
+        libc.prctl(PR_SET_DUMPABLE, 0, None, 0, 0)  # nobody (same uid included) reads or writes our memory
         gc.collect()
         gc.freeze()  # children share the preloaded heap instead of copying it on first GC
         self.send({"event": "ready", "caps": caps})
@@ -208,7 +88,7 @@ class Zygote:
         cfg, missing = self.cfg, caps["missing"]
         if not self.root:
             try:
-                _enter_user_namespace()
+                enter_user_namespace()
                 self.features["user_namespace"] = True
             except OSError as e:
                 missing["user_namespace"] = f"unprivileged user namespaces unavailable: {e}"
@@ -216,7 +96,7 @@ class Zygote:
             self._private_filesystem()
             self.features["fs_hiding"] = self.features["minimal_dev"] = True
             try:
-                _make_readonly()
+                make_readonly()
                 self.features["readonly_fs"] = True
             except OSError as e:
                 missing["readonly_fs"] = str(e)
@@ -232,25 +112,25 @@ class Zygote:
             try:
                 bpf = build_seccomp_bpf(bool(cfg.get("deny_setsid")))
                 self._buf = ctypes.create_string_buffer(bpf, len(bpf))
-                self.fprog = _SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
+                self.fprog = SockFprog(len(bpf) // 8, ctypes.addressof(self._buf))
             except Exception as e:
                 missing["seccomp"] = f"pyseccomp/libseccomp unavailable: {e!r}"
         self._probe(caps)
 
     def _private_filesystem(self):
         """Once, in our own mount namespace: hide home/project/runtime dirs, minimal /dev, expose the interpreter."""
-        _unshare(CLONE_NEWNS)
-        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        unshare(CLONE_NEWNS)
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
         # Keep a handle on each directory/device to re-expose before a tmpfs covers it.
         handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in self.cfg["expose"] if os.path.isdir(p)}
         devs = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
         for path in sorted(set(self.cfg["hide"]), key=len):
             if os.path.isdir(path) and os.path.realpath(path) == path:
-                _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-        _mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
+                mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
         for d, fd in devs.items():
             os.close(os.open(f"/dev/{d}", os.O_CREAT | os.O_WRONLY, 0o666))
-            _mount(f"/proc/self/fd/{fd}", f"/dev/{d}", None, MS_BIND)
+            mount(f"/proc/self/fd/{fd}", f"/dev/{d}", None, MS_BIND)
             os.close(fd)
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                              ("stderr", "/proc/self/fd/2")):
@@ -258,7 +138,7 @@ class Zygote:
         for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
             if not os.path.exists(path):
                 os.makedirs(path, exist_ok=True)  # mount point inside a hiding tmpfs
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
             os.close(fd)
 
     def _own_pid_namespace(self):
@@ -267,7 +147,7 @@ class Zygote:
         self.init_bin = shutil.which("sleep", path="/usr/bin:/bin")
         if self.init_bin is None:
             raise OSError(errno.ENOENT, "no 'sleep' binary to serve as the per-call PID-namespace init")
-        _unshare(CLONE_NEWPID)
+        unshare(CLONE_NEWPID)
         pid = os.fork()
         if pid:  # the original process only mirrors the zygote's fate to the supervisor's Popen
             self.sock.close()
@@ -276,7 +156,7 @@ class Zygote:
                     os.close(fd)
             _, status = os.waitpid(pid, 0)
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, None, 0, 0)  # the parent only waits: no race
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, None, 0, 0)  # the parent only waits: no race
         self.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     def _probe(self, caps):
@@ -316,27 +196,27 @@ class Zygote:
 
     def _new_pid_namespace(self):
         """Point our next children at a fresh PID namespace whose init is ``sleep`` (vfork + exec)."""
-        _check(_libc.setns(self.pidns_fd, CLONE_NEWPID), "setns pid")
-        _unshare(CLONE_NEWPID)
+        check(libc.setns(self.pidns_fd, CLONE_NEWPID), "setns pid")
+        unshare(CLONE_NEWPID)
         return os.posix_spawn(self.init_bin, [self.init_bin, "infinity"], {})
 
     # ---- per-call child set-up -------------------------------------------------------------
     def _step(self, step, req):
         if step == "namespaces":
-            _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+            unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
             if self.features.get("pid_namespace"):
-                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         elif step == "tmpfs":
             size = int(self.cfg.get("tmp_size_mb", 64))
             # An interpreter or venv under /tmp (a CI checkout) must stay importable: lazily loaded
             # modules (numpy.random) are read after the fresh /tmp covers it, so re-expose it.
             under = [p for p in self.cfg["expose"] if p == "/tmp" or p.startswith("/tmp/")]
             handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in under}
-            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
+            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
             for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
                 os.makedirs(path, exist_ok=True)
-                _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-                _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+                mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
                 os.close(fd)
         elif step == "drop_privileges":
             if self.root:
@@ -348,14 +228,14 @@ class Zygote:
                 # A user namespace of the call's own: RLIMIT_NPROC then counts this call's processes
                 # only, and no capability reaches the zygote's namespaces (mounts stay put). Writing
                 # our own uid_map needs /proc/self to be ours, hence dumpable first.
-                _libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)
-                _enter_user_namespace()
-                _drop_capabilities()
-            _libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)  # /proc/self stays readable by the call itself
+                libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)
+                enter_user_namespace()
+                drop_capabilities()
+            libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)  # /proc/self stays readable by the call itself
         elif step == "no_new_privs":
-            _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0), "no_new_privs")
+            check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0), "no_new_privs")
         elif step == "seccomp":
-            _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog), 0, 0), "seccomp")
+            check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog), 0, 0), "seccomp")
 
     def _rlimits(self, lim):
         pairs = [(resource.RLIMIT_CORE, 0, 0)]
@@ -400,7 +280,7 @@ class Zygote:
             os.chdir("/tmp")
             if feats.get("drop_privileges"):  # the snippet's input files, owned by it
                 self._step("drop_privileges", req)
-            _write_inputs(payload.get("files") or {})
+            write_inputs(payload.get("files") or {})
             self._rlimits(req["limits"])
             for step in ("no_new_privs", "seccomp"):
                 if feats.get(step):
@@ -422,8 +302,8 @@ class Zygote:
         os.close(status_w)  # EOF without data tells the supervisor set-up succeeded
         if ctl >= 0:
             os.close(files_fd)
-            _session_loop(ctl, req.get("env", {}))
-        _run_user_code(payload["code"], req.get("env", {}), files_fd, payload.get("fetch") or [])
+            session_loop(ctl, req.get("env", {}))
+        run_user_code(payload["code"], req.get("env", {}), files_fd, payload.get("fetch") or [])
 
     # ---- main loop -------------------------------------------------------------------------
     def send(self, obj):
@@ -581,146 +461,6 @@ class Zygote:
                     except OSError:
                         pass
         os._exit(0)
-
-
-def _write_inputs(files):
-    """Input files (base64) under the call's /tmp; names are relative paths that stay inside it."""
-    for name, b64 in files.items():
-        path = os.path.normpath(name)
-        if path.startswith(("/", "..")) or "\0" in path:
-            raise ValueError(f"input file name must stay inside /tmp: {name!r}")
-        parent = os.path.dirname(path)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        with open(path, "wb") as fh:
-            fh.write(base64.b64decode(b64))
-
-
-def _session_loop(ctl, env):
-    """Session mode: keep one ``__main__`` alive; each packet on ``ctl`` is ``{"nonce"}`` with fds
-    [code memfd, stdout w, stderr w]; the reply ``{"nonce", "rc", "end", "threads"}`` comes after
-    every other process of the call is killed, so nothing of one command can answer for the next.
-    The program can still forge its own ok/error (time, memory, output, signals are judged outside)."""
-    main = _prepare(env)
-    sock = socket.socket(fileno=ctl)
-    null = os.open("/dev/null", os.O_WRONLY)
-    while True:
-        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
-        if not msg:
-            os._exit(0)
-        fds = []
-        for _, _, data in anc:
-            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data), 4))
-        nonce = json.loads(msg)["nonce"]
-        code_fd, out_w, err_w = fds[:3]
-        code = os.pread(code_fd, os.fstat(code_fd).st_size, 0).decode("utf-8", errors="replace")
-        os.close(code_fd)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.close(out_w)
-        os.close(err_w)
-        rc, end = 0, False
-        try:
-            exec(compile(code, "<string>", "exec"), main.__dict__)
-        except SystemExit as e:
-            rc, end = _exit_code(e), True
-        except BaseException as e:
-            _print_user_traceback(e)
-            rc = 1
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                rc = rc or 120
-        os.dup2(null, 1)  # the supervisor sees EOF on this command's pipes
-        os.dup2(null, 2)
-        try:
-            os.kill(-1, signal.SIGKILL)  # every other process this command started (never ourselves)
-        except OSError:
-            pass
-        threads = len(os.listdir("/proc/self/task"))
-        sock.send(json.dumps({"nonce": nonce, "rc": rc, "end": end, "threads": threads}).encode())
-        if end:
-            os._exit(rc)
-
-
-def _prepare(env):
-    os.environ.clear()
-    os.environ.update(env)
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="strict")
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                                  errors="backslashreplace", line_buffering=True)
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    sys.argv = ["-c"]
-    if "numpy.random" in sys.modules:  # forked children would otherwise share one global RNG state
-        sys.modules["numpy.random"].seed()
-    main = types.ModuleType("__main__")
-    main.__builtins__ = __builtins__
-    sys.modules["__main__"] = main
-    return main
-
-
-def _run_user_code(code, env, files_fd, fetch):
-    """Run ``code`` as a fresh ``__main__`` the way ``python -c`` would, then exit."""
-    main = _prepare(env)
-    rc = 0
-    try:
-        exec(compile(code, "<string>", "exec"), main.__dict__)
-    except SystemExit as e:
-        rc = _exit_code(e)
-    except BaseException as e:
-        _print_user_traceback(e)
-        rc = 1
-    try:
-        if "threading" in sys.modules:
-            sys.modules["threading"]._shutdown()  # like the interpreter: wait for non-daemon threads
-        import atexit
-
-        atexit._run_exitfuncs()
-    except SystemExit as e:
-        rc = _exit_code(e)
-    except BaseException:
-        traceback.print_exc()
-        rc = rc or 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            rc = rc or 120  # what CPython does when flushing stdout fails at exit
-    if fetch:  # program output like stdout: the supervisor caps and parses it, never trusts it
-        out = {}
-        for name in fetch:
-            try:
-                with open(os.path.join("/tmp", name), "rb") as fh:
-                    out[name] = base64.b64encode(fh.read()).decode()
-            except (OSError, ValueError):
-                pass
-        try:
-            os.write(files_fd, json.dumps(out).encode())
-        except OSError:
-            pass
-    os._exit(rc)
-
-
-def _print_user_traceback(e):
-    """Print the traceback as ``python -c`` would: without this runner's own frame."""
-    try:
-        traceback.print_exception(type(e), e, e.__traceback__.tb_next if e.__traceback__ else None)
-    except BaseException:
-        pass
-
-
-def _exit_code(e):
-    if e.code is None:
-        return 0
-    if isinstance(e.code, int):
-        return e.code & 0xFF
-    try:
-        print(e.code, file=sys.stderr)
-    except BaseException:
-        pass
-    return 1
 
 
 def main():

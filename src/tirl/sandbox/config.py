@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot start with the requested isolation (the message names what is missing)."""
+
+
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error")
 
 

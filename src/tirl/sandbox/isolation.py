@@ -10,9 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .config import SandboxConfig
+from .config import SandboxConfig, SandboxUnavailable
 from .local import Sandbox
-from .supervisor import SandboxUnavailable
 
 
 def summarise(report: dict | None) -> dict:

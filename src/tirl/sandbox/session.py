@@ -28,7 +28,8 @@ import time
 
 from .config import ExecResult
 from .outcome import Observed, classify
-from .supervisor import Drain, Proc, Supervisor, check_timeout
+from .plumbing import Drain, check_timeout
+from .supervisor import Proc, Supervisor
 
 
 class Session:

@@ -11,43 +11,24 @@ from __future__ import annotations
 
 import array
 import asyncio
-import base64
-import fcntl
 import itertools
 import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .cgroups import CgroupSlots, remove_stale
-from .config import ExecResult, SandboxConfig
+from .config import ExecResult, SandboxConfig, SandboxUnavailable
+from .hostview import BASE_ENV, hide_and_expose, lease_uid_block
 from .outcome import Observed, classify
+from .plumbing import Drain, check_files, check_timeout, memfd, read_fetched
 
 _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
 PRIMITIVES = ("cgroup", "namespaces", "pid_namespace", "tmpfs", "fs_hiding", "readonly_fs", "minimal_dev",
               "drop_privileges", "no_new_privs", "seccomp")
-# Scrubbed environment for the zygote and the snippets: nothing of the trainer's (tokens, keys).
-BASE_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/tmp",
-    "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
-    # One thread per BLAS: calls run side by side, and a thread pool per fork would multiply.
-    "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
-}
-_SYSTEM_DIRS = ("/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/proc", "/sys", "/dev", "/var", "/run")
-# Hidden in every call besides SandboxConfig.hide_paths and the current directory. /run and the lock
-# directories are host runtime state (and on the host's disk or RAM): a call must not leave data there.
-HIDDEN = ("/root", "/home", "/work", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/run", "/var/lock",
-          "/var/run")
-_UID_LOCK_DIR = "/run/tirl-sandbox"
-MAX_FILES_BYTES = 16 << 20  # fetched files, in total (base64 grows it by a third)
-
-
-class SandboxUnavailable(RuntimeError):
-    """The sandbox cannot start with the requested isolation (the message names what is missing)."""
 
 
 @dataclass
@@ -58,116 +39,6 @@ class Proc:
     slot: int
     started: asyncio.Future
     exited: asyncio.Future
-
-
-@dataclass
-class Drain:
-    """Non-blocking reader of one pipe, keeping at most ``cap`` bytes."""
-
-    fd: int
-    cap: int
-    loop: asyncio.AbstractEventLoop
-    on_overflow: object = None
-    buf: bytearray = field(default_factory=bytearray)
-    overflow: bool = False
-    done: asyncio.Future | None = None
-
-    def start(self) -> None:
-        os.set_blocking(self.fd, False)
-        self.done = self.loop.create_future()
-        self.loop.add_reader(self.fd, self._readable)
-
-    def _readable(self) -> None:
-        try:
-            chunk = os.read(self.fd, 1 << 16)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.close()
-            return
-        room = self.cap - len(self.buf)
-        if len(chunk) > room:
-            self.buf += chunk[:max(room, 0)]
-            if not self.overflow:
-                self.overflow = True
-                if self.on_overflow:
-                    self.on_overflow()
-        else:
-            self.buf += chunk
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            if self.done is not None:
-                self.loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = -1
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
-
-
-def hide_and_expose(cfg: SandboxConfig) -> tuple[list[str], list[str]]:
-    hide = list(HIDDEN)
-    cwd = os.path.realpath(os.getcwd())
-    if not any(cwd == d or d.startswith(cwd.rstrip("/") + "/") for d in _SYSTEM_DIRS):
-        hide.append(cwd)
-    hide += [os.path.realpath(p) for p in cfg.hide_paths]
-    # The interpreter and its packages stay readable (read-only) so lazy imports work in the child;
-    # project sources on sys.path (editable installs) stay hidden.
-    expose = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    expose |= {os.path.realpath(p) for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)}
-    expose.add(os.path.dirname(os.path.realpath(sys.executable)))
-    return sorted(set(hide)), sorted(p for p in expose if os.path.isdir(p))
-
-
-def lease_uid_block(base: int, blocks: int = 4096) -> tuple[int, int]:
-    """A block of 256 uids no other sandbox on this host holds: (first uid, lock fd to keep open).
-
-    flock conflicts between two open files even within one process, and the kernel drops the lock
-    when its holder dies, so a crashed trainer never leaks its block."""
-    os.makedirs(_UID_LOCK_DIR, mode=0o700, exist_ok=True)
-    first = os.getpid() % blocks
-    for k in range(blocks):
-        b = (first + k) % blocks
-        fd = os.open(os.path.join(_UID_LOCK_DIR, f"uids-{b}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return base + b * 256, fd
-        except BlockingIOError:
-            os.close(fd)
-    raise SandboxUnavailable(f"all {blocks} sandbox uid blocks are taken")
-
-
-def check_timeout(timeout: float | None, default: float) -> float:
-    t = default if timeout is None else timeout
-    try:
-        t = float(t)
-    except (TypeError, ValueError):
-        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}") from None
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"timeout must be a finite positive number of seconds, not {timeout!r}")
-    return t
-
-
-def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
-    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit."""
-    out, total = {}, 0
-    for name, data in (files or {}).items():
-        if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name \
-                or os.path.normpath(name).startswith(".."):
-            raise ValueError(f"input file name must be a relative path inside /tmp: {name!r}")
-        if isinstance(data, str):
-            raw = base64.b64decode(data, validate=True)
-        elif isinstance(data, (bytes, bytearray)):
-            raw = bytes(data)
-        else:
-            raise ValueError(f"input file {name!r} must be bytes or a base64 string")
-        total += len(raw)
-        out[name] = base64.b64encode(raw).decode()
-    if total > limit_bytes:
-        raise ValueError(f"input files hold {total} bytes, over the limit of {limit_bytes} (tmp_size_mb)")
-    return out
 
 
 class Supervisor:
@@ -403,7 +274,7 @@ class Supervisor:
             mine += [st_r, st_w]
             files_fd = os.memfd_create("files", os.MFD_CLOEXEC)
             mine.append(files_fd)
-            send = [_memfd("payload", json.dumps(payload).encode()), _memfd("stdin", stdin)]
+            send = [memfd("payload", json.dumps(payload).encode()), memfd("stdin", stdin)]
             mine += send
             send += [out_w, err_w, st_w, files_fd]
             proc: Proc | None = None
@@ -452,7 +323,7 @@ class Supervisor:
                 (self.cg.oom_kills(slot) - oom0) if self.cg else 0, ev.get("cpu_s", 0.0), limits["cpu_s"],
                 ev.get("maxrss_kb", 0)))
             if payload["fetch"] and not killed:
-                res.files = _read_fetched(files_fd, set(payload["fetch"]))
+                res.files = read_fetched(files_fd, set(payload["fetch"]))
             return res
         finally:
             for fd in mine:
@@ -542,33 +413,5 @@ class Supervisor:
         if self._uid_lock >= 0:
             os.close(self._uid_lock)
             self._uid_lock = -1
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.lseek(fd, 0, os.SEEK_SET)  # stdin is read through this very file offset
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _read_fetched(fd: int, wanted: set[str]) -> dict[str, str]:
-    """Files the program left for ``fetch_files``: program output, so parsed defensively and capped."""
-    size = os.fstat(fd).st_size
-    if not size or size > MAX_FILES_BYTES * 4 // 3 + 4096:
-        return {}
-    try:
-        got = json.loads(os.pread(fd, size, 0))
-    except (ValueError, OSError):
-        return {}
-    if not isinstance(got, dict):
-        return {}
-    return {k: v for k, v in got.items() if k in wanted and isinstance(v, str)}
-
 
 
