@@ -34,18 +34,6 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _sandbox_procs(uid0: int) -> int:
-    n = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if uid0 <= os.stat(f"/proc/{name}").st_uid < uid0 + 256:
-                    n += 1
-            except OSError:
-                pass
-    return n
-
-
 def run_bench(cfg: SandboxConfig | None = None, latency_n: int = 200, throughput_n: int = 1000,
               naive_n: int = 10, soak_n: int = 10_000, log=print) -> dict:
     cfg = cfg or SandboxConfig()
@@ -73,7 +61,7 @@ def run_bench(cfg: SandboxConfig | None = None, latency_n: int = 200, throughput
         dt = time.perf_counter() - t
         assert all(r.ok for r in res)
         out["throughput_calls_s"] = round(throughput_n / dt, 1)
-        log(f"throughput ({sb._sup.n} slots): {out['throughput_calls_s']} calls/s")
+        log(f"throughput ({sb.isolation['max_concurrency']} slots): {out['throughput_calls_s']} calls/s")
 
         naive = []
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENBLAS_NUM_THREADS": "1"}
@@ -127,7 +115,7 @@ def _soak(sb: Sandbox, n: int, log) -> dict:
         rss.append(_rss_mb())
     dt = time.perf_counter() - t
     rep = {"calls": n, "wrong": wrong, "s": round(dt, 1), "calls_s": round(n / dt, 1),
-           "leaked_procs": _sandbox_procs(sb._sup.uid0),
+           "leaked_procs": sb.leftovers(),
            "leaked_fds": len(os.listdir("/proc/self/fd")) - fds0,
            "supervisor_rss_mb_first_last": [round(rss[1], 1), round(rss[-1], 1)]}
     log(f"soak: {rep}")

@@ -102,7 +102,8 @@ class CgroupSlots:
             try:
                 slots = maker(fs, name, n)
             except OSError as e:
-                reasons.append(f"{maker.__name__[8:]}: {e.strerror or e} ({getattr(e, 'filename', '') or ''})")
+                where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+                reasons.append(f"{maker.__name__[8:]}: {e.strerror or e}{where}")
                 continue
             if slots is None:
                 continue

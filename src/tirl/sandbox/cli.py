@@ -1,4 +1,4 @@
-"""``tirl sandbox serve | bench | check``: argparse wiring for the sandbox (the lead mounts it under ``tirl``).
+"""``tirl sandbox serve | bench | check``: argparse wiring, mounted under ``tirl`` by ``tirl.cli``.
 
 Heavy imports (aiohttp, the supervisor) happen inside ``run`` so ``tirl --help`` stays fast.
 """
@@ -97,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"present: {', '.join(rep['present']) or '-'}")
             for name, why in rep["missing"].items():
                 print(f"missing: {name}: {why}")
+            for name, how in rep.get("limits", {}).items():
+                print(f"limit {name}: {how}")
             print(f"probe call: {rep['probe']['status']} in {rep['probe']['duration_s']} s")
         return 0 if rep["level"] == "full" and rep["probe"]["status"] == "ok" else 1
     raise ValueError(cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m tirl.sandbox.cli check``) until the lead wires ``tirl sandbox``."""
+    """Standalone entry (``python -m tirl.sandbox.cli check``), same as ``tirl sandbox check``."""
     ap = argparse.ArgumentParser(prog="tirl sandbox")
     add_arguments(ap)
     return run(ap.parse_args(argv))

@@ -54,3 +54,22 @@ def lease_uid_block(base: int, blocks: int = 4096) -> tuple[int, int]:
         except BlockingIOError:
             os.close(fd)
     raise SandboxUnavailable(f"all {blocks} sandbox uid blocks on this host are taken")
+
+
+def descendants(root_pid: int) -> set[int]:
+    """Every live process below ``root_pid`` (from /proc's parent links)."""
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    out, todo = set(), [root_pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.add(k)
+            todo.append(k)
+    return out

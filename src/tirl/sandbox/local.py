@@ -60,6 +60,10 @@ class Sandbox:
         fut = asyncio.run_coroutine_threadsafe(self._sup.run(code, timeout, **extras), self._loop)
         return await asyncio.wrap_future(fut)
 
+    def leftovers(self) -> int:
+        """Processes of finished calls still alive under the zygote (0 = nothing escaped clean-up)."""
+        return self._sup.leftovers()
+
     def session(self):
         """A stateful session (globals survive between calls); see ``tirl.sandbox.session``."""
         from .session import Session

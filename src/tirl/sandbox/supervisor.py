@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .cgroups import CgroupSlots, remove_stale
 from .config import ExecResult, SandboxConfig, SandboxUnavailable
-from .hostview import BASE_ENV, hide_and_expose, lease_uid_block
+from .hostview import BASE_ENV, descendants, hide_and_expose, lease_uid_block
 from .outcome import Observed, classify
 from .plumbing import Drain, check_files, check_timeout, memfd, read_fetched
 
@@ -380,6 +380,14 @@ class Supervisor:
                 pass
             finally:
                 self._procs.pop(kid, None)
+
+    def leftovers(self) -> int:
+        """Processes under the zygote beyond its own (0 when idle and clean): the zygote proper and the
+        next call's PID-namespace init are expected when it runs in a PID namespace of its own."""
+        if self._proc is None:
+            return 0
+        expected = 2 if "pid_namespace" in self.caps.get("features", []) else 0
+        return max(len(descendants(self._proc.pid)) - expected, 0)
 
     def oom_kills(self, slot: int) -> int:
         return self.cg.oom_kills(slot) if self.cg else 0
