@@ -16,8 +16,8 @@ SECRET = "tirl-round2-secret-51c0"
 
 
 def _r(res) -> dict:
-    return {k: getattr(res, k) for k in ("status", "stdout", "stderr", "exit_code", "signal", "message", "files",
-                                         "session_lost")}
+    return {k: getattr(res, k, None) for k in ("status", "stdout", "stderr", "exit_code", "signal", "message",
+                                               "files", "session_lost")}
 
 
 # ---- the cases: name -> (code, timeout, judge(result, ctx) -> "" when fine, else why) ------------------
@@ -163,11 +163,14 @@ def host_check(sb, ctx) -> str:
         time.sleep(0.05)
     if sb._sup.cg is not None and any(sb._sup.cg.members(i) for i in range(sb._sup.n_slots)):
         return "cgroup slot not empty"
-    for p in ("/run/lock/tirl", "/var/lock/tirl", "/etc/tirl", "/usr/tirl", "/tirl", "/var/cache/tirl",
-              "/var/lib/tirl", "/var/log/tirl", "/var/tmp/tirl", "/dev/shm/tirl", "/tmp/tirl_note"):
-        if os.path.exists(p):
+    for p in LEFT_BEHIND:
+        if os.path.exists(p) and p not in ctx["preexisting"]:
             return f"attack left {p} on the host"
     return ""
+
+
+LEFT_BEHIND = ("/run/lock/tirl", "/var/lock/tirl", "/run/tirl", "/var/run/tirl", "/etc/tirl", "/usr/tirl", "/tirl",
+               "/var/cache/tirl", "/var/lib/tirl", "/var/log/tirl", "/var/tmp/tirl", "/dev/shm/tirl", "/tmp/tirl_note")
 
 
 HONEST = "x = 0\nfor i in range(2_000_000):\n    x += i\nprint(x)"
@@ -216,7 +219,7 @@ def run_all(sb, names=None) -> dict:
            "port": tcp.getsockname()[1], "report": sb.isolation,
            "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
                                  secret_path) if os.path.isfile(p)],
-           "tmp_listing": "[]\n"}
+           "tmp_listing": "[]\n", "preexisting": {p for p in LEFT_BEHIND if os.path.exists(p)}}
     out = {}
     try:
         for name in names or CASES:
@@ -226,13 +229,17 @@ def run_all(sb, names=None) -> dict:
             if name == "stdin_and_files":
                 extras = {"stdin": "alice\nrest of stdin\n", "files": {"in/data.txt": b"hello"},
                           "fetch_files": ["out.txt"]}
-            if name == "cpu_fairness":
-                res = cpu_fairness(sb)
-            else:
-                res = _r(sb.run(code.format(**ctx) if name in FORMATTED else code, timeout=timeout, **extras))
-            if name == "write_persists_between_calls":  # a second call must see an empty /tmp again
-                res = _r(sb.run(code, timeout=timeout))
-            out[name] = {"result": res, "verdict": judge(res, ctx), "host": host_check(sb, ctx)}
+            try:
+                if name == "cpu_fairness":
+                    res = cpu_fairness(sb)
+                else:
+                    res = _r(sb.run(code.format(**ctx) if name in FORMATTED else code, timeout=timeout, **extras))
+                if name == "write_persists_between_calls":  # a second call must see an empty /tmp again
+                    res = _r(sb.run(code, timeout=timeout))
+                verdict = judge(res, ctx)
+            except Exception as e:  # noqa: BLE001 - reported per case, the others still run
+                res, verdict = {}, f"raised {e!r}"
+            out[name] = {"result": res, "verdict": verdict, "host": host_check(sb, ctx)}
     finally:
         listener.close()
         tcp.close()

@@ -110,11 +110,12 @@ def build_seccomp_bpf(deny_setsid=False):
     """Compile the filter once (in the zygote); children load the raw BPF with one prctl.
 
     ``deny_setsid``: without a cpu cgroup, a call's processes share one scheduler autogroup (the
-    session made at set-up) only if they cannot start sessions of their own."""
+    session made at set-up) only if they cannot start sessions of their own; without a PID namespace
+    its process group is then also the handle that kills them all (setpgid denied too)."""
     import pyseccomp as sc  # optional dependency; absence is reported, not fatal
 
     f = sc.SyscallFilter(sc.ALLOW)
-    for name in _DENY + (["setsid"] if deny_setsid else []):
+    for name in _DENY + (["setsid", "setpgid"] if deny_setsid else []):
         try:
             f.add_rule(sc.ERRNO(errno.EPERM), name)
         except Exception:  # syscall unknown on this architecture

@@ -8,9 +8,11 @@ Protocol (one JSON object per packet):
   supervisor -> zygote: first packet = config (``preload isolation seccomp hide expose tmp_size_mb
   probe_uid cgroup_slots deny_setsid``); then ``{"op": "run", "id", "slot", "uid", "limits",
   "env", "session"}`` with fds attached [payload memfd, stdin fd, stdout w, stderr w, set-up status w,
-  files-out memfd, (session control socket)], or ``{"op": "kill", "id"}``.
+  files-out memfd, (session control socket)], ``{"op": "kill", "id"}``, or (root without a PID
+  namespace or cgroup) ``{"op": "killuid", "uid", "id"}``.
   zygote -> supervisor: ``{"event": "ready", "caps"}``, ``{"event": "started", "id"}``,
-  ``{"event": "exit", "id", "status", "cpu_s", "maxrss_kb"}`` (sent once nothing of the call is left).
+  ``{"event": "exit", "id", "status", "cpu_s", "maxrss_kb"}`` (sent once nothing of the call is left),
+  ``{"event": "killed", "id"}`` (after killuid).
 
 Start-up (each step only if it works here; the probe reports what does): not root -> a user namespace
 mapping our uid to 0 (capabilities over our own namespaces only); a private mount namespace where
@@ -18,14 +20,14 @@ home/project/runtime dirs are hidden, /dev holds only null zero full random uran
 is re-exposed, and then every mount is read-only; a PID namespace of our own (we are its init), so
 each call can get a fresh child PID namespace; PR_SET_DUMPABLE 0 (no /proc/<zygote>/mem for anyone).
 
-Per call: a new PID namespace whose init is ``sleep`` (spawned with vfork, ~0.5 ms) and the call's
-process as pid 2, so kill(-1) and /proc reach only the call itself and killing the init removes every
-descendant. Child set-up: setsid -> join cgroup slot (fds opened before the filesystem went
-read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace, fresh size-limited /tmp and
-/dev/shm, input files -> rlimits -> drop privileges (root: the slot's uid; otherwise a nested user
-namespace and no capabilities) -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
+Per call: a new PID namespace whose init is ``sleep`` (vfork + exec, prepared while the previous call
+runs) and the call's process as pid 2, so kill(-1) and /proc reach only the call itself and killing
+the init removes every descendant. Child set-up: setsid -> join cgroup slot (fds opened before the
+filesystem went read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace and a fresh
+size-limited /tmp -> drop privileges (root: the slot's uid; otherwise a nested user namespace and no
+capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
-Not covered: GPU devices, disk I/O bandwidth.
+Not covered: disk I/O bandwidth; /dev/shm is read-only (POSIX semaphores, multiprocessing queues fail).
 """
 import ctypes
 import errno
@@ -356,6 +358,11 @@ class Zygote:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
+            if call and call["pid"] and not call["init"]:
+                try:
+                    os.killpg(call["pid"], signal.SIGKILL)
+                except OSError:
+                    pass
         elif req["op"] == "killuid":
             # No PID namespace and no cgroup: a helper with the slot's uid SIGKILLs every process of
             # that uid (kill(-1) walks the task list under a lock, so a fork bomb cannot outrun it).
@@ -435,11 +442,13 @@ class Zygote:
                 continue  # an orphan re-parented to us: reaped, nothing to report
             if pid == call["pid"]:
                 call["pid"], call["status"], call["ru"] = None, status, ru
-                if call["init"]:  # the call is over: its init takes every leftover process with it
-                    try:
+                try:
+                    if call["init"]:  # the call is over: its init takes every leftover process with it
                         os.kill(call["init"], signal.SIGKILL)
-                    except OSError:
-                        pass
+                    else:  # no PID namespace: at least its process group (a pgid is never reused while alive)
+                        os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             else:
                 call["init"] = None
                 if call["pid"]:  # init died first (killed): the kernel kills the call process too

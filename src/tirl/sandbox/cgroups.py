@@ -15,6 +15,12 @@ supervisor first moves itself into a leaf of its own (``<own>/tirl-sandbox-PID-X
 enables the controllers in its former cgroup (possible only once that holds no other process, or
 when the delegating manager already enabled them), then creates the slots beside its leaf. All file
 operations go through ``fs`` so tests can run this against a fake tree that enforces those rules.
+
+Tested: v1 on a real kernel (root); the v2 set-up against ``tests/sandbox/fake_cgroupfs.py``, whose
+rules are replayed on a real cgroup2 mount (in a private mount namespace) by the test suite. Not yet
+run on a real v2 kernel with memory/pids/cpu delegated: the limit files themselves (memory.max,
+pids.max, cpu.weight, cpu.max), the oom_kill counter in memory.events, cgroup.kill, and delegation
+through systemd (``user@.service``, ``Delegate=yes`` scopes).
 """
 from __future__ import annotations
 

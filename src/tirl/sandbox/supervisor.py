@@ -166,7 +166,8 @@ class Supervisor:
                      "NOT ENFORCED (no cgroup, no per-call uid)"),
             "cpu_share": cpu_share,
             "cleanup": "PID namespace per call (its init takes every descendant)" if "pid_namespace" in feats else
-                       ("cgroup sweep" if cg else "process group + per-uid sweep only"),
+                       ("cgroup sweep" if cg else "per-uid sweep" if self.caps.get("root") else
+                        "process group only (setpgid/setsid denied): NOT ENFORCED for a process that escapes it"),
         }
 
     def _on_message(self) -> None:
