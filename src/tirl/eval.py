@@ -219,8 +219,8 @@ def evaluate(
     Returns the summary (also written to `summary.json`); see `tirl.eval_scores.summarise`.
     """
     from tirl.eval_scores import summarise, write_outputs
-    from tirl.sandbox.isolation import summarise as summarise_isolation
     from tirl.progress import progress
+    from tirl.sandbox.isolation import summarise as summarise_isolation
 
     cfg.validate()
     n = cfg.rollout.n

@@ -111,7 +111,6 @@ class LazySandbox:
     def run_batch(self, codes: list[str], timeout: float | None = None) -> list[Any]:
         if self._sb is None:
             from tirl.sandbox import HttpSandbox, Sandbox, SandboxConfig
-
             from tirl.sandbox.isolation import describe
 
             self._sb = HttpSandbox(self.url) if self.url else Sandbox(SandboxConfig())

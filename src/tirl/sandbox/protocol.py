@@ -5,7 +5,7 @@ of ``Any`` so a type checker (and a reader) knows the contract: results are ``Ex
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from .config import ExecResult
 
@@ -17,3 +17,10 @@ class SandboxLike(Protocol):
     def run_batch(self, codes: Sequence[str], timeout: float | None = None) -> list[ExecResult]: ...
 
     async def arun(self, code: str, timeout: float | None = None) -> ExecResult: ...
+
+
+@runtime_checkable
+class SessionCapable(SandboxLike, Protocol):
+    """A sandbox that also opens stateful sessions (the local ``Sandbox``; not ``HttpSandbox``)."""
+
+    def session(self) -> Any: ...
