@@ -11,7 +11,8 @@ Protocol (one JSON object per packet):
   files-out memfd, (session control socket)], ``{"op": "kill", "id"}``, or (root without a PID
   namespace or cgroup) ``{"op": "killuid", "uid", "id"}``.
   zygote -> supervisor: ``{"event": "ready", "caps"}``, ``{"event": "started", "id"}``,
-  ``{"event": "exit", "id", "status", "cpu_s", "maxrss_kb"}`` (sent once nothing of the call is left),
+  ``{"event": "exit", "id", "status", "cpu_s", "maxrss_kb"}`` (the call's process exited and its PID
+  namespace's init is killed: the kernel removes whatever the call left behind),
   ``{"event": "killed", "id"}`` (after killuid).
 
 Start-up (each step only if it works here; the probe reports what does): not root -> a user namespace
@@ -410,7 +411,7 @@ class Zygote:
                 os._exit(122)  # ...and if it ever did, it must not fall back into the zygote's loop
         for fd in fds:
             os.close(fd)
-        self.calls[req["id"]] = {"pid": pid, "init": init, "status": None, "ru": None}
+        self.calls[req["id"]] = {"pid": pid, "init": init}
         self.by_pid[pid] = req["id"]
         if init:
             self.by_pid[init] = req["id"]
@@ -438,26 +439,20 @@ class Zygote:
                 return
             cid = self.by_pid.pop(pid, None)
             call = self.calls.get(cid)
-            if call is None:
-                continue  # an orphan re-parented to us: reaped, nothing to report
-            if pid == call["pid"]:
-                call["pid"], call["status"], call["ru"] = None, status, ru
-                try:
-                    if call["init"]:  # the call is over: its init takes every leftover process with it
-                        os.kill(call["init"], signal.SIGKILL)
-                    else:  # no PID namespace: at least its process group (a pgid is never reused while alive)
-                        os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            else:
-                call["init"] = None
-                if call["pid"]:  # init died first (killed): the kernel kills the call process too
-                    continue
-            if call["pid"] is None and call["init"] is None:
-                del self.calls[cid]
-                ru = call["ru"]
-                self.send({"event": "exit", "id": cid, "status": call["status"],
-                           "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
+            if call is None or pid != call["pid"]:
+                continue  # an init, or an orphan re-parented to us: reaped, nothing to report
+            # The call is over: killing its init makes the kernel kill every leftover process of its PID
+            # namespace (no PID namespace: at least its process group; a live pgid is never reused).
+            try:
+                if call["init"]:
+                    os.kill(call["init"], signal.SIGKILL)
+                else:
+                    os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            del self.calls[cid]
+            self.send({"event": "exit", "id": cid, "status": status,
+                       "cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_kb": ru.ru_maxrss})
 
     def _shutdown(self):
         if self.spare_init:

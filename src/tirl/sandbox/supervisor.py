@@ -369,7 +369,7 @@ class Supervisor:
             return
         feats = self.caps.get("features", [])
         if "pid_namespace" in feats or self._sock is None:
-            return  # the zygote reports the exit only once the call's PID namespace is empty
+            return  # the zygote killed the call's PID-namespace init: the kernel empties the namespace
         if "drop_privileges" in feats and self.caps.get("root"):
             kid = next(self._ids)
             done = Proc(kid, proc.slot, self.loop.create_future(), self.loop.create_future())
