@@ -204,17 +204,19 @@ def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | Non
               f"serving on http://{host}:{port}/run_code", flush=True)
 
         async def main():
+            import signal
+
+            stop = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop: cgroups and zygote go too
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
             runner, server = await start_server(make_app(sb), host, port)
             try:
-                await asyncio.Event().wait()
+                await stop.wait()
             finally:
                 server.close()
                 await runner.cleanup()
 
-        try:
-            asyncio.run(main())
-        except KeyboardInterrupt:
-            pass
+        asyncio.run(main())
 
 
 class HttpSandbox:
