@@ -176,6 +176,9 @@ def test_cli_smoke_run(tmp_path, algo):
     assert (run / "checkpoints" / "step-000002" / "COMPLETE").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and "eval/accuracy" in summary["eval_end"]
+    # The isolation level is logged at start and recorded (CI is root: full, which training requires).
+    assert summary["sandbox"]["level"] == "full" and metrics[-1]["sandbox/full_isolation"] == 1.0
+    assert "sandbox: isolation full" in r.stderr
     base = AutoModelForCausalLM.from_pretrained(run / "base_model")
     trained = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step-000002" / "policy")
     assert any(not torch.equal(a, b) for a, b in zip(base.parameters(), trained.parameters()))

@@ -33,3 +33,20 @@ def test_summaries():
     rep = {"level": "partial", "missing": {"cgroup": "no"}, "limits": {"memory": "NOT ENFORCED across", "pids": "x"}}
     assert summarise(rep) == {"level": "partial", "missing": ["cgroup"], "not_enforced": ["memory"]}
     assert describe(rep) == "isolation PARTIAL: missing cgroup; not enforced: memory"
+
+
+def test_tirl_train_refuses_in_one_line(tmp_path):
+    """End to end: a partial sandbox (no syscall filter) stops `tirl train` with exit 2 and one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "smoke_grpo.yaml"
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "train", str(cfg), "trainer.steps=1", "sandbox.seccomp=false",
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600,
+                       env=os.environ.copy())
+    assert r.returncode == 2, r.stderr[-2000:]
+    line = [x for x in r.stdout.splitlines() if x.startswith("tirl train:")]
+    assert line and "refuses a sandbox without full isolation" in line[0] and "sandbox.isolation=auto" in line[0]
+    assert "Traceback" not in r.stderr
