@@ -29,6 +29,8 @@ size-limited /tmp -> drop privileges (root: the slot's uid; otherwise a nested u
 capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
 Not covered: disk I/O bandwidth; /dev/shm is read-only (POSIX semaphores, multiprocessing queues fail).
+Kernel primitives live in ``_nsutil.py``, the snippet runner in ``_runner.py``; this file (a little over
+the usual size) keeps start-up, per-call set-up and the event loop together, as they share the state.
 """
 import ctypes
 import errno
