@@ -23,7 +23,8 @@ each call can get a fresh child PID namespace; PR_SET_DUMPABLE 0 (no /proc/<zygo
 
 Per call: a new PID namespace whose init is ``sleep`` (vfork + exec, prepared while the previous call
 runs) and the call's process as pid 2, so kill(-1) and /proc reach only the call itself and killing
-the init removes every descendant. Child set-up: setsid -> join cgroup slot (fds opened before the
+the init removes every descendant. Child set-up: own process group (a session, hence a
+scheduler autogroup, when there is no cpu cgroup) -> join cgroup slot (fds opened before the
 filesystem went read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace and a fresh
 size-limited /tmp -> drop privileges (root: the slot's uid; otherwise a nested user namespace and no
 capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
@@ -266,7 +267,10 @@ class Zygote:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            os.setsid()  # also a scheduler autogroup of its own
+            if self.cfg.get("deny_setsid"):
+                os.setsid()  # no cpu cgroup: a session is a scheduler autogroup of its own (~3 ms)
+            else:
+                os.setpgid(0, 0)  # the zygote already left the trainer's session; a group is enough
             self.sock.close()
             slot = req.get("slot")
             if slot is not None and slot < len(self.cg_fds):

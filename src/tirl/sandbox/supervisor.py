@@ -95,7 +95,8 @@ class Supervisor:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", _ZYGOTE, str(child.fileno())], env=dict(BASE_ENV), cwd="/",
-                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog)
+                pass_fds=[child.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errlog,
+                start_new_session=True)  # no terminal, no signals meant for the trainer's process group
         finally:
             child.close()
         hide, expose = hide_and_expose(cfg)
