@@ -47,6 +47,6 @@ def test_tirl_train_refuses_in_one_line(tmp_path):
                         "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=600,
                        env=os.environ.copy())
     assert r.returncode == 2, r.stderr[-2000:]
-    line = [x for x in r.stdout.splitlines() if x.startswith("tirl train:")]
+    line = [x for x in (r.stdout + r.stderr).splitlines() if x.startswith("tirl train:")]
     assert line and "refuses a sandbox without full isolation" in line[0] and "sandbox.isolation=auto" in line[0]
     assert "Traceback" not in r.stderr

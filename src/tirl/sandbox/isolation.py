@@ -10,8 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from tirl.config import UserError
+
 from .config import SandboxConfig, SandboxUnavailable
 from .local import Sandbox
+
+
+class IsolationRefused(SandboxUnavailable, UserError):
+    """A run that requires full isolation on a machine that cannot give it (one line for the user)."""
 
 
 def summarise(report: dict | None) -> dict:
