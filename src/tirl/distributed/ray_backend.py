@@ -1,0 +1,204 @@
+"""The `ray` rollout backend: W rollout-worker actors in a placement group play a step's shards.
+
+    backend = RayBackend(dist_cfg, spec)          # starts (or joins) a cluster, places W workers
+    backend.sync_weights(policy, version=step)    # object store -> every worker; hashes checked
+    result = backend.rollout(prompt_ids, rollout_cfg, shards=K)   # same as LocalBackend's, any W
+    backend.close()                               # kills the actors; shuts down a cluster it started
+
+Placement: one bundle of `{CPU: worker_cpus, GPU: worker_gpus}` per worker, packed; the backend
+waits `timeout_s` for the cluster to place them and otherwise says what it asked for.
+
+Dispatch: shard k goes to live worker k mod W; an actor runs its calls one at a time, so a worker
+with several shards plays them in order. Results are put back in shard order (`merge_results`).
+
+Weights: the trainer's state dict is put in the object store once per sync as numpy arrays (no
+tensor pickling, one copy per node) and every worker loads it and answers with the version it now
+holds and, with `verify_weights`, the hash of its weights; a mismatch stops the run naming the
+worker. Each rollout names the version it expects and a worker holding another refuses it.
+
+Faults: a worker that dies mid-step (its process killed, its node lost) has its shards re-run on the
+surviving workers; they hold the same weights and a shard's seed is fixed, so the result is the same.
+A replacement actor is started, and given the weights, at the next sync. A step that does not finish
+within `timeout_s` fails with the workers and shards still outstanding.
+
+Simplifications: synchronous (the trainer waits for the whole step; no rollout/update overlap);
+weights are broadcast whole (no deltas); no NCCL path (GPU engines would use their own, as TRL does).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Sequence
+
+from tirl.distributed.config import DistributedConfig, require_ray
+from tirl.distributed.shards import cut_shards, merge_results
+from tirl.distributed.worker import RolloutWorker, WorkerSpec
+
+
+class WeightSyncError(RuntimeError):
+    """A worker does not hold the weights the trainer sent."""
+
+
+class RolloutFailed(RuntimeError):
+    """A step's rollout could not complete (timeout, every worker lost, or an error inside a worker)."""
+
+
+class RayBackend:
+    name = "ray"
+
+    def __init__(self, cfg: DistributedConfig, spec: WorkerSpec):
+        self.ray = ray = require_ray()
+        from ray.util.placement_group import placement_group
+
+        self.cfg, self.spec = cfg, spec
+        self.started_cluster = not ray.is_initialized()
+        if self.started_cluster:
+            if cfg.address:
+                ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True)
+            else:
+                need = math.ceil(cfg.rollout_workers * cfg.worker_cpus)
+                ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        W = cfg.rollout_workers
+        self.pg = placement_group([self._bundle()] * W, strategy="PACK")
+        try:
+            ray.get(self.pg.ready(), timeout=cfg.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RolloutFailed(f"the cluster could not place {W} rollout workers of {self._bundle()} within "
+                                f"{cfg.timeout_s:.0f} s (distributed.timeout_s); it has {ray.cluster_resources()}") from None
+        self.workers: list[Any] = [None] * W
+        self.dead: set[int] = set()
+        self.version: int | None = None
+        self.reruns = 0
+        for i in range(W):
+            self._start(i)
+        self.info = self._wait([w.info.remote() for w in self.workers], "start")
+
+    # --- workers -----------------------------------------------------------------------------------
+    def _bundle(self) -> dict[str, float]:
+        b = {"CPU": float(self.cfg.worker_cpus)}
+        if self.cfg.worker_gpus:
+            b["GPU"] = float(self.cfg.worker_gpus)
+        return b
+
+    def _start(self, i: int) -> None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        spec = self.spec
+        if self.cfg.generator == "openai":
+            import dataclasses
+
+            spec = dataclasses.replace(spec, server_url=self.cfg.server_urls[i % len(self.cfg.server_urls)])
+        actor = self.ray.remote(RolloutWorker).options(
+            num_cpus=self.cfg.worker_cpus, num_gpus=self.cfg.worker_gpus, max_restarts=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
+        self.workers[i] = actor.remote(spec, name=f"rollout-worker-{i}")
+        self.dead.discard(i)
+
+    def _wait(self, refs: list[Any], what: str) -> list[Any]:
+        try:
+            return self.ray.get(refs, timeout=self.cfg.timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            raise RolloutFailed(f"rollout workers did not answer '{what}' within {self.cfg.timeout_s:.0f} s "
+                                "(distributed.timeout_s)") from None
+
+    def _label(self, i: int) -> str:
+        pid = self.info[i]["pid"] if i < len(getattr(self, "info", [])) else "?"
+        return f"rollout-worker-{i} (pid {pid})"
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        """Name, pid, node and weight version of every live worker."""
+        live = [i for i in range(len(self.workers)) if i not in self.dead]
+        return self._wait([self.workers[i].info.remote() for i in live], "info")
+
+    def weight_hashes(self) -> list[str]:
+        live = [i for i in range(len(self.workers)) if i not in self.dead]
+        return self._wait([self.workers[i].weights_hash.remote() for i in live], "weights_hash")
+
+    def skip_weight_loads(self, skip: bool = True) -> None:
+        """Test hook: workers acknowledge syncs without loading the weights (and the hash check is off)."""
+        self._wait([w.set_skip_weight_load.remote(skip) for i, w in enumerate(self.workers) if i not in self.dead],
+                   "set_skip_weight_load")
+        self.cfg.verify_weights = not skip
+
+    # --- weights -----------------------------------------------------------------------------------
+    def sync_weights(self, model: Any, version: int) -> dict[str, float]:
+        from tirl.distributed.weights import arrays_hash, weight_arrays
+
+        t0 = time.perf_counter()
+        for i in sorted(self.dead):  # replacements for workers lost in the last step
+            self._start(i)
+            self.info[i] = self._wait([self.workers[i].info.remote()], "start")[0]
+        if self.cfg.weight_sync == "none":
+            self._wait([w.set_version.remote(version) for w in self.workers], "set_version")
+        else:
+            arrays = weight_arrays(model)
+            ref = self.ray.put(arrays)
+            verify = self.cfg.verify_weights
+            answers = self._wait([w.load_weights.remote(version, ref, verify) for w in self.workers], "load_weights")
+            del ref  # the store frees the copy once the workers have loaded it
+            want = arrays_hash(arrays) if verify else None
+            for i, (held, digest) in enumerate(answers):
+                if held != version or (verify and digest != want):
+                    raise WeightSyncError(f"{self._label(i)} holds weights version {held} hash {digest} after the "
+                                          f"sync to version {version}; the trainer's hash is {want}")
+        self.version = version
+        return {"time/weight_sync_s": time.perf_counter() - t0}
+
+    # --- rollout -----------------------------------------------------------------------------------
+    def rollout(self, prompts: Sequence[Sequence[int]], cfg: Any, shards: int = 1) -> Any:
+        ray = self.ray
+        parts = cut_shards(prompts, shards, cfg.seed)
+        deadline = time.monotonic() + self.cfg.timeout_s
+        results: list[Any] = [None] * len(parts)
+        running: dict[Any, tuple[int, int]] = {}  # ref -> (shard, worker)
+        turn = 0
+
+        def submit(k: int) -> None:
+            nonlocal turn
+            live = [i for i in range(len(self.workers)) if i not in self.dead]
+            if not live:
+                raise RolloutFailed(f"every rollout worker died ({', '.join(self._label(i) for i in sorted(self.dead))})")
+            w = live[turn % len(live)]
+            turn += 1
+            running[self.workers[w].rollout.remote(parts[k], cfg, self.version)] = (k, w)
+
+        for k in range(len(parts)):
+            submit(k)
+        while running:
+            left = deadline - time.monotonic()
+            done, _ = ray.wait(list(running), num_returns=1, timeout=max(left, 0))
+            if not done:
+                pending = sorted(running.values())
+                raise RolloutFailed(f"rollout not finished within {self.cfg.timeout_s:.0f} s (distributed.timeout_s): "
+                                    + "; ".join(f"shard {k} on {self._label(w)}" for k, w in pending))
+            ref = done[0]
+            k, w = running.pop(ref)
+            try:
+                results[k] = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                self.dead.add(w)  # its other queued shards fail the same way and are re-run too
+                self.reruns += 1
+                submit(k)
+            except ray.exceptions.RayTaskError as e:
+                raise RolloutFailed(f"shard {k} failed on {self._label(w)}: {e.cause!r}") from None
+        return merge_results(parts, results)
+
+    def close(self) -> None:
+        ray = self.ray
+        for i, w in enumerate(getattr(self, "workers", [])):
+            if w is not None and i not in self.dead:
+                try:
+                    ray.get(w.close.remote(), timeout=30)
+                except Exception:  # noqa: BLE001 - shutting down anyway
+                    pass
+                ray.kill(w)
+        if getattr(self, "pg", None) is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.pg)
+            self.pg = None
+        if self.started_cluster and ray.is_initialized():
+            ray.shutdown()
