@@ -265,13 +265,15 @@ def _minibatch_steps(
     module: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], agg: str,
     micro_loss: Callable[[dict[str, Tensor], float], tuple[Tensor, dict[str, float]]], *,
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
-    generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None,
+    generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
 ) -> list[dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
     Each step accumulates `micro_loss` over micro-batches, every one normalised by the whole
     mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
     loss, so the step's `loss_key` is their sum. Returns one metrics dict per optimizer step.
+    With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
+    mini-batch and the gradients are summed over the ranks before the step.
     """
     from tirl.train.common import backward, clip_and_step
 
@@ -283,12 +285,16 @@ def _minibatch_steps(
         for start in range(0, len(perm), mini_batch_size):
             mb = perm[start : start + mini_batch_size]
             norm = A.global_normalizer(batch["mask"][mb], agg, seq_len=seq_len)
+            mine = dp.rows(mb) if dp is not None else mb
             parts, total = [], 0.0
-            for ms in range(0, len(mb), micro_batch_size):
-                loss, m = micro_loss(subset(batch, mb[ms : ms + micro_batch_size]), norm)
+            for ms in range(0, len(mine), micro_batch_size):
+                loss, m = micro_loss(subset(batch, mine[ms : ms + micro_batch_size]), norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
+            if dp is not None:
+                dp.reduce_grads(params)
+                total = dp.sum(total)
             sm = _mean_metrics(parts)
             sm[loss_key] = total
             sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm, scaler)
