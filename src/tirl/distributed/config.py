@@ -67,6 +67,9 @@ class DistributedConfig:
             raise ValueError("distributed.sandbox=urls needs distributed.sandbox_urls")
         if self.generator == "hf" and self.weight_sync == "disk":
             raise ValueError("distributed.weight_sync=disk is for server generators; hf workers use object_store")
+        if self.generator == "openai" and self.weight_sync == "object_store":
+            raise ValueError("distributed.generator=openai syncs weights through disk (weight_sync=disk) or not at "
+                             "all (weight_sync=none); the object store feeds hf workers only")
         if self.backend == "ray":
             require_ray()
 

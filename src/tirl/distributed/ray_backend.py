@@ -11,10 +11,12 @@ waits `timeout_s` for the cluster to place them and otherwise says what it asked
 Dispatch: shard k goes to live worker k mod W; an actor runs its calls one at a time, so a worker
 with several shards plays them in order. Results are put back in shard order (`merge_results`).
 
-Weights: the trainer's state dict is put in the object store once per sync as numpy arrays (no
+Weights (`object_store`, workers with their own transformers model): the trainer's state dict is put in the object store once per sync as numpy arrays (no
 tensor pickling, one copy per node) and every worker loads it and answers with the version it now
 holds and, with `verify_weights`, the hash of its weights; a mismatch stops the run naming the
-worker. Each rollout names the version it expects and a worker holding another refuses it.
+worker. (`disk`, workers driving inference servers: `server_sync.py` saves the weights and has every
+server reload them and report the version.) Each rollout names the version it expects and a worker
+holding another refuses it.
 
 Faults: a worker that dies mid-step (its process killed, its node lost) has its shards re-run on the
 surviving workers; they hold the same weights and a shard's seed is fixed, so the result is the same.
@@ -33,12 +35,9 @@ import time
 from typing import Any, Sequence
 
 from tirl.distributed.config import DistributedConfig, require_ray
+from tirl.distributed.server_sync import WeightSyncError, push_weights, save_weights
 from tirl.distributed.shards import cut_shards, merge_results
 from tirl.distributed.worker import RolloutWorker, WorkerSpec
-
-
-class WeightSyncError(RuntimeError):
-    """A worker does not hold the weights the trainer sent."""
 
 
 class RolloutFailed(RuntimeError):
@@ -48,11 +47,13 @@ class RolloutFailed(RuntimeError):
 class RayBackend:
     name = "ray"
 
-    def __init__(self, cfg: DistributedConfig, spec: WorkerSpec):
+    def __init__(self, cfg: DistributedConfig, spec: WorkerSpec, sync_dir: str | None = None):
         self.ray = ray = require_ray()
         from ray.util.placement_group import placement_group
 
-        self.cfg, self.spec = cfg, spec
+        self.cfg, self.spec, self.sync_dir = cfg, spec, sync_dir
+        if cfg.weight_sync == "disk" and not sync_dir:
+            raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
         self.started_cluster = not ray.is_initialized()
         if self.started_cluster:
             if cfg.address:
@@ -131,7 +132,10 @@ class RayBackend:
         for i in sorted(self.dead):  # replacements for workers lost in the last step
             self._start(i)
             self.info[i] = self._wait([self.workers[i].info.remote()], "start")[0]
-        if self.cfg.weight_sync == "none":
+        if self.cfg.weight_sync in ("none", "disk"):
+            if self.cfg.weight_sync == "disk":
+                push_weights(self.cfg.server_urls, save_weights(model, self.sync_dir, version), version,
+                             self.cfg.timeout_s)
             self._wait([w.set_version.remote(version) for w in self.workers], "set_version")
         else:
             arrays = weight_arrays(model)

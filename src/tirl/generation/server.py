@@ -15,7 +15,11 @@ Endpoints
   become the prompt through the one prompt rule (`tirl.formats.render_messages`) under the model's
   saved prompt settings (`tirl.json`: chat template or plain text; the style's system prompt is added
   when the request has none), so `tirl convert --server` and chat clients work against it.
-* `GET /v1/models`, `GET /health`.
+* `GET /v1/models`, `GET /health` (with `weight_version`).
+* `POST /update_weights_from_disk` — `{"model_path": DIR, "weight_version": V}` (SGLang's name and
+  body): loads the weights saved in DIR (`save_pretrained`) into the served model between batches,
+  drops every cached prefix (their keys and values came from the old weights), and answers
+  `{"success": true, "weight_version": V}`. A trainer syncing through disk checks that version.
 
 Batching: requests that arrive within `batch_wait_s` of each other with the same sampling settings
 run as one batch through `HFGenerator.generate` (one worker thread; the model is not thread-safe).
@@ -83,6 +87,8 @@ class CompletionServer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tirl-serve-model")
         self._queue: asyncio.Queue | None = None
         self.stats = {"requests": 0, "batches": 0, "cache_hits": 0}
+        self.weight_version: Any = None
+        """Set by `/update_weights_from_disk`; None while the weights are the ones loaded at start."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 << 20)
@@ -90,6 +96,7 @@ class CompletionServer:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_post("/update_weights_from_disk", self._update_weights)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -104,7 +111,53 @@ class CompletionServer:
 
     # --- handlers ----------------------------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "model": self.model_name, **self.stats})
+        return web.json_response({"status": "ok", "model": self.model_name, "weight_version": self.weight_version,
+                                  **self.stats})
+
+    async def _update_weights(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except Exception:  # noqa: BLE001 - any parse failure is the client's
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("model_path"), str):
+            return web.json_response({"success": False, "message": "'model_path' (string) is required"}, status=400)
+        loop = asyncio.get_running_loop()
+        try:  # in the model thread, so no batch runs with half-loaded weights
+            await loop.run_in_executor(self._executor, self._load_weights, body["model_path"])
+        except Exception as e:  # noqa: BLE001 - the old weights stay; the caller must not believe otherwise
+            return web.json_response({"success": False, "message": f"{type(e).__name__}: {e}"}, status=400)
+        self.weight_version = body.get("weight_version")
+        return web.json_response({"success": True, "message": "weights loaded, prefix cache flushed",
+                                  "weight_version": self.weight_version})
+
+    def _load_weights(self, path: str) -> None:
+        """Copy the safetensors weights in `path` into the served model's tensors (same shapes)."""
+        from pathlib import Path
+
+        import torch
+        from safetensors.torch import load_file
+
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors file in {path}")
+        new: dict[str, Any] = {}
+        for f in files:
+            new.update(load_file(f))
+        state = self.generator.model.state_dict()
+        loaded = {state[k].data_ptr() for k in new if k in state}
+        # save_pretrained writes a tied tensor (lm_head = embeddings) once: it is filled through its twin.
+        missing = [k for k in state if k not in new and state[k].data_ptr() not in loaded]
+        unexpected = [k for k in new if k not in state]
+        bad = [k for k in new if k in state and new[k].shape != state[k].shape]
+        if missing or unexpected or bad:
+            raise ValueError(f"weights in {path} do not fit the served model: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}, shape mismatch {bad[:3]}")
+        with torch.no_grad():
+            for k, v in new.items():
+                state[k].copy_(v)
+        self.generator.release(list(self._seqs))
+        self.generator.release(self.generator.cached_keys())
+        self._seqs.clear()
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
