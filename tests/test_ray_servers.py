@@ -57,3 +57,21 @@ def test_workers_on_servers_with_disk_sync(tiny_model_dir, tiny_tokenizer, tmp_p
         for t in threads:
             t.close()
     assert not ray.is_initialized()
+
+
+def test_sandbox_servers_as_actors_behind_every_workers_pool(tiny_model_dir):  # noqa: F811
+    from tirl.distributed.sandbox_pool import SandboxPool
+
+    cfg = DistributedConfig(backend="ray", rollout_workers=2, sandbox="actors", timeout_s=120)
+    backend = RayBackend(cfg, WorkerSpec(model_path=str(tiny_model_dir), style="retool",
+                                         sandbox=SandboxConfig(preload=[])))
+    try:
+        assert len(backend.sandbox_urls) == 2  # start-up already probed each worker's pool (print(6 * 7) == 42)
+        with SandboxPool(backend.sandbox_urls, max_in_flight=2) as pool:
+            res = pool.run_batch([f"print({i})" for i in range(20)] + ["1/0"])
+            served = [s["served"] for s in pool.stats()["servers"].values()]
+        assert [r.stdout for r in res[:20]] == [f"{i}\n" for i in range(20)] and res[20].status == "error"
+        assert all(n > 0 for n in served)
+    finally:
+        backend.close()
+    assert not ray.is_initialized()

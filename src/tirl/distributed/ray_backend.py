@@ -73,9 +73,23 @@ class RayBackend:
         self.dead: set[int] = set()
         self.version: int | None = None
         self.reruns = 0
+        self.sandbox_servers: list[Any] = []
+        self.sandbox_urls = list(cfg.sandbox_urls) if cfg.sandbox == "urls" else []
+        if cfg.sandbox == "actors":
+            self._start_sandbox_servers()
+        if self.sandbox_urls:
+            import dataclasses
+
+            self.spec = dataclasses.replace(spec, sandbox_urls=self.sandbox_urls,
+                                            sandbox_concurrency=cfg.sandbox_concurrency)
         for i in range(W):
             self._start(i)
         self.info = self._wait([w.info.remote() for w in self.workers], "start")
+        for probe in self._wait([w.check_sandbox.remote() for w in self.workers], "check_sandbox"):
+            if probe["status"] != "ok" or probe["stdout"].strip() != "42":
+                self.close()
+                raise RolloutFailed(f"{probe['name']} cannot run code in its sandbox: {probe['status']} "
+                                    f"{probe['message']}")
 
     # --- workers -----------------------------------------------------------------------------------
     def _bundle(self) -> dict[str, float]:
@@ -97,6 +111,18 @@ class RayBackend:
             scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
         self.workers[i] = actor.remote(spec, name=f"rollout-worker-{i}")
         self.dead.discard(i)
+
+    def _start_sandbox_servers(self) -> None:
+        """One `tirl sandbox serve` actor per worker, in the worker's bundle; their URLs feed every pool."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        actor = self.ray.remote(SandboxServer)
+        for i in range(self.cfg.rollout_workers):
+            # num_cpus=0: it shares the worker's bundle (and node); its calls run in its own cgroup slots.
+            self.sandbox_servers.append(actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=
+                                                      PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
+                                        .remote(self.spec.sandbox))
+        self.sandbox_urls = self._wait([s.url.remote() for s in self.sandbox_servers], "sandbox server start")
 
     def _wait(self, refs: list[Any], what: str) -> list[Any]:
         try:
@@ -199,6 +225,12 @@ class RayBackend:
                 except Exception:  # noqa: BLE001 - shutting down anyway
                     pass
                 ray.kill(w)
+        for s in getattr(self, "sandbox_servers", []):
+            try:
+                ray.get(s.close.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+            ray.kill(s)
         if getattr(self, "pg", None) is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -206,3 +238,25 @@ class RayBackend:
             self.pg = None
         if self.started_cluster and ray.is_initialized():
             ray.shutdown()
+
+
+class SandboxServer:
+    """`tirl sandbox serve` inside a Ray actor: a local sandbox behind the HTTP server, on the node's IP."""
+
+    def __init__(self, config: Any):
+        import ray
+
+        from tirl.generation.server import ServerThread
+        from tirl.sandbox import Sandbox
+        from tirl.sandbox.http import make_app
+
+        self.sandbox = Sandbox(config)
+        ip = ray.util.get_node_ip_address()
+        self.thread = ServerThread(make_app(self.sandbox), host=ip, port=0)
+
+    def url(self) -> str:
+        return self.thread.url
+
+    def close(self) -> None:
+        self.thread.close()
+        self.sandbox.close()

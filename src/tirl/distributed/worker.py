@@ -85,6 +85,11 @@ class RolloutWorker:
         self.version = version
         return version, model_hash(self.model) if want_hash else None
 
+    def check_sandbox(self) -> dict[str, Any]:
+        """One probe call through this worker's sandbox client (at start-up, to fail early and clearly)."""
+        res = self.sandbox.run("print(6 * 7)", timeout=30)
+        return {"name": self.name, "status": res.status, "stdout": res.stdout, "message": res.message or res.stderr[-300:]}
+
     def set_skip_weight_load(self, skip: bool) -> None:
         self.skip_weight_load = skip
 
