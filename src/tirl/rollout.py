@@ -93,6 +93,10 @@ class RolloutConfig:
     """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
     exec_timeout: float | None = None
     """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
+    shards: int = 1
+    """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
+    fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on
+    it, never on where shards run: set it to the most rollout workers the run may use."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ It generates with the trainer's own model, so there are no weights to sync. With
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Sequence
 
 from tirl.distributed.shards import cut_shards, merge_results
@@ -29,6 +30,9 @@ class LocalBackend:
     def sync_weights(self, model: Any, version: int) -> dict[str, float]:
         """Nothing to do: the generator holds the trainer's model itself."""
         return {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "local", "driver_pid": os.getpid()}
 
     def close(self) -> None:
         """The generator and sandbox belong to the caller."""

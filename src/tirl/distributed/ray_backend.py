@@ -40,6 +40,11 @@ from tirl.distributed.shards import cut_shards, merge_results
 from tirl.distributed.worker import RolloutWorker, WorkerSpec
 
 
+SKIP_SYNC_ENV = "TIRL_TEST_SKIP_WEIGHT_SYNC"
+"""Test hook: when set, syncs after the first are acknowledged but not loaded, and not hash-checked, so
+the trainer's alarm of last resort (the rollout-vs-trainer log-prob gap) can be shown to fire."""
+
+
 class RolloutFailed(RuntimeError):
     """A step's rollout could not complete (timeout, every worker lost, or an error inside a worker)."""
 
@@ -73,6 +78,8 @@ class RayBackend:
         self.dead: set[int] = set()
         self.version: int | None = None
         self.reruns = 0
+        self.syncs: list[dict[str, Any]] = []
+        """Per sync: the version, the trainer's weight hash and every worker's (object-store sync)."""
         self.sandbox_servers: list[Any] = []
         self.sandbox_urls = list(cfg.sandbox_urls) if cfg.sandbox == "urls" else []
         if cfg.sandbox == "actors":
@@ -135,6 +142,11 @@ class RayBackend:
         pid = self.info[i]["pid"] if i < len(getattr(self, "info", [])) else "?"
         return f"rollout-worker-{i} (pid {pid})"
 
+    def describe(self) -> dict[str, Any]:
+        """For the run's summary: where rollouts ran, which weights each sync delivered, re-runs."""
+        return {"backend": "ray", "driver_pid": os.getpid(), "workers": self.info, "syncs": self.syncs,
+                "reruns": self.reruns, "sandbox_urls": self.sandbox_urls}
+
     def worker_info(self) -> list[dict[str, Any]]:
         """Name, pid, node and weight version of every live worker."""
         live = [i for i in range(len(self.workers)) if i not in self.dead]
@@ -155,6 +167,8 @@ class RayBackend:
         from tirl.distributed.weights import arrays_hash, weight_arrays
 
         t0 = time.perf_counter()
+        if os.environ.get(SKIP_SYNC_ENV) and self.version is not None:
+            self.skip_weight_loads(True)
         for i in sorted(self.dead):  # replacements for workers lost in the last step
             self._start(i)
             self.info[i] = self._wait([self.workers[i].info.remote()], "start")[0]
@@ -174,6 +188,7 @@ class RayBackend:
                 if held != version or (verify and digest != want):
                     raise WeightSyncError(f"{self._label(i)} holds weights version {held} hash {digest} after the "
                                           f"sync to version {version}; the trainer's hash is {want}")
+            self.syncs.append({"version": version, "trainer_hash": want, "worker_hashes": [d for _, d in answers]})
         self.version = version
         return {"time/weight_sync_s": time.perf_counter() - t0}
 

@@ -29,13 +29,20 @@ def play(
     exec_penalty: float = 0.0,
     reward_fn: Any = None,
     overlong_buffer: int = 0,
+    backend: Any = None,
     **overrides: Any,
 ) -> tuple[list[Trajectory], list[Grade], dict[str, float]]:
     """Roll out every problem (`rollout_cfg.n` samples each) and grade each trajectory; then the
-    user's reward function (`tirl.custom_reward.UserReward`), then DAPO's overlong term, if set."""
+    user's reward function (`tirl.custom_reward.UserReward`), then DAPO's overlong term, if set.
+
+    With a rollout `backend` (`tirl.distributed`), it plays the prompts in `cfg.shards` shards, here or
+    on workers; the grading stays here."""
     cfg = dataclasses.replace(rollout_cfg, **overrides)
     prompts = [encode_prompt(tokenizer, p.problem, style, chat) for p in problems]
-    trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
+    if backend is not None:
+        trajs, metrics = backend.rollout(prompts, cfg, cfg.shards)
+    else:
+        trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
     grades = [grade_trajectory(t, problems[t.group_index].answer, style, exec_penalty=exec_penalty) for t in trajs]
     if reward_fn is not None:
         grades = [reward_fn(problems[t.group_index], t.model_text, t, g) for t, g in zip(trajs, grades)]

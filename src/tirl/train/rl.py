@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tirl.analysis.limr import REWARDS_FILE, reward_rows
 from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.custom_reward import RewardConfig, UserReward
+from tirl.distributed.config import DistributedConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig, SandboxLike
 from tirl.trained_settings import settings_of
@@ -97,6 +99,7 @@ class RLConfig:
     # Training refuses a partial sandbox unless the user opts in with sandbox.isolation=auto.
     sandbox: SandboxConfig = field(default_factory=lambda: SandboxConfig(isolation="strict"))
     reward: RewardConfig = field(default_factory=RewardConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def validate(cfg: RLConfig) -> None:
@@ -114,6 +117,13 @@ def validate(cfg: RLConfig) -> None:
         raise ValueError("trainer.steps, trainer.prompts_per_step and trainer.micro_batch_size must be >= 1")
     if cfg.trainer.eval_temperature < 0:
         raise ValueError(f"trainer.eval_temperature must be >= 0 (0 = greedy), got {cfg.trainer.eval_temperature}")
+    if not 1 <= cfg.rollout.shards <= cfg.trainer.prompts_per_step:
+        raise ValueError(f"rollout.shards must be between 1 and trainer.prompts_per_step "
+                         f"({cfg.trainer.prompts_per_step}): a shard holds whole prompt groups")
+    if cfg.distributed.trainer_workers > 1:
+        raise ValueError("distributed.trainer_workers > 1 is not wired into tirl train yet; the data-parallel "
+                         "update itself is tirl.distributed.ddp")
+    cfg.distributed.validate()
 
 
     check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
@@ -181,6 +191,24 @@ def evaluate(generator: Any, tokenizer: Any, sandbox: SandboxLike, items: list, 
         out.update({f"eval/{name.split('/', 1)[-1]}/accuracy": s["avg@1"]
                     for name, s in summary["benchmarks"].items() if "avg@1" in s})
     return out
+
+
+def rollout_backend(cfg: RLConfig, generator: Any, tokenizer: Any, sandbox: Any, style: Any, model_path: str,
+                    run_dir: Path) -> Any:
+    """Who plays a step's shards: this process (`local`, the trainer's own model) or Ray workers."""
+    if cfg.distributed.backend == "local":
+        from tirl.distributed.local import LocalBackend
+
+        return LocalBackend(generator, tokenizer, sandbox, style)
+    from tirl.distributed.ray_backend import RayBackend
+    from tirl.distributed.worker import WorkerSpec
+
+    d = cfg.distributed
+    spec = WorkerSpec(model_path=model_path, style=style, gguf_file=cfg.model.gguf_file, dtype=cfg.model.dtype,
+                      threads=cfg.trainer.threads or int(d.worker_cpus), generator=d.generator,
+                      server_model=d.server_model, sandbox=cfg.sandbox,
+                      device="cuda" if d.worker_gpus and d.generator == "hf" else "cpu")
+    return RayBackend(d, spec, sync_dir=str(run_dir / "weight_sync"))
 
 
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
@@ -266,9 +294,12 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     summary: dict[str, Any] = {}
     idle = 0  # consecutive steps without a policy update
     policy.eval()
-    with open_sandbox(cfg.sandbox, "training") as sandbox, progress("train", tc.steps) as bar:
+    generator = HFGenerator(policy, tokenizer, precision=tc.precision)
+    with (open_sandbox(cfg.sandbox, "training") as sandbox,
+          closing(rollout_backend(cfg, generator, tokenizer, sandbox, style, base, run_dir)) as backend,
+          progress("train", tc.steps) as bar):
         summary["sandbox"] = summarise(sandbox.isolation)
-        generator = HFGenerator(policy, tokenizer, precision=tc.precision)
+        backend.sync_weights(policy, version=start)
         bar.update(0, completed=start)
         if start == 0 and test_items:
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
@@ -284,7 +315,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             def play_round(problems: list, round_: int) -> tuple:
                 return play(generator, tokenizer, sandbox, problems, style, cfg.rollout, chat=cfg.prompt.chat,
                             exec_penalty=algo.exec_penalty, reward_fn=reward_fn, overlong_buffer=algo.overlong_buffer,
-                            seed=tc.seed * 1_000_003 + step * 1009 + round_ * 7_919_017)
+                            seed=tc.seed * 1_000_003 + step * 1009 + round_ * 7_919_017, backend=backend)
 
             if algo.dynamic_sampling:
                 problems, trajs, grades, metrics, played = dapo.dynamic_sample(
@@ -342,6 +373,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 metrics.update({"kl/coef": kl_coef, "kl/observed": observed})
                 kl_coef = A.adaptive_kl_coef(kl_coef, observed, algo.kl_target, len(trajs), algo.kl_horizon)
             t_train = time.perf_counter() - t1
+            metrics.update(backend.sync_weights(policy, version=step))  # workers now hold this step's weights
 
             tokens = float(batch["attention_mask"].sum())
             metrics.update({
@@ -367,6 +399,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 checkpoint(step)
             bar.update(bar.task_ids[0], completed=step,
                        info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")
+        summary["distributed"] = backend.describe()
     logger.close()
     if lora_on and cfg.model.lora.merge:
         summary["merged_model"] = str(lora.save_merged(policy, tokenizer, run_dir / "merged"))
