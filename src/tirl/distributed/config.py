@@ -74,10 +74,14 @@ class DistributedConfig:
             require_ray()
 
 
+class RayNotInstalled(ValueError):
+    """`backend: ray` asked for without the extra installed (a config the user can fix)."""
+
+
 def require_ray():
     """The `ray` module, or a one-line error saying how to install it."""
     try:
         import ray
     except ImportError:
-        raise RuntimeError(f"distributed.backend=ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+        raise RayNotInstalled(f"distributed.backend=ray needs Ray, which is not installed: {RAY_INSTALL}") from None
     return ray
