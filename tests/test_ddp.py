@@ -62,3 +62,29 @@ def test_two_gloo_ranks_equal_one_process_and_each_other(tmp_path):
         torch.testing.assert_close(ranks[0]["params"][name], p, rtol=0, atol=1e-6)
     assert any(not torch.equal(p, before[n]) for n, p in single.state_dict().items())  # the update did something
     assert abs(ranks[0]["loss"] - m["loss/policy"]) < 1e-6  # the summed per-rank losses are the global loss
+
+
+def test_tirl_train_with_two_trainer_ranks_matches_one(tmp_path):
+    """`distributed.trainer_workers=2` through `train_rl`: ranks are checked bit-equal after every update
+    (the run would stop otherwise), the result matches one rank, and only rank 0 writes."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tirl.config import load_config
+    from tirl.train.checkpoint import latest_checkpoint
+    from tirl.train.rl import RLConfig, train_rl
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke_grpo.yaml"
+    params = {}
+    for w in (1, 2):
+        cfg = load_config(RLConfig, smoke, ["trainer.steps=2", "trainer.eval_size=2", "algorithm.entropy_coef=0.01",
+                                            f"distributed.trainer_workers={w}"])
+        train_rl(cfg, tmp_path / f"w{w}")
+        params[w] = load_file(latest_checkpoint(tmp_path / f"w{w}") / "policy" / "model.safetensors")
+    base = load_file(tmp_path / "w1" / "base_model" / "model.safetensors")
+    assert any(not torch.equal(params[1][k], base[k]) for k in base)  # the steps did update
+    for k in params[1]:
+        torch.testing.assert_close(params[2][k], params[1][k], rtol=0, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "w2" / "checkpoints").iterdir()) == ["step-000002"]
+    assert not [p for p in mp.active_children() if p.name.startswith("tirl-trainer-rank")]

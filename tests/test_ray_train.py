@@ -22,7 +22,9 @@ from tirl.train.logger import read_metrics  # noqa: E402
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 TIRL = str(Path(sys.executable).parent / "tirl")
-BASE = [str(ROOT / "configs" / "smoke_grpo.yaml"), "trainer.steps=3", "rollout.shards=2"]
+# The random smoke model earns no reward, so every GRPO advantage is 0: the entropy bonus makes each
+# step change the weights, or weight sync and equality would be checked on weights that never move.
+BASE = [str(ROOT / "configs" / "smoke_grpo.yaml"), "trainer.steps=3", "rollout.shards=2", "algorithm.entropy_coef=0.01"]
 RAY = ["distributed.backend=ray", "distributed.rollout_workers=2"]
 
 
@@ -81,6 +83,8 @@ def test_ray_workers_equal_the_local_shards(runs):
     d, local, ray_run, left = runs
     a, b = _params(d / "local"), _params(d / "ray")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(next((d / "ray" / "base_model").glob("*.safetensors")))
+    assert any(not torch.equal(b[k], base[k]) for k in base)  # the run did train
     assert _tokens(d / "local") == _tokens(d / "ray") and len(_tokens(d / "ray")) >= 3
     ma, mb = read_metrics(d / "local"), read_metrics(d / "ray")
     assert len(ma) == len(mb) == 3

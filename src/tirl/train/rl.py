@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,9 +120,8 @@ def validate(cfg: RLConfig) -> None:
     if not 1 <= cfg.rollout.shards <= cfg.trainer.prompts_per_step:
         raise ValueError(f"rollout.shards must be between 1 and trainer.prompts_per_step "
                          f"({cfg.trainer.prompts_per_step}): a shard holds whole prompt groups")
-    if cfg.distributed.trainer_workers > 1:
-        raise ValueError("distributed.trainer_workers > 1 is not wired into tirl train yet; the data-parallel "
-                         "update itself is tirl.distributed.ddp")
+    if cfg.distributed.trainer_workers > 1 and cfg.algorithm.name == "ppo":
+        raise ValueError("distributed.trainer_workers > 1 covers the policy update only; PPO's critic needs 1")
     cfg.distributed.validate()
 
 
@@ -291,12 +290,21 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         save_checkpoint(run_dir, step, models, state, tokenizer=tokenizer, keep=tc.keep_checkpoints,
                         settings=settings_of(cfg.prompt, cfg.rollout))
 
+    group = None
+    if cfg.distributed.trainer_workers > 1:
+        from tirl.train.rl_ranks import TrainerGroup
+
+        group = TrainerGroup(cfg.distributed.trainer_workers, cfg, str(ckpt / "policy") if ckpt else base,
+                             str(ckpt) if ckpt else None, tc.steps * steps_per_update)
+        fused_old = False  # the ranks' update scores the old log-probs itself: keep the separate pass
+
     summary: dict[str, Any] = {}
     idle = 0  # consecutive steps without a policy update
     policy.eval()
     generator = HFGenerator(policy, tokenizer, precision=tc.precision)
     with (open_sandbox(cfg.sandbox, "training") as sandbox,
           closing(rollout_backend(cfg, generator, tokenizer, sandbox, style, base, run_dir)) as backend,
+          closing(group) if group is not None else nullcontext() as _,
           progress("train", tc.steps) as bar):
         summary["sandbox"] = summarise(sandbox.isolation)
         backend.sync_weights(policy, version=start)
@@ -352,10 +360,15 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             if critic is not None:
                 metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
             if rows and step > algo.critic_warmup_steps:
-                metrics.update(U.policy_update(policy, opt, sched, batch, rows, step_algo, old_from_update=fused_old,
-                                               temperature=cfg.rollout.temperature, **common))
-                if fused_old:
-                    metrics.update(U.logprob_mismatch(batch, rows))
+                if group is not None:  # the same update, on every trainer rank
+                    loop = {k: v for k, v in common.items() if k != "generator"}
+                    metrics.update(group.policy_update(policy, opt, sched, batch, rows, step_algo, tc.seed * 7919 + step,
+                                                       temperature=cfg.rollout.temperature, **loop))
+                else:
+                    metrics.update(U.policy_update(policy, opt, sched, batch, rows, step_algo, old_from_update=fused_old,
+                                                   temperature=cfg.rollout.temperature, **common))
+                    if fused_old:
+                        metrics.update(U.logprob_mismatch(batch, rows))
                 idle = 0
             else:
                 if fused_old:  # no update took them: score the old log-probs (and entropy) for the metrics
