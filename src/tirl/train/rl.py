@@ -295,7 +295,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         from tirl.train.rl_ranks import TrainerGroup
 
         group = TrainerGroup(cfg.distributed.trainer_workers, cfg, str(ckpt / "policy") if ckpt else base,
-                             str(ckpt) if ckpt else None, tc.steps * steps_per_update)
+                             str(ckpt) if ckpt else None, tc.steps * steps_per_update, _load_policy)
         fused_old = False  # the ranks' update scores the old log-probs itself: keep the separate pass
 
     summary: dict[str, Any] = {}

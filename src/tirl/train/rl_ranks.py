@@ -31,12 +31,15 @@ def _free_port() -> int:
 class TrainerGroup:
     """Rank 0's handle: `policy_update(...)` runs one data-parallel update on every rank."""
 
-    def __init__(self, world: int, cfg: Any, policy_path: str, ckpt: str | None, total_updates: int):
+    def __init__(self, world: int, cfg: Any, policy_path: str, ckpt: str | None, total_updates: int,
+                 load_policy: Any):
+        """`load_policy(path, cfg)` is the function rank 0 loaded its policy with (a module-level
+        function: it is pickled by name into the helpers, so they load exactly the same way)."""
         from tirl.distributed.ddp import init_group
 
         init = f"tcp://127.0.0.1:{_free_port()}"
         ctx = mp.get_context("spawn")
-        self.procs = [ctx.Process(target=_helper, args=(r, world, init, cfg, policy_path, ckpt, total_updates),
+        self.procs = [ctx.Process(target=_helper, args=(r, world, init, cfg, policy_path, ckpt, total_updates, load_policy),
                                   name=f"tirl-trainer-rank{r}", daemon=True) for r in range(1, world)]
         for p in self.procs:
             p.start()
@@ -77,17 +80,17 @@ def _check_equal(policy: Any, dp: Any) -> None:
         raise RuntimeError(f"trainer ranks hold different weights after the update: {hashes}")
 
 
-def _helper(rank: int, world: int, init: str, cfg: Any, policy_path: str, ckpt: str | None, total_updates: int) -> None:
+def _helper(rank: int, world: int, init: str, cfg: Any, policy_path: str, ckpt: str | None, total_updates: int,
+            load_policy: Any) -> None:
     from pathlib import Path
 
     from tirl.distributed.ddp import init_group
     from tirl.train.checkpoint import load_state
     from tirl.train.common import build_optimizer, set_threads
-    from tirl.train.rl import _load_policy
 
     set_threads(cfg.trainer.threads)
     torch.manual_seed(cfg.trainer.seed)
-    policy = _load_policy(policy_path, cfg)
+    policy = load_policy(policy_path, cfg)
     opt, sched = build_optimizer(policy.parameters(), cfg.trainer.optim, total_updates)
     if ckpt is not None:
         state = load_state(Path(ckpt))
