@@ -63,7 +63,7 @@ def merge_results(shards: Sequence[Shard], results: Sequence[Any]) -> Any:
     token counts and times add up; `rollout/recompute_ratio` is recomputed from the summed counts.
     One shard is returned unchanged.
     """
-    from tirl.metrics import tool_metrics
+    from tirl.analysis.tool_stats import tool_metrics
     from tirl.rollout import RolloutResult
 
     if len(results) == 1:
