@@ -75,3 +75,12 @@ def test_sandbox_servers_as_actors_behind_every_workers_pool(tiny_model_dir):  #
     finally:
         backend.close()
     assert not ray.is_initialized()
+
+
+def test_workers_that_cannot_start_fail_the_backend_cleanly(tmp_path):
+    from tirl.distributed.ray_backend import RolloutFailed
+
+    cfg = DistributedConfig(backend="ray", rollout_workers=2, timeout_s=120)
+    with pytest.raises(RolloutFailed, match="rollout workers could not start"):
+        RayBackend(cfg, WorkerSpec(model_path=str(tmp_path / "no-model"), style="retool"))
+    assert not ray.is_initialized()  # the cluster it started is shut down again

@@ -54,8 +54,6 @@ class RayBackend:
 
     def __init__(self, cfg: DistributedConfig, spec: WorkerSpec, sync_dir: str | None = None):
         self.ray = ray = require_ray()
-        from ray.util.placement_group import placement_group
-
         self.cfg, self.spec, self.sync_dir = cfg, spec, sync_dir
         if cfg.weight_sync == "disk" and not sync_dir:
             raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
@@ -66,12 +64,23 @@ class RayBackend:
             else:
                 need = math.ceil(cfg.rollout_workers * cfg.worker_cpus)
                 ray.init(num_cpus=max(need, os.cpu_count() or 1), include_dashboard=False, log_to_driver=True)
+        try:
+            self._setup(spec)
+        except BaseException as e:  # a half-built backend must not leave actors or a cluster behind
+            self.close()
+            if isinstance(e, ray.exceptions.RayError) and not isinstance(e, RolloutFailed):
+                raise RolloutFailed(f"rollout workers could not start: {e}") from None
+            raise
+
+    def _setup(self, spec: WorkerSpec) -> None:
+        from ray.util.placement_group import placement_group
+
+        ray, cfg = self.ray, self.cfg
         W = cfg.rollout_workers
         self.pg = placement_group([self._bundle()] * W, strategy="PACK")
         try:
             ray.get(self.pg.ready(), timeout=cfg.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            self.close()
             raise RolloutFailed(f"the cluster could not place {W} rollout workers of {self._bundle()} within "
                                 f"{cfg.timeout_s:.0f} s (distributed.timeout_s); it has {ray.cluster_resources()}") from None
         self.workers: list[Any] = [None] * W
@@ -94,7 +103,6 @@ class RayBackend:
         self.info = self._wait([w.info.remote() for w in self.workers], "start")
         for probe in self._wait([w.check_sandbox.remote() for w in self.workers], "check_sandbox"):
             if probe["status"] != "ok" or probe["stdout"].strip() != "42":
-                self.close()
                 raise RolloutFailed(f"{probe['name']} cannot run code in its sandbox: {probe['status']} "
                                     f"{probe['message']}")
 
