@@ -9,10 +9,13 @@ Exact resume: the rollout seed of step s is derived from (seed, s), the problem 
 (seed, epoch), and checkpoints hold weights, optimizer, scheduler and RNG states, so 2 steps + resume
 + 2 steps equals 4 steps (tested).
 
-Simplifications: one process, one device; generation uses the training model itself (no separate
-inference engine), so rollout and recomputed log-probs differ only by numerics. DAPO's dynamic
-sampling and overlong handling are options (`tirl.train.dapo`). Not covered: multi-GPU, async rollouts
-overlapping training.
+Where rollouts run (`distributed:`, `tirl.distributed`): by default in this process with the training
+model itself, so rollout and recomputed log-probs differ only by numerics; with `backend: ray` on
+rollout-worker actors (copies of the policy synced after every update, or inference servers), in
+`rollout.shards` shards whose results do not depend on where they run. `trainer_workers` > 1 runs the
+policy update data-parallel on this machine (`rl_ranks.py`). DAPO's dynamic sampling and overlong
+handling are options (`tirl.train.dapo`). Not covered: async rollouts overlapping training, a trainer
+group across machines.
 """
 
 from __future__ import annotations
