@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 from contextlib import closing, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, chec
 from tirl.train.episodes import play
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
-from tirl.train.logger import MetricsLogger
+from tirl.train.logger import LogConfig, MetricsLogger
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
 
 
@@ -85,8 +85,8 @@ class TrainerConfig:
     gradients and optimizer state stay float32."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory for long sequences, ~30% more update time."""
-    tensorboard: bool = False
-    wandb: bool = False
+    log: LogConfig = field(default_factory=LogConfig)
+    """Where metrics go besides metrics.jsonl (TensorBoard, W&B, trackio) and the plain progress line."""
     warn_idle_steps: int = 5
     """Warn (once per idle stretch) after this many consecutive steps without a policy update."""
 
@@ -266,7 +266,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         c_cfg = OptimConfig(**{**tc.optim.__dict__, "lr": algo.critic_lr})
         c_opt, c_sched = build_optimizer(critic.parameters(), c_cfg, tc.steps * steps_per_update)
 
-    logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
+    logger = MetricsLogger(run_dir, tc.log, config=asdict(cfg), label="train", total_steps=tc.steps)
     stream = ProblemStream(train_items, seed=tc.seed)
     start = 0
     kl_coef = algo.kl_coef  # moves each step when algorithm.kl_target is set (adaptive controller)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,7 +35,7 @@ from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, backward, build_optimizer, check_device_and_precision, clip_and_step,
                                grad_scaler, set_threads)
 from tirl.progress import progress
-from tirl.train.logger import MetricsLogger
+from tirl.train.logger import LogConfig, MetricsLogger
 from tirl.trained_settings import settings_of, write_settings
 from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
 
@@ -78,8 +78,8 @@ class SFTTrainerConfig:
     precision: str = "fp32"
     """fp32 | bf16 | fp16 autocast (bf16 on CPU too); weights and optimizer state stay float32."""
     gradient_checkpointing: bool = False
-    tensorboard: bool = False
-    wandb: bool = False
+    log: LogConfig = field(default_factory=LogConfig)
+    """Where metrics go besides metrics.jsonl (TensorBoard, W&B, trackio) and the plain progress line."""
 
 
 @dataclass
@@ -222,7 +222,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
     model = lora.apply(model, cfg.model.lora, adapter_dir=ckpt / "model" if ckpt and lora_on else None)
     opt, sched = build_optimizer([p for p in model.parameters() if p.requires_grad], tc.optim, tc.steps)
     scaler = grad_scaler(tc.precision, next(model.parameters()).device)
-    logger = MetricsLogger(run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb)
+    logger = MetricsLogger(run_dir, tc.log, config=asdict(cfg), label="sft", total_steps=tc.steps)
     start = 0
     if ckpt is not None:
         state = load_state(ckpt)
