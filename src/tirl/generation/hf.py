@@ -50,6 +50,7 @@ parallelism, CUDA graphs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
 
@@ -181,6 +182,9 @@ class HFGenerator:
         self.model = model
         self.precision = check_precision(precision)
         """fp32, or bf16 / fp16 autocast of every forward (sampling itself is float32)."""
+        # transformers 5.x renamed forward's `past_key_values` to `cache` (the old name warns on every call);
+        # 4.x knows only the old name.
+        self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
         self.max_batch_size = max_batch_size
@@ -303,7 +307,7 @@ class HFGenerator:
         cache = self._stack_cache(looked, C, C + S + max(budgets) if self.preallocate else None)
 
         out = self._run(input_ids=inp, attention_mask=mask, position_ids=pos,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
 
@@ -363,7 +367,7 @@ class HFGenerator:
             feed = torch.where(alive_t, tok, torch.full_like(tok, self.pad_id))
             mask = torch.cat([mask, alive_t.long()[:, None]], dim=1)
             out = self._run(input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             past_key_values=cache, use_cache=True)
+                             use_cache=True, **{self._cache_kw: cache})
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             next_pos = next_pos + 1
@@ -422,7 +426,7 @@ class HFGenerator:
 
         cache = DynamicCache(config=self.model.config)
         self._run(input_ids=inp.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+                  use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
         out = list(looked)
         for u, (ids, rows) in enumerate(shared):
             valid = mask[u].nonzero()[:, 0].to(dev)
