@@ -85,9 +85,11 @@ def test_report_from_a_synthetic_run(tmp_path):
         assert h > 200 and w > 400
     assert sorted(_pngs_in(page)) == sorted(p.read_bytes() for p in files)
 
-    # self-correction is null (undefined) at every step: no plot, and the page says so instead of crashing
-    assert "self_correction" not in names
-    assert "No plot of self-correction" in page
+    # self-correction is null (undefined) at every step: no panel, one line names it instead of crashing;
+    # an RL run without loss figures draws no loss panels either
+    assert "self_correction" not in names and not names & {"sft_loss", "policy_loss", "kl", "entropy"}
+    assert re.search(r"Not drawn \(no data in any run\):[^<]*self-correction", page)
+    assert "<img" not in page.split("Not drawn")[1].split("</p>")[0]
     # headline figures and the title, escaped
     assert "My &lt;run&gt;" in page and "0.93" in page and "&lt;b&gt;" in page
     # summary table: nested keys flattened, None shown as a dash
@@ -174,7 +176,7 @@ def test_runs_with_nothing_finite_do_not_crash(tmp_path):
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "reward/accuracy": null}\nnot json\n')
     page = write_report([run], tmp_path / "out").read_text()
-    assert "No plot of accuracy" in page and "metrics.jsonl:2 is not JSON" in page
+    assert re.search(r"Not drawn \(no data in any run\): accuracy", page) and "metrics.jsonl:2 is not JSON" in page
     assert not list((tmp_path / "out" / "plots").glob("*.png"))
 
 
@@ -188,3 +190,65 @@ def test_cli_report_through_a_subprocess(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tirl.cli", "report", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no metrics.jsonl" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def _optim_run(path, ppo=False):
+    """An RL run with the optimisation figures (PPO adds the critic's)."""
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for s in range(1, 6):
+            m = {"step": s, "reward/accuracy": 0.1 * s, "loss/policy": -0.01 * s, "kl/mean": 0.001 * s,
+                 "entropy/mean": 1.0 - 0.1 * s, "policy/clipfrac": 0.02, "train/grad_norm": 1.5}
+            if ppo:
+                m.update({"loss/value": 0.5 / s, "critic/grad_norm": 2.0})
+            f.write(json.dumps(m) + "\n")
+    (path / "summary.json").write_text(json.dumps({"steps": 5, "eval_end": {"eval/accuracy": 0.5}}))
+    return path
+
+
+def test_optimisation_panels_with_readable_labels(tmp_path):
+    grpo = _optim_run(tmp_path / "grpo")
+    out = tmp_path / "out"
+    page = write_report([grpo], out).read_text()
+    names = {p.stem for p in (out / "plots").glob("*.png")}
+    assert {"accuracy", "policy_loss", "kl", "entropy", "clipfrac", "grad_norm"} <= names
+    assert "value_loss" not in names and "sft_loss" not in names  # GRPO has no critic, no SFT: not drawn
+    assert "value loss (ppo critic)" in page.split("Not drawn")[1]
+    # the summary table shows readable names, the raw key beside them in small type
+    assert "held-out accuracy (end)" in page and '<code class="key">eval_end.eval/accuracy</code>' in page
+    page = write_report([_optim_run(tmp_path / "ppo", ppo=True)], tmp_path / "out2").read_text()
+    assert (tmp_path / "out2" / "plots" / "value_loss.png").exists()
+
+
+def test_sft_loss_panel_has_train_and_held_out_loss(tmp_path):
+    run = tmp_path / "sft"
+    run.mkdir()
+    rows = [{"step": s, "loss/sft": 2.0 / s, **({"eval/loss": 2.2 / s} if s % 2 == 0 else {})} for s in range(1, 7)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text("{}")
+    out = tmp_path / "out"
+    page = write_report([run], out).read_text()
+    png = out / "plots" / "sft_loss.png"
+    assert png.exists() and "SFT loss" in page
+    # two series in one panel: the legend's default blue (train) and red (held-out points) both appear
+    assert _has_color(png, (0x1F, 0x77, 0xB4)) and _has_color(png, (0xD6, 0x27, 0x28))
+    assert not (out / "plots" / "accuracy.png").exists()
+
+
+def test_an_eval_run_directory_is_read_as_a_score_table(tmp_path):
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "eval_config.json").write_text("{}")
+    scores = {"problems": 30, "samples": 120, "avg@4": 0.25, "pass@1": 0.25, "pass@4": 0.6, "maj@4": 0.3,
+              "no_answer_ratio": 0.1, "tool/code_ratio": 0.8}
+    (ev / "summary.json").write_text(json.dumps({"n": 4, "benchmarks": {"aime24": scores}, "overall": scores}))
+    train = make_run(tmp_path / "parent" / "rl")
+    page = write_report([tmp_path / "parent", ev], tmp_path / "out").read_text()
+    table = page.split("Evaluations (tirl eval)")[1]
+    assert "<td>aime24</td>" in table and "<td>0.6</td>" in table and "share of responses with code" in table
+    assert "<td>overall</td>" not in table  # one benchmark: overall would repeat it
+    assert "evaluation)" in page and "Training curves" in page  # both kinds on one page
+    assert train.exists()
+    # an eval directory alone: no training sections, no crash
+    page = write_report([ev], tmp_path / "out2").read_text()
+    assert "Training curves" not in page and "<td>aime24</td>" in page

@@ -6,12 +6,15 @@
 its sub-runs).
 
 The page: headline figures (`extra`), curves over steps with the runs overlaid (train and held-out
-accuracy, response length, share of responses with code, code pass rate, calls per response, first
-call position, self-correction), code purposes early vs late in training (first vs last third of the
+accuracy, SFT train and held-out loss, policy and value loss, KL, entropy, clip fraction, gradient norm,
+response length, share of responses with code, code pass rate, calls per response, first call position,
+self-correction; `tirl.report.labels.PANELS`), code purposes early vs late in training (first vs last third of the
 steps, from `purpose/*` metrics weighted by executed calls, or classified from `samples.jsonl` when the
 metrics lack them), the `summary.json` figures side by side, and sample trajectories (first and last
 step, a correct and a wrong one where there are both) with model text, code and interpreter output in
-distinct CSS classes. A metric that is missing or never finite skips its plot, and the page says so.
+distinct CSS classes; `tirl eval` directories as a table of scores per benchmark. Metric keys are shown by
+their readable names (`tirl.report.labels`). A panel with no finite value in any run is not drawn; one
+line names the panels left out.
 
 Simplifications: the samples are the few the trainer kept, not a random draw; a step's metrics are the
 trainer's batch means (not re-computed). Not covered: interactive plots, comparing runs with different
@@ -29,22 +32,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tirl.analysis.code_purpose import PURPOSES
+from tirl.report.labels import EVAL_COLUMNS, PANELS, readable
 from tirl.report.plots import COLORS, Curve, line_plot, purpose_plot
 from tirl.report.runs import Run, default_labels, expand_run_dirs, finite, load_run, pick_samples, purpose_split
-
-# (file stem, metric key, title, y label, y range) — one plot each, runs overlaid.
-CURVES = [
-    ("length", "response/length_mean", "Response length", "tokens (model + interpreter)", None),
-    ("code_ratio", "tool/code_ratio", "Share of responses with code", "share", (0.0, 1.0)),
-    ("pass_rate", "tool/pass_rate", "Code pass rate (executed calls that ran cleanly)", "share", (0.0, 1.0)),
-    ("calls", "tool/calls_mean", "Code calls per response", "calls", None),
-    ("first_call", "tool/first_call_pos", "Position of the first code call", "0 = start, 1 = end of response",
-     (0.0, 1.0)),
-    ("self_correction", "tool/self_correction", "Self-correction (a failed call later fixed)",
-     "share of responses with a failure", (0.0, 1.0)),
-    ("sft_loss", "loss/sft", "SFT loss", "loss", None),
-]
-
 
 # ---- sample trajectories -----------------------------------------------------------------------
 
@@ -123,34 +113,64 @@ def _img(path: Path, caption: str) -> str:
             f'<figcaption>{html.escape(caption)} · <code>plots/{html.escape(path.name)}</code></figcaption></figure>')
 
 
-def _skip(what: str, why: str) -> str:
-    return f'<p class="skip">No plot of {html.escape(what)}: {html.escape(why)}.</p>'
-
-
 def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
-    parts = []
+    """The curve panels that have data; one note naming those that have none in any run (not drawn)."""
+    parts, empty = [], []
     curves = []
     for i, r in enumerate(runs):
         color = COLORS[i % len(COLORS)]
-        curves.append(Curve(f"{r.label} · train (sampled)", color, *r.series("reward/accuracy")))
+        curves.append(Curve(f"{r.label} · {readable('reward/accuracy')}", color, *r.series("reward/accuracy")))
         steps, acc = r.series("eval/accuracy")
         start = (r.summary.get("eval_start") or {}).get("eval/accuracy")
         if finite(start) and 0 not in steps:  # the trainer evaluates before step 1 into summary.json
             steps, acc = [0.0, *steps], [float(start), *acc]
-        curves.append(Curve(f"{r.label} · held-out", color, steps, acc, points=True))
+        curves.append(Curve(f"{r.label} · {readable('eval/accuracy')}", color, steps, acc, points=True))
     path = plot_dir / "accuracy.png"
     if line_plot(curves, path, title="Accuracy", ylabel="share correct", ylim=(0.0, 1.0)):
         parts.append(_img(path, "Accuracy: sampled training rollouts (line) and held-out evaluations (points)"))
     else:
-        parts.append(_skip("accuracy", "no finite reward/accuracy or eval/accuracy in any run"))
-    for stem, key, title, ylabel, ylim in CURVES:
-        curves = [Curve(r.label, COLORS[i % len(COLORS)], *r.series(key)) for i, r in enumerate(runs)]
+        empty.append("accuracy")
+    for stem, title, ylabel, ylim, keys in PANELS:
+        present = [(k, pts) for k, pts in keys if any(r.series(k)[0] for r in runs)]
+        curves = []
+        for i, r in enumerate(runs):
+            for j, (key, pts) in enumerate(present):
+                # One run: a colour per key. Several: a colour per run (keys told apart by the legend).
+                color = COLORS[(j if len(runs) == 1 else i) % len(COLORS)]
+                name = r.label if len(present) == 1 else (
+                    readable(key) if len(runs) == 1 else f"{r.label} · {readable(key)}")
+                curves.append(Curve(name, color, *r.series(key), points=pts))
         path = plot_dir / f"{stem}.png"
         if line_plot(curves, path, title=title, ylabel=ylabel, ylim=ylim):
-            parts.append(_img(path, f"{title} ({key})"))
-        elif stem != "sft_loss":  # an RL-only report has no SFT loss; nothing to say about it
-            parts.append(_skip(title.lower(), f"no finite {key} in any run"))
+            parts.append(_img(path, title))
+        else:
+            empty.append(title.lower())
+    if empty:
+        parts.append(f'<p class="note">Not drawn (no data in any run): {html.escape(", ".join(empty))}.</p>')
     return parts
+
+
+def _evaluations(runs: list[Run]) -> list[str]:
+    """`tirl eval` directories: one table row per (run, benchmark), scores then tool use."""
+    rows, score_keys = [], []
+    for r in runs:
+        benches = dict((r.summary.get("benchmarks") or {}))
+        if len(benches) > 1 and r.summary.get("overall"):
+            benches["overall"] = r.summary["overall"]
+        for name, scores in benches.items():
+            rows.append((r.label, name, scores))
+            score_keys += [k for k in scores if k.split("@")[0] in ("avg", "pass", "maj")]
+    score_keys = list(dict.fromkeys(score_keys))
+    if not rows:
+        return ['<p class="skip">No finished evaluation (summary.json) in the eval run(s).</p>']
+    cols = ["problems", *score_keys, *EVAL_COLUMNS]
+    head = "".join(f"<th>{html.escape(readable(c))}</th>" for c in cols)
+    body = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(name)}</td>"
+                   + "".join(f"<td>{_fmt(scores.get(c))}</td>" for c in cols) + "</tr>"
+                   for label, name, scores in rows)
+    return ['<p class="note">avg@n: mean correctness over all samples; pass@k: some of k samples correct '
+            "(unbiased estimate); maj@k: the majority answer of k samples is correct.</p>",
+            f"<table><tr><th>run</th><th>benchmark</th>{head}</tr>{body}</table>"]
 
 
 def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
@@ -183,7 +203,7 @@ def _summary_table(runs: list[Run]) -> str:
     if not keys:
         return '<p class="skip">No summary.json figures in any run.</p>'
     head = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
-    rows = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_fmt(f.get(k))}</td>" for f in flat)
+    rows = "".join(f'<tr><td>{html.escape(readable(k))} <code class="key">{html.escape(k)}</code></td>' + "".join(f"<td>{_fmt(f.get(k))}</td>" for f in flat)
                    + "</tr>" for k in keys)
     return f"<table><tr><th>figure</th>{head}</tr>{rows}</table>"
 
@@ -200,7 +220,7 @@ figcaption{font-size:.85em;color:#555}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0} td,th{border:1px solid #ddd;padding:.25em .6em;
 text-align:left} th{background:#f3f3f3}
 .skip{color:#a15c00;background:#fff6e5;padding:.3em .6em;border-radius:4px}
-.note{color:#555;font-size:.9em}
+.note{color:#555;font-size:.9em} code.key{color:#888;font-size:.8em}
 .sample{border:1px solid #ddd;border-radius:6px;margin:1em 0}
 .sample-head{background:#f3f3f3;padding:.4em .8em;font-size:.85em}
 .right{color:#1a7f37} .wrong{color:#c62828}
@@ -233,7 +253,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str
     body = [f"<h1>{html.escape(title)}</h1>",
             f'<p class="meta">written {datetime.datetime.now():%Y-%m-%d %H:%M} from '
             + ", ".join(f"<b>{html.escape(r.label)}</b> (<code>{html.escape(str(r.path))}</code>, "
-                        f"{len(r.metrics)} steps)" for r in runs) + "</p>"]
+                        + (f"{len(r.metrics)} steps)" if r.kind == "train" else "evaluation)") for r in runs) + "</p>"]
     if extra:
         body.append('<div class="cards">' + "".join(
             f'<div class="card"><div class="k">{html.escape(str(k))}</div><div class="v">{_fmt(v)}</div></div>'
@@ -241,9 +261,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str
     for r in runs:
         for p in r.problems:
             body.append(f'<p class="skip">{html.escape(r.label)}: {html.escape(p)}</p>')
-    body += ["<h2>Training curves</h2>", *_plots(runs, plot_dir)]
-    body += _purposes(runs, plot_dir)
-    body += ["<h2>Run summaries</h2>", _summary_table(runs)]
+    evals, runs = [r for r in runs if r.kind == "eval"], [r for r in runs if r.kind != "eval"]
+    if runs:
+        body += ["<h2>Training curves</h2>", *_plots(runs, plot_dir)]
+        body += _purposes(runs, plot_dir)
+        body += ["<h2>Run summaries</h2>", _summary_table(runs)]
+    if evals:
+        body += ["<h2>Evaluations (tirl eval)</h2>", *_evaluations(evals)]
     body.append("<h2>Sample trajectories</h2>"
                 '<p class="note">Prompt omitted. <span class="seg-code">code</span> '
                 '<span class="seg-output">interpreter output</span> '

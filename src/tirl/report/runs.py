@@ -34,6 +34,8 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """What could not be read (bad lines, missing files), shown on the page."""
+    kind: str = "train"
+    """"train" (tirl train / sft / demo: metrics.jsonl) or "eval" (tirl eval: summary.json per benchmark)."""
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(steps, values) of `key`, finite values only."""
@@ -41,16 +43,27 @@ class Run:
         return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def is_eval_dir(p: Path) -> bool:
+    """A `tirl eval` run directory: its eval_config.json, and no training metrics."""
+    return (p / "eval_config.json").is_file() and not (p / "metrics.jsonl").is_file()
+
+
+def _is_run(p: Path) -> bool:
+    return (p / "metrics.jsonl").is_file() or is_eval_dir(p)
+
+
 def expand_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Each path with a metrics.jsonl, or its sub-directories that have one (sorted by name)."""
+    """Each path that is a run (metrics.jsonl, or a `tirl eval` directory), or its sub-directories that are
+    (sorted by name)."""
     out = []
     for p in map(Path, paths):
-        if (p / "metrics.jsonl").is_file():
+        if _is_run(p):
             out.append(p)
             continue
-        subs = sorted(d for d in p.iterdir() if (d / "metrics.jsonl").is_file()) if p.is_dir() else []
+        subs = sorted(d for d in p.iterdir() if _is_run(d)) if p.is_dir() else []
         if not subs:
-            raise FileNotFoundError(f"{p}: no metrics.jsonl there or in its sub-directories")
+            raise FileNotFoundError(f"{p}: no metrics.jsonl (tirl train/sft) or eval_config.json (tirl eval) "
+                                    "there or in its sub-directories")
         out.extend(subs)
     return out
 
@@ -74,6 +87,8 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[Any]:
 
 
 def load_run(path: Path, label: str) -> Run:
+    if is_eval_dir(path):
+        return _load_eval(path, label)
     run = Run(label=label, path=path)
     for row in _read_jsonl(path / "metrics.jsonl", run.problems):
         m = {k: x for k, v in row.items() if (x := _number(v)) is not None}
@@ -85,6 +100,18 @@ def load_run(path: Path, label: str) -> Run:
         run.summary = json.loads((path / "summary.json").read_text())
     except FileNotFoundError:
         run.problems.append("summary.json is missing")
+    except json.JSONDecodeError as e:
+        run.problems.append(f"summary.json is not JSON ({e})")
+    return run
+
+
+def _load_eval(path: Path, label: str) -> Run:
+    """Its summary.json (scores per benchmark and overall); the per-sample records stay with `tirl eval`."""
+    run = Run(label=label, path=path, kind="eval")
+    try:
+        run.summary = json.loads((path / "summary.json").read_text())
+    except FileNotFoundError:
+        run.problems.append("summary.json is missing (the evaluation has not finished)")
     except json.JSONDecodeError as e:
         run.problems.append(f"summary.json is not JSON ({e})")
     return run
