@@ -157,3 +157,15 @@ def test_package_never_imports_torch_or_numpy():
     code = ("import sys, tirl.sandbox, tirl.sandbox.http, tirl.sandbox.session, tirl.sandbox.cli, tirl.sandbox.bench\n"
             "bad = [m for m in ('torch', 'numpy') if m in sys.modules]\nassert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_sandbox_left_open_closes_quietly_at_exit():
+    # atexit closes it; waiting for the zygote in an executor thread failed there with
+    # "can't register atexit after shutdown" and left the zygote running.
+    code = ("import os; from tirl.sandbox import Sandbox; sb = Sandbox(); "
+            "print(sb.run('print(6 * 7)').stdout.strip(), sb._sup._proc.pid)")
+    r = subprocess.run([sys.executable, "-X", "dev", "-c", code], capture_output=True, text=True, timeout=120)
+    out, pid = r.stdout.split()
+    assert r.returncode == 0 and out == "42"
+    assert r.stderr == "", r.stderr
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()

@@ -409,9 +409,12 @@ class Supervisor:
             self._sock.close()  # the zygote exits on EOF and SIGKILLs its children
             self._sock = None
         if self._proc is not None:
-            try:
-                await asyncio.wait_for(self.loop.run_in_executor(None, self._proc.wait), 5)
-            except asyncio.TimeoutError:
+            # Poll rather than wait in an executor thread: close() also runs from atexit, where Python
+            # refuses to start the executor ("can't register atexit after shutdown") and the zygote lingered.
+            deadline = self.loop.time() + 5
+            while self._proc.poll() is None and self.loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            if self._proc.poll() is None:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
