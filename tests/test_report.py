@@ -153,8 +153,9 @@ def test_a_demo_style_parent_expands_into_its_runs(tmp_path):
     assert (demo / "report.html").exists()
     assert "<th>rl</th><th>sft</th><th>text_rl</th>" in page
     assert (demo / "plots" / "sft_loss.png").exists()
-    # the SFT run has no samples or summary: said so, not a crash
-    assert "sft: samples.jsonl is missing" in page and "sft: no executed code to classify" in page
+    # the SFT run has no samples (tirl sft keeps none: not flagged as a problem) and no summary (flagged)
+    assert "sft: samples.jsonl is missing" not in page and "sft: summary.json is missing" in page
+    assert "sft: no executed code to classify" in page
 
 
 def test_purposes_early_vs_late_from_metrics_and_from_samples(tmp_path):
@@ -252,3 +253,12 @@ def test_an_eval_run_directory_is_read_as_a_score_table(tmp_path):
     # an eval directory alone: no training sections, no crash
     page = write_report([ev], tmp_path / "out2").read_text()
     assert "Training curves" not in page and "<td>aime24</td>" in page
+
+
+def test_readable_names_for_known_nested_and_unknown_keys():
+    from tirl.report.labels import readable
+
+    assert readable("policy/clipfrac_high") == "clipped above (ratio > 1 + ε)"
+    assert readable("eval_end.eval/reward_mean") == "held-out mean reward (end)"
+    assert readable("eval/pass_rate") == "held-out code pass rate"
+    assert readable("rollout/gen_time_s") == "rollout: gen time s"  # a new metric is never blank

@@ -23,7 +23,7 @@ LABELS = {
     "policy/clipfrac_low": "clipped below (ratio < 1 − ε)",
     "policy/clipfrac_high": "clipped above (ratio > 1 + ε)",
     "policy/dual_clipfrac": "dual-clipped",
-    "train/grad_norm": "policy gradient norm",
+    "train/grad_norm": "model gradient norm (policy / SFT)",
     "critic/grad_norm": "critic gradient norm",
     "train/lr": "learning rate",
     "response/length_mean": "response length (tokens)",
@@ -34,15 +34,24 @@ LABELS = {
     "tool/self_correction": "self-correction rate",
     "no_answer_ratio": "no answer",
     "reward_mean": "mean reward",
+    "wall_s": "wall time (s)",
+    "train_traces": "SFT training traces",
+    "eval_traces": "SFT held-out traces",
+    "truncated": "traces cut at max_length",
 }
 
 
 def readable(key: str) -> str:
     if key in LABELS:
         return LABELS[key]
-    for prefix in ("eval_end.", "eval_start."):  # summary.json's nested held-out figures
-        if key.startswith(prefix) and key[len(prefix):] in LABELS:
-            return f"{LABELS[key[len(prefix):]]} ({prefix[5:-1]})"
+    for prefix, when in (("eval_start.", "start"), ("eval_end.", "end")):  # summary.json's held-out figures
+        if key.startswith(prefix):
+            return f"{readable(key[len(prefix):])} ({when})"
+    if key.startswith("eval/"):  # the trainer's held-out versions of the rollout figures
+        rest = key[len("eval/"):]
+        for ns in ("tool/", "response/", "reward/", ""):
+            if ns + rest in LABELS:
+                return f"held-out {LABELS[ns + rest]}"
     head, _, tail = key.rpartition("/")
     words = tail.replace("_", " ")
     return f"{head.replace('_', ' ')}: {words}" if head else words

@@ -126,22 +126,27 @@ def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
             steps, acc = [0.0, *steps], [float(start), *acc]
         curves.append(Curve(f"{r.label} · {readable('eval/accuracy')}", color, steps, acc, points=True))
     path = plot_dir / "accuracy.png"
-    if line_plot(curves, path, title="Accuracy", ylabel="share correct", ylim=(0.0, 1.0)):
+    if line_plot(curves, path, title="Accuracy", ylabel="share correct", ylim=(0.0, 1.0),
+                 xlim=(min((c.x[0] for c in curves if c.x), default=0), max((c.x[-1] for c in curves if c.x), default=0))):
         parts.append(_img(path, "Accuracy: sampled training rollouts (line) and held-out evaluations (points)"))
     else:
         empty.append("accuracy")
     for stem, title, ylabel, ylim, keys in PANELS:
         present = [(k, pts) for k, pts in keys if any(r.series(k)[0] for r in runs)]
+        having = [r for r in runs if any(r.series(k)[0] for k, _ in present)]
         curves = []
-        for i, r in enumerate(runs):
+        for i, r in enumerate(having):
             for j, (key, pts) in enumerate(present):
-                # One run: a colour per key. Several: a colour per run (keys told apart by the legend).
-                color = COLORS[(j if len(runs) == 1 else i) % len(COLORS)]
+                # One run: a colour per key. Several: a colour per run, a line style per key.
+                color = COLORS[(j if len(having) == 1 else runs.index(r)) % len(COLORS)]
+                dash = "-" if len(having) == 1 else ("-", "--", ":")[j % 3]
                 name = r.label if len(present) == 1 else (
-                    readable(key) if len(runs) == 1 else f"{r.label} · {readable(key)}")
-                curves.append(Curve(name, color, *r.series(key), points=pts))
+                    readable(key) if len(having) == 1 else f"{r.label} · {readable(key)}")
+                curves.append(Curve(name, color, *r.series(key), points=pts, dash=dash))
         path = plot_dir / f"{stem}.png"
-        if line_plot(curves, path, title=title, ylabel=ylabel, ylim=ylim):
+        steps = [m["step"] for r in having for m in r.metrics]
+        if line_plot(curves, path, title=title, ylabel=ylabel, ylim=ylim,
+                     xlim=(min(steps), max(steps)) if steps else None):
             parts.append(_img(path, title))
         else:
             empty.append(title.lower())

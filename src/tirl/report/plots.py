@@ -13,17 +13,20 @@ from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 SMOOTH_FROM = 15  # points per run from which a moving average is worth drawing over the raw curve
 
 
 class Curve:
-    """One line of a plot: x (steps) and y of equal length N, all finite."""
+    """One line of a plot: x (steps) and y of equal length N, all finite. `dash`: a matplotlib line style
+    ("-", "--", ":") telling apart several figures of one run drawn in the run's colour."""
 
     def __init__(self, label: str, color: str, x: Sequence[float], y: Sequence[float], *,
-                 points: bool = False) -> None:
+                 points: bool = False, dash: str = "-") -> None:
         self.label, self.color, self.x, self.y, self.points = label, color, list(x), list(y), points
+        self.dash = dash
 
 
 def _figure(width: float = 7.0, height: float = 3.6) -> Figure:
@@ -43,8 +46,9 @@ def _moving_average(y: list[float], window: int) -> list[float]:
 
 
 def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
-              ylim: tuple[float, float] | None = None) -> bool:
-    """Curves over steps on one axis; `points` curves (e.g. held-out evaluations) as markers."""
+              ylim: tuple[float, float] | None = None, xlim: tuple[float, float] | None = None) -> bool:
+    """Curves over steps on one axis; `points` curves (e.g. held-out evaluations) as markers. `xlim`: the
+    runs' step range, so a figure logged on a few steps is drawn where those steps are in the run."""
     curves = [c for c in curves if c.x]
     if not curves:
         return False
@@ -56,14 +60,18 @@ def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
             ax.plot(c.x, c.y, "o--", color=c.color, label=c.label, markersize=6, linewidth=1,
                     markerfacecolor="white", markeredgewidth=2)
         elif len(c.x) >= SMOOTH_FROM:
-            ax.plot(c.x, c.y, "-", color=c.color, alpha=0.25, linewidth=1)
+            ax.plot(c.x, c.y, c.dash, color=c.color, alpha=0.25, linewidth=1)
             window = max(3, len(c.x) // 10)
-            ax.plot(c.x, _moving_average(c.y, window), "-", color=c.color, linewidth=2,
+            ax.plot(c.x, _moving_average(c.y, window), c.dash, color=c.color, linewidth=2,
                     label=f"{c.label} (mean of {window})")
         else:
-            ax.plot(c.x, c.y, ".-", color=c.color, label=c.label, linewidth=1.5)
+            ax.plot(c.x, c.y, "." + c.dash, color=c.color, label=c.label, linewidth=1.5)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if xlim is not None and xlim[1] > xlim[0]:
+        pad = (xlim[1] - xlim[0]) * 0.03
+        ax.set_xlim(xlim[0] - pad, xlim[1] + pad)
     ax.set_ylabel(ylabel)
     if ylim is not None:
         lo, hi = ylim

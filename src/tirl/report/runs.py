@@ -95,7 +95,9 @@ def load_run(path: Path, label: str) -> Run:
         if "step" in m:
             run.metrics.append(m)
     run.metrics.sort(key=lambda m: m["step"])
-    run.samples = [s for s in _read_jsonl(path / "samples.jsonl", run.problems) if isinstance(s, dict)]
+    # `tirl sft` keeps no samples: their absence is not a problem (the samples section says "none").
+    if (path / "samples.jsonl").is_file():
+        run.samples = [s for s in _read_jsonl(path / "samples.jsonl", run.problems) if isinstance(s, dict)]
     try:
         run.summary = json.loads((path / "summary.json").read_text())
     except FileNotFoundError:
