@@ -9,12 +9,13 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "A self-contained HTML page (plots embedded, and written as PNG files next to it) over one or "
-        "more run directories of tirl train / sft / demo: accuracy, response length, tool-use "
-        "statistics and code purposes over training steps, runs overlaid; summary figures; samples."
+        "more run directories of tirl train / sft / demo / eval: accuracy, losses, KL, entropy, clip "
+        "fraction, grad norm, response length, tool-use statistics and code purposes over training steps, "
+        "runs overlaid; summary figures; tirl eval scores per benchmark; samples."
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="a run directory (with metrics.jsonl), or a parent whose sub-directories "
-                        "are runs (a demo's run directory)")
+                        help="a run directory (metrics.jsonl of tirl train/sft, or a tirl eval directory), or a "
+                        "parent whose sub-directories are runs (a demo's run directory)")
     parser.add_argument("--out", "--run-dir", dest="out", default=None,
                         help="where report.html and plots/ go (default: the first RUN_DIR)")
     parser.add_argument("--title", default="tirl report", help="page title (default: %(default)s)")
