@@ -92,7 +92,8 @@ def test_wandb_offline_gets_the_jsonl_metrics_and_names(tmp_path, command):
     pytest.importorskip("wandb", reason="wandb not installed (pip install 'tirl[wandb]')")
 
     _run(command, tmp_path, "trainer.log.wandb=true", "trainer.log.project=proj-x", "trainer.log.run_name=my-run",
-         env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+         env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
+                    "WANDB_CACHE_DIR": str(tmp_path / "cache"), "WANDB_DATA_DIR": str(tmp_path / "data")})
     [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     got: dict[str, dict[int, float]] = {}
     run_record = None
