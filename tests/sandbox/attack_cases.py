@@ -219,7 +219,10 @@ def run_all(sb, names=None) -> dict:
            "port": tcp.getsockname()[1], "report": sb.isolation,
            "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
                                  secret_path) if os.path.isfile(p)],
-           "tmp_listing": "[]\n", "preexisting": {p for p in LEFT_BEHIND if os.path.exists(p)}}
+           # A fresh call's /tmp: empty, except the mount point of an interpreter or checkout that lives
+           # under /tmp (a CI clone), which the sandbox re-exposes in every call.
+           "tmp_listing": sb.run("import os\nprint(sorted(os.listdir('/tmp')))", timeout=5).stdout,
+           "preexisting": {p for p in LEFT_BEHIND if os.path.exists(p)}}
     out = {}
     try:
         for name in names or CASES:

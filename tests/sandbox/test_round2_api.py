@@ -179,10 +179,16 @@ def test_http_slow_headers_are_dropped_and_connections_capped(server):
         c.sendall(b"POST /run_code HTTP/1.1\r\nHost: x\r\n")
         socks.append(c)
     time.sleep(1.2)  # past the read deadline (1 s): the server hangs up on every one of them
-    for c in socks:
-        c.settimeout(30)  # only guards against a hang; the close comes right after the deadline
-        assert c.recv(100) == b""
-        c.close()
+    try:
+        for c in socks:
+            c.settimeout(30)  # only guards against a hang; the close comes right after the deadline
+            try:
+                assert c.recv(100) == b""  # an orderly close
+            except ConnectionResetError:
+                pass  # or a reset: the unread half request makes the kernel answer the close with RST
+    finally:
+        for c in socks:
+            c.close()
     assert _post(server[0], {"code": "print(5)"})[0] == 200  # and still serves
 
 
