@@ -134,11 +134,11 @@ def test_a_worker_killed_mid_step_has_its_shard_rerun_with_the_same_result(backe
 
 def test_a_step_past_the_timeout_fails_naming_the_worker(backend, tiny_tokenizer):
     saved = backend.cfg.timeout_s
-    backend.cfg.timeout_s = 0.05
+    backend.cfg.timeout_s = 0.001  # shorter than one round trip to an actor: no shard can make it
     t0 = time.monotonic()
     try:
         with pytest.raises(RolloutFailed, match=r"not finished within .*shard \d on rollout-worker-\d \(pid \d+\)"):
-            backend.rollout(_prompts(tiny_tokenizer) * 4, CFG, 2)
+            backend.rollout(_prompts(tiny_tokenizer) * 8, CFG, 2)
     finally:
         backend.cfg.timeout_s = saved
     assert time.monotonic() - t0 < 5

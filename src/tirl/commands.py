@@ -107,7 +107,8 @@ def check_model_source(path: str | None, what: str = "model") -> None:
     A hub id (`org/name`) is left to the loader; anything else that looks like a path (starts with
     `/`, `.` or `~`, has two or more `/`, ends in `.gguf`) must exist.
     """
-    if not path or path.startswith("builtin:") or Path(path).expanduser().exists():
+    # `pip:DIST` is resolved by `tirl.models`, which names a missing wheel with its install command.
+    if not path or path.startswith(("builtin:", "pip:")) or Path(path).expanduser().exists():
         return
     if path.endswith(".gguf") or not _HUB_ID.match(path):
         raise UserError(f"{what} path not found: {path}")
