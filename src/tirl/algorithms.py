@@ -4,6 +4,10 @@ Everything here takes tensors and floats and returns tensors, or ``(loss, metric
 where ``metrics`` maps namespaced keys (``"policy/clipfrac"``) to detached Python
 floats. No I/O, no configs, no models: the trainer composes these functions.
 
+Still one idea (the math of an RL update), but at ~550 lines over the soft cap: its sections
+(checks, masked statistics, advantages, aggregation, losses) become `algorithms/` modules, re-exported
+here, in phase B of the restructure (issue 12), together with the other package moves.
+
 Notation:
     B: number of sequences (responses) in a (micro-)batch.
     T: number of response tokens (padded).
