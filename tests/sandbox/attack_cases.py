@@ -43,7 +43,9 @@ CASES: dict[str, tuple[str, float, object]] = {
                                             "['purelib'] + '/tirl_evil.pth']"), 5, _no_write),
     "interpreter_dir": (WRITE_TRY.replace("for p in {paths!r}", "import sys\nfor p in [sys.prefix + '/tirl_x', "
                                           "os.path.dirname(os.__file__) + '/tirl_x.py']"), 5, _no_write),
-    "home_and_project_hidden": ("import os\nprint([p for p in {paths!r} if os.path.exists(p)])", 5,
+    # Gone, or read as empty (a top-level file has /dev/null bound over it).
+    "home_and_project_hidden": ("import os\ndef seen(p):\n    try:\n        return bool(open(p, 'rb').read(1))\n"
+                                "    except OSError:\n        return False\nprint([p for p in {paths!r} if seen(p)])", 5,
                                 lambda r, c: "" if r["status"] == "ok" and r["stdout"] == "[]\n" else "host files visible"),
     "write_persists_between_calls": ("import os\nprint(sorted(os.listdir('/tmp')))\n"
                                      "for p in ('/tmp/tirl_note', '/dev/shm/tirl_note'):\n"
@@ -218,7 +220,8 @@ def run_all(sb, names=None) -> dict:
     ctx = {"sup_pid": os.getpid(), "secret": SECRET, "secret_path": secret_path, "abstract": abstract,
            "port": tcp.getsockname()[1], "report": sb.isolation,
            "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
-                                 secret_path) if os.path.isfile(p)],
+                                 secret_path, *os.environ.get("TIRL_PROBE_PATHS", "").split(os.pathsep))
+                     if p and os.path.isfile(p)],
            # A fresh call's /tmp: empty, except the mount point of an interpreter or checkout that lives
            # under /tmp (a CI clone), which the sandbox re-exposes in every call.
            "tmp_listing": sb.run("import os\nprint(sorted(os.listdir('/tmp')))", timeout=5).stdout,

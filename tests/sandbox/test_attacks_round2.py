@@ -25,7 +25,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
-def self_results(sb):
+def top_level_probe():
+    """As root, files at the top of the host's tree under a name no deny-list knows (as a CI clone
+    in /check, a dataset in /scratch): ``home_and_project_hidden`` must not see them."""
+    if os.geteuid() != 0:
+        yield ""
+        return
+    top = f"/tirl-probe-{os.getpid()}"
+    os.makedirs(top, mode=0o755)
+    paths = [os.path.join(top, "notes.txt"), top + ".txt"]
+    for p in paths:
+        with open(p, "w") as fh:
+            fh.write("host data")
+        os.chmod(p, 0o644)
+    os.environ["TIRL_PROBE_PATHS"] = os.pathsep.join(paths)
+    yield os.environ["TIRL_PROBE_PATHS"]
+    del os.environ["TIRL_PROBE_PATHS"]
+    for p in paths:
+        os.unlink(p)
+    os.rmdir(top)
+
+
+@pytest.fixture(scope="module")
+def self_results(top_level_probe, sb):
     return {"report": sb.isolation, "cases": attack_cases.run_all(sb)}
 
 
@@ -59,8 +81,9 @@ def _unpriv_command():
 
 
 @pytest.fixture(scope="module")
-def unpriv_results():
+def unpriv_results(top_level_probe):
     cmd, uid = _unpriv_command()
+    cmd = cmd[:-1] + [f"TIRL_PROBE_PATHS={top_level_probe}", cmd[-1]]
     proc = subprocess.run(cmd + [os.path.join(HERE, "attack_cases.py")], capture_output=True, cwd="/", timeout=600)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
     out = json.loads(proc.stdout)

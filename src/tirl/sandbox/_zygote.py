@@ -131,8 +131,12 @@ class Zygote:
         handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in self.cfg["expose"] if os.path.isdir(p)}
         devs = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
         for path in sorted(set(self.cfg["hide"]), key=len):
-            if os.path.isdir(path) and os.path.realpath(path) == path:
+            if os.path.realpath(path) != path:
+                continue
+            if os.path.isdir(path):
                 mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+            elif os.path.isfile(path):  # /dev/null bound over it: it reads as empty (a memfd cannot be bound)
+                mount(f"/proc/self/fd/{devs['null']}", path, None, MS_BIND)
         mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
         for d, fd in devs.items():
             os.close(os.open(f"/dev/{d}", os.O_CREAT | os.O_WRONLY, 0o666))

@@ -51,8 +51,9 @@ class SandboxConfig:
     """Root only: first unprivileged uid. Each sandbox leases a block of 256 uids no other sandbox on
     the host holds (a lock file per block), one uid per slot. Unused by any real account."""
     hide_paths: list[str] = field(default_factory=list)
-    """Extra directories to hide (tmpfs over them) besides /root, /home, /work, /tmp, /var/tmp, /mnt,
-    /media, /srv, /opt, /run, /var/lock and the current directory. The rest is visible read-only."""
+    """Extra directories to hide (tmpfs over them) besides the current directory, /var/tmp, /var/lock
+    and every top-level entry but the system ones (``hostview.VISIBLE_TOP``: /usr, /etc, /var, /lib...).
+    What stays visible is read-only."""
     max_sessions: int = 8
     """Stateful sessions alive at once (each holds one sandboxed process and one slot)."""
     env: dict[str, str] = field(default_factory=dict)

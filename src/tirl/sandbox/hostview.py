@@ -17,15 +17,29 @@ BASE_ENV = {
     "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
 }
 _SYSTEM_DIRS = ("/", "/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/proc", "/sys", "/dev", "/var", "/run")
-# Hidden in every call besides SandboxConfig.hide_paths and the current directory. /run and the lock
-# directories are host runtime state (and on the host's disk or RAM): a call must not leave data there.
-HIDDEN = ("/root", "/home", "/work", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/run", "/var/lock",
-          "/var/run")
+# What a call may see at the top of the host's tree: the system and read-only software stores. Every
+# other top-level entry is hidden, so a checkout, dataset or mount in a place we never heard of
+# (/check, /data, /scratch) is as hidden as /home. /run, /var/tmp and the lock directories are host
+# runtime state (on the host's disk or RAM): a call must not leave data there.
+VISIBLE_TOP = frozenset({"usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "proc", "sys", "dev",
+                         "var", "nix", "gnu", "snap"})
+HIDDEN_BELOW = ("/var/tmp", "/var/lock", "/var/run")
 _UID_LOCK_DIR = "/run/tirl-sandbox"
 
 
+def hidden_top_level(root: str = "/") -> list[str]:
+    """Every entry at the top of the host's tree that is not system: directories get an empty tmpfs,
+    regular files an empty file bound over them."""
+    out = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name not in VISIBLE_TOP and not os.path.islink(path):
+            out.append(path)
+    return out
+
+
 def hide_and_expose(cfg: SandboxConfig) -> tuple[list[str], list[str]]:
-    hide = list(HIDDEN)
+    hide = hidden_top_level() + list(HIDDEN_BELOW)
     cwd = os.path.realpath(os.getcwd())
     if not any(cwd == d or d.startswith(cwd.rstrip("/") + "/") for d in _SYSTEM_DIRS):
         hide.append(cwd)
