@@ -13,7 +13,7 @@ from test_rollout import scripted
 from tirl.formats import RETOOL, TORL, extract_answer
 from tirl.rollout import ToolCall, Trajectory, rollout
 from tirl.train import rl_update as U
-from tirl.eval import code_ran, grade_trajectory
+from tirl.rollout.episodes import code_ran, grade_trajectory
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from tirl.reward import Grade
-from tirl.train.dapo import dynamic_sample, informative, overlong_penalty, with_overlong_penalty
+from tirl.rollout.episodes import overlong_penalty, with_overlong_penalty
+from tirl.train.dapo import dynamic_sample, informative
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -48,8 +48,8 @@ from typing import Any, Iterable, Optional, Sequence
 from tirl import jsonl
 from tirl.data import DataError, Problem, load_problems
 from tirl.formats import PromptConfig, TagStyle, make_style
-from tirl.reward import Grade, grade_detailed
-from tirl.rollout import RolloutConfig, Trajectory, check_prompt_and_rollout, encode_prompt, rollout
+from tirl.rollout import RolloutConfig, check_prompt_and_rollout, encode_prompt, rollout
+from tirl.rollout.episodes import code_ran, grade_trajectory  # noqa: F401 (code_ran re-exported)
 from tirl.sandbox.protocol import SandboxLike
 
 
@@ -266,27 +266,6 @@ def evaluate(
 
 def _acc(correct: list[bool]) -> str:
     return f"acc {sum(correct) / len(correct):.3f} ({len(correct)})" if correct else ""
-
-
-def code_ran(t: Trajectory) -> bool | None:
-    """None when the response wrote no code; False when any of its code did not execute cleanly.
-
-    ToRL's optional penalty is for "code that cannot execute": one failing block is enough, even if a
-    later fix ran (a model that learns to write a failing block before every answer must still pay).
-    Blocks over the tool-call cap were never offered to the sandbox and do not count.
-    """
-    calls = [c for c in t.tool_calls if c.status != "capped"]
-    if not calls:
-        return None
-    return all(c.status == "ok" for c in calls)
-
-
-def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = None, *, lenient: bool = False,
-                     exec_penalty: float = 0.0) -> Grade:
-    """Grade what the model wrote (`Trajectory.model_text`: interpreter output left out), by the
-    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
-    return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
-                          exec_penalty=exec_penalty)
 
 
 def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, style: Any = None,

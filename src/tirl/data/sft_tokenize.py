@@ -6,7 +6,7 @@
 Token boundaries. The prompt and every segment are tokenised on their own (no special tokens added)
 and concatenated, never the joined text at once. That is what the rollout produces: it encodes the
 prompt, the model samples its text up to the stop, the harness appends the interpreter text encoded on
-its own (`tirl.rollout._inject`), and the model continues from there. Tokenising the whole string
+its own (`tirl.rollout.loop._inject`), and the model continues from there. Tokenising the whole string
 instead gives other ids at a join: the injected `...</interpreter>\\n\\n` ends in a `\\n\\n` token when
 encoded alone but splits into two newlines before the next word in the joined text (measured with the
 tiny tokenizer, `tests/data/test_sft_tokenize.py`); a merge may also cross a join, putting the mask

@@ -8,31 +8,17 @@ many were missing). The step's batch stays full instead of shrinking to the few 
 
 Overlong handling, for responses that hit `rollout.max_new_tokens` (L_max):
 - soft punishment (`algorithm.overlong_buffer` = L_cache > 0): a length-dependent reward term,
-  0 up to L_max - L_cache, falling linearly to -1 at L_max;
+  0 up to L_max - L_cache, falling linearly to -1 at L_max (`tirl.rollout.episodes.overlong_penalty`,
+  applied where rewards are made, in `play`);
 - filtering (`algorithm.overlong_filter`): truncated responses are left out of the loss (their
   rewards still count in their group's baseline).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, Sequence
 
 from tirl.reward import Grade
-
-
-def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
-    """DAPO's soft overlong punishment for a response of `length` tokens (0 when `buffer` is 0)."""
-    if buffer <= 0 or length <= max_len - buffer:
-        return 0.0
-    if length > max_len:
-        return -1.0
-    return ((max_len - buffer) - length) / buffer
-
-
-def with_overlong_penalty(grade: Grade, length: int, max_len: int, buffer: int) -> Grade:
-    p = overlong_penalty(length, max_len, buffer)
-    return dataclasses.replace(grade, score=grade.score + p) if p else grade
 
 
 def informative(scores: Sequence[float], n: int) -> list[bool]:

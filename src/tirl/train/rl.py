@@ -36,6 +36,7 @@ from tirl.config import check_resume, save_config
 from tirl.custom_reward import RewardConfig, UserReward
 from tirl.distributed.config import DistributedConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
+from tirl.rollout.episodes import play
 from tirl.sandbox import SandboxConfig, SandboxLike
 from tirl.trained_settings import settings_of
 from tirl import algorithms as A
@@ -45,7 +46,6 @@ from tirl.train import rl_update as U
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, check_device_and_precision, grad_scaler,
                                set_threads)
-from tirl.train.episodes import play
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
 from tirl.train.logger import LogConfig, MetricsLogger

@@ -42,11 +42,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 from tirl.formats import (
-    PromptConfig,
     TagStyle,
     find_closed_code,
     format_exec_result,
@@ -58,109 +56,13 @@ from tirl.formats import (
 )
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
 from tirl.sandbox.config import ExecResult
+from tirl.rollout.config import RolloutConfig
+from tirl.rollout.trajectory import RolloutResult, ToolCall, Trajectory
 from tirl.sandbox.protocol import SandboxLike
 
 EMPTY_CODE_MESSAGE = "Error: empty code block, nothing was run."
 CAP_MESSAGE = "Error: tool call limit reached ({n} calls); no more code will be run. Give your final answer."
 HARD_OUTPUT_CHARS = 65536  # output cap before tokenisation when `max_output_chars` is 0 (no limit asked)
-
-
-@dataclass
-class RolloutConfig:
-    """How rollouts are generated. Defaults suit the tiny CPU model; the papers' values are noted."""
-
-    n: int = 1
-    """Samples per prompt (a GRPO group; ToRL and ReTool use 16)."""
-    max_new_tokens: int = 512
-    """Response budget, interpreter tokens included (ToRL 3,072; ReTool 16,384)."""
-    max_tool_calls: int = 4
-    """Code blocks run per response (ToRL's C; its config default is 3, ReTool's verl recipe 8 turns)."""
-    max_output_chars: int = 256
-    """Interpreter output kept per call, head and tail (ToRL and ReTool's recipe cut to 256 characters)."""
-    max_output_tokens: int = 0
-    """Token cap on the same output after the character cap (verl#4918); 0 = none."""
-    error_lines: int = 0
-    """Traceback lines shown on errors; 0 = all, 1 = ToRL's last line only."""
-    temperature: float = 1.0
-    """Both papers sample RL rollouts at 1.0."""
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    """Seed of each turn's sampler (turn t uses seed + t); None = not reproducible."""
-    on_tool_cap: str = "message"
-    """`message`: tell the model the cap was hit and go on; `stop`: end the trajectory (`tool_cap`)."""
-    stop_at_answer: bool = True
-    """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
-    exec_timeout: float | None = None
-    """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
-    shards: int = 1
-    """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
-    fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on
-    it, never on where shards run: set it to the most rollout workers the run may use."""
-
-
-@dataclass
-class ToolCall:
-    code: str
-    status: str
-    """A sandbox status (`ok`, `error`, `timeout`, ...) or `empty` (not run) or `capped` (over the cap)."""
-    output: str
-    """What the model was shown (capped), without the interpreter tags."""
-    duration_s: float
-    span: tuple[int, int]
-    """[start, end) of the injected tokens in `Trajectory.response_ids`."""
-
-    @property
-    def executed(self) -> bool:
-        return self.status not in ("empty", "capped")
-
-
-@dataclass
-class Trajectory:
-    """One sampled response. `response_ids`, `loss_mask` and `logprobs` are aligned, length L."""
-
-    prompt_ids: list[int]
-    response_ids: list[int] = field(default_factory=list)
-    loss_mask: list[int] = field(default_factory=list)
-    """1 = sampled by the policy, 0 = interpreter output (the prompt is kept apart, in `prompt_ids`)."""
-    logprobs: list[float] = field(default_factory=list)
-    """Sampling log-prob of each response token; 0.0 where `loss_mask` is 0."""
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    finish_reason: str = ""
-    """`answer`, `eos`, `length` or `tool_cap`."""
-    text: str = ""
-    """The decoded response (sampled and injected tokens)."""
-    model_text: str = ""
-    """The decoded sampled tokens only (interpreter output left out): what grading reads, so an answer
-    that appears only in interpreter output (code that prints `\\boxed{...}`) is never the model's."""
-    group_index: int = 0
-    """Index of the prompt in the batch (the GRPO group)."""
-    sample_index: int = 0
-    tool_cap_hit: bool = False
-    """The model closed a code block after `max_tool_calls` had been used."""
-    unclosed_code: bool = False
-    """The budget ran out inside a code block (it was not run)."""
-
-    @property
-    def num_calls(self) -> int:
-        return sum(1 for c in self.tool_calls if c.status != "capped")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for c in d["tool_calls"]:
-            c["span"] = list(c["span"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
-        d = dict(d)
-        d["tool_calls"] = [ToolCall(**{**c, "span": tuple(c["span"])}) for c in d.get("tool_calls", [])]
-        return cls(**d)
-
-
-class RolloutResult(NamedTuple):
-    trajectories: list[Trajectory]
-    metrics: dict[str, float]
 
 
 def prompt_text(tokenizer: Any, problem: str, style: TagStyle | str, chat: bool | None = None) -> str:
@@ -285,19 +187,6 @@ def _sampled_text(t: Trajectory, tokenizer: Any) -> str:
             out.append(tokenizer.decode(t.response_ids[start:i]))
             start = None
     return "".join(out)
-
-
-def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
-    """Refuse values of the shared `prompt` / `rollout` config sections before anything runs."""
-    get_style(prompt.style)  # an unknown style raises, naming the known ones
-    if cfg.temperature < 0:
-        raise ValueError(f"rollout.temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
-    if not 0 < cfg.top_p <= 1:
-        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
-    if cfg.on_tool_cap not in ("message", "stop"):
-        raise ValueError(f"rollout.on_tool_cap must be 'message' or 'stop', not {cfg.on_tool_cap!r}")
-    if cfg.n < 1 or cfg.max_new_tokens < 1 or cfg.max_tool_calls < 0:
-        raise ValueError("rollout.n and rollout.max_new_tokens must be >= 1, rollout.max_tool_calls >= 0")
 
 
 def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyle, cfg: RolloutConfig,

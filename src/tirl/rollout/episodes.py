@@ -1,7 +1,8 @@
 """One round of RL play: prompts -> `rollout` with the sandbox -> `grade_trajectory` each response.
 
-Grading is evaluation's (`tirl.eval.grade_trajectory`), so a reward and an evaluation score judge a
-response the same way; held-out evaluation itself goes through `tirl.eval.evaluate`.
+`grade_trajectory` is also what every evaluation record is graded with (`tirl.eval`), so a reward and
+an evaluation score judge a response the same way. DAPO's soft overlong term (`overlong_penalty`) is
+applied here too, as a reward term; the rest of DAPO is the trainer's (`tirl.train.dapo`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import dataclasses
 from typing import Any, Sequence
 
 from tirl.formats import TagStyle
-from tirl.eval import code_ran, grade_trajectory  # noqa: F401 (code_ran re-exported)
-from tirl.reward import Grade
-from tirl.train.dapo import with_overlong_penalty
-from tirl.rollout import RolloutConfig, Trajectory, encode_prompt, rollout
+from tirl.reward import Grade, grade_detailed
+from tirl.rollout.config import RolloutConfig
+from tirl.rollout.loop import encode_prompt, rollout
+from tirl.rollout.trajectory import Trajectory
 from tirl.sandbox.protocol import SandboxLike
 
 
@@ -59,3 +60,38 @@ def play(
     groups = [scores[i:i + cfg.n] for i in range(0, len(scores), cfg.n)]
     metrics["reward/frac_zero_std"] = sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)
     return trajs, grades, metrics
+
+
+def code_ran(t: Trajectory) -> bool | None:
+    """None when the response wrote no code; False when any of its code did not execute cleanly.
+
+    ToRL's optional penalty is for "code that cannot execute": one failing block is enough, even if a
+    later fix ran (a model that learns to write a failing block before every answer must still pay).
+    Blocks over the tool-call cap were never offered to the sandbox and do not count.
+    """
+    calls = [c for c in t.tool_calls if c.status != "capped"]
+    if not calls:
+        return None
+    return all(c.status == "ok" for c in calls)
+
+
+def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = None, *, lenient: bool = False,
+                     exec_penalty: float = 0.0) -> Grade:
+    """Grade what the model wrote (`Trajectory.model_text`: interpreter output left out), by the
+    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
+    return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
+                          exec_penalty=exec_penalty)
+
+
+def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
+    """DAPO's soft overlong punishment for a response of `length` tokens (0 when `buffer` is 0)."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    if length > max_len:
+        return -1.0
+    return ((max_len - buffer) - length) / buffer
+
+
+def with_overlong_penalty(grade: Grade, length: int, max_len: int, buffer: int) -> Grade:
+    p = overlong_penalty(length, max_len, buffer)
+    return dataclasses.replace(grade, score=grade.score + p) if p else grade

@@ -1,0 +1,55 @@
+"""`RolloutConfig`: how rollouts are generated (the `rollout:` section of `tirl train` and `tirl eval`),
+and the checks run on it, and on the `prompt:` section it goes with, before anything loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tirl.formats import PromptConfig, get_style
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are generated. Defaults suit the tiny CPU model; the papers' values are noted."""
+
+    n: int = 1
+    """Samples per prompt (a GRPO group; ToRL and ReTool use 16)."""
+    max_new_tokens: int = 512
+    """Response budget, interpreter tokens included (ToRL 3,072; ReTool 16,384)."""
+    max_tool_calls: int = 4
+    """Code blocks run per response (ToRL's C; its config default is 3, ReTool's verl recipe 8 turns)."""
+    max_output_chars: int = 256
+    """Interpreter output kept per call, head and tail (ToRL and ReTool's recipe cut to 256 characters)."""
+    max_output_tokens: int = 0
+    """Token cap on the same output after the character cap (verl#4918); 0 = none."""
+    error_lines: int = 0
+    """Traceback lines shown on errors; 0 = all, 1 = ToRL's last line only."""
+    temperature: float = 1.0
+    """Both papers sample RL rollouts at 1.0."""
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    """Seed of each turn's sampler (turn t uses seed + t); None = not reproducible."""
+    on_tool_cap: str = "message"
+    """`message`: tell the model the cap was hit and go on; `stop`: end the trajectory (`tool_cap`)."""
+    stop_at_answer: bool = True
+    """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
+    exec_timeout: float | None = None
+    """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
+    shards: int = 1
+    """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
+    fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on
+    it, never on where shards run: set it to the most rollout workers the run may use."""
+
+
+def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
+    """Refuse values of the shared `prompt` / `rollout` config sections before anything runs."""
+    get_style(prompt.style)  # an unknown style raises, naming the known ones
+    if cfg.temperature < 0:
+        raise ValueError(f"rollout.temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.on_tool_cap not in ("message", "stop"):
+        raise ValueError(f"rollout.on_tool_cap must be 'message' or 'stop', not {cfg.on_tool_cap!r}")
+    if cfg.n < 1 or cfg.max_new_tokens < 1 or cfg.max_tool_calls < 0:
+        raise ValueError("rollout.n and rollout.max_new_tokens must be >= 1, rollout.max_tool_calls >= 0")

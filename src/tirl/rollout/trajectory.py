@@ -1,0 +1,72 @@
+"""`Trajectory`: one sampled response, token-aligned (`response_ids`, `loss_mask`, `logprobs`), with the
+tool calls it made (`ToolCall`); `RolloutResult`: what `rollout` returns. Plain records, no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+@dataclass
+class ToolCall:
+    code: str
+    status: str
+    """A sandbox status (`ok`, `error`, `timeout`, ...) or `empty` (not run) or `capped` (over the cap)."""
+    output: str
+    """What the model was shown (capped), without the interpreter tags."""
+    duration_s: float
+    span: tuple[int, int]
+    """[start, end) of the injected tokens in `Trajectory.response_ids`."""
+
+    @property
+    def executed(self) -> bool:
+        return self.status not in ("empty", "capped")
+
+
+@dataclass
+class Trajectory:
+    """One sampled response. `response_ids`, `loss_mask` and `logprobs` are aligned, length L."""
+
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    """1 = sampled by the policy, 0 = interpreter output (the prompt is kept apart, in `prompt_ids`)."""
+    logprobs: list[float] = field(default_factory=list)
+    """Sampling log-prob of each response token; 0.0 where `loss_mask` is 0."""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = ""
+    """`answer`, `eos`, `length` or `tool_cap`."""
+    text: str = ""
+    """The decoded response (sampled and injected tokens)."""
+    model_text: str = ""
+    """The decoded sampled tokens only (interpreter output left out): what grading reads, so an answer
+    that appears only in interpreter output (code that prints `\\boxed{...}`) is never the model's."""
+    group_index: int = 0
+    """Index of the prompt in the batch (the GRPO group)."""
+    sample_index: int = 0
+    tool_cap_hit: bool = False
+    """The model closed a code block after `max_tool_calls` had been used."""
+    unclosed_code: bool = False
+    """The budget ran out inside a code block (it was not run)."""
+
+    @property
+    def num_calls(self) -> int:
+        return sum(1 for c in self.tool_calls if c.status != "capped")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for c in d["tool_calls"]:
+            c["span"] = list(c["span"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        d = dict(d)
+        d["tool_calls"] = [ToolCall(**{**c, "span": tuple(c["span"])}) for c in d.get("tool_calls", [])]
+        return cls(**d)
+
+
+class RolloutResult(NamedTuple):
+    trajectories: list[Trajectory]
+    metrics: dict[str, float]
