@@ -53,12 +53,15 @@ def main() -> None:
 
     import torch
 
+    import dataclasses
+
+    from tirl.commands import quiet_transformers
     from tirl.eval import EvalConfig, evaluate, load_benchmark
-    from tirl.eval_command import LazySandbox
-    from tirl.eval_scores import render_table
+    from tirl.eval.command import LazySandbox
+    from tirl.eval.table import render_table
+    from tirl.formats import PromptConfig
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_model, load_tokenizer
-    from tirl.train.rl_command import quiet_transformers
 
     torch.set_num_threads(args.threads)
     quiet_transformers()
@@ -67,8 +70,9 @@ def main() -> None:
     tok, model = load_tokenizer(gguf), load_model(gguf, device="cpu")
     load_s = time.perf_counter() - t0
     problems = {args.benchmark: load_benchmark(args.benchmark, args.data_dir, limit=args.limit)}
-    cfg = EvalConfig(n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
-                     max_tool_calls=args.max_tool_calls, style=args.style, chat=True, batch_size=args.batch_size,
+    rollout = dataclasses.replace(EvalConfig().rollout, n=args.n, temperature=args.temperature,
+                                  max_new_tokens=args.max_tokens, max_tool_calls=args.max_tool_calls)
+    cfg = EvalConfig(prompt=PromptConfig(style=args.style, chat=True), rollout=rollout, batch_size=args.batch_size,
                      lenient=args.lenient)
     sandbox = LazySandbox()
     try:

@@ -27,7 +27,7 @@ COMMANDS: dict[str, Command] = {
     "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.sft_command", 6),
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.rl_command", 5),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)",
-                    "tirl.eval_command", 8),
+                    "tirl.eval.command", 8),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
                        "tirl.sandbox.cli", 3),
     "report": Command("HTML report and plots for one or more run directories", "tirl.report.command", 7),

@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.commands import (UserError, check_model_source, command_config, loading, quiet_transformers,
                                set_threads)
     from tirl.eval import EvalConfig, evaluate
-    from tirl.eval_scores import render_table
+    from tirl.eval.table import render_table
     from tirl.generation.openai import ServerError
     from tirl.trained_settings import read_settings
 

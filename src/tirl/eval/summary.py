@@ -1,4 +1,5 @@
-"""Scores of an evaluation from its sample records: per benchmark and overall, plus the printed table.
+"""Scores of an evaluation from its sample records, per benchmark and overall, and the files they go to
+(`summary.json`, `problems.jsonl`); the printed table is `tirl.eval.table`.
 
 Per benchmark (P problems, the first n samples of each):
 * `avg@n` — mean correctness over all P*n samples (the papers' "accuracy");
@@ -17,8 +18,6 @@ weighs more than a 30-problem one); the per-benchmark rows are what papers repor
 
 from __future__ import annotations
 
-import math
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -105,46 +104,3 @@ def write_outputs(run: Path, summary: dict[str, Any], problems: dict, records: d
     """`summary.json` and `problems.jsonl`, each written to a temporary file and renamed."""
     write_json(run / "summary.json", summary)
     atomic_write(run / "problems.jsonl", "".join(dumps(r) + "\n" for r in problem_rows(problems, records, n)))
-
-
-TABLE_TOOL_COLUMNS = [("code%", "tool/code_ratio", 100), ("calls", "tool/calls_mean", 1),
-                      ("ok%", "tool/pass_rate", 100), ("fix%", "tool/self_correction", 100),
-                      ("tokens", "response/length_mean", 1)]
-
-
-def render_table(summary: dict[str, Any], console: Any = None) -> None:
-    """Print one row per benchmark and an overall row (rich); percentages. pass@k for k = 1 and n only
-    (summary.json has every k); code% = responses with code, ok% = executed calls that ran cleanly,
-    fix% = self-correction, tokens = mean response length."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    n = summary["n"]
-    ks = sorted({1, n})
-    table = Table(title=f"tirl eval: {n} sample{'s' if n > 1 else ''} per problem", box=box.SIMPLE_HEAD)
-    for col in ["benchmark", "problems", f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]:
-        table.add_column(col, justify="left" if col == "benchmark" else "right")
-    for title, _, _ in TABLE_TOOL_COLUMNS:
-        table.add_column(title, justify="right")
-    rows = list(summary["benchmarks"].items())
-    if len(rows) > 1:
-        rows.append(("overall", summary["overall"]))
-    for name, s in rows:
-        cells = [name, str(int(s.get("problems", 0)))]
-        cells += [_pct(s.get(key)) for key in [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]]
-        cells += [_num(s.get(key), scale) for _, key, scale in TABLE_TOOL_COLUMNS]
-        table.add_row(*cells)
-    if console is None:  # a pipe or log file gets the whole table, not 80 squeezed columns
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(table)
-
-
-def _pct(x: Any) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
-
-
-def _num(x: Any, scale: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x * scale:.1f}" if scale != 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"

@@ -1,0 +1,50 @@
+"""The score table `tirl eval` prints (rich): one row per benchmark and an overall row."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+
+TABLE_TOOL_COLUMNS = [("code%", "tool/code_ratio", 100), ("calls", "tool/calls_mean", 1),
+                      ("ok%", "tool/pass_rate", 100), ("fix%", "tool/self_correction", 100),
+                      ("tokens", "response/length_mean", 1)]
+
+
+def render_table(summary: dict[str, Any], console: Any = None) -> None:
+    """Print one row per benchmark and an overall row (rich); percentages. pass@k for k = 1 and n only
+    (summary.json has every k); code% = responses with code, ok% = executed calls that ran cleanly,
+    fix% = self-correction, tokens = mean response length."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    n = summary["n"]
+    ks = sorted({1, n})
+    table = Table(title=f"tirl eval: {n} sample{'s' if n > 1 else ''} per problem", box=box.SIMPLE_HEAD)
+    for col in ["benchmark", "problems", f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]:
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for title, _, _ in TABLE_TOOL_COLUMNS:
+        table.add_column(title, justify="right")
+    rows = list(summary["benchmarks"].items())
+    if len(rows) > 1:
+        rows.append(("overall", summary["overall"]))
+    for name, s in rows:
+        cells = [name, str(int(s.get("problems", 0)))]
+        cells += [_pct(s.get(key)) for key in [f"avg@{n}"] + [f"pass@{k}" for k in ks] + [f"maj@{n}"]]
+        cells += [_num(s.get(key), scale) for _, key, scale in TABLE_TOOL_COLUMNS]
+        table.add_row(*cells)
+    if console is None:  # a pipe or log file gets the whole table, not 80 squeezed columns
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x: Any, scale: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x * scale:.1f}" if scale != 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"
