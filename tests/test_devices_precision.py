@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tirl.logprobs import entropy_from_logits, model_token_logprobs, token_logprobs
+from tirl.algorithms.logprobs import entropy_from_logits, model_token_logprobs, token_logprobs
 from tirl.models import autocast, resolve_device
 from tirl.rollout import Trajectory
 from tirl.train import rl_update as U

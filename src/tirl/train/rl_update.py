@@ -162,8 +162,8 @@ def forward_logprobs(model: Any, batch: dict[str, Tensor], temperature: float, e
                      precision: str = "fp32") -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of the actual next tokens under `model`, logits scaled as when sampling,
     at the positions `batch["mask"]` trains (0 elsewhere), and their entropies when `entropy` is
-    "detached" or "grad" (see `tirl.logprobs.model_token_logprobs`)."""
-    from tirl.logprobs import model_token_logprobs
+    "detached" or "grad" (see `tirl.algorithms.logprobs.model_token_logprobs`)."""
+    from tirl.algorithms.logprobs import model_token_logprobs
 
     with _autocast(model, precision):
         return model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"],

@@ -157,7 +157,7 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], precision: str = 
 
     The output layer runs only at trainable positions, in float32 chunks (`model_token_logprobs`), so
     no (B, T, V) logits tensor is built for a real vocabulary."""
-    from tirl.logprobs import model_token_logprobs
+    from tirl.algorithms.logprobs import model_token_logprobs
     from tirl.models import autocast
 
     dev = next(model.parameters()).device
