@@ -13,6 +13,7 @@ from test_rollout import scripted
 from tirl.formats import RETOOL, TORL, extract_answer
 from tirl.rollout import ToolCall, Trajectory, rollout
 from tirl.train import rl_update as U
+from tirl.train.batch import RLBatch
 from tirl.rollout.episodes import code_ran, grade_trajectory
 
 torch.set_num_threads(1)
@@ -60,27 +61,43 @@ def test_critic_and_policy_load_without_dropout(tiny_model_dir):  # noqa: F811
     assert all(m.p == 0 for m in policy.modules() if isinstance(m, torch.nn.Dropout))
 
 
+def _rl_batch(mask: torch.Tensor, **fields: torch.Tensor) -> RLBatch:
+    """An RLBatch around `mask` (B, T); ids and rollout log-probs are placeholders these tests never read."""
+    B, T = mask.shape
+    return RLBatch(input_ids=torch.zeros(B, T + 1, dtype=torch.long), attention_mask=torch.ones(B, T + 1),
+                   mask=mask, rollout_logprobs=torch.zeros(B, T), row=torch.arange(B), **fields)
+
+
 @pytest.mark.parametrize("name", ["grpo", "rloo"])
 def test_kl_in_reward_changes_grpo_and_rloo_advantages(name):
     torch.manual_seed(0)
     mask = torch.ones(4, 5)
-    batch = {"mask": mask, "old_logprobs": -torch.rand(4, 5), "ref_logprobs": -torch.rand(4, 5) * 3}
+    batch = _rl_batch(mask, old_logprobs=-torch.rand(4, 5), ref_logprobs=-torch.rand(4, 5) * 3)
     rewards = torch.tensor([1.0, 1.0, -1.0, -1.0])
     cfg = U.AlgoConfig(name=name, kl_coef=0.5, kl_kind="k1")
     U.compute_advantages(batch, rewards, dataclasses.replace(cfg, kl_mode="loss"), 4)
-    without = batch["advantages"].clone()
+    without = batch.advantages.clone()
     m = U.compute_advantages(batch, rewards, dataclasses.replace(cfg, kl_mode="reward"), 4)
     # before: kl_mode=reward validated and was silently ignored (identical advantages)
-    assert not torch.allclose(without, batch["advantages"])
-    kl = (batch["old_logprobs"] - batch["ref_logprobs"]).sum(-1)  # k1 summed over each response
-    expected = U.compute_advantages({"mask": mask}, rewards - 0.5 * kl, dataclasses.replace(cfg, kl_coef=0.0), 4)
+    assert not torch.allclose(without, batch.advantages)
+    kl = (batch.old_logprobs - batch.ref_logprobs).sum(-1)  # k1 summed over each response
+    expected = _rl_batch(mask)
+    U.compute_advantages(expected, rewards - 0.5 * kl, dataclasses.replace(cfg, kl_coef=0.0), 4)
+    torch.testing.assert_close(batch.advantages, expected.advantages)  # the penalty enters as a reward
     assert m["kl/reward_penalty_mean"] == pytest.approx(float(-0.5 * kl.mean()), rel=1e-5)
-    del expected
 
 
 def test_a_step_without_update_logs_every_policy_key():
-    batch = {"mask": torch.ones(2, 3), "old_logprobs": torch.zeros(2, 3), "old_entropy": torch.full((2, 3), 0.7)}
+    batch = _rl_batch(torch.ones(2, 3), old_logprobs=torch.zeros(2, 3), old_entropy=torch.full((2, 3), 0.7))
     m = U.no_update_metrics(batch, U.AlgoConfig())
     for key in ("loss/policy", "train/grad_norm", "train/optimizer_steps", "policy/clipfrac", "policy/approx_kl"):
         assert m[key] == 0.0
     assert m["entropy/mean"] == pytest.approx(0.7)
+
+
+def test_a_misspelt_batch_field_raises_and_an_unfilled_one_is_named():
+    batch = _rl_batch(torch.ones(2, 3))
+    with pytest.raises(AttributeError):
+        batch.old_logprob = torch.zeros(2, 3)  # before: a dict took any key, and the update read another
+    with pytest.raises(ValueError, match="RLBatch.old_logprobs is not set"):
+        U.logprob_mismatch(batch)

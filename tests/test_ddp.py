@@ -6,6 +6,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tirl.rollout import Trajectory
 from tirl.train import rl_update as U
+from tirl.train.batch import make_batch
 
 
 def _model():
@@ -23,8 +24,8 @@ def _batch(model):
         r = torch.randint(1, 40, (6 + i % 4,), generator=g).tolist()
         mask = [1, 1, 0, 0, 1] + [1] * (len(r) - 5)
         trajs.append(Trajectory(p, r, mask, [-1.0 if m else 0.0 for m in mask], group_index=i // 2, sample_index=i % 2))
-    batch = U.make_batch(trajs, pad_id=0)
-    U.score_batch(model, batch, 1.0, 4, "old_logprobs")
+    batch = make_batch(trajs, pad_id=0)
+    batch.old_logprobs, _ = U.score_batch(model, batch, 1.0, 4)
     algo = U.AlgoConfig(name="grpo")
     U.compute_advantages(batch, torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0, -1.0, -1.0, 1.0, -1.0]), algo, 2)
     return batch, algo

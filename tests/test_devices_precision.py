@@ -8,6 +8,7 @@ from tirl.algorithms.logprobs import entropy_from_logits, model_token_logprobs, 
 from tirl.models import autocast, resolve_device
 from tirl.rollout import Trajectory
 from tirl.train import rl_update as U
+from tirl.train.batch import make_batch
 from tirl.train.common import check_device_and_precision
 
 
@@ -47,8 +48,8 @@ def test_auto_device_is_cpu_here_and_unknown_or_missing_devices_are_refused_in_o
 def test_output_layer_at_masked_positions_in_chunks_equals_full_logits():
     """Values, entropies and gradients of the chunked, masked path match log_softmax over full logits."""
     model = _tiny()
-    batch = U.make_batch(_trajs(), pad_id=0)
-    ids, attn, mask = batch["input_ids"], batch["attention_mask"], batch["mask"]
+    batch = make_batch(_trajs(), pad_id=0)
+    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1] / 0.7
     ref = token_logprobs(logits, ids[:, 1:]) * mask
     ref_ent = entropy_from_logits(logits) * mask
@@ -72,9 +73,9 @@ def test_output_layer_at_masked_positions_in_chunks_equals_full_logits():
 
 def _update(model, old_from_update, precision="fp32"):
     algo = U.AlgoConfig(name="grpo")
-    batch = U.make_batch(_trajs(), pad_id=0, device=next(model.parameters()).device)
+    batch = make_batch(_trajs(), pad_id=0, device=next(model.parameters()).device)
     if not old_from_update:
-        U.score_batch(model, batch, 1.0, 4, "old_logprobs", precision)
+        batch.old_logprobs, _ = U.score_batch(model, batch, 1.0, 4, precision)
     U.compute_advantages(batch, torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0]), algo, 2)
     rows = U.rows_to_train(batch, algo)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -89,7 +90,7 @@ def test_old_logprobs_from_the_update_forward_equal_a_separate_pass_when_one_ste
     a, b = _tiny(), _tiny()
     batch_a, m_a, _ = _update(a, old_from_update=False)
     batch_b, m_b, _ = _update(b, old_from_update=True)
-    torch.testing.assert_close(batch_b["old_logprobs"], batch_a["old_logprobs"] * batch_a["mask"], rtol=1e-5,
+    torch.testing.assert_close(batch_b.old_logprobs, batch_a.old_logprobs * batch_a.mask, rtol=1e-5,
                                atol=1e-6)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
@@ -107,7 +108,7 @@ def test_bf16_autocast_keeps_float32_master_weights_and_optimizer_state():
     assert all(v.dtype == torch.float32 for s in opt.state.values() for v in s.values() if v.dim() > 0)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # bf16 log-probs stay close to fp32 ones (the importance ratio is computed in float32)
-    batch = U.make_batch(_trajs(), pad_id=0)
+    batch = make_batch(_trajs(), pad_id=0)
     with torch.no_grad():
         lp32, _ = U.forward_logprobs(model, batch, 1.0)
         lp16, _ = U.forward_logprobs(model, batch, 1.0, precision="bf16")
@@ -151,7 +152,7 @@ def test_generator_and_update_run_on_the_gpu():
     out = gen.generate([GenerationRequest([3, 4, 5], key="a")], SamplingParams(max_new_tokens=4, temperature=1.0))
     assert len(out[0].token_ids) >= 1
     batch, m, _ = _update(model, old_from_update=True, precision="bf16")
-    assert batch["old_logprobs"].device.type == "cuda" and m["train/optimizer_steps"] == 1
+    assert batch.old_logprobs.device.type == "cuda" and m["train/optimizer_steps"] == 1
 
 
 def _tirl(*args):
@@ -192,12 +193,12 @@ def test_fp16_loss_scaling_steps_like_fp32_and_skips_an_overflowed_step():
 
 def test_output_layer_sees_only_trained_positions_a_chunk_at_a_time():
     model = _tiny()
-    batch = U.make_batch(_trajs(), pad_id=0)
+    batch = make_batch(_trajs(), pad_id=0)
     shapes = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
-    lp, _ = model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"], 1.0,
+    lp, _ = model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.mask, 1.0,
                                  entropy="detached", chunk_tokens=16, unchunked_max=0)
     lp.sum().backward()  # the backward recomputes each chunk: still never more than 16 rows
     hook.remove()
     assert all(len(s) == 2 and s[0] <= 16 for s in shapes)  # (rows, V): never (B, T, V)
-    assert sum(s[0] for s in shapes) == 2 * int(batch["mask"].sum())  # forward + recompute, trained positions only
+    assert sum(s[0] for s in shapes) == 2 * int(batch.mask.sum())  # forward + recompute, trained positions only

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from tirl.config import load_config
 from tirl.rollout import Trajectory
 from tirl.train import rl_update as U
+from tirl.train.batch import make_batch
 from tirl.train.logger import read_metrics
 from tirl.train.rl import RLConfig, train_rl
 
@@ -42,18 +43,18 @@ def _trajs(n=8):
 
 
 def _batch(model, trajs, rewards, algo):
-    batch = U.make_batch(trajs, pad_id=0)
-    U.score_batch(model, batch, 1.0, 4, "old_logprobs")
+    batch = make_batch(trajs, pad_id=0)
+    batch.old_logprobs, _ = U.score_batch(model, batch, 1.0, 4)
     U.compute_advantages(batch, torch.tensor(rewards), algo, 2)
     return batch
 
 
 def test_batch_mask_follows_the_trajectory_masks():
     trajs = _trajs()
-    batch = U.make_batch(trajs, pad_id=0)
+    batch = make_batch(trajs, pad_id=0)
     for b, t in enumerate(trajs):
         P, R = len(t.prompt_ids), len(t.response_ids)
-        row = batch["mask"][b]
+        row = batch.mask[b]
         assert row[: P - 1].sum() == 0  # prompt targets
         assert row[P - 1 : P - 1 + R].tolist() == [float(m) for m in t.loss_mask]
         assert row[P - 1 + R :].sum() == 0  # padding
@@ -65,10 +66,10 @@ def test_masked_tokens_get_no_gradient():
     batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
     lp, _ = U.forward_logprobs(model, batch, 1.0)
     lp.retain_grad()
-    loss, _ = U.A.policy_loss(lp, batch["old_logprobs"], batch["advantages"], batch["mask"])
+    loss, _ = U.A.policy_loss(lp, batch.old_logprobs, batch.advantages, batch.mask)
     loss.backward()
-    assert torch.all(lp.grad[batch["mask"] == 0] == 0)
-    assert lp.grad[batch["mask"] == 1].abs().sum() > 0
+    assert torch.all(lp.grad[batch.mask == 0] == 0)
+    assert lp.grad[batch.mask == 1].abs().sum() > 0
 
 
 def test_update_changes_parameters_and_accumulation_is_exact():
@@ -95,7 +96,7 @@ def _one_update(algo, rollout_shift=0.0):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
-    batch["rollout_logprobs"] = batch["old_logprobs"] + rollout_shift
+    batch.rollout_logprobs = batch.old_logprobs + rollout_shift
     m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
                         micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
                         generator=torch.Generator().manual_seed(0))

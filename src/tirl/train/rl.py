@@ -43,6 +43,7 @@ from tirl import algorithms as A
 from tirl.train import dapo
 from tirl.train import lora
 from tirl.train import rl_update as U
+from tirl.train.batch import make_batch
 from tirl.train.checkpoint import latest_checkpoint, load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, check_device_and_precision, grad_scaler,
                                set_threads)
@@ -338,17 +339,17 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             t_rollout = time.perf_counter() - t0
 
             t1 = time.perf_counter()
-            batch = U.make_batch(trajs, tokenizer.pad_token_id or 0, device)
+            batch = make_batch(trajs, tokenizer.pad_token_id or 0, device)
             if not fused_old:
-                U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs",
-                              tc.precision, "old_entropy")
+                batch.old_logprobs, batch.old_entropy = U.score_batch(
+                    policy, batch, cfg.rollout.temperature, tc.micro_batch_size, tc.precision, entropy=True)
                 metrics.update(U.logprob_mismatch(batch))
             if algo.kl_coef > 0:
                 with lora.reference_view(policy, ref) as ref_model:
-                    U.score_batch(ref_model, batch, cfg.rollout.temperature, tc.micro_batch_size, "ref_logprobs",
-                                  tc.precision)
+                    batch.ref_logprobs, _ = U.score_batch(ref_model, batch, cfg.rollout.temperature,
+                                                          tc.micro_batch_size, tc.precision)
             if critic is not None:
-                U.score_values(critic, batch, tc.micro_batch_size, tc.precision)
+                batch.old_values = U.score_values(critic, batch, tc.micro_batch_size, tc.precision)
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
             metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
@@ -375,8 +376,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 idle = 0
             else:
                 if fused_old:  # no update took them: score the old log-probs (and entropy) for the metrics
-                    U.score_batch(policy, batch, cfg.rollout.temperature, tc.micro_batch_size, "old_logprobs",
-                                  tc.precision, "old_entropy")
+                    batch.old_logprobs, batch.old_entropy = U.score_batch(
+                        policy, batch, cfg.rollout.temperature, tc.micro_batch_size, tc.precision, entropy=True)
                     metrics.update(U.logprob_mismatch(batch))
                 metrics.update(U.no_update_metrics(batch, step_algo))
                 idle += step > algo.critic_warmup_steps
@@ -391,7 +392,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             t_train = time.perf_counter() - t1
             metrics.update(backend.sync_weights(policy, version=step))  # workers now hold this step's weights
 
-            tokens = float(batch["attention_mask"].sum())
+            tokens = float(batch.attention_mask.sum())
             metrics.update({
                 "train/rows": float(len(rows)), "train/lr": sched.get_last_lr()[0],
                 "time/rollout_s": t_rollout, "time/generation_s": metrics.get("rollout/gen_time_s", 0.0),

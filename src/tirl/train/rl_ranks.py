@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tirl.train.batch import RLBatch
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -46,7 +48,7 @@ class TrainerGroup:
         self.dp = init_group(0, world, init)
         self.world = world
 
-    def policy_update(self, policy: Any, opt: Any, sched: Any, batch: dict, rows: list[int], algo: Any,
+    def policy_update(self, policy: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], algo: Any,
                       shuffle_seed: int, **loop: Any) -> dict[str, float]:
         dist.broadcast_object_list([("update", batch, rows, algo, shuffle_seed, loop)], src=0)
         metrics = _update(policy, opt, sched, batch, rows, algo, shuffle_seed, loop, self.dp)

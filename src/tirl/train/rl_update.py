@@ -1,9 +1,7 @@
-"""From trajectories to an optimizer step: batching, log-probs, advantages, the PPO-style update.
+"""From an `RLBatch` to an optimizer step: log-probs, advantages, the PPO-style update.
 
-Notation: B trajectories, L = longest prompt + response, T = L - 1 target positions. Sequences are
-right-padded, so positions need no adjusting. Position t of every (B, T) tensor scores token t + 1
-given tokens <= t; `mask[b, t] = 1` exactly when token t + 1 was sampled by the policy (prompt,
-padding and interpreter output are 0: the one mask contract of `tirl.algorithms`).
+The batch (`tirl.train.batch.RLBatch`, built by `make_batch` from the trajectories) holds its tensors
+by name; its notation (B, L, T) and mask alignment are described there.
 
 Every loss goes through `tirl.algorithms` with the mini-batch's global normaliser, so gradient
 accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
@@ -18,7 +16,7 @@ import torch
 from torch import Tensor
 
 from tirl import algorithms as A
-from tirl.rollout import Trajectory
+from tirl.train.batch import RLBatch
 
 
 @dataclass
@@ -120,89 +118,57 @@ class AlgoConfig:
             raise ValueError("algorithm.kl_coef, entropy_coef, exec_penalty and critic_lr must be >= 0")
 
 
-def make_batch(trajs: Sequence[Trajectory], pad_id: int, device: Any = None) -> dict[str, Tensor]:
-    """Right-padded tensors: input_ids, attention_mask (B, L); mask, rollout_logprobs (B, T); row (B,),
-    each row's own index (it survives `subset`), on `device` (default: the CPU)."""
-    seqs = [t.prompt_ids + t.response_ids for t in trajs]
-    L = max(len(s) for s in seqs)
-    B = len(seqs)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    mask = torch.zeros((B, L - 1), dtype=torch.float32)
-    lp = torch.zeros((B, L - 1), dtype=torch.float32)
-    for b, (t, s) in enumerate(zip(trajs, seqs)):
-        ids[b, : len(s)] = torch.tensor(s)
-        attn[b, : len(s)] = 1
-        P, R = len(t.prompt_ids), len(t.response_ids)
-        mask[b, P - 1 : P - 1 + R] = torch.tensor(t.loss_mask, dtype=torch.float32)
-        lp[b, P - 1 : P - 1 + R] = torch.tensor(t.logprobs, dtype=torch.float32)
-    batch = {"input_ids": ids, "attention_mask": attn, "mask": mask, "rollout_logprobs": lp,
-             "row": torch.arange(B)}
-    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
-
-
-def subset(batch: dict[str, Tensor], rows: Sequence[int] | Tensor) -> dict[str, Tensor]:
-    """Rows of a batch, trimmed to their own longest sequence."""
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    out = {k: v[idx] for k, v in batch.items()}
-    L = int(out["attention_mask"].sum(dim=1).max())
-    for k, v in out.items():
-        if v.dim() == 2:
-            out[k] = v[:, : L if v.shape[1] == batch["attention_mask"].shape[1] else L - 1]
-    return out
-
-
 def _autocast(model: Any, precision: str) -> Any:
     from tirl.models import autocast
 
     return autocast(next(model.parameters()).device, precision)
 
 
-def forward_logprobs(model: Any, batch: dict[str, Tensor], temperature: float, entropy: str = "none",
+def forward_logprobs(model: Any, batch: RLBatch, temperature: float, entropy: str = "none",
                      precision: str = "fp32") -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of the actual next tokens under `model`, logits scaled as when sampling,
-    at the positions `batch["mask"]` trains (0 elsewhere), and their entropies when `entropy` is
+    at the positions `batch.mask` trains (0 elsewhere), and their entropies when `entropy` is
     "detached" or "grad" (see `tirl.algorithms.logprobs.model_token_logprobs`)."""
     from tirl.algorithms.logprobs import model_token_logprobs
 
     with _autocast(model, precision):
-        return model_token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"],
+        return model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.mask,
                                     temperature, entropy=entropy)
 
 
-def forward_values(critic: Any, batch: dict[str, Tensor], precision: str = "fp32") -> Tensor:
+def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tensor:
     """(B, T) value of the state before each target token (a token-classification head, 1 label)."""
     with _autocast(critic, precision):
-        out = critic(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = critic(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     return out[:, :-1, 0].float()
 
 
 @torch.no_grad()
-def score_batch(model: Any, batch: dict[str, Tensor], temperature: float, micro: int, key: str,
-                precision: str = "fp32", entropy_key: str | None = None) -> None:
-    """Fill `batch[key]` with log-probs (no grad) in micro-batches (and `batch[entropy_key]`, if given)."""
+def score_batch(model: Any, batch: RLBatch, temperature: float, micro: int, precision: str = "fp32",
+                entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """(B, T) log-probs of the batch under `model` (no grad), scored in micro-batches, and their
+    entropies when `entropy`; the caller puts them in the field they are for."""
     parts, ents = [], []
-    for start in range(0, batch["input_ids"].shape[0], micro):
-        sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
-        lp, ent = forward_logprobs(model, sub, temperature, entropy="detached" if entropy_key else "none",
+    for start in range(0, batch.size, micro):
+        sub = batch.subset(range(start, min(start + micro, batch.size)))
+        lp, ent = forward_logprobs(model, sub, temperature, entropy="detached" if entropy else "none",
                                    precision=precision)
-        pad = (0, batch["mask"].shape[1] - lp.shape[1])
+        pad = (0, batch.mask.shape[1] - lp.shape[1])
         parts.append(torch.nn.functional.pad(lp, pad))
         if ent is not None:
             ents.append(torch.nn.functional.pad(ent, pad))
-    batch[key] = torch.cat(parts)
-    if entropy_key is not None:
-        batch[entropy_key] = torch.cat(ents)
+    return torch.cat(parts), (torch.cat(ents) if entropy else None)
 
 
 @torch.no_grad()
-def score_values(critic: Any, batch: dict[str, Tensor], micro: int, precision: str = "fp32") -> None:
+def score_values(critic: Any, batch: RLBatch, micro: int, precision: str = "fp32") -> Tensor:
+    """(B, T) critic values of the batch (no grad), in micro-batches: `old_values`."""
     parts = []
-    for start in range(0, batch["input_ids"].shape[0], micro):
-        sub = subset(batch, range(start, min(start + micro, batch["input_ids"].shape[0])))
+    for start in range(0, batch.size, micro):
+        sub = batch.subset(range(start, min(start + micro, batch.size)))
         v = forward_values(critic, sub, precision)
-        parts.append(torch.nn.functional.pad(v, (0, batch["mask"].shape[1] - v.shape[1])))
-    batch["old_values"] = torch.cat(parts)
+        parts.append(torch.nn.functional.pad(v, (0, batch.mask.shape[1] - v.shape[1])))
+    return torch.cat(parts)
 
 
 def one_step_per_batch(algo: AlgoConfig, ppo_epochs: int, mini_batch_size: int, batch_size: int) -> bool:
@@ -215,42 +181,41 @@ def one_step_per_batch(algo: AlgoConfig, ppo_epochs: int, mini_batch_size: int, 
             and not algo.kl_target)
 
 
-def compute_advantages(batch: dict[str, Tensor], rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
-    """Fill `batch["advantages"]` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `returns`."""
-    mask = batch["mask"]
+def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
+    """Fill `batch.advantages` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `batch.returns`."""
+    mask = batch.mask
     rewards = rewards.to(mask.device)
     out: dict[str, float] = {}
     kl_in_reward = cfg.kl_coef > 0 and cfg.kl_mode == "reward"
     if cfg.name in ("grpo", "rloo") and kl_in_reward:
         # Outcome advantages see one number per response: the KL reward penalty summed over its tokens
         # (what a per-token penalty adds up to with gamma = 1) is subtracted before the group baseline.
-        penalty = A.kl_reward_penalty(batch["old_logprobs"], batch["ref_logprobs"], mask, cfg.kl_coef,
+        penalty = A.kl_reward_penalty(batch.need("old_logprobs"), batch.need("ref_logprobs"), mask, cfg.kl_coef,
                                       cfg.kl_kind).sum(-1)
         rewards = rewards + penalty
         out["kl/reward_penalty_mean"] = float(penalty.mean())
     if cfg.name == "grpo":
-        batch["advantages"] = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
+        batch.advantages = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
     elif cfg.name == "rloo":
-        batch["advantages"] = A.rloo_advantages(rewards, group_size)
+        batch.advantages = A.rloo_advantages(rewards, group_size)
     else:
         token_rewards = A.outcome_token_rewards(rewards, mask)
         if cfg.kl_coef > 0 and cfg.kl_mode == "reward":
             token_rewards = token_rewards + A.kl_reward_penalty(
-                batch["old_logprobs"], batch["ref_logprobs"], mask, cfg.kl_coef, cfg.kl_kind)
-        adv, ret = A.gae_advantages(token_rewards, batch["old_values"], mask, cfg.gamma, cfg.lam)
-        batch["advantages"] = A.whiten(adv, mask) if cfg.whiten_advantages else adv
-        batch["returns"] = ret
-    adv = batch["advantages"]
+                batch.need("old_logprobs"), batch.need("ref_logprobs"), mask, cfg.kl_coef, cfg.kl_kind)
+        adv, ret = A.gae_advantages(token_rewards, batch.need("old_values"), mask, cfg.gamma, cfg.lam)
+        batch.advantages = A.whiten(adv, mask) if cfg.whiten_advantages else adv
+        batch.returns = ret
+    adv = batch.advantages
     valid = mask.bool() if adv.dim() == 2 else torch.ones_like(adv, dtype=torch.bool)
     out.update({"advantage/mean": float(adv[valid].mean()) if valid.any() else 0.0,
                 "advantage/abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0})
     return out
 
 
-def rows_to_train(batch: dict[str, Tensor], cfg: AlgoConfig) -> list[int]:
-    n = batch["input_ids"].shape[0]
-    rows = [b for b in range(n) if batch["mask"][b].any()]
-    adv = batch["advantages"]
+def rows_to_train(batch: RLBatch, cfg: AlgoConfig) -> list[int]:
+    rows = [b for b in range(batch.size) if batch.mask[b].any()]
+    adv = batch.need("advantages")
     if (cfg.skip_zero_advantage and adv.dim() == 1 and cfg.kl_coef == 0 and cfg.entropy_coef == 0):
         rows = [b for b in rows if float(adv[b]) != 0.0]
     return rows
@@ -262,8 +227,8 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _minibatch_steps(
-    module: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], agg: str,
-    micro_loss: Callable[[dict[str, Tensor], float], tuple[Tensor, dict[str, float]]], *,
+    module: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], agg: str,
+    micro_loss: Callable[[RLBatch, float], tuple[Tensor, dict[str, float]]], *,
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
     generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
 ) -> list[dict[str, float]]:
@@ -284,11 +249,11 @@ def _minibatch_steps(
         perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
         for start in range(0, len(perm), mini_batch_size):
             mb = perm[start : start + mini_batch_size]
-            norm = A.global_normalizer(batch["mask"][mb], agg, seq_len=seq_len)
+            norm = A.global_normalizer(batch.mask[mb], agg, seq_len=seq_len)
             mine = dp.rows(mb) if dp is not None else mb
             parts, total = [], 0.0
             for ms in range(0, len(mine), micro_batch_size):
-                loss, m = micro_loss(subset(batch, mine[ms : ms + micro_batch_size]), norm)
+                loss, m = micro_loss(batch.subset(mine[ms : ms + micro_batch_size]), norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
@@ -304,38 +269,38 @@ def _minibatch_steps(
 
 
 def policy_update(
-    model: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    model: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], cfg: AlgoConfig, *,
     temperature: float, precision: str = "fp32", old_from_update: bool = False, **loop: Any,
 ) -> dict[str, float]:
     """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`.
 
     `old_from_update` (only valid when `one_step_per_batch`): the old log-probs are this forward's own,
-    detached, instead of a separate no-grad pass; they are written into `batch["old_logprobs"]` (rows
+    detached, instead of a separate no-grad pass; they are written into `batch.old_logprobs` (rows
     not trained stay 0) for the rollout-vs-trainer check. Same loss, same gradient (tested).
     """
     entropy = "grad" if cfg.entropy_coef else ("detached" if cfg.log_entropy else "none")
     if old_from_update:
-        batch["old_logprobs"] = torch.zeros_like(batch["rollout_logprobs"])
+        batch.old_logprobs = torch.zeros_like(batch.rollout_logprobs)
 
-    def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
+    def micro_loss(sub: RLBatch, norm: float) -> tuple[Tensor, dict[str, float]]:
         lp, ent = forward_logprobs(model, sub, temperature, entropy=entropy, precision=precision)
         if old_from_update:
             old = lp.detach()
-            batch["old_logprobs"][sub["row"], : old.shape[1]] = old
+            batch.old_logprobs[sub.row, : old.shape[1]] = old
         else:
-            old = sub["old_logprobs"]
-        weights, tm = (A.truncated_is_weights(old, sub["rollout_logprobs"], sub["mask"], cfg.tis_cap)
+            old = sub.need("old_logprobs")
+        weights, tm = (A.truncated_is_weights(old, sub.rollout_logprobs, sub.mask, cfg.tis_cap)
                        if cfg.tis_cap > 0 else (None, {}))
-        loss, m = A.policy_loss(lp, old, sub["advantages"], sub["mask"], cfg.clip_low,
+        loss, m = A.policy_loss(lp, old, sub.need("advantages"), sub.mask, cfg.clip_low,
                                 cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm, weights)
         m.update(tm)
         if ent is not None:
-            e_loss, em = A.entropy_loss(ent, sub["mask"], cfg.agg, norm)
+            e_loss, em = A.entropy_loss(ent, sub.mask, cfg.agg, norm)
             m.update(em)
         if cfg.entropy_coef:  # e_loss is the negative entropy: adding it rewards exploration
             loss = loss + cfg.entropy_coef * e_loss
         if cfg.kl_coef > 0 and cfg.kl_mode == "loss":
-            k_loss, km = A.kl_loss(lp, sub["ref_logprobs"], sub["mask"], cfg.kl_kind, cfg.agg, norm)
+            k_loss, km = A.kl_loss(lp, sub.need("ref_logprobs"), sub.mask, cfg.kl_kind, cfg.agg, norm)
             loss = loss + cfg.kl_coef * k_loss
             m.update(km)
         return loss, m
@@ -347,51 +312,51 @@ def policy_update(
     return out
 
 
-def no_update_metrics(batch: dict[str, Tensor], cfg: AlgoConfig) -> dict[str, float]:
+def no_update_metrics(batch: RLBatch, cfg: AlgoConfig) -> dict[str, float]:
     """The keys `policy_update` logs, for a step that made no update (every group all-equal, or the
     critic warm-up): curves get a point, not a hole. Nothing moved, so losses, clip fractions and the
     gradient are 0 and the ratio is 1; entropy is the sampled tokens' under the unchanged policy."""
     out = {"loss/policy": 0.0, "train/grad_norm": 0.0, "train/optimizer_steps": 0.0,
            "policy/clipfrac": 0.0, "policy/clipfrac_low": 0.0, "policy/clipfrac_high": 0.0,
            "policy/dual_clipfrac": 0.0, "policy/approx_kl": 0.0, "policy/ratio_mean": 1.0, "policy/ratio_max": 1.0}
-    if "old_entropy" in batch:
-        out["entropy/mean"] = float(A.masked_mean(batch["old_entropy"], batch["mask"]))
-    if cfg.kl_coef > 0 and cfg.kl_mode == "loss" and "ref_logprobs" in batch:
-        _, km = A.kl_loss(batch["old_logprobs"], batch["ref_logprobs"], batch["mask"], cfg.kl_kind, cfg.agg)
+    if batch.old_entropy is not None:
+        out["entropy/mean"] = float(A.masked_mean(batch.old_entropy, batch.mask))
+    if cfg.kl_coef > 0 and cfg.kl_mode == "loss" and batch.ref_logprobs is not None:
+        _, km = A.kl_loss(batch.need("old_logprobs"), batch.ref_logprobs, batch.mask, cfg.kl_kind, cfg.agg)
         out.update(km)
     return out
 
 
 def critic_update(
-    critic: Any, opt: Any, sched: Any, batch: dict[str, Tensor], rows: list[int], cfg: AlgoConfig, *,
+    critic: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], cfg: AlgoConfig, *,
     precision: str = "fp32", **loop: Any,
 ) -> dict[str, float]:
     """Clipped value loss towards the GAE returns over `rows`; see `_minibatch_steps` for `loop`."""
 
-    def micro_loss(sub: dict[str, Tensor], norm: float) -> tuple[Tensor, dict[str, float]]:
-        return A.value_loss(forward_values(critic, sub, precision), sub["old_values"], sub["returns"], sub["mask"],
-                            cfg.value_clip or None, cfg.agg, norm)
+    def micro_loss(sub: RLBatch, norm: float) -> tuple[Tensor, dict[str, float]]:
+        return A.value_loss(forward_values(critic, sub, precision), sub.need("old_values"), sub.need("returns"),
+                            sub.mask, cfg.value_clip or None, cfg.agg, norm)
 
     steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
                              grad_key="critic/grad_norm", **loop)
     return _mean_metrics(steps) if steps else {}
 
 
-def observed_kl(batch: dict[str, Tensor], kind: str) -> float:
+def observed_kl(batch: RLBatch, kind: str) -> float:
     """Mean per-token KL estimate of the sampled tokens between the rollout policy and the reference."""
-    return float(A.masked_mean(A.kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], kind, batch["mask"]),
-                               batch["mask"]))
+    return float(A.masked_mean(A.kl_penalty(batch.need("old_logprobs"), batch.need("ref_logprobs"), kind, batch.mask),
+                               batch.mask))
 
 
-def logprob_mismatch(batch: dict[str, Tensor], rows: Sequence[int] | None = None) -> dict[str, float]:
+def logprob_mismatch(batch: RLBatch, rows: Sequence[int] | None = None) -> dict[str, float]:
     """Rollout vs recomputed log-probs on sampled tokens (of `rows`; default all): a gap silently
     biases the ratio."""
-    m = batch["mask"].bool()
+    m = batch.mask.bool()
     if rows is not None:
         keep = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
         keep[list(rows)] = True
         m = m & keep[:, None]
     if not m.any():
         return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
-    d = (batch["rollout_logprobs"] - batch["old_logprobs"]).abs()[m]
+    d = (batch.rollout_logprobs - batch.need("old_logprobs")).abs()[m]
     return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean())}
