@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from typing import Sequence
 
-from tirl.generation.scripted import ScriptedGenerator
+from scripted_generator import ScriptedGenerator
 from tirl.sandbox import ExecResult
 
 

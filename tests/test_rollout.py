@@ -10,7 +10,7 @@ from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: 
 from helpers_rollout import BrokenSandbox, FixedResults, Result, SubprocessRunner
 
 from tirl.formats import RETOOL, TORL, extract_boxed
-from tirl.generation.scripted import ScriptedGenerator
+from scripted_generator import ScriptedGenerator
 from tirl.rollout import CAP_MESSAGE, EMPTY_CODE_MESSAGE, RolloutConfig, Trajectory, encode_prompt, rollout
 
 torch.set_num_threads(1)

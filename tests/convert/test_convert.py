@@ -267,7 +267,7 @@ def test_prompt_shows_the_style_and_the_execution_model():
 
 
 def test_generator_rewriter_over_a_scripted_generator():
-    from tirl.generation.scripted import ScriptedGenerator
+    from scripted_generator import ScriptedGenerator
     from tirl.models import train_tokenizer
 
     text = CASES["good"][1]

@@ -1,8 +1,8 @@
 """Generation backends behind one `Generator` protocol (see `base.py`).
 
 `HFGenerator` (transformers, KV cache reuse) lives in `hf.py` and is imported lazily so that code
-needing only the protocol does not import torch; `ScriptedGenerator` (fixed token streams) is for tests
-and demos of the rollout loop.
+needing only the protocol does not import torch; `OpenAIGenerator` (`openai.py`) talks to a server.
+The tests' generators (fixed token streams) live in `tests/`.
 """
 
 from tirl.generation.base import (
@@ -17,7 +17,7 @@ from tirl.generation.base import (
 
 __all__ = [
     "FINISH_EOS", "FINISH_LENGTH", "FINISH_STOP", "GenerationOutput", "GenerationRequest", "Generator",
-    "SamplingParams", "HFGenerator", "ScriptedGenerator",
+    "SamplingParams", "HFGenerator",
 ]
 
 
@@ -26,8 +26,4 @@ def __getattr__(name: str):
         from tirl.generation.hf import HFGenerator
 
         return HFGenerator
-    if name == "ScriptedGenerator":
-        from tirl.generation.scripted import ScriptedGenerator
-
-        return ScriptedGenerator
     raise AttributeError(name)

@@ -83,7 +83,7 @@ class GenerationOutput:
 @runtime_checkable
 class Generator(Protocol):
     """Anything that continues token sequences. Backends: `HFGenerator` (transformers),
-    `ScriptedGenerator` (fixed streams, for tests); an OpenAI-compatible HTTP backend fits the same shape."""
+    `tests/scripted_generator.py` (fixed streams); an OpenAI-compatible HTTP backend fits the same shape."""
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationOutput]:
         ...

@@ -1,4 +1,4 @@
-"""A `Generator` that plays fixed token streams: tests and demos of the rollout loop without a model.
+"""A test double: a `Generator` that plays fixed token streams, to test the rollout loop without a model.
 
 Each trajectory key owns one stream (what the "model" will write, in order). A call emits the stream
 from the key's cursor token by token, with the same stop rules as a real backend: it stops after the
