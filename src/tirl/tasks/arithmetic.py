@@ -102,18 +102,33 @@ def generate(
         raise ValueError(f"unknown task kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
     rng = random.Random(f"{seed}-{level}-{','.join(kinds)}")
     digits = LEVEL_DIGITS[level]
+
+    def draw(kept: int) -> tuple[str, Callable[[int], TaskItem]]:
+        kind = kinds[rng.randrange(len(kinds))]
+        problem, code, expression = _MAKERS[kind](rng, digits)
+        return problem, lambda i: TaskItem(f"{kind}-{split}-{i}", problem, run_code(code), code, expression, kind,
+                                           level)
+
+    return draw_distinct(n, split, draw, in_test_split, f"problems at level {level}")
+
+
+def draw_distinct(n: int, split: str, draw: Callable[[int], tuple[str, Callable[[int], TaskItem]]],
+                  in_test: Callable[[str], bool], what: str) -> list[TaskItem]:
+    """`n` items with distinct problems on `split`'s side of `in_test` (the built-in tasks' one draw loop).
+
+    `draw(kept)` makes a candidate from the task's own seeded generator (`kept` = items kept so far) as
+    (problem text, a function building the item at index i); a duplicate or a problem of the other split
+    is dropped. `what` names the items in the error when the space runs out."""
     items: list[TaskItem] = []
     seen: set[str] = set()
     attempts = 0
     while len(items) < n:
         attempts += 1
         if attempts > 200 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct {split} problems at level {level}")
-        kind = kinds[rng.randrange(len(kinds))]
-        problem, code, expression = _MAKERS[kind](rng, digits)
-        if problem in seen or in_test_split(problem) != (split == "test"):
+            raise ValueError(f"cannot draw {n} distinct {split} {what}")
+        problem, make = draw(len(items))
+        if problem in seen or in_test(problem) != (split == "test"):
             continue
         seen.add(problem)
-        items.append(TaskItem(
-            f"{kind}-{split}-{len(items)}", problem, run_code(code), code, expression, kind, level))
+        items.append(make(len(items)))
     return items

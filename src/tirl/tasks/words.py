@@ -29,7 +29,7 @@ import hashlib
 import random
 from typing import Callable
 
-from tirl.tasks.arithmetic import TaskItem
+from tirl.tasks.arithmetic import TaskItem, draw_distinct, run_code
 
 WORD_KINDS = ("bulk_cost", "distance", "duration", "discount", "leftover", "days_between", "range_sum", "savings")
 EASY_SHARE = 0.3
@@ -229,13 +229,6 @@ def in_test_split(problem: str) -> bool:
     return hashlib.sha256(b"words:" + problem.encode()).digest()[0] % 5 == 0
 
 
-def _answer(code: str) -> str:
-    """The printed output of one of this module's own programs (trusted: built here, never model-written)."""
-    lines: list[str] = []
-    exec(compile(code, "<task>", "exec"), {"print": lambda *a: lines.append(" ".join(map(str, a)))})
-    return "\n".join(lines)
-
-
 def generate_words(
     n: int,
     *,
@@ -254,19 +247,12 @@ def generate_words(
     if unknown:
         raise ValueError(f"unknown word-problem kind(s) {sorted(unknown)}; known: {', '.join(WORD_KINDS)}")
     rng = random.Random(f"words-{seed}-{level}-{','.join(kinds)}-{split}")
-    items: list[TaskItem] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(items) < n:
-        attempts += 1
-        if attempts > 200 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct {split} word problems at level {level}")
-        kind = kinds[len(items) % len(kinds)]  # round robin: kinds stay balanced
+
+    def draw(kept: int) -> tuple[str, Callable[[int], TaskItem]]:
+        kind = kinds[kept % len(kinds)]  # round robin: kinds stay balanced
         hard = level == 3 or (level == 2 and rng.random() >= EASY_SHARE)
         problem, code, steps, broken = _MAKERS[kind](rng, hard)
-        if problem in seen or in_test_split(problem) != (split == "test"):
-            continue
-        seen.add(problem)
-        items.append(TaskItem(f"{kind}-{split}-{len(items)}", problem, _answer(code), code, "\n".join(steps),
-                              kind, 1 if not hard else 3, broken_code=broken))
-    return items
+        return problem, lambda i: TaskItem(f"{kind}-{split}-{i}", problem, run_code(code), code, "\n".join(steps),
+                                           kind, 1 if not hard else 3, broken_code=broken)
+
+    return draw_distinct(n, split, draw, in_test_split, f"word problems at level {level}")
