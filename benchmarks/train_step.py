@@ -35,7 +35,7 @@ def main() -> None:
     from tirl.config import load_config
     from tirl.train.logger import read_metrics
     from tirl.train.rl import RLConfig, train_rl
-    from tirl.train.rl_command import quiet_transformers
+    from tirl.commands import quiet_transformers
 
     quiet_transformers()
     torch.set_num_threads(args.threads)

@@ -169,7 +169,7 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
     from tirl.models import load_tokenizer
     from tirl.train.logger import read_metrics
     from tirl.train.rl import RLConfig, train_rl
-    from tirl.train.rl_command import quiet_transformers
+    from tirl.commands import quiet_transformers
 
     quiet_transformers()
     tok = load_tokenizer(a["model"])

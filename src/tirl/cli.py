@@ -1,7 +1,7 @@
 """The `tirl` command. Nothing imports this module.
 
 Each command lives in the module that owns its work and exposes `add_arguments(parser)` and
-`run(args) -> int`. Only the chosen command's module is imported, so `tirl --help` stays instant
+`run(args) -> int` (a module, or `module:name` for an object in it that has both). Only the chosen command's module is imported, so `tirl --help` stays instant
 (no torch import). A command whose module is not written yet says so and exits non-zero.
 """
 
@@ -17,15 +17,16 @@ from dataclasses import dataclass
 class Command:
     summary: str
     module: str | None
-    """Module with add_arguments/run; None while the command is not built."""
+    """Module with add_arguments/run (or `module:name` of an object with them); None while the command
+    is not built."""
     issue: int
 
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("train a tiny model from nothing to tool use on CPU: SFT, RL with the sandbox, "
                     "evaluation, report", "tirl.demo", 7),
-    "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.sft_command", 6),
-    "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.rl_command", 5),
+    "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.commands:sft", 6),
+    "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.commands:train", 5),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)",
                     "tirl.eval.command", 8),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
@@ -44,12 +45,14 @@ def _load(name: str):
     spec = COMMANDS[name]
     if spec.module is None:
         return None
+    module_name, _, attr = spec.module.partition(":")
     try:
-        return importlib.import_module(spec.module)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name == spec.module:
+        if e.name == module_name:
             return None
         raise
+    return getattr(module, attr) if attr else module
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,89 @@
+"""`tirl sft` and `tirl train`: one command shape for both trainers.
+
+    tirl sft   CONFIG [key=value ...] --run-dir DIR [--resume [--force]] [--skip-invalid]
+    tirl train CONFIG [key=value ...] --run-dir DIR [--resume [--force]] [--skip-invalid]
+
+Each builds its config (defaults < CONFIG < key=value < flags, `tirl.commands.command_config`),
+refuses a bad one in one line before any model loads, trains, and prints the summary. The trainer's
+module is imported only when the command runs, so `tirl sft --help` loads no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingCommand:
+    name: str
+    description: str
+    example: str
+    """Overrides shown in `--help`."""
+    run_dir: str
+    run_dir_help: str
+    resume_help: str
+    skip_invalid_help: str
+    trainer: str
+    """`module:Config:validate:train` of the trainer, imported when the command runs."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from tirl.config import add_config_arguments, add_device_arguments
+
+        parser.description = self.description
+        add_config_arguments(parser, example=self.example)
+        add_device_arguments(parser)
+        parser.add_argument("--run-dir", default=self.run_dir, help=f"{self.run_dir_help} (default: {self.run_dir})")
+        parser.add_argument("--resume", action="store_true", help=self.resume_help)
+        parser.add_argument("--force", action="store_true",
+                            help="with --resume: continue even though settings differ from the run's config.yaml")
+        parser.add_argument("--skip-invalid", action="store_true", default=argparse.SUPPRESS,
+                            help=self.skip_invalid_help)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tirl.commands import guarded
+
+        return guarded(self.name, lambda: self._run(args), run_dir=args.run_dir)
+
+    def _run(self, args: argparse.Namespace) -> int:
+        from tirl.commands import UserError, command_config, quiet_transformers
+
+        module, config, validate, train = self.trainer.split(":")
+        trainer = importlib.import_module(module)
+        cfg = command_config(getattr(trainer, config), args, {
+            "skip_invalid": "data.skip_invalid", "device": "trainer.device", "precision": "trainer.precision"})
+        try:
+            getattr(trainer, validate)(cfg)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        quiet_transformers()
+        summary = getattr(trainer, train)(cfg, args.run_dir, resume=args.resume, force=args.force)
+        print(json.dumps(summary, indent=2))
+        return 0
+
+
+sft = TrainingCommand(
+    name="sft",
+    description="Cold-start SFT on code-integrated traces: loss on the assistant's own tokens only "
+                "(interpreter output masked). Writes RUN_DIR/model/ for `tirl train model.path=RUN_DIR/model`.",
+    example="trainer.steps=100 trainer.optim.lr=1e-4",
+    run_dir="runs/sft",
+    run_dir_help="where model/, metrics.jsonl, checkpoints/ and summary.json go",
+    resume_help="continue from the newest complete checkpoint",
+    skip_invalid_help="skip malformed trace rows (their count is reported) instead of refusing the file",
+    trainer="tirl.train.sft:SFTConfig:validate_sft:train_sft",
+)
+
+train = TrainingCommand(
+    name="train",
+    description="RL with interleaved code execution: rollouts pause at each closed code block, run it in the "
+                "sandbox and resume; +1/-1 reward on the final answer. algorithm.name=grpo|ppo|rloo.",
+    example="trainer.optim.lr=1e-5 rollout.n=8",
+    run_dir="runs/train",
+    run_dir_help="where metrics.jsonl, samples.jsonl, checkpoints/ and summary.json go",
+    resume_help="continue from the newest complete checkpoint in --run-dir, exactly",
+    skip_invalid_help="skip malformed problem rows (their count is logged) instead of refusing the file",
+    trainer="tirl.train.rl:RLConfig:validate:train_rl",
+)
