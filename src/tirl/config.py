@@ -181,6 +181,13 @@ def check_resume(run_dir: str | Path, cfg: Any, force: bool = False,
                           f"{path}, or pass --force to resume anyway")
 
 
+def add_model_arguments(parser: Any, model: str = "--model") -> None:
+    """`--gguf-file`, `--dtype` and the device flags of every command that loads a model named by `model`."""
+    parser.add_argument("--gguf-file", default=None, help=f"GGUF file name inside {model} (a directory)")
+    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
+    add_device_arguments(parser)
+
+
 def add_device_arguments(parser: Any, precision: bool = True) -> None:
     """`--device auto|cpu|cuda|cuda:N` (and `--precision fp32|bf16|fp16`) of every command that runs a model."""
     parser.add_argument("--device", default=None,

@@ -21,7 +21,7 @@ FLAG_FIELDS = ("input", "style", "exec_mode", "output_check", "concurrency", "li
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tirl.config import add_config_arguments, add_device_arguments
+    from tirl.config import add_config_arguments, add_model_arguments
 
     parser.description = (
         "Rewrite text-only solutions into code-integrated SFT traces with an LLM, run every code block in the "
@@ -33,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--model-name", help="model to request from --server")
     llm.add_argument("--api-key-env", help="name of an environment variable holding the --server API key")
     llm.add_argument("--model", help="local transformers model directory (or .gguf) generating in-process")
-    llm.add_argument("--gguf-file", help="GGUF file name inside --model (a directory)")
-    llm.add_argument("--dtype", default="float32", help="--model dtype: float32 | bfloat16 | float16")
-    add_device_arguments(llm)
+    add_model_arguments(llm)
     data = parser.add_argument_group("input and checks (flags override the config)")
     data.add_argument("--input", help="problems with solutions: .jsonl, .json, .parquet or a dataset")
     data.add_argument("--problem-field")

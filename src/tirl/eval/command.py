@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "come from the built-in defaults, then the settings saved with --model (tirl.json: prompt and tool "
         "loop as trained), then CONFIG, then key=value overrides (the same prompt.* and rollout.* keys as "
         "`tirl train`), then the flags below.")
-    from tirl.config import add_config_arguments, add_device_arguments
+    from tirl.config import add_config_arguments, add_model_arguments
 
     add_config_arguments(parser, example="rollout.n=4 rollout.temperature=1.0 prompt.system_prompt=''")
     S = argparse.SUPPRESS  # a flag the user did not give leaves the config's value alone
@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--server", help="root URL of an OpenAI-compatible completions server (vLLM, SGLang, tirl serve)")
     src.add_argument("--tokenizer", help="tokenizer for --server (default: the model id the server lists)")
     src.add_argument("--served-model-name", help="model name to request from --server (default: its first)")
-    src.add_argument("--gguf-file", help="GGUF file name inside --model (a directory)")
-    src.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
-    add_device_arguments(src)
+    add_model_arguments(src)
     src.add_argument("--prompt-mode", default="auto", choices=["auto", "tokens", "text"],
                      help="--server prompts as token ids (exact) or text (re-tokenised by the server)")
     src.add_argument("--max-concurrency", type=int, default=32, help="requests in flight to --server (default: 32)")

@@ -9,7 +9,7 @@ from tirl.formats import PromptConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tirl.config import add_device_arguments
+    from tirl.config import add_model_arguments
 
     parser.description = (
         "Serve a local model (directory, hub name, or .gguf file) over an OpenAI-compatible "
@@ -22,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt settings, e.g. prompt.system_prompt='' prompt.chat=false")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    parser.add_argument("--gguf-file", default=None, help="GGUF file name inside MODEL (a directory)")
-    parser.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default: float32)")
-    add_device_arguments(parser)
+    add_model_arguments(parser, "MODEL")
     parser.add_argument("--served-model-name", default=None, help="name in /v1/models (default: MODEL)")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="requests generated together at most (default: 32)")
