@@ -98,25 +98,25 @@ def load_run(path: Path, label: str) -> Run:
     # `tirl sft` keeps no samples: their absence is not a problem (the samples section says "none").
     if (path / "samples.jsonl").is_file():
         run.samples = [s for s in _read_jsonl(path / "samples.jsonl", run.problems) if isinstance(s, dict)]
-    try:
-        run.summary = json.loads((path / "summary.json").read_text())
-    except FileNotFoundError:
-        run.problems.append("summary.json is missing")
-    except json.JSONDecodeError as e:
-        run.problems.append(f"summary.json is not JSON ({e})")
+    _read_summary(run, "summary.json is missing")
     return run
 
 
 def _load_eval(path: Path, label: str) -> Run:
     """Its summary.json (scores per benchmark and overall); the per-sample records stay with `tirl eval`."""
     run = Run(label=label, path=path, kind="eval")
+    _read_summary(run, "summary.json is missing (the evaluation has not finished)")
+    return run
+
+
+def _read_summary(run: Run, missing: str) -> None:
+    """`run.summary` from its summary.json; a missing or broken file becomes one of `run.problems`."""
     try:
-        run.summary = json.loads((path / "summary.json").read_text())
+        run.summary = json.loads((run.path / "summary.json").read_text())
     except FileNotFoundError:
-        run.problems.append("summary.json is missing (the evaluation has not finished)")
+        run.problems.append(missing)
     except json.JSONDecodeError as e:
         run.problems.append(f"summary.json is not JSON ({e})")
-    return run
 
 
 # ---- what is derived: code purposes early vs late, samples to show ----------------------------
