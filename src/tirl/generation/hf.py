@@ -38,8 +38,7 @@ decode nothing. Both find every occurrence the plain window search finds (tested
 out in single characters).
 
 Cache growth: each batch's cache is preallocated for its longest possible sequence (cached + suffix +
-budget) and decode steps write their position in place; transformers' `DynamicLayer` concatenates,
-copying the whole cache at every step.
+budget) and decode steps write their position in place (`tirl.generation.kv_cache`).
 
 Simplifications: a row waiting for the sandbox is out of the batch until the rollout's next call (no
 continuous batching: the batch's other rows are not decoded while code runs). Not covered:
@@ -64,6 +63,7 @@ from tirl.generation.base import (
     GenerationRequest,
     SamplingParams,
 )
+from tirl.generation.kv_cache import new_cache
 
 
 @dataclass
@@ -72,55 +72,6 @@ class _CacheEntry:
     """Tokens whose keys/values are in `kv` (all of the sequence but the last sampled token)."""
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     """Per layer: keys and values, each `(1, H, len(ids), D)`."""
-
-
-def _roomy_layer_class() -> Any:
-    from transformers.cache_utils import DynamicLayer
-
-    class RoomyLayer(DynamicLayer):
-        """A `DynamicLayer` whose keys/values are views into buffers with room for `capacity` positions:
-        a decode step writes its position in place instead of concatenating (copying) the whole cache."""
-
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity = capacity
-            self._k: torch.Tensor | None = None
-            self._v: torch.Tensor | None = None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n = self.get_seq_length()
-            m = n + key_states.shape[-2]
-            if self._k is None or m > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
-                shape = (*key_states.shape[:2], max(m, self.capacity), key_states.shape[-1])
-                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-                if n:
-                    k[:, :, :n], v[:, :, :n] = self.keys, self.values
-                self._k, self._v = k, v
-            self._k[:, :, n:m], self._v[:, :, n:m] = key_states, value_states
-            self.keys, self.values = self._k[:, :, :m], self._v[:, :, :m]
-            return self.keys, self.values
-
-        def batch_select_indices(self, indices):
-            if self._k is not None:
-                n = self.get_seq_length()
-                self._k, self._v = self._k[indices], self._v[indices]
-                self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-
-    return RoomyLayer
-
-
-def _new_cache(config: Any, capacity: int | None) -> Any:
-    """An empty `DynamicCache`; with `capacity`, its full-attention layers preallocate that many positions."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=config)
-    if capacity and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        roomy = _roomy_layer_class()
-        cache.layers = [roomy(capacity) for _ in cache.layers]
-    return cache
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -446,7 +397,7 @@ class HFGenerator:
     def _stack_cache(self, looked: list, C: int, capacity: int | None = None) -> Any:
         """Batched left-padded `DynamicCache` `(B, H, C, D)` from per-request kv (or an empty cache), with
         room for `capacity` positions when given."""
-        cache = _new_cache(self.model.config, capacity)
+        cache = new_cache(self.model.config, capacity)
         if C == 0:
             return cache
         ref = next(kv for _, kv in looked if kv is not None)

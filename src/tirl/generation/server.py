@@ -35,6 +35,9 @@ Log-probs: of the sampled token only (`top_logprobs` lists just that token), und
 `log_softmax(logits / T)` (see `tirl.generation.base`).
 Not covered: tool-call messages in chat completions, streaming, authentication (bind to loopback or put it behind a proxy),
 several models per server.
+
+A little over the usual size: most of it is one class, `CompletionServer`, whose endpoints share the
+batching worker, the prefix cache and the weight version; `ServerThread` and `serve` are its runners.
 """
 
 from __future__ import annotations
