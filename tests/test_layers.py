@@ -135,3 +135,57 @@ def test_torch_free_layers_do_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+# What algorithms/ may import: tensors and typing, and its own modules. No files, network, configs or
+# trainer: the math of an update stays a function of its arguments.
+ALGORITHMS_MAY_IMPORT = {"__future__", "torch", "typing", "math", "dataclasses"}
+IO_CALLS = {"open", "print", "input", "exec", "eval", "__import__"}
+
+
+def test_algorithms_do_no_io_and_import_nothing_of_the_trainer():
+    bad = []
+    for path in sorted((SRC / "algorithms").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                if not (top in ALGORITHMS_MAY_IMPORT or name == "tirl.algorithms" or name.startswith("tirl.algorithms.")):
+                    bad.append(f"{path.relative_to(SRC)} imports {name}")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in IO_CALLS:
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno} calls {node.func.id}()")
+    assert not bad, bad
+
+
+def test_the_algorithms_check_sees_a_forbidden_import(tmp_path, monkeypatch):
+    pkg = tmp_path / "algorithms"
+    pkg.mkdir()
+    (pkg / "leak.py").write_text("import json\nfrom tirl.train import rl\nopen('x')\n")
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path)
+    try:
+        test_algorithms_do_no_io_and_import_nothing_of_the_trainer()
+    except AssertionError as e:
+        found = str(e)
+    else:
+        found = ""
+    assert "imports json" in found and "imports tirl.train" in found and "calls open()" in found
+
+
+LONG_FILE = 450
+LONG_FILE_REASON = "over the usual size"
+
+
+def test_a_long_file_says_why_in_its_docstring():
+    silent = []
+    for path in sorted(SRC.rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if n > LONG_FILE and LONG_FILE_REASON not in " ".join(doc.split()):
+            silent.append(f"{path.relative_to(SRC)} ({n} lines)")
+    assert not silent, (f"files over {LONG_FILE} lines must say why in their docstring "
+                        f"(with the words {LONG_FILE_REASON!r}): {silent}")
