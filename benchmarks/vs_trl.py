@@ -127,7 +127,7 @@ def _ablate(names: list[str]) -> None:
     """Turn tirl's speed-ups off one by one (benchmark only), for the 'what bought what' rows."""
     import functools
 
-    from tirl import logprobs
+    from tirl.algorithms import logprobs
     from tirl.generation import hf
     from tirl.train import rl_update
 
