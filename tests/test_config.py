@@ -103,3 +103,19 @@ def test_a_mapping_in_yaml_replaces_the_default_mapping(tmp_path):
     assert load_config(SFTConfig, None, ["data.mix={text: 1.0}"]).data.mix == {"text": 1.0}
     # a dotted key into the mapping still sets that one entry
     assert load_config(SFTConfig, path, ["data.mix.code=0.5"]).data.mix == {"text": 1.0, "code": 0.5}
+
+
+def test_a_text_override_is_the_text_as_typed_even_when_yaml_reads_it_otherwise():
+    # `{problem}` is a YAML mapping and a leading backtick cannot start a YAML token: both used to fail
+    # (a raw yaml traceback for the second) although the field is plain text.
+    prompt = "Solve it.\n```python\n...\n```\nAnswer in \\boxed{}."
+    cfg = load_config(Cfg, None, ["rollout.style={problem}", "rollout.n=8"])
+    assert cfg.rollout.style == "{problem}" and cfg.rollout.n == 8
+    assert load_config(Cfg, None, [f"rollout.style={prompt}"]).rollout.style == prompt
+    assert load_config(Cfg, None, ["rollout.style=''"]).rollout.style == ""
+
+
+def test_an_unreadable_override_of_a_number_is_one_line_naming_it():
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, None, ["seed=`3"])
+    assert "override 'seed=`3'" in str(e.value) and "\n" not in str(e.value)

@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.nodes import StringNode
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -112,7 +114,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.optim.lr=1e-5)")
         try:
-            layer = OmegaConf.from_dotlist([item])
+            layer = _override_layer(item, merged)
             merged = OmegaConf.merge(merged, layer)
             key = item.split("=", 1)[0].strip()
             if isinstance(OmegaConf.select(layer, key), DictConfig):  # `data.mix={text: 1}`, not `data.mix.text=1`
@@ -123,6 +125,34 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         raise _explain(e, schema, str(path or "config"), None) from None
+
+
+def _override_layer(item: str, merged: DictConfig) -> DictConfig:
+    """One `key=value` as a config layer. The value is read as YAML (numbers, booleans, lists,
+    `{text: 1.0}`), except where the key is a string field and YAML would make it something else or
+    cannot read it: `prompt.prompt_template={problem}` or a system prompt with backticks and newlines
+    is the text as typed."""
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        layer, error = OmegaConf.from_dotlist([item]), None
+    except yaml.YAMLError as e:
+        layer, error = None, e
+    try:
+        *parents, leaf = key.split(".")
+        node = OmegaConf.select(merged, ".".join(parents)) if parents else merged
+        is_text = isinstance(node, DictConfig) and isinstance(node._get_node(leaf), StringNode)
+    except OmegaConfBaseException:
+        is_text = False
+    if is_text and (layer is None or isinstance(OmegaConf.select(layer, key), (DictConfig, ListConfig))):
+        nested: Any = raw
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        return OmegaConf.create(nested)
+    if layer is None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"override '{item[:80]}': the value is not valid YAML ({first}); quote it")
+    return layer
 
 
 def _replace_plain_dicts(merged: DictConfig, layer: DictConfig, only: str | None = None, prefix: str = "") -> None:
