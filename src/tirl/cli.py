@@ -1,8 +1,8 @@
 """The `tirl` command. Nothing imports this module.
 
 Each command lives in the module that owns its work and exposes `add_arguments(parser)` and
-`run(args) -> int` (a module, or `module:name` for an object in it that has both). Only the chosen command's module is imported, so `tirl --help` stays instant
-(no torch import). A command whose module is not written yet says so and exits non-zero.
+`run(args) -> int` (a module, or `module:name` for an object in it that has both). Only the chosen
+command's module is imported, so `tirl --help` stays instant (no torch import).
 """
 
 from __future__ import annotations
@@ -16,42 +16,32 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Command:
     summary: str
-    module: str | None
-    """Module with add_arguments/run (or `module:name` of an object with them); None while the command
-    is not built."""
-    issue: int
+    module: str
+    """Module with add_arguments/run, or `module:name` of an object in it that has them."""
 
 
 COMMANDS: dict[str, Command] = {
     "demo": Command("train a tiny model from nothing to tool use on CPU: SFT, RL with the sandbox, "
-                    "evaluation, report", "tirl.demo", 7),
-    "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.commands:sft", 6),
-    "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.commands:train", 5),
+                    "evaluation, report", "tirl.demo"),
+    "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.commands:sft"),
+    "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.commands:train"),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)",
-                    "tirl.eval.command", 8),
+                    "tirl.eval.command"),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",
-                       "tirl.sandbox.cli", 3),
-    "report": Command("HTML report and plots for one or more run directories", "tirl.report.command", 7),
+                       "tirl.sandbox.cli"),
+    "report": Command("HTML report and plots for one or more run directories", "tirl.report.command"),
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
-                       "tirl.convert.command", 6),
+                       "tirl.convert.command"),
     "select": Command("choose training problems from earlier RL runs (LIMR learning-impact scores)",
-                      "tirl.select_command", 15),
+                      "tirl.select_command"),
     "serve": Command("OpenAI-compatible completions server around a local model",
-                     "tirl.generation.serve_command", 8),
+                     "tirl.generation.serve_command"),
 }
 
 
 def _load(name: str):
-    spec = COMMANDS[name]
-    if spec.module is None:
-        return None
-    module_name, _, attr = spec.module.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name == module_name:
-            return None
-        raise
+    module_name, _, attr = COMMANDS[name].module.partition(":")
+    module = importlib.import_module(module_name)
     return getattr(module, attr) if attr else module
 
 
@@ -67,16 +57,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tirl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in COMMANDS.items():
-        built = spec.module is not None
-        label = spec.summary if built else f"{spec.summary} [not built yet]"
-        sp = sub.add_parser(name, help=label, description=label)
-        if name != selected:
-            continue
-        module = _load(name)
-        if module is None:
-            sp.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        else:
-            module.add_arguments(sp)
+        sp = sub.add_parser(name, help=spec.summary, description=spec.summary)
+        if name == selected:
+            _load(name).add_arguments(sp)
     return parser
 
 
@@ -94,13 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = _load(args.command)
-    if module is None:
-        print(f"tirl {args.command}: not built yet (tracked in issue {COMMANDS[args.command].issue}).",
-              file=sys.stderr)
-        return 1
     try:
-        return int(module.run(args) or 0)
+        return int(_load(args.command).run(args) or 0)
     except KeyboardInterrupt:
         print(f"\ntirl {args.command}: interrupted.", file=sys.stderr)
         return 130
