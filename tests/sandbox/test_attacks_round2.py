@@ -118,3 +118,64 @@ def test_unprivileged_report_is_honest(unpriv_results):
         assert "NOT ENFORCED" in rep["limits"]["memory"]
     for prim in ("pid_namespace", "readonly_fs", "minimal_dev", "drop_privileges", "seccomp"):
         assert prim in rep["present"], rep["missing"].get(prim)
+
+
+LATE_CHECK = ("import os\ndef seen(p):\n    try:\n        return bool(open(p, 'rb').read(1))\n    except OSError:\n"
+              "        return False\nprint([p for p in {paths!r} if seen(p)])")
+LATE_CHILD = """
+import json, sys
+from tirl.sandbox import Sandbox, SandboxConfig
+with Sandbox(SandboxConfig(timeout_s=5, max_concurrency=1, max_sessions=1)) as sb:
+    print("ready", flush=True)
+    paths = json.loads(sys.stdin.readline())
+    r = sb.run(sys.argv[1].format(paths=paths), timeout=5)
+    print(json.dumps({"status": r.status, "stdout": r.stdout}), flush=True)
+"""
+
+
+def _plant_late(tag):
+    top = f"/tirl-late-{tag}-{os.getpid()}"
+    os.makedirs(top, mode=0o755)
+    paths = [os.path.join(top, "notes.txt"), top + ".txt"]
+    for p in paths:
+        with open(p, "w") as fh:
+            fh.write("host data")
+        os.chmod(p, 0o644)
+    return top, paths
+
+
+def _unplant(top, paths):
+    for p in paths:
+        os.unlink(p)
+    os.rmdir(top)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting at / needs root")
+def test_a_top_level_entry_made_after_start_is_hidden(sb):
+    """Start-up hides what is at / then; a checkout or mount made later must not show either."""
+    sb.run("print(1)", timeout=5)  # the zygote is up before the entry exists
+    top, paths = _plant_late("self")
+    try:
+        r = sb.run(LATE_CHECK.format(paths=paths), timeout=5)
+    finally:
+        _unplant(top, paths)
+    assert (r.status, r.stdout) == ("ok", "[]\n")
+
+
+def test_a_top_level_entry_made_after_start_is_hidden_unprivileged():
+    cmd, _ = _unpriv_command()
+    proc = subprocess.Popen(cmd + ["-c", LATE_CHILD, LATE_CHECK], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+        top, paths = _plant_late("unpriv")
+        try:
+            proc.stdin.write(json.dumps(paths) + "\n")
+            proc.stdin.flush()
+            out = json.loads(proc.stdout.readline())
+        finally:
+            _unplant(top, paths)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert out == {"status": "ok", "stdout": "[]\n"}

@@ -68,6 +68,7 @@ class Zygote:
         self.spare_init = None  # init of the PID namespace the next call will use
         self.init_bin = None
         self.cg_fds = []  # per slot: fds of the slot's cgroup.procs files, opened before going read-only
+        self.top_known: set[str] = set()  # top-level names at start-up (hidden or system)
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self):
@@ -150,6 +151,22 @@ class Zygote:
                 os.makedirs(path, exist_ok=True)  # mount point inside a hiding tmpfs
                 mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
             os.close(fd)
+        self.top_known = set(os.listdir("/"))
+
+    def _hide_new_top_level(self):
+        """In a call's own mount namespace: hide what appeared at the top of the host's tree after we
+        started (a checkout, a mount), as start-up hid what was there then. One listdir when nothing is new."""
+        for name in set(os.listdir("/")) - self.top_known:
+            path = "/" + name
+            try:
+                if os.path.islink(path):
+                    continue
+                if os.path.isdir(path):
+                    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+                elif os.path.isfile(path):
+                    mount("/dev/null", path, None, MS_BIND)
+            except FileNotFoundError:  # gone again before we got to it
+                continue
 
     def _own_pid_namespace(self):
         """Become init of a PID namespace of our own: from it we may create one child namespace per call
@@ -217,6 +234,8 @@ class Zygote:
             if self.features.get("pid_namespace"):
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         elif step == "tmpfs":
+            if self.features.get("fs_hiding"):
+                self._hide_new_top_level()
             size = int(self.cfg.get("tmp_size_mb", 64))
             # An interpreter or venv under /tmp (a CI checkout) must stay importable: lazily loaded
             # modules (numpy.random) are read after the fresh /tmp covers it, so re-expose it.
