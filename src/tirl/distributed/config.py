@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 RAY_INSTALL = "pip install 'tirl[ray]'   (or: pip install ray)"
 BACKENDS = ("local", "ray")
 GENERATORS = ("hf", "openai")
-WEIGHT_SYNCS = ("object_store", "disk", "none")
+WEIGHT_SYNCS = ("object_store", "disk", "nccl", "none")
 SANDBOXES = ("local", "urls", "actors")
 
 
@@ -35,10 +35,13 @@ class DistributedConfig:
     """Model name to send to the servers; null = the first one `/v1/models` lists."""
     weight_sync: str = "object_store"
     """`object_store`: the trainer's weights go through Ray's object store to `hf` workers. `disk`:
-    saved under the run directory, then every server is asked to load them (`POST /update_weights`,
-    `tirl serve` and SGLang). `none`: never sync (evaluation of a fixed model)."""
+    saved under the run directory, then every server is asked to load them
+    (`POST /update_weights_from_disk`: `tirl serve` and SGLang). `nccl`: broadcast over NCCL into vLLM
+    servers started with tirl's worker extension (GPU only; `tirl.distributed.vllm_nccl`). `none`:
+    never sync (evaluation of a fixed model)."""
     verify_weights: bool = True
-    """After each object-store sync, every worker hashes its weights and must match the trainer's."""
+    """After each sync, every worker (object store) or engine worker (NCCL) hashes the weights it
+    received, and the hash must match the trainer's."""
     sandbox: str = "local"
     """`local`: each worker starts its own sandbox. `urls`: one pool client over `sandbox_urls`.
     `actors`: one `tirl sandbox serve` per worker started as Ray actors, behind one pool client."""
@@ -67,9 +70,20 @@ class DistributedConfig:
             raise ValueError("distributed.sandbox=urls needs distributed.sandbox_urls")
         if self.generator == "hf" and self.weight_sync == "disk":
             raise ValueError("distributed.weight_sync=disk is for server generators; hf workers use object_store")
+        if self.generator == "hf" and self.weight_sync == "nccl":
+            raise ValueError("distributed.weight_sync=nccl is for vLLM servers (generator=openai); hf workers use "
+                             "object_store")
         if self.generator == "openai" and self.weight_sync == "object_store":
-            raise ValueError("distributed.generator=openai syncs weights through disk (weight_sync=disk) or not at "
-                             "all (weight_sync=none); the object store feeds hf workers only")
+            raise ValueError("distributed.generator=openai syncs weights through disk (weight_sync=disk), NCCL into "
+                             "vLLM (weight_sync=nccl) or not at all (weight_sync=none); the object store feeds hf "
+                             "workers only")
+        if self.weight_sync == "nccl" and self.backend != "ray":
+            raise ValueError("distributed.weight_sync=nccl feeds the servers of Ray rollout workers: set "
+                             "distributed.backend=ray")
+        if self.weight_sync == "nccl":
+            from tirl.distributed.vllm_nccl import require_nccl
+
+            require_nccl()
         if self.backend == "ray":
             require_ray()
 

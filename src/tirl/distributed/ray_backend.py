@@ -14,8 +14,10 @@ with several shards plays them in order. Results are put back in shard order (`m
 Weights (`object_store`, workers with their own transformers model): the trainer's state dict is put in the object store once per sync as numpy arrays (no
 tensor pickling, one copy per node) and every worker loads it and answers with the version it now
 holds and, with `verify_weights`, the hash of its weights; a mismatch stops the run naming the
-worker. (`disk`, workers driving inference servers: `server_sync.py` saves the weights and has every
-server reload them and report the version.) Each rollout names the version it expects and a worker
+worker. Workers driving inference servers: the servers get the weights through `server_sync.py`
+(`disk`: saved, then reloaded by each server; `nccl`: broadcast into vLLM's engine workers,
+`vllm_nccl.py`), each reports the version (and, over NCCL, the hash) it holds, and the workers
+record the version once every server has it. Each rollout names the version it expects and a worker
 holding another refuses it.
 
 Faults: a worker that dies mid-step (its process killed, its node lost) has its shards re-run on the
@@ -24,7 +26,7 @@ A replacement actor is started, and given the weights, at the next sync. A step 
 within `timeout_s` fails with the workers and shards still outstanding.
 
 Simplifications: synchronous (the trainer waits for the whole step; no rollout/update overlap);
-weights are broadcast whole (no deltas); no NCCL path (GPU engines would use their own, as TRL does).
+weights are sent whole (no deltas).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import time
 from typing import Any, Sequence
 
 from tirl.distributed.config import DistributedConfig, require_ray
-from tirl.distributed.server_sync import WeightSyncError, push_weights, save_weights
+from tirl.distributed.server_sync import WeightSyncError, check_held, make_server_sync  # noqa: F401 - raised here
 from tirl.distributed.shards import cut_shards, merge_results
 from tirl.distributed.worker import RolloutWorker, WorkerSpec
 
@@ -55,8 +57,8 @@ class RayBackend:
     def __init__(self, cfg: DistributedConfig, spec: WorkerSpec, sync_dir: str | None = None):
         self.ray = ray = require_ray()
         self.cfg, self.spec, self.sync_dir = cfg, spec, sync_dir
-        if cfg.weight_sync == "disk" and not sync_dir:
-            raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
+        # Built before any cluster starts, so a sync that cannot work is refused with nothing to undo.
+        self.server_sync = make_server_sync(cfg, sync_dir) if cfg.weight_sync in ("disk", "nccl") else None
         self.started_cluster = not ray.is_initialized()
         if self.started_cluster:
             if cfg.address:
@@ -172,7 +174,7 @@ class RayBackend:
 
     # --- weights -----------------------------------------------------------------------------------
     def sync_weights(self, model: Any, version: int) -> dict[str, float]:
-        from tirl.distributed.weights import arrays_hash, weight_arrays
+        from tirl.distributed.weights import arrays_hash, model_hash, weight_arrays
 
         t0 = time.perf_counter()
         if os.environ.get(SKIP_SYNC_ENV) and self.version is not None:
@@ -180,10 +182,15 @@ class RayBackend:
         for i in sorted(self.dead):  # replacements for workers lost in the last step
             self._start(i)
             self.info[i] = self._wait([self.workers[i].info.remote()], "start")[0]
-        if self.cfg.weight_sync in ("none", "disk"):
-            if self.cfg.weight_sync == "disk":
-                push_weights(self.cfg.server_urls, save_weights(model, self.sync_dir, version), version,
-                             self.cfg.timeout_s)
+        if self.server_sync is not None or self.cfg.weight_sync == "none":
+            if self.server_sync is not None:
+                held = self.server_sync.push(model, version)
+                reported = self.cfg.verify_weights and any(h["hash"] for h in held)
+                want = model_hash(model) if reported else None
+                check_held(held, version, want)
+                self.syncs.append({"version": version, "trainer_hash": want,
+                                   "servers": [{k: h[k] for k in ("target", "version", "hash")} for h in held]})
+            # Only now, with every server holding `version`, may workers play rollouts that name it.
             self._wait([w.set_version.remote(version) for w in self.workers], "set_version")
         else:
             arrays = weight_arrays(model)
@@ -192,10 +199,8 @@ class RayBackend:
             answers = self._wait([w.load_weights.remote(version, ref, verify) for w in self.workers], "load_weights")
             del ref  # the store frees the copy once the workers have loaded it
             want = arrays_hash(arrays) if verify else None
-            for i, (held, digest) in enumerate(answers):
-                if held != version or (verify and digest != want):
-                    raise WeightSyncError(f"{self._label(i)} holds weights version {held} hash {digest} after the "
-                                          f"sync to version {version}; the trainer's hash is {want}")
+            check_held([{"target": self._label(i), "version": v, "hash": d} for i, (v, d) in enumerate(answers)],
+                       version, want)
             self.syncs.append({"version": version, "trainer_hash": want, "worker_hashes": [d for _, d in answers]})
         self.version = version
         return {"time/weight_sync_s": time.perf_counter() - t0}
@@ -241,6 +246,8 @@ class RayBackend:
 
     def close(self) -> None:
         ray = self.ray
+        if getattr(self, "server_sync", None) is not None:
+            self.server_sync.close()
         for i, w in enumerate(getattr(self, "workers", [])):
             if w is not None and i not in self.dead:
                 try:

@@ -1,15 +1,23 @@
-"""Weight sync through disk for inference servers (`tirl serve`, SGLang): save, ask each to reload.
+"""Weight sync into inference servers, behind one interface: `push(model, version)` returns what each
+target reports holding, and `check_held` refuses any answer that is not the version (and hash) sent.
 
-    path = save_weights(policy, sync_dir, version)          # sync_dir/v{version}, save_pretrained
-    push_weights(server_urls, path, version)                # POST /update_weights_from_disk to each
+    sync = make_server_sync(dist_cfg, sync_dir)    # DiskSync or NcclSync
+    held = sync.push(policy, version)              # [{"target", "version", "hash"}, ...]
+    check_held(held, version, model_hash(policy))  # WeightSyncError naming the target otherwise
 
-Every server must answer `success` and, when it reports one (`tirl serve` does), the version asked
-for; anything else raises `WeightSyncError` naming the server, so a rollout never runs silently on
-old weights. The directory must be readable by the servers at the same path (a shared filesystem on
-a cluster). Older versions are deleted once every server holds the new one.
+`disk` (`DiskSync`): save under `sync_dir/v{version}` (`save_pretrained`), then
+`POST /update_weights_from_disk` to each server (`tirl serve`, SGLang). Every server must answer
+`success` and, when it reports one (`tirl serve` does), the version asked for. The directory must
+be readable by the servers at the same path (a shared filesystem on a cluster); older versions are
+deleted once every server holds the new one. `tirl serve` drops its prefix cache on reload; SGLang
+flushes its own. Servers report no hash on this path.
 
-`tirl serve` drops its prefix cache on reload; SGLang flushes its own. vLLM has no stable reload
-endpoint: use its NCCL weight transfer on GPUs (not covered here) or restart it per sync.
+`nccl` (`tirl.distributed.vllm_nccl.NcclSync`): vLLM servers on GPUs, through vLLM's own NCCL
+machinery and a worker extension shipped with tirl; every engine worker reports version and hash.
+
+The Ray object store (`hf` workers holding their own model) is the third path; it lives in
+`ray_backend.py` because its targets are the rollout actors themselves, and answers in the same
+(version, hash) terms.
 """
 
 from __future__ import annotations
@@ -24,6 +32,44 @@ from tirl.http_client import BackgroundLoop, HTTPRejected, HTTPUnavailable, requ
 
 class WeightSyncError(RuntimeError):
     """A worker or server does not hold the weights the trainer sent."""
+
+
+def check_held(held: list[dict[str, Any]], version: int, want_hash: str | None) -> None:
+    """Every target holds `version`, and (where it reports a hash and one is wanted) the trainer's weights."""
+    for h in held:
+        if h["version"] != version:
+            raise WeightSyncError(f"{h['target']} holds weights version {h['version']} after the sync to version "
+                                  f"{version}")
+        if want_hash is not None and h.get("hash") is not None and h["hash"] != want_hash:
+            raise WeightSyncError(f"{h['target']} holds weights version {version} hash {h['hash']}; the trainer's "
+                                  f"hash is {want_hash}")
+
+
+class DiskSync:
+    """`weight_sync: disk`: save, then every server reloads from the shared directory."""
+
+    def __init__(self, urls: list[str], sync_dir: str | Path, timeout_s: float):
+        self.urls, self.sync_dir, self.timeout_s = list(urls), sync_dir, timeout_s
+
+    def push(self, model: Any, version: int) -> list[dict[str, Any]]:
+        held = push_weights(self.urls, save_weights(model, self.sync_dir, version), version, self.timeout_s)
+        return [{"target": url, "version": v, "hash": None} for url, v in held.items()]
+
+    def close(self) -> None:
+        """Nothing held open between syncs."""
+
+
+def make_server_sync(cfg: Any, sync_dir: str | Path | None) -> Any:
+    """The server sync a `DistributedConfig` asks for (`disk` or `nccl`)."""
+    if cfg.weight_sync == "disk":
+        if not sync_dir:
+            raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
+        return DiskSync(cfg.server_urls, sync_dir, cfg.timeout_s)
+    if cfg.weight_sync == "nccl":
+        from tirl.distributed.vllm_nccl import NcclSync
+
+        return NcclSync(cfg.server_urls, cfg.timeout_s, verify=cfg.verify_weights)
+    raise ValueError(f"distributed.weight_sync={cfg.weight_sync} does not sync into servers")
 
 
 def save_weights(model: Any, sync_dir: str | Path, version: int) -> Path:

@@ -28,12 +28,17 @@ def weight_arrays(model: Any) -> dict[str, tuple[str, np.ndarray]]:
     return out
 
 
+def hash_update(h: Any, name: str, dtype: str, shape: tuple[int, ...], arr: np.ndarray) -> None:
+    """One tensor's share of a weights hash (also fed by the NCCL receiver, from raw bytes)."""
+    h.update(f"{name}|{dtype}|{tuple(shape)}|".encode())
+    h.update(np.ascontiguousarray(arr).view(np.uint8).data)
+
+
 def arrays_hash(arrays: dict[str, tuple[str, np.ndarray]]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(arrays):
         dtype, arr = arrays[name]
-        h.update(f"{name}|{dtype}|{arr.shape}|".encode())
-        h.update(np.ascontiguousarray(arr).view(np.uint8).data)
+        hash_update(h, name, dtype, arr.shape, arr)
     return h.hexdigest()
 
 

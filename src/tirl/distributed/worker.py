@@ -70,6 +70,10 @@ class RolloutWorker:
         """-1 until the first sync: a fresh worker holds the base weights, not a trainer's version."""
         self.skip_weight_load = False
         """Test hook: acknowledge syncs without loading them (the silent failure the checks must catch)."""
+        self.hold_dir: str | None = None
+        """Test hook: a directory. Each rollout writes `<name>.started` there, then waits for a file
+        `release` to appear, so a test acts while shards are known to be in flight (kill a worker,
+        overrun a timeout) instead of guessing from wall-clock times."""
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "version": self.version, "node": os.uname().nodename}
@@ -93,6 +97,9 @@ class RolloutWorker:
     def set_skip_weight_load(self, skip: bool) -> None:
         self.skip_weight_load = skip
 
+    def hold_rollouts(self, hold_dir: str | None) -> None:
+        self.hold_dir = hold_dir
+
     def set_version(self, version: int) -> int:
         """After a disk sync the driver has already checked the server's version; record it."""
         self.version = version
@@ -112,6 +119,13 @@ class RolloutWorker:
         if version is not None and version != self.version:
             raise StaleWeights(f"{self.name} (pid {os.getpid()}) holds weights version {self.version}, "
                                f"the rollout asked for version {version}")
+        if self.hold_dir:
+            import time
+            from pathlib import Path
+
+            Path(self.hold_dir, f"{self.name}.started").touch()
+            while not Path(self.hold_dir, "release").exists():
+                time.sleep(0.02)
         cfg = dataclasses.replace(cfg, seed=shard.seed)
         return rollout(self.generator, [list(p) for p in shard.prompts], self.tokenizer, self.sandbox,
                        self.spec.style, cfg)
