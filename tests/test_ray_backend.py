@@ -46,8 +46,9 @@ def backend(tiny_model_dir):
     node = ray._private.worker._global_node
     pids = [p.process.pid for procs in node.all_processes.values() for p in procs] + [i["pid"] for i in b.info]
     yield b
+    pids += [i["pid"] for i in b.info]  # replacements started during the tests
     b.close()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + b.cfg.timeout_s  # bounded by the run's own timeout, not a guess
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
     assert not ray.is_initialized()
@@ -111,35 +112,66 @@ def test_a_sync_that_does_not_load_is_caught_by_the_hash(backend, trainer):
     assert backend.weight_hashes() == [model_hash(trainer)] * 2
 
 
-def test_a_worker_killed_mid_step_has_its_shard_rerun_with_the_same_result(backend, trainer, tiny_tokenizer):
+def _hold(backend, hold_dir) -> None:
+    """Make every live worker stop at the start of each shard until `hold_dir/release` exists."""
+    backend._wait([w.hold_rollouts.remote(hold_dir and str(hold_dir)) for i, w in enumerate(backend.workers)
+                   if i not in backend.dead], "hold_rollouts")
+
+
+def _wait_for(path, backend) -> None:
+    """Poll for `path`, for at most the backend's own timeout (a step may take that long)."""
+    deadline = time.monotonic() + backend.cfg.timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} not written within distributed.timeout_s"
+        time.sleep(0.02)
+
+
+def _in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_a_worker_killed_mid_step_has_its_shard_rerun_with_the_same_result(backend, trainer, tiny_tokenizer, tmp_path):
     backend.sync_weights(trainer, version=7)
     prompts = _prompts(tiny_tokenizer) * 4
-    t0 = time.monotonic()
     expect = _ids(backend.rollout(prompts, CFG, 4))
-    step_s = time.monotonic() - t0
     victim = backend.info[1]["pid"]
-    out = {}
-    runner = threading.Thread(target=lambda: out.setdefault("r", backend.rollout(prompts, CFG, 4)))
-    runner.start()
-    time.sleep(step_s / 4)  # inside the step: each worker is playing its first of two shards
-    os.kill(victim, signal.SIGKILL)
-    runner.join(120)
-    assert _ids(out["r"]) == expect
+    _hold(backend, tmp_path)
+    try:
+        runner, out = _in_thread(lambda: backend.rollout(prompts, CFG, 4))
+        _wait_for(tmp_path / "rollout-worker-1.started", backend)  # worker 1 is inside its first shard
+        os.kill(victim, signal.SIGKILL)
+        (tmp_path / "release").touch()
+        runner.join(backend.cfg.timeout_s)
+    finally:
+        (tmp_path / "release").touch()
+    assert "error" not in out, out.get("error")
+    assert _ids(out["result"]) == expect
     assert 1 in backend.dead and backend.reruns >= 1
+    _hold(backend, None)
     backend.sync_weights(trainer, version=8)  # starts a replacement for the lost worker
     assert not backend.dead and backend.info[1]["pid"] != victim
     assert backend.weight_hashes() == [model_hash(trainer)] * 2
     assert _ids(backend.rollout(prompts, CFG, 4)) == expect
 
 
-def test_a_step_past_the_timeout_fails_naming_the_worker(backend, tiny_tokenizer):
+def test_a_step_past_the_timeout_fails_naming_the_worker(backend, tiny_tokenizer, tmp_path):
+    _hold(backend, tmp_path)
     saved = backend.cfg.timeout_s
-    backend.cfg.timeout_s = 0.001  # shorter than one round trip to an actor: no shard can make it
-    t0 = time.monotonic()
+    backend.cfg.timeout_s = 1.0  # the shards are held: none can finish in time, however fast the machine
     try:
-        with pytest.raises(RolloutFailed, match=r"not finished within .*shard \d on rollout-worker-\d \(pid \d+\)"):
-            backend.rollout(_prompts(tiny_tokenizer) * 8, CFG, 2)
+        with pytest.raises(RolloutFailed, match=r"not finished within 1 s .*shard \d on rollout-worker-\d \(pid \d+\)"):
+            backend.rollout(_prompts(tiny_tokenizer), CFG, 2)
     finally:
         backend.cfg.timeout_s = saved
-    assert time.monotonic() - t0 < 5
-    ray.get([w.info.remote() for w in backend.workers])  # let the abandoned shards drain before the next test
+        (tmp_path / "release").touch()
+    _hold(backend, None)  # queued behind the abandoned shards: returns once they have drained

@@ -8,6 +8,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from safetensors.torch import load_file
 
 pytest.importorskip("ray")
 
+from tirl.distributed import DistributedConfig  # noqa: E402
 from tirl.train.checkpoint import latest_checkpoint  # noqa: E402
 from tirl.train.logger import read_metrics  # noqa: E402
 
@@ -28,25 +31,34 @@ BASE = [str(ROOT / "configs" / "smoke_grpo.yaml"), "trainer.steps=3", "rollout.s
 RAY = ["distributed.backend=ray", "distributed.rollout_workers=2"]
 
 
-def _ray_pids() -> set[int]:
-    """Ray's own processes (GCS, raylet, workers, agents) on this machine."""
+def _marked_pids(mark: str) -> set[int]:
+    """Processes that inherited `TIRL_TEST_RUN=mark`: the run and every Ray process it started (GCS,
+    raylet, workers), and none of another job's Ray cluster on this machine."""
     out = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                env = (d / "environ").read_bytes()
             except OSError:
                 continue
-            if any(k in cmd for k in ("gcs_server", "raylet", "ray::", "ray/_private", "ray/dashboard")):
+            if f"TIRL_TEST_RUN={mark}".encode() in env.split(b"\0"):
                 out.add(int(d.name))
     return out
 
 
 def _train(run_dir: Path, *extra: str, env: dict | None = None) -> dict:
+    mark = uuid.uuid4().hex
     r = subprocess.run([TIRL, "train", *BASE, *extra, "--run-dir", str(run_dir)], capture_output=True, text=True,
-                       timeout=900, env={**os.environ, **(env or {})})
+                       timeout=900, env={**os.environ, **(env or {}), "TIRL_TEST_RUN": mark})
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # Ray's processes exit once the driver's shutdown reaches them; wait for that, at most as long as
+    # a run may wait for its workers (distributed.timeout_s), then report any that stayed.
+    deadline = time.monotonic() + DistributedConfig().timeout_s
+    while (left := _marked_pids(mark)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    summary["_left"] = sorted(left)
+    return summary
 
 
 def _params(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -71,12 +83,10 @@ def _same(a, b) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    before = _ray_pids()
     d = tmp_path_factory.mktemp("runs")
     local = _train(d / "local")
     ray_run = _train(d / "ray", *RAY)
-    left = _ray_pids() - before
-    return d, local, ray_run, left
+    return d, local, ray_run, ray_run.pop("_left")
 
 
 def test_ray_workers_equal_the_local_shards(runs):
