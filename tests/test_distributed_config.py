@@ -22,7 +22,7 @@ NCCL = ["distributed.backend=ray", "distributed.generator=openai", "distributed.
 
 
 @pytest.mark.parametrize("prelude, message", [
-    ("sys.modules['vllm'] = None\n", "needs vLLM, which is not installed: pip install vllm"),
+    ("sys.modules['vllm'] = None\n", "needs vLLM, which is not installed: pip install 'tirl[vllm]'"),
     # vLLM importable (a stand-in module) but no CUDA device, as on this CPU machine.
     ("import types, torch; sys.modules['vllm'] = types.ModuleType('vllm'); torch.cuda.is_available = lambda: False\n",
      "needs a CUDA GPU on the trainer"),

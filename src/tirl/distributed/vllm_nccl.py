@@ -39,7 +39,7 @@ import json
 import os
 from typing import Any
 
-VLLM_INSTALL = "pip install vllm (on a CUDA machine, on the trainer and on every server)"
+VLLM_INSTALL = "pip install 'tirl[vllm]' (vLLM >= 0.10.2, for its collective_rpc endpoint) on the trainer and every server"
 BUCKET_BYTES = 256 << 20
 """Largest broadcast: big enough that per-collective latency does not matter, small enough to
 stage beside the model on the trainer's GPU."""
