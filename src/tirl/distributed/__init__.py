@@ -2,8 +2,8 @@
 
 `local` (the default) plays a step's shards in turn in this process and never imports ray; `ray`
 (`pip install 'tirl[ray]'`) plays them on rollout-worker actors. Results depend on the shard count
-(`rollout.shards`), never on where shards run. Ray is imported only by `ray_backend.py` and
-`sandbox_actors.py`, and only when a ray backend is built.
+(`rollout.shards`), never on where shards run. Ray is imported only by `ray_backend.py`, and only
+when a ray backend is built; vLLM and CUDA only by `vllm_nccl.py` (`weight_sync: nccl`), when used.
 """
 
 from tirl.distributed.config import DistributedConfig, require_ray

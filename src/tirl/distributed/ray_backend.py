@@ -37,7 +37,7 @@ import time
 from typing import Any, Sequence
 
 from tirl.distributed.config import DistributedConfig, require_ray
-from tirl.distributed.server_sync import WeightSyncError, check_held, make_server_sync  # noqa: F401 - raised here
+from tirl.distributed.server_sync import DiskSync, WeightSyncError, check_held  # noqa: F401 - raised here
 from tirl.distributed.shards import cut_shards, merge_results
 from tirl.distributed.worker import RolloutWorker, WorkerSpec
 
@@ -58,7 +58,7 @@ class RayBackend:
         self.ray = ray = require_ray()
         self.cfg, self.spec, self.sync_dir = cfg, spec, sync_dir
         # Built before any cluster starts, so a sync that cannot work is refused with nothing to undo.
-        self.server_sync = make_server_sync(cfg, sync_dir) if cfg.weight_sync in ("disk", "nccl") else None
+        self.server_sync = _server_sync(cfg, sync_dir) if cfg.weight_sync in ("disk", "nccl") else None
         self.started_cluster = not ray.is_initialized()
         if self.started_cluster:
             if cfg.address:
@@ -268,6 +268,19 @@ class RayBackend:
             self.pg = None
         if self.started_cluster and ray.is_initialized():
             ray.shutdown()
+
+
+def _server_sync(cfg: Any, sync_dir: str | None) -> Any:
+    """The server sync a `DistributedConfig` asks for (`disk` or `nccl`), behind one `push` interface."""
+    if cfg.weight_sync == "disk":
+        if not sync_dir:
+            raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
+        return DiskSync(cfg.server_urls, sync_dir, cfg.timeout_s)
+    if cfg.weight_sync == "nccl":
+        from tirl.distributed.vllm_nccl import NcclSync
+
+        return NcclSync(cfg.server_urls, cfg.timeout_s, verify=cfg.verify_weights)
+    raise ValueError(f"distributed.weight_sync={cfg.weight_sync} does not sync into servers")
 
 
 class SandboxServer:

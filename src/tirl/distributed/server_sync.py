@@ -1,7 +1,7 @@
 """Weight sync into inference servers, behind one interface: `push(model, version)` returns what each
 target reports holding, and `check_held` refuses any answer that is not the version (and hash) sent.
 
-    sync = make_server_sync(dist_cfg, sync_dir)    # DiskSync or NcclSync
+    sync = DiskSync(urls, sync_dir, timeout_s)     # or vllm_nccl.NcclSync(urls, timeout_s)
     held = sync.push(policy, version)              # [{"target", "version", "hash"}, ...]
     check_held(held, version, model_hash(policy))  # WeightSyncError naming the target otherwise
 
@@ -57,19 +57,6 @@ class DiskSync:
 
     def close(self) -> None:
         """Nothing held open between syncs."""
-
-
-def make_server_sync(cfg: Any, sync_dir: str | Path | None) -> Any:
-    """The server sync a `DistributedConfig` asks for (`disk` or `nccl`)."""
-    if cfg.weight_sync == "disk":
-        if not sync_dir:
-            raise ValueError("distributed.weight_sync=disk needs a directory the servers can read (sync_dir)")
-        return DiskSync(cfg.server_urls, sync_dir, cfg.timeout_s)
-    if cfg.weight_sync == "nccl":
-        from tirl.distributed.vllm_nccl import NcclSync
-
-        return NcclSync(cfg.server_urls, cfg.timeout_s, verify=cfg.verify_weights)
-    raise ValueError(f"distributed.weight_sync={cfg.weight_sync} does not sync into servers")
 
 
 def save_weights(model: Any, sync_dir: str | Path, version: int) -> Path:
