@@ -11,7 +11,7 @@ from eval_scripts import FakeSandbox  # noqa: E402
 from fixtures_models import tiny_model_dir, tiny_tokenizer  # noqa: E402,F401
 from tirl.distributed import DistributedConfig  # noqa: E402
 from tirl.distributed.local import LocalBackend  # noqa: E402
-from tirl.distributed.ray_backend import RayBackend  # noqa: E402
+from tirl.distributed.ray_backend import RayBackend, WeightSyncError  # noqa: E402
 from tirl.distributed.weights import model_hash  # noqa: E402
 from tirl.distributed.worker import WorkerSpec  # noqa: E402
 from tirl.generation.hf import HFGenerator  # noqa: E402
@@ -22,6 +22,14 @@ from tirl.rollout import RolloutConfig  # noqa: E402
 from tirl.sandbox import SandboxConfig  # noqa: E402
 
 pytestmark = pytest.mark.ray
+
+
+class _Mismatch:
+    def push(self, model, version):
+        return [{"target": "http://gpu:8000 worker 0 (pid 1)", "version": version, "hash": "0" * 32}]
+
+    def close(self):
+        pass
 
 
 def test_workers_on_servers_with_disk_sync(tiny_model_dir, tiny_tokenizer, tmp_path):  # noqa: F811
@@ -52,6 +60,14 @@ def test_workers_on_servers_with_disk_sync(tiny_model_dir, tiny_tokenizer, tmp_p
         with OpenAIGenerator(urls[0], tiny_tokenizer) as gen:
             local = LocalBackend(gen, tiny_tokenizer, FakeSandbox(), "retool").rollout(prompts, rcfg, 2)
         assert [t.response_ids for t in remote.trajectories] == [t.response_ids for t in local.trajectories]
+
+        # A server sync whose engine reports other bytes than the trainer's (what the NCCL path's hash
+        # catches): the run stops naming the engine, and no worker is told the new version.
+        backend.server_sync = _Mismatch()
+        with pytest.raises(WeightSyncError, match=r"http://gpu:8000 worker 0 \(pid 1\) holds weights version 2 hash "
+                                                  r"0+; the trainer's hash is [0-9a-f]+"):
+            backend.sync_weights(trainer, version=2)
+        assert [i["version"] for i in backend.worker_info()] == [1, 1]
     finally:
         backend.close()
         for t in threads:
@@ -74,6 +90,15 @@ def test_sandbox_servers_as_actors_behind_every_workers_pool(tiny_model_dir):  #
         assert all(n > 0 for n in served)
     finally:
         backend.close()
+    assert not ray.is_initialized()
+
+
+def test_nccl_sync_without_vllm_is_refused_before_a_cluster_starts(tiny_model_dir):  # noqa: F811
+    from tirl.distributed.vllm_nccl import NcclUnavailable
+
+    cfg = DistributedConfig(backend="ray", generator="openai", server_urls=["http://gpu:8000"], weight_sync="nccl")
+    with pytest.raises(NcclUnavailable, match="weight_sync=nccl needs"):
+        RayBackend(cfg, WorkerSpec(model_path=str(tiny_model_dir), style="retool", generator="openai"))
     assert not ray.is_initialized()
 
 
