@@ -29,7 +29,10 @@ that the engine's log-probs follow the new weights.
 Needs: CUDA on the trainer and on the servers, vLLM installed on both, and the trainer on a GPU
 that no engine worker uses (NCCL refuses two ranks on one device). Imports of vllm and CUDA stay
 inside this module's functions; `require_nccl()` refuses the setting in one line otherwise.
-Simplifications: the whole state dict is sent every sync (no deltas); one trainer rank sends.
+Simplifications: the whole state dict is sent every sync (no deltas); one trainer rank sends. The
+HTTP calls are bounded by `distributed.timeout_s`, but a broadcast to a server that died after
+accepting the sync blocks (NCCL itself has no deadline here): a server lost mid-sync hangs the step,
+where the disk path would fail it.
 """
 
 from __future__ import annotations
