@@ -46,7 +46,11 @@ class DemoConfig:
     taught it one), and RL does not repair that (seed 1: 76% of answers copied right after SFT, 71%
     after RL). Three layers copied 100% on the same seed; 192 wide x 2 layers fixed the first digit but
     not the rest (91.5%), at the same cost."""
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(style="retool", system_prompt=""))
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(style="retool", system_prompt="",
+                                                                      prompt_template="{problem}"))
+    """No instruction, whatever the style: a model trained from nothing does not read one, and ToRL's
+    96-token template only lengthens what it must copy across (ToRL greedy on seeds 0/1: 80/9% with
+    it, 99.5/89% without)."""
     sft: SFTTrainerConfig = field(default_factory=lambda: SFTTrainerConfig(
         steps=1500, batch_size=32, micro_batch_size=32, eval_every=200, save_every=100_000,
         optim=OptimConfig(lr=1e-3, warmup_steps=30, schedule="cosine")))
