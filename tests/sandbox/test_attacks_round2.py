@@ -24,26 +24,36 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope="module")
-def top_level_probe():
-    """As root, files at the top of the host's tree under a name no deny-list knows (as a CI clone
-    in /check, a dataset in /scratch): ``home_and_project_hidden`` must not see them."""
-    if os.geteuid() != 0:
-        yield ""
-        return
-    top = f"/tirl-probe-{os.getpid()}"
+def _plant(tag):
+    """World-readable host data at the top of the tree, under a name no deny-list knows."""
+    top = f"/tirl-{tag}-{os.getpid()}"
     os.makedirs(top, mode=0o755)
     paths = [os.path.join(top, "notes.txt"), top + ".txt"]
     for p in paths:
         with open(p, "w") as fh:
             fh.write("host data")
         os.chmod(p, 0o644)
-    os.environ["TIRL_PROBE_PATHS"] = os.pathsep.join(paths)
-    yield os.environ["TIRL_PROBE_PATHS"]
-    del os.environ["TIRL_PROBE_PATHS"]
+    return top, paths
+
+
+def _unplant(top, paths):
     for p in paths:
         os.unlink(p)
     os.rmdir(top)
+
+
+@pytest.fixture(scope="module")
+def top_level_probe():
+    """As root, files at the top of the host's tree (as a CI clone in /check, a dataset in /scratch),
+    planted before the sandbox starts: ``home_and_project_hidden`` must not see them."""
+    if os.geteuid() != 0:
+        yield ""
+        return
+    top, paths = _plant("probe")
+    os.environ["TIRL_PROBE_PATHS"] = os.pathsep.join(paths)
+    yield os.environ["TIRL_PROBE_PATHS"]
+    del os.environ["TIRL_PROBE_PATHS"]
+    _unplant(top, paths)
 
 
 @pytest.fixture(scope="module")
@@ -133,28 +143,11 @@ with Sandbox(SandboxConfig(timeout_s=5, max_concurrency=1, max_sessions=1)) as s
 """
 
 
-def _plant_late(tag):
-    top = f"/tirl-late-{tag}-{os.getpid()}"
-    os.makedirs(top, mode=0o755)
-    paths = [os.path.join(top, "notes.txt"), top + ".txt"]
-    for p in paths:
-        with open(p, "w") as fh:
-            fh.write("host data")
-        os.chmod(p, 0o644)
-    return top, paths
-
-
-def _unplant(top, paths):
-    for p in paths:
-        os.unlink(p)
-    os.rmdir(top)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="planting at / needs root")
 def test_a_top_level_entry_made_after_start_is_hidden(sb):
     """Start-up hides what is at / then; a checkout or mount made later must not show either."""
     sb.run("print(1)", timeout=5)  # the zygote is up before the entry exists
-    top, paths = _plant_late("self")
+    top, paths = _plant("late-self")
     try:
         r = sb.run(LATE_CHECK.format(paths=paths), timeout=5)
     finally:
@@ -168,7 +161,7 @@ def test_a_top_level_entry_made_after_start_is_hidden_unprivileged():
                             stderr=subprocess.PIPE, text=True, cwd="/")
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
-        top, paths = _plant_late("unpriv")
+        top, paths = _plant("late-unpriv")
         try:
             proc.stdin.write(json.dumps(paths) + "\n")
             proc.stdin.flush()
