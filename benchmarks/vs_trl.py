@@ -2,8 +2,14 @@
 
     pip install -e ".[bench]"                     # TRL is a benchmark extra, never a tirl dependency
     python benchmarks/vs_trl.py                   # a random 4.3M-parameter Qwen2 built here, 8 x 8 x 64
-    python benchmarks/vs_trl.py --model runs/demo/sft/model --steps 6 --precision bf16
-    python benchmarks/vs_trl.py --tirl-only trainer.precision=fp32 ...   # ablation rows (dotted overrides)
+    python benchmarks/vs_trl.py --model RUN/sft/model --steps 6 --precision bf16   # the demo's SFT model
+    python benchmarks/vs_trl.py --tirl-only --ablate share-prompt ...   # ablation rows (or dotted overrides)
+
+Two workloads. A random model (the default) earns the same reward on every sample: every GRPO group has
+zero std, so its advantages are all 0. A trained model earns mixed rewards: `--model DIR` takes a model
+and its tokenizer from one directory, e.g. the cold-start SFT model of a demo run
+(`tirl demo --run-dir RUN` writes it to `RUN/sft/model`), which was trained on exactly this task (3-digit
+products, `task_level: 2`) and prompt format (ReTool tags, no system prompt, no chat template).
 
 One invocation builds (or takes) one model directory and one prompt set, then runs TRL's `GRPOTrainer` and
 `tirl train` on them one after the other, each in a fresh child process (so each has its own peak
@@ -12,8 +18,16 @@ prompts x n completions a step, at most `--new-tokens` new tokens sampled at tem
 optimizer step per batch, no KL, no reference model, the same reward (`tirl.reward.grade`), no tools
 (tirl's rollout does not stop at its code tag; TRL's never does). Printed per run: median s/step over
 the steps after the first (start-up excluded), completion tokens per second, peak resident memory of
-the child, and the ratio. A random model earns the same reward on every sample, so tirl's skipping of
-zero-advantage rows is turned off here (TRL has no such skip): both run the full update. Check `cat /proc/loadavg` first; the load is printed before and after.
+the child, the share of zero-std groups, and the ratio. Check `cat /proc/loadavg` first; the load is
+printed before and after.
+
+Both sides compute the same loss: token-mean over every sampled token of the batch (TRL's default
+`loss_type="dapo"`; tirl with `algorithm.filter_zero_advantage=false`, so groups whose rewards are all
+equal stay in the normaliser as in TRL). The asymmetry: tirl runs no forward/backward for rows whose
+advantage is 0 (`algorithm.skip_zero_advantage`, exact: those rows add nothing to the loss or the
+gradient, and a step left with nothing to run still makes its zero-gradient optimizer step); TRL's
+GRPO has no such skip and runs them. `--ablate skip-zero` turns it off. On the random model every
+group has zero std, so tirl's update is all skipped there: read that workload with and without it.
 
 The `tools` mode (TRL `tools=` vs tirl's sandbox) is not built yet: TRL's tool path needs a model that
 writes its JSON tool calls, which a random model never does.
@@ -108,19 +122,26 @@ def run_trl(a: dict, out: mp.Queue) -> None:
         trainer._generate = timed_generate
         trainer.train()
         lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+        zero_std = [h["frac_reward_zero_std"] for h in trainer.state.log_history if "frac_reward_zero_std" in h]
     out.put({"step_s": times, "completion_tokens": [x * a["prompts"] * a["n"] for x in lengths],
-             "peak_mb": _peak_mb(),
+             "peak_mb": _peak_mb(), "zero_std": zero_std,
              "split": {"generation": gen_times, "sandbox": [0.0] * len(times),
                        "update": [t - g for t, g in zip(times, gen_times)]}})
 
 
 ABLATIONS = {
+    "skip-zero": "run the forward/backward of zero-advantage rows too (as TRL does)",
+    "share-prompt": "the update runs every sample's prompt (no prompt shared per group)",
     "shared-prefill": "each sample prefills its prompt (no prefix sharing)",
     "stop-ids": "stop strings found by decoding a window after every token",
     "fused-old": "a separate no-grad forward for the old log-probs",
     "masked-head": "full (B, T, V) logits over every position",
     "preallocated-cache": "the KV cache grows by concatenation at every decode step",
 }
+
+
+# ablations that are config switches: their dotted overrides
+ABLATION_OVERRIDES = {"skip-zero": "algorithm.skip_zero_advantage=false", "share-prompt": "trainer.share_prompt=false"}
 
 
 def _ablate(names: list[str]) -> None:
@@ -132,7 +153,9 @@ def _ablate(names: list[str]) -> None:
     from tirl.train import rl_update
 
     for name in names:
-        if name == "shared-prefill":
+        if name in ABLATION_OVERRIDES:
+            continue  # passed to the run as an override
+        elif name == "shared-prefill":
             hf.HFGenerator.__init__ = functools.partialmethod(hf.HFGenerator.__init__, share_prefix=False)
         elif name == "stop-ids":
             hf.HFGenerator._single_token_stops = lambda self, stops: {}
@@ -187,8 +210,9 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
             f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
             f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
             "algorithm.clip_high=0.28",
-            # a random model earns the same reward everywhere; TRL still runs its update on every row, and so must we
-            "algorithm.skip_zero_advantage=false", *a["overrides"],
+            # TRL's normaliser counts the tokens of all-equal groups too (tirl still skips running them)
+            "algorithm.filter_zero_advantage=false",
+            *(ABLATION_OVERRIDES[x] for x in a["ablate"] if x in ABLATION_OVERRIDES), *a["overrides"],
         ])
         train_rl(cfg, Path(tmp) / "run")
         ms = read_metrics(Path(tmp) / "run")
@@ -197,7 +221,7 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
                             ("update", "time/train_s"))}
     out.put({"step_s": [float(m["time/step_s"]) for m in ms],
              "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
-             "peak_mb": _peak_mb(), "split": split})
+             "peak_mb": _peak_mb(), "split": split, "zero_std": [float(m["reward/frac_zero_std"]) for m in ms]})
 
 
 def _child(fn, a: dict) -> dict:
@@ -216,7 +240,8 @@ def summarise(name: str, r: dict) -> dict:
     toks = r["completion_tokens"][1:] or r["completion_tokens"]
     s = statistics.median(steps)
     row = {"name": name, "s_per_step": s, "tokens_per_s": statistics.mean(toks) / statistics.mean(steps),
-           "peak_mb": r["peak_mb"], "steps_measured": len(steps)}
+           "peak_mb": r["peak_mb"], "steps_measured": len(steps),
+           "zero_std": statistics.mean(r["zero_std"]) if r["zero_std"] else float("nan")}
     for k, v in r["split"].items():
         row[k] = statistics.median(v[1:] or v)
     return row
@@ -252,6 +277,9 @@ def main() -> None:
     ap.add_argument("--ablate", action="append", default=[], choices=list(ABLATIONS),
                     help="turn one of tirl's speed-ups off (repeatable): " + "; ".join(
                         f"{k}: {v}" for k, v in ABLATIONS.items()))
+    ap.add_argument("--variant", action="append", default=[], metavar="A[,B...]",
+                    help="also run tirl with these ablations every round (repeatable), for ablation rows "
+                         "measured against the same TRL runs")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for the tirl run")
     args = ap.parse_args()
 
@@ -269,19 +297,35 @@ def main() -> None:
         print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
         rows = []
         label = " ".join([*args.overrides, *(f"-{x}" for x in args.ablate)])
+        variants = [[x.strip() for x in v.split(",") if x.strip()] for v in args.variant]
+        for v in variants:
+            for x in v:
+                if x not in ABLATIONS:
+                    raise SystemExit(f"--variant: unknown {x!r}; one of {', '.join(ABLATIONS)}")
         for r in range(args.rounds):  # alternate, so a change of load hits both sides
             if not args.tirl_only:
                 rows.append(summarise(f"TRL GRPOTrainer [{r + 1}]", _child(run_trl, a)))
             rows.append(summarise(f"tirl train [{r + 1}]" + (f" ({label})" if label else ""), _child(run_tirl, a)))
+            for v in variants:
+                rows.append(summarise(f"tirl variant [{r + 1}] ({' '.join(f'-{x}' for x in v)})",
+                                      _child(run_tirl, {**a, "ablate": [*a["ablate"], *v]})))
         print(f"load average after:  {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    print(f"{'':40s} {'s/step':>8s} {'compl. tok/s':>13s} {'peak MB':>8s}   split (generation / sandbox / update s)")
+    print(f"{'':46s} {'s/step':>8s} {'compl. tok/s':>13s} {'peak MB':>8s} {'0-std':>6s}   "
+          "split (generation / sandbox / update s)")
     for r in rows:
         split = (f"{r['generation']:.2f} / {r['sandbox']:.2f} / {r['update']:.2f}" if "update" in r else "")
-        print(f"{r['name']:40s} {r['s_per_step']:8.2f} {r['tokens_per_s']:13.0f} {r['peak_mb']:8.0f}   {split}")
+        print(f"{r['name']:46s} {r['s_per_step']:8.2f} {r['tokens_per_s']:13.0f} {r['peak_mb']:8.0f} "
+              f"{r['zero_std']:6.2f}   {split}")
+    print("0-std: share of GRPO groups whose rewards are all equal (mean over all steps)")
     if not args.tirl_only:
         trl = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("TRL"))
-        ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl"))
+        ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl train"))
         print(f"tirl is {trl / ours:.2f}x faster per step than TRL (median s/step {ours:.2f} vs {trl:.2f})")
+        for v in variants:
+            tag = f"({' '.join(f'-{x}' for x in v)})"
+            s_v = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl variant")
+                                    and r["name"].endswith(tag))
+            print(f"tirl {tag} is {trl / s_v:.2f}x faster per step than TRL (median s/step {s_v:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     sys.stdout.flush()

@@ -1,5 +1,6 @@
 """`tirl train`: the update is exact and masked, the loop runs for GRPO and PPO, and resume is exact."""
 
+import dataclasses
 import json
 import math
 import os
@@ -122,6 +123,45 @@ def test_all_equal_groups_are_skipped():
     algo = U.AlgoConfig(name="grpo")
     batch = _batch(model, _trajs(), [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0], algo)
     assert U.rows_to_train(batch, algo) == [2, 3]
+
+
+def _adamw_update(algo, rewards, mini_batch_size=2, epochs=3):
+    model = _tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batch = _batch(model, _trajs(), rewards, algo)
+    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo,
+                        mini_batch_size=mini_batch_size, micro_batch_size=1, epochs=epochs, temperature=1.0,
+                        max_grad_norm=1.0, seq_len=16, generator=torch.Generator().manual_seed(3))
+    return [p.detach().clone() for p in model.parameters()], m
+
+
+def test_skipping_zero_advantage_rows_changes_nothing_but_the_work():
+    # groups of 2: the second and third are all-equal (advantage 0); in mini-batches of 2 rows over 3
+    # shuffled epochs some mini-batch holds only such rows, and must still make its AdamW step
+    # (momentum and weight decay move the weights even on a zero gradient)
+    rewards = [1.0, -1.0, -1.0, -1.0, 1.0, 1.0, -1.0, 1.0]
+    keep = dict(name="grpo", filter_zero_advantage=False)
+    full, m_full = _adamw_update(U.AlgoConfig(skip_zero_advantage=False, **keep), rewards)
+    fast, m_fast = _adamw_update(U.AlgoConfig(skip_zero_advantage=True, **keep), rewards)
+    batch = _batch(_tiny(), _trajs(), rewards, U.AlgoConfig(**keep))
+    assert len(U.rows_to_run(batch, U.rows_to_train(batch, U.AlgoConfig(**keep)), U.AlgoConfig(**keep))) == 4
+    assert m_full["train/optimizer_steps"] == m_fast["train/optimizer_steps"] == 12
+    for a, b in zip(full, fast):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # filtering the all-equal groups out is a different update: the token-mean normaliser shrinks
+    filtered, m = _adamw_update(U.AlgoConfig(name="grpo", filter_zero_advantage=True), rewards)
+    assert m["train/optimizer_steps"] == 6
+    assert any(not torch.allclose(a, b) for a, b in zip(full, filtered))
+
+
+def test_zero_gradient_steps_are_made_when_every_group_is_all_equal_and_none_is_filtered():
+    algo = U.AlgoConfig(name="grpo", filter_zero_advantage=False)
+    full, _ = _adamw_update(dataclasses.replace(algo, skip_zero_advantage=False), [1.0] * 8, epochs=2)
+    fast, m = _adamw_update(algo, [1.0] * 8, epochs=2)
+    assert m["train/optimizer_steps"] == 8
+    for a, b in zip(full, fast):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def _tirl(*args):

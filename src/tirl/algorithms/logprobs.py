@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tirl.algorithms.shared_prompt import shared_prompt_hidden
+
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
     """Entropy of the softmax over the last dim: (B, T, V) -> (B, T).
@@ -113,7 +115,7 @@ def _head_chunk(head, hidden: Tensor, tokens: Tensor, temperature: float, want_e
 
 def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
                          temperature: float = 1.0, entropy: str = "none", chunk_tokens: int = 1024,
-                         unchunked_max: int = 1 << 24) -> tuple[Tensor, Tensor | None]:
+                         unchunked_max: int = 1 << 24, share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of `input_ids[:, 1:]` under `model`, and optionally their entropies.
 
     Only positions where `mask` (B, T) is nonzero are scored (others are 0): the output layer — for a
@@ -124,6 +126,8 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
     vocabularies), they are computed at once and kept for backward instead (no recomputation).
     `entropy`: "none", "detached" (for logging only: no graph is kept) or "grad" (for an entropy term).
     Models whose logits are more than `head(hidden)` (soft-capping, scaling) take the full-logits path.
+    `share_prompt`: rows that share their prompt (a GRPO group) run it once
+    (`tirl.algorithms.shared_prompt`); the same values, less work.
     """
     import torch.utils.checkpoint as ckpt
 
@@ -141,8 +145,10 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
             ent = entropy_from_logits(logits.detach() if entropy == "detached" else logits)
         return lp * (mask != 0), ent
     body, head = split
-    # use_cache=False: scoring keeps no keys/values (a model's default would build and fill a cache)
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+    hidden = shared_prompt_hidden(body, input_ids, attention_mask, mask) if share_prompt else None
+    if hidden is None:
+        # use_cache=False: scoring keeps no keys/values (a model's default would build and fill a cache)
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
     sel = mask != 0
     h, tok = hidden[sel], targets[sel]
     lps, ents = [], []

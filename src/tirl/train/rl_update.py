@@ -62,9 +62,17 @@ class AlgoConfig:
     critic_warmup_steps: int = 0
     """Steps where only the critic learns (ReTool: 20) so early advantages are not noise."""
     skip_zero_advantage: bool = True
-    """GRPO/RLOO: leave out samples whose advantage is 0 (all-equal groups) when no KL or entropy
-    term needs them; they carry no policy gradient, and on small models they are often most of the
-    batch. Like DAPO's dynamic sampling, this changes the token-mean denominator."""
+    """GRPO/RLOO: run no forward/backward for samples whose advantage is 0 (all-equal groups) when no KL
+    or entropy term needs them: they add nothing to the policy gradient, and on small models they are
+    often most of the batch. A pure speed-up: their tokens still count in the loss's normaliser, and a
+    mini-batch left with nothing to run still makes its (zero-gradient) optimizer step, so the update
+    equals the one without the skip (tested)."""
+    filter_zero_advantage: bool = True
+    """GRPO/RLOO: all-equal groups leave the batch before the update (when no KL or entropy term needs
+    them), so the loss's normaliser counts only the informative samples' tokens and each of them weighs
+    more; a step where every group is all-equal makes no update. Like DAPO's dynamic sampling without
+    the refill. False keeps them in the normaliser, as TRL's and verl's GRPO do (then
+    `skip_zero_advantage` still saves their forward)."""
     dynamic_sampling: bool = False
     """DAPO: keep sampling rounds of prompts until the step holds `prompts_per_step` groups whose
     rewards differ (GRPO/RLOO), instead of training on fewer; see `tirl.train.dapo`."""
@@ -125,15 +133,16 @@ def _autocast(model: Any, precision: str) -> Any:
 
 
 def forward_logprobs(model: Any, batch: RLBatch, temperature: float, entropy: str = "none",
-                     precision: str = "fp32") -> tuple[Tensor, Tensor | None]:
+                     precision: str = "fp32", share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of the actual next tokens under `model`, logits scaled as when sampling,
     at the positions `batch.mask` trains (0 elsewhere), and their entropies when `entropy` is
-    "detached" or "grad" (see `tirl.algorithms.logprobs.model_token_logprobs`)."""
+    "detached" or "grad"; `share_prompt` runs each shared prompt once (see
+    `tirl.algorithms.logprobs.model_token_logprobs`)."""
     from tirl.algorithms.logprobs import model_token_logprobs
 
     with _autocast(model, precision):
         return model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.mask,
-                                    temperature, entropy=entropy)
+                                    temperature, entropy=entropy, share_prompt=share_prompt)
 
 
 def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tensor:
@@ -145,14 +154,14 @@ def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tens
 
 @torch.no_grad()
 def score_batch(model: Any, batch: RLBatch, temperature: float, micro: int, precision: str = "fp32",
-                entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                entropy: bool = False, share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
     """(B, T) log-probs of the batch under `model` (no grad), scored in micro-batches, and their
     entropies when `entropy`; the caller puts them in the field they are for."""
     parts, ents = [], []
     for start in range(0, batch.size, micro):
         sub = batch.subset(range(start, min(start + micro, batch.size)))
         lp, ent = forward_logprobs(model, sub, temperature, entropy="detached" if entropy else "none",
-                                   precision=precision)
+                                   precision=precision, share_prompt=share_prompt)
         pad = (0, batch.mask.shape[1] - lp.shape[1])
         parts.append(torch.nn.functional.pad(lp, pad))
         if ent is not None:
@@ -213,12 +222,28 @@ def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_s
     return out
 
 
-def rows_to_train(batch: RLBatch, cfg: AlgoConfig) -> list[int]:
-    rows = [b for b in range(batch.size) if batch.mask[b].any()]
+def _zero_advantage_rows(batch: RLBatch, cfg: AlgoConfig) -> set[int]:
+    """Rows whose advantage is 0 and that no other loss term reads (GRPO/RLOO without KL or entropy)."""
     adv = batch.need("advantages")
-    if (cfg.skip_zero_advantage and adv.dim() == 1 and cfg.kl_coef == 0 and cfg.entropy_coef == 0):
-        rows = [b for b in rows if float(adv[b]) != 0.0]
+    if adv.dim() != 1 or cfg.kl_coef != 0 or cfg.entropy_coef != 0:
+        return set()
+    return {b for b in range(batch.size) if float(adv[b]) == 0.0}
+
+
+def rows_to_train(batch: RLBatch, cfg: AlgoConfig) -> list[int]:
+    """The rows of the update (and of its normaliser): those with a sampled token, less the all-equal
+    groups when `cfg.filter_zero_advantage`."""
+    rows = [b for b in range(batch.size) if batch.mask[b].any()]
+    if cfg.filter_zero_advantage:
+        zero = _zero_advantage_rows(batch, cfg)
+        rows = [b for b in rows if b not in zero]
     return rows
+
+
+def rows_to_run(batch: RLBatch, rows: Sequence[int], cfg: AlgoConfig) -> list[int]:
+    """Of `rows`, those the policy update runs forward/backward on (all unless `cfg.skip_zero_advantage`)."""
+    zero = _zero_advantage_rows(batch, cfg) if cfg.skip_zero_advantage else set()
+    return [b for b in rows if b not in zero]
 
 
 def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
@@ -231,12 +256,15 @@ def _minibatch_steps(
     micro_loss: Callable[[RLBatch, float], tuple[Tensor, dict[str, float]]], *,
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
     generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
+    skip: set[int] | frozenset[int] = frozenset(),
 ) -> list[dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
     Each step accumulates `micro_loss` over micro-batches, every one normalised by the whole
     mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
-    loss, so the step's `loss_key` is their sum. Returns one metrics dict per optimizer step.
+    loss, so the step's `loss_key` is their sum. Rows in `skip` (whose loss is known to be 0 with a zero
+    gradient) count in the normaliser but are not run; a step left with no row to run still steps,
+    on zero gradients, as it would have. Returns one metrics dict per optimizer step.
     With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
     mini-batch and the gradients are summed over the ranks before the step.
     """
@@ -250,13 +278,18 @@ def _minibatch_steps(
         for start in range(0, len(perm), mini_batch_size):
             mb = perm[start : start + mini_batch_size]
             norm = A.global_normalizer(batch.mask[mb], agg, seq_len=seq_len)
-            mine = dp.rows(mb) if dp is not None else mb
+            run = [r for r in mb if r not in skip]
+            mine = dp.rows(run) if dp is not None else run
             parts, total = [], 0.0
             for ms in range(0, len(mine), micro_batch_size):
                 loss, m = micro_loss(batch.subset(mine[ms : ms + micro_batch_size]), norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
+            if not mine:  # nothing ran here: the zero gradients the skipped rows would have given
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
             if dp is not None:
                 dp.reduce_grads(params)
                 total = dp.sum(total)
@@ -270,20 +303,24 @@ def _minibatch_steps(
 
 def policy_update(
     model: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], cfg: AlgoConfig, *,
-    temperature: float, precision: str = "fp32", old_from_update: bool = False, **loop: Any,
+    temperature: float, precision: str = "fp32", old_from_update: bool = False, share_prompt: bool = False,
+    **loop: Any,
 ) -> dict[str, float]:
     """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`.
 
+    `share_prompt`: each micro-batch runs a prompt its rows share once (same values, less work).
     `old_from_update` (only valid when `one_step_per_batch`): the old log-probs are this forward's own,
     detached, instead of a separate no-grad pass; they are written into `batch.old_logprobs` (rows
-    not trained stay 0) for the rollout-vs-trainer check. Same loss, same gradient (tested).
+    not run, see `rows_to_run`, stay 0) for the rollout-vs-trainer check. Same loss, same gradient
+    (tested).
     """
     entropy = "grad" if cfg.entropy_coef else ("detached" if cfg.log_entropy else "none")
     if old_from_update:
         batch.old_logprobs = torch.zeros_like(batch.rollout_logprobs)
 
     def micro_loss(sub: RLBatch, norm: float) -> tuple[Tensor, dict[str, float]]:
-        lp, ent = forward_logprobs(model, sub, temperature, entropy=entropy, precision=precision)
+        lp, ent = forward_logprobs(model, sub, temperature, entropy=entropy, precision=precision,
+                                   share_prompt=share_prompt)
         if old_from_update:
             old = lp.detach()
             batch.old_logprobs[sub.row, : old.shape[1]] = old
@@ -305,8 +342,9 @@ def policy_update(
             m.update(km)
         return loss, m
 
+    skip = set(rows) - set(rows_to_run(batch, rows, cfg))
     steps = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
-                             grad_key="train/grad_norm", **loop)
+                             grad_key="train/grad_norm", skip=skip, **loop)
     out = _mean_metrics(steps) if steps else {}
     out["train/optimizer_steps"] = float(len(steps))
     return out
