@@ -85,7 +85,8 @@ def shared_prompt_hidden(body: Any, input_ids: Tensor, attention_mask: Tensor, m
     p_ids = input_ids[heads].gather(1, src) * p_attn
     p_pos = (cols[None, :] - shift).clamp(min=0)
     out = body(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True)
-    cache, h_prompt = out.past_key_values, out.last_hidden_state  # (U, Pm, H)
+    cache = out["cache"] if "cache" in out.keys() else out.past_key_values  # 5.x's name; the old one warns
+    h_prompt = out.last_hidden_state  # (U, Pm, H)
 
     # 2. Each row's own tokens on top of its group's keys/values, at positions P_b, P_b + 1, ...
     clen = lengths - plen  # (B,) tokens after the prompt, padding excluded
