@@ -9,7 +9,8 @@ Two workloads. A random model (the default) earns the same reward on every sampl
 zero std, so its advantages are all 0. A trained model earns mixed rewards: `--model DIR` takes a model
 and its tokenizer from one directory, e.g. the cold-start SFT model of a demo run
 (`tirl demo --run-dir RUN` writes it to `RUN/sft/model`), which was trained on exactly this task (3-digit
-products, `task_level: 2`) and prompt format (ReTool tags, no system prompt, no chat template).
+products, `task_level: 2`) and prompt format (ReTool tags, no system prompt, the tokenizer's chat
+template: `--chat auto`, the default, as the demo). TRL gets the same rendered prompt text.
 
 One invocation builds (or takes) one model directory and one prompt set, then runs TRL's `GRPOTrainer` and
 `tirl train` on them one after the other, each in a fresh child process (so each has its own peak
@@ -53,14 +54,14 @@ def _problems(k: int, seed: int) -> list:
     return generate(k, split="train", seed=seed, level=2, kinds=("mul",))
 
 
-def _prompts(tok, problems) -> list[str]:
+def _prompts(tok, problems, chat: bool) -> list[str]:
     import dataclasses
 
     from tirl.formats import get_style
     from tirl.rollout import prompt_text
 
     style = dataclasses.replace(get_style("retool"), system_prompt="")
-    return [prompt_text(tok, p.problem, style, chat=False) for p in problems]
+    return [prompt_text(tok, p.problem, style, chat=chat) for p in problems]
 
 
 def _peak_mb() -> float:
@@ -83,7 +84,7 @@ def run_trl(a: dict, out: mp.Queue) -> None:
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=torch.float32)
     problems = _problems(a["prompts"] * a["steps"], a["seed"])
-    ds = Dataset.from_dict({"prompt": _prompts(tok, problems), "answer": [p.answer for p in problems]})
+    ds = Dataset.from_dict({"prompt": _prompts(tok, problems, a["chat"]), "answer": [p.answer for p in problems]})
 
     def reward(completions, answer, **_):
         return [grade(c, x) for c, x in zip(completions, answer)]
@@ -203,7 +204,7 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
                                 for p in problems))
         cfg = load_config(RLConfig, None, [
             f"model.path={a['model']}", f"data.train={data}", 'data.test=""', 'prompt.system_prompt=""',
-            "prompt.chat=false", f"rollout.n={a['n']}", f"rollout.max_new_tokens={a['new_tokens']}",
+            f"prompt.chat={str(a['chat']).lower()}", f"rollout.n={a['n']}", f"rollout.max_new_tokens={a['new_tokens']}",
             "rollout.max_tool_calls=0", "rollout.stop_at_answer=false", "rollout.temperature=1.0",
             f"trainer.prompts_per_step={a['prompts']}", f"trainer.micro_batch_size={a['prompts'] * a['n']}",
             f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
@@ -271,6 +272,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chat", default="auto", choices=["auto", "yes", "no"],
+                    help="prompts through the tokenizer's chat template (auto: when it has one, as the demo does); "
+                         "TRL gets the same rendered text as a plain prompt")
     ap.add_argument("--rounds", type=int, default=2, help="alternating TRL / tirl runs (default: 2)")
     ap.add_argument("--tirl-only", action="store_true", help="skip TRL (ablation rows of tirl alone)")
     ap.add_argument("--json", help="also write the rows to this file")
@@ -288,12 +292,17 @@ def main() -> None:
         a = {k: getattr(args, k) for k in ("prompts", "n", "new_tokens", "steps", "lr", "threads", "precision",
                                            "seed", "overrides", "ablate")}
         a["model"] = model
+        from transformers import AutoTokenizer
+
+        a["chat"] = (args.chat == "yes" or
+                     (args.chat == "auto" and AutoTokenizer.from_pretrained(model).chat_template is not None))
         from transformers import AutoConfig
 
         c = AutoConfig.from_pretrained(model)
         print(f"model: {args.model or 'random Qwen2'} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
               f"vocab {c.vocab_size}); {args.prompts} prompts x {args.n} samples x {args.new_tokens} new tokens, "
-              f"{args.steps} steps, lr {args.lr}, {args.threads} thread(s), {args.precision}")
+              f"{args.steps} steps, lr {args.lr}, {args.threads} thread(s), {args.precision}, "
+              f"chat template {'on' if a['chat'] else 'off'}")
         print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
         rows = []
         label = " ".join([*args.overrides, *(f"-{x}" for x in args.ablate)])
