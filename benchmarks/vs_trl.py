@@ -48,10 +48,10 @@ import time
 from pathlib import Path
 
 
-def _problems(k: int, seed: int) -> list:
+def _problems(k: int, seed: int, level: int = 2) -> list:
     from tirl.tasks import generate
 
-    return generate(k, split="train", seed=seed, level=2, kinds=("mul",))
+    return generate(k, split="train", seed=seed, level=level, kinds=("mul",))
 
 
 def _prompts(tok, problems, chat: bool) -> list[str]:
@@ -62,6 +62,15 @@ def _prompts(tok, problems, chat: bool) -> list[str]:
 
     style = dataclasses.replace(get_style("retool"), system_prompt="")
     return [prompt_text(tok, p.problem, style, chat=chat) for p in problems]
+
+
+def boxed_reward(problem, response, trajectory, reference) -> float:
+    """`--reward boxed`: +1 when the response ends with a `\\boxed{}` answer within the length budget, else -1
+    (a format reward). On the demo's SFT model without its tool, the math grade is -1 on every sample,
+    so every group would have zero std; this one varies. tirl's custom-reward signature; TRL calls it too."""
+    from tirl.formats import extract_boxed
+
+    return 1.0 if extract_boxed(response) is not None else -1.0
 
 
 def _peak_mb() -> float:
@@ -83,10 +92,12 @@ def run_trl(a: dict, out: mp.Queue) -> None:
     tok = AutoTokenizer.from_pretrained(a["model"])
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(a["model"], dtype=torch.float32)
-    problems = _problems(a["prompts"] * a["steps"], a["seed"])
+    problems = _problems(a["prompts"] * a["steps"], a["seed"], a.get("level", 2))
     ds = Dataset.from_dict({"prompt": _prompts(tok, problems, a["chat"]), "answer": [p.answer for p in problems]})
 
     def reward(completions, answer, **_):
+        if a.get("reward") == "boxed":
+            return [boxed_reward(None, c, None, x) for c, x in zip(completions, answer)]
         return [grade(c, x) for c, x in zip(completions, answer)]
 
     times: list[float] = []
@@ -197,7 +208,7 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
 
     quiet_transformers()
     tok = load_tokenizer(a["model"])
-    problems = _problems(a["prompts"] * a["steps"], a["seed"])
+    problems = _problems(a["prompts"] * a["steps"], a["seed"], a.get("level", 2))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
@@ -213,6 +224,8 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
             "algorithm.clip_high=0.28",
             # TRL's normaliser counts the tokens of all-equal groups too (tirl still skips running them)
             "algorithm.filter_zero_advantage=false",
+            *([f"reward.function={Path(__file__).resolve()}:boxed_reward", "reward.combine=replace"]
+              if a.get("reward") == "boxed" else []),
             *(ABLATION_OVERRIDES[x] for x in a["ablate"] if x in ABLATION_OVERRIDES), *a["overrides"],
         ])
         train_rl(cfg, Path(tmp) / "run")
@@ -272,6 +285,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reward", default="grade", choices=["grade", "boxed"],
+                    help="grade: the math grader (tirl.reward.grade); boxed: +1 for a \\boxed{} answer, a format "
+                         "reward that varies within groups where the grade does not")
+    ap.add_argument("--level", type=int, default=2, choices=[1, 2, 3],
+                    help="products of 2-, 3- or 4-digit numbers (2: the demo's task)")
     ap.add_argument("--chat", default="auto", choices=["auto", "yes", "no"],
                     help="prompts through the tokenizer's chat template (auto: when it has one, as the demo does); "
                          "TRL gets the same rendered text as a plain prompt")
@@ -290,7 +308,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or build_model(Path(tmp) / "model", args.hidden, args.layers)
         a = {k: getattr(args, k) for k in ("prompts", "n", "new_tokens", "steps", "lr", "threads", "precision",
-                                           "seed", "overrides", "ablate")}
+                                           "seed", "overrides", "ablate", "level", "reward")}
         a["model"] = model
         from transformers import AutoTokenizer
 
@@ -302,7 +320,7 @@ def main() -> None:
         print(f"model: {args.model or 'random Qwen2'} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
               f"vocab {c.vocab_size}); {args.prompts} prompts x {args.n} samples x {args.new_tokens} new tokens, "
               f"{args.steps} steps, lr {args.lr}, {args.threads} thread(s), {args.precision}, "
-              f"chat template {'on' if a['chat'] else 'off'}")
+              f"chat template {'on' if a['chat'] else 'off'}, level {args.level}, reward {args.reward}")
         print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
         rows = []
         label = " ".join([*args.overrides, *(f"-{x}" for x in args.ablate)])
