@@ -2,21 +2,23 @@
 
     pip install -e ".[bench]"                     # TRL is a benchmark extra, never a tirl dependency
     python benchmarks/vs_trl.py                   # a random 4.3M-parameter Qwen2 built here, 8 x 8 x 64
-    python benchmarks/vs_trl.py --model RUN/sft/model --steps 6 --precision bf16   # the demo's SFT model
-    python benchmarks/vs_trl.py --tirl-only --ablate share-prompt ...   # ablation rows (or dotted overrides)
+    python benchmarks/vs_trl.py --model RUN/sft/model --reward boxed   # the demo's SFT model, mixed rewards
+    python benchmarks/vs_trl.py --variant share-prompt --variant skip-zero   # ablation rows against one TRL
 
 Two workloads. A random model (the default) earns the same reward on every sample: every GRPO group has
-zero std, so its advantages are all 0. A trained model earns mixed rewards: `--model DIR` takes a model
-and its tokenizer from one directory, e.g. the cold-start SFT model of a demo run
-(`tirl demo --run-dir RUN` writes it to `RUN/sft/model`), which was trained on exactly this task (3-digit
-products, `task_level: 2`) and prompt format (ReTool tags, no system prompt, the tokenizer's chat
-template: `--chat auto`, the default, as the demo). TRL gets the same rendered prompt text.
+zero std, so its advantages are all 0. A trained model: `--model DIR` takes a model and its tokenizer
+from one directory, e.g. the cold-start SFT model of a demo run (`tirl demo --run-dir RUN` writes it to
+`RUN/sft/model`), trained on exactly this task (3-digit products, `--level 2`) and prompt format (ReTool
+tags, no system prompt, the tokenizer's chat template: `--chat auto`, as the demo); TRL gets the same
+rendered prompt text. Without its tool that model never gets a product right (math grade -1 on every
+sample, at every level), so its groups are all zero-std too; `--reward boxed` (+1 for a `\\boxed{}` answer
+within the budget: a format reward, the same function on both sides) gives it mixed rewards.
 
 One invocation builds (or takes) one model directory and one prompt set, then runs TRL's `GRPOTrainer` and
 `tirl train` on them one after the other, each in a fresh child process (so each has its own peak
 memory and neither warms the other's caches), with the same torch threads. Both: GRPO, group size n,
 prompts x n completions a step, at most `--new-tokens` new tokens sampled at temperature 1, one
-optimizer step per batch, no KL, no reference model, the same reward (`tirl.reward.grade`), no tools
+optimizer step per batch, no KL, no reference model, the same reward, no tools
 (tirl's rollout does not stop at its code tag; TRL's never does). Printed per run: median s/step over
 the steps after the first (start-up excluded), completion tokens per second, peak resident memory of
 the child, the share of zero-std groups, and the ratio. Check `cat /proc/loadavg` first; the load is
@@ -30,8 +32,11 @@ gradient, and a step left with nothing to run still makes its zero-gradient opti
 GRPO has no such skip and runs them. `--ablate skip-zero` turns it off. On the random model every
 group has zero std, so tirl's update is all skipped there: read that workload with and without it.
 
-The `tools` mode (TRL `tools=` vs tirl's sandbox) is not built yet: TRL's tool path needs a model that
-writes its JSON tool calls, which a random model never does.
+The `tools` mode (TRL `tools=` vs tirl's sandbox) is not built yet. TRL 1.16's tool path needs
+conversational prompts, a chat template that renders assistant `tool_calls` and tool messages (checked at
+start-up) with a response parser for that template, and a model that writes JSON tool calls in that
+template's format; TRL then runs the Python callables in-process (no sandbox) after the whole batch has
+finished generating, and re-generates the rows that called a tool. A random model never calls one.
 """
 
 from __future__ import annotations
