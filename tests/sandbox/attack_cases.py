@@ -12,6 +12,8 @@ import socket
 import sys
 import time
 
+from tirl.sandbox.hostview import descendants
+
 SECRET = "tirl-round2-secret-51c0"
 
 
@@ -127,24 +129,6 @@ FORMATTED = {"home_and_project_hidden", "supervisor_environ", "host_tmp_secret",
              "network_namespace"}
 JUDGES = {"write_persists_between_calls": _judge_persist, "memory_across_children": _judge_memory,
           "stdin_and_files": _judge_stdin}
-
-
-def descendants(root_pid: int) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                kids.setdefault(ppid, []).append(int(name))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = set(), [root_pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.add(k)
-            todo.append(k)
-    return out
 
 
 def host_check(sb, ctx) -> str:

@@ -17,9 +17,10 @@ Protocol (one JSON object per packet):
 
 Start-up (each step only if it works here; the probe reports what does): not root -> a user namespace
 mapping our uid to 0 (capabilities over our own namespaces only); a private mount namespace where
-home/project/runtime dirs are hidden, /dev holds only null zero full random urandom, the interpreter
-is re-exposed, and then every mount is read-only; a PID namespace of our own (we are its init), so
-each call can get a fresh child PID namespace; PR_SET_DUMPABLE 0 (no /proc/<zygote>/mem for anyone).
+every top-level entry but the system's is hidden (per call also any made since), /dev holds only
+null zero full random urandom, the interpreter is re-exposed, and then every mount is read-only; a
+PID namespace of our own (we are its init), so each call can get a fresh child PID namespace;
+PR_SET_DUMPABLE 0 (no /proc/<zygote>/mem for anyone).
 
 Per call: a new PID namespace whose init is ``sleep`` (vfork + exec, prepared while the previous call
 runs) and the call's process as pid 2, so kill(-1) and /proc reach only the call itself and killing
