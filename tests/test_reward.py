@@ -149,3 +149,46 @@ def test_thousand_gradings_in_four_threads():
         scores = list(pool.map(lambda it: grade(*it), items))
     assert len(scores) == 1000
     assert scores == [1.0 if i % 3 else -1.0 for i in range(1000)]
+
+
+INTEGER_PAIRS = [("283644", "283644"), ("283645", "283644"), ("007", "7"), ("-0", "0"), ("-5", "5"),
+                 ("12345678901234567890", "12345678901234567890"), ("12345678901234567891", "12345678901234567890"),
+                 ("0", "00"), ("-12", "-12"), ("1000", "100")]
+
+
+@pytest.mark.parametrize("answer,reference", INTEGER_PAIRS)
+def test_integer_answers_skip_math_verify_and_agree_with_it(answer, reference, monkeypatch):
+    """Two integer literals are compared as integers (no grading process), with math-verify's verdict."""
+    import tirl.reward as reward
+
+    expected = reward._verify(reference, answer)
+    monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: pytest.fail("math-verify was asked"))
+    g = grade_detailed(f"<answer>\\boxed{{{answer}}}</answer>", reference)
+    assert g.correct is expected
+    assert g.reason == ("exact" if expected else "mismatch")
+
+
+def test_non_integer_answers_still_reach_math_verify(monkeypatch):
+    import tirl.reward as reward
+
+    asked = []
+    real = reward._bounded_verify
+    monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: asked.append(a) or real(*a, **k))
+    assert grade("\\boxed{1000}", "10^{3}") == 1.0
+    assert grade("\\boxed{1,000}", "1000") == 1.0
+    assert len(asked) == 2
+
+
+def test_grade_all_keeps_order_and_equals_one_by_one():
+    """The batch grader (threads over the grading processes) returns each trajectory's own grade."""
+    from tirl.formats import RETOOL
+    from tirl.rollout import Trajectory
+    from tirl.rollout.episodes import grade_all, grade_trajectory
+
+    answers = ["\\frac{1}{2}", "0.5", "7", "x+1", "\\sqrt{4}", "3", "1/3", "12"]
+    refs = ["1/2", "1/2", "8", "1+x", "2", "3", "0.25", "12"]
+    trajs = [Trajectory([1], model_text=f"<answer>\\boxed{{{a}}}</answer>", group_index=i)
+             for i, a in enumerate(answers)]
+    together = grade_all(trajs, refs, RETOOL)
+    assert [g.correct for g in together] == [True, True, False, True, True, True, False, True]
+    assert together == [grade_trajectory(t, r, RETOOL) for t, r in zip(trajs, refs)]

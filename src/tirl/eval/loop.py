@@ -23,7 +23,7 @@ from tirl.eval.config import EvalConfig
 from tirl.eval.store import SampleStore, check_settings
 from tirl.formats import make_style
 from tirl.rollout import encode_prompt, rollout
-from tirl.rollout.episodes import grade_trajectory
+from tirl.rollout.episodes import grade_all, grade_trajectory
 from tirl.sandbox.protocol import SandboxLike
 
 
@@ -75,7 +75,9 @@ def evaluate(
                        for _, p, _ in chunk]
             trajs, _ = rollout(generator, prompts, tokenizer, sandbox, style, rcfg,
                                seed=seed + start if seed is not None else None)
-            records = [make_record(name, p, i, t, style, cfg.lenient) for (name, p, i), t in zip(chunk, trajs)]
+            grades = grade_all(trajs, [p.answer for _, p, _ in chunk], style, lenient=cfg.lenient)
+            records = [make_record(name, p, i, t, style, cfg.lenient, grade=g)
+                       for (name, p, i), t, g in zip(chunk, trajs, grades)]
             store.append(records)
             counted += [r["correct"] for r in records]
             bar.update(0, advance=len(chunk), info=_acc(counted))
@@ -96,9 +98,10 @@ def _acc(correct: list[bool]) -> str:
 
 
 def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, style: Any = None,
-                lenient: bool = False) -> dict[str, Any]:
-    """The JSONL record of one graded sample (see the module docstring)."""
-    g = grade_trajectory(traj, problem.answer, style, lenient=lenient)
+                lenient: bool = False, grade: Any = None) -> dict[str, Any]:
+    """The JSONL record of one graded sample (see the module docstring); `grade`: its `Grade`, when
+    already computed (`grade_all` over a batch)."""
+    g = grade if grade is not None else grade_trajectory(traj, problem.answer, style, lenient=lenient)
     rec = {
         "benchmark": benchmark, "problem_id": problem.id, "sample_index": sample_index,
         "reference": problem.answer, "extracted": g.extracted, "correct": bool(g.correct), "grade": g.reason,

@@ -8,6 +8,8 @@ applied here too, as a reward term; the rest of DAPO is the trainer's (`tirl.tra
 from __future__ import annotations
 
 import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from tirl.formats import TagStyle
@@ -44,7 +46,7 @@ def play(
         trajs, metrics = backend.rollout(prompts, cfg, cfg.shards)
     else:
         trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
-    grades = [grade_trajectory(t, problems[t.group_index].answer, style, exec_penalty=exec_penalty) for t in trajs]
+    grades = grade_all(trajs, [problems[t.group_index].answer for t in trajs], style, exec_penalty=exec_penalty)
     if reward_fn is not None:
         grades = [reward_fn(problems[t.group_index], t.model_text, t, g) for t, g in zip(trajs, grades)]
     if overlong_buffer:
@@ -81,6 +83,18 @@ def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = Non
     style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
     return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
                           exec_penalty=exec_penalty)
+
+
+def grade_all(trajs: Sequence[Trajectory], references: Sequence[str], style: TagStyle | None = None,
+              **kwargs: Any) -> list[Grade]:
+    """`grade_trajectory` of each trajectory against its reference, in order. Comparisons that need
+    math-verify run in its grading processes; asking them from a few threads keeps them all busy
+    instead of one round trip at a time."""
+    workers = min(4, os.cpu_count() or 1, len(trajs))
+    if workers <= 1:
+        return [grade_trajectory(t, r, style, **kwargs) for t, r in zip(trajs, references)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda tr: grade_trajectory(tr[0], tr[1], style, **kwargs), zip(trajs, references)))
 
 
 def overlong_penalty(length: int, max_len: int, buffer: int) -> float:
