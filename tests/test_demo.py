@@ -47,3 +47,14 @@ def test_demo_yaml_matches_the_built_in_defaults():
     from tirl.demo import DemoConfig
 
     assert load_config(DemoConfig, CONFIGS / "demo.yaml") == DemoConfig()
+
+
+def test_demo_sft_uses_at_most_two_of_the_cores_it_may_run_on(monkeypatch):
+    """Two threads for the SFT stages where two cores are ours; never more threads than cores."""
+    from tirl import demo
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert demo.DemoConfig().sft.threads == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert demo.DemoConfig().sft.threads == 2
+    assert demo.DemoConfig().rl.threads == 1  # decoding one token at a time is too small to share
