@@ -3,17 +3,41 @@
     tirl sft   CONFIG [key=value ...] --run-dir DIR [--resume [--force]] [--skip-invalid]
     tirl train CONFIG [key=value ...] --run-dir DIR [--resume [--force]] [--skip-invalid]
 
-Each builds its config (defaults < CONFIG < key=value < flags, `tirl.commands.command_config`),
-refuses a bad one in one line before any model loads, trains, and prints the summary. The trainer's
-module is imported only when the command runs, so `tirl sft --help` loads no torch.
+Each builds its config (defaults < settings saved with the starting model < CONFIG < key=value <
+flags, `tirl.commands.command_config`), refuses a bad one in one line before any model loads, trains,
+and prints the summary. The saved settings are the `tirl.json` beside `model.path`'s weights (an SFT
+model or an RL checkpoint, `tirl.trained_settings`): `tirl train model.path=SFT_RUN/model` prompts the
+model as its SFT did unless the config says otherwise. The trainer's module is imported only when the
+command runs, so `tirl sft --help` loads no torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import sys
 from dataclasses import dataclass
+from typing import Any
+
+FLAG_KEYS = {"skip_invalid": "data.skip_invalid", "device": "trainer.device", "precision": "trainer.precision"}
+
+
+def training_config(schema: type, args: argparse.Namespace, command: str = "train") -> Any:
+    """The trainer's config; the prompt and tool-loop settings saved with `model.path` (when it has a
+    `tirl.json`) sit under the config file and overrides, as `tirl eval --model` does."""
+    from tirl.commands import command_config
+    from tirl.trained_settings import FILE, read_settings
+
+    cfg = command_config(schema, args, FLAG_KEYS)
+    names = {f.name for f in dataclasses.fields(schema)}
+    saved = {k: v for k, v in read_settings(cfg.model.path).items() if k in names}
+    if not saved:
+        return cfg
+    print(f"tirl {command}: {', '.join(sorted(saved))} settings from {cfg.model.path}/{FILE} "
+          "(the config file and key=value still win)", file=sys.stderr)
+    return command_config(schema, args, FLAG_KEYS, base=saved)
 
 
 @dataclass(frozen=True)
@@ -48,12 +72,11 @@ class TrainingCommand:
         return guarded(self.name, lambda: self._run(args), run_dir=args.run_dir)
 
     def _run(self, args: argparse.Namespace) -> int:
-        from tirl.commands import UserError, command_config, quiet_transformers
+        from tirl.commands import UserError, quiet_transformers
 
         module, config, validate, train = self.trainer.split(":")
         trainer = importlib.import_module(module)
-        cfg = command_config(getattr(trainer, config), args, {
-            "skip_invalid": "data.skip_invalid", "device": "trainer.device", "precision": "trainer.precision"})
+        cfg = training_config(getattr(trainer, config), args, self.name)
         try:
             getattr(trainer, validate)(cfg)
         except ValueError as e:
