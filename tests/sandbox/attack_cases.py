@@ -39,7 +39,7 @@ CASES: dict[str, tuple[str, float, object]] = {
     "run_lock_not_writable": (WRITE_TRY.format(paths=["/run/lock/tirl", "/var/lock/tirl", "/run/tirl",
                                                        "/var/run/tirl"]), 5, _no_write),
     "readonly_system_dirs": (WRITE_TRY.format(paths=["/etc/tirl", "/usr/tirl", "/var/cache/tirl", "/var/lib/tirl",
-                                                      "/var/log/tirl", "/tirl", "/dev/tirl", "/dev/shm/tirl",
+                                                      "/var/log/tirl", "/tirl", "/dev/tirl",
                                                       "/sys/fs/cgroup/tirl", "/var/tmp/tirl"]), 5, _no_write),
     "site_packages_pth": (WRITE_TRY.replace("for p in {paths!r}", "import sysconfig\nfor p in [sysconfig.get_paths()"
                                             "['purelib'] + '/tirl_evil.pth']"), 5, _no_write),
@@ -54,7 +54,20 @@ CASES: dict[str, tuple[str, float, object]] = {
                                      "    try:\n        open(p, 'w').write('hi')\n    except OSError:\n        pass\n",
                                      5, None),
     "dev_is_minimal": ("import os\nprint(sorted(os.listdir('/dev')))", 5,
-                       _ok_out("['fd', 'full', 'null', 'random', 'stderr', 'stdin', 'stdout', 'urandom', 'zero']\n")),
+                       _ok_out("['fd', 'full', 'null', 'random', 'shm', 'stderr', 'stdin', 'stdout', 'urandom', 'zero']\n")),
+    # /dev/shm: the call's own small tmpfs (multiprocessing needs POSIX semaphores), empty in the next call.
+    "shm_persists_between_calls": ("import os\nprint(sorted(os.listdir('/dev/shm')))\n"
+                                   "open('/dev/shm/tirl_note', 'w').write('hi')\n", 5,
+                                   _ok_out("[]\n")),
+    "shm_is_capped": ("try:\n    with open('/dev/shm/tirl_big', 'wb') as f:\n        for i in range(64):\n"
+                      "            f.write(b'z' * 2**20)\n    print('WROTE 64 MB')\nexcept OSError as e:\n"
+                      "    print('capped', e.errno)", 10,
+                      # ENOSPC (the tmpfs is full) or EFBIG (RLIMIT_FSIZE), whichever comes first
+                      lambda r, c: "" if r["status"] == "ok" and r["stdout"] in ("capped 28\n", "capped 27\n")
+                      else "64 MB written to /dev/shm"),
+    "multiprocessing_pool": ("import multiprocessing as mp\ndef sq(x):\n    return x * x\n"
+                             "if __name__ == '__main__':\n    with mp.Pool(2) as p:\n        print(p.map(sq, range(5)))",
+                             20, _ok_out("[0, 1, 4, 9, 16]\n")),
     "dev_nodes_work": ("import os\nopen('/dev/null', 'w').write('x')\nprint(len(open('/dev/urandom', 'rb').read(8)),"
                        " open('/dev/zero', 'rb').read(2), os.path.exists('/dev/ptmx'))", 5, _ok_out("8 b'\\x00\\x00' False\n")),
     "no_pty": ("import os\ntry:\n    os.openpty()\n    print('GOT PTY')\nexcept OSError as e:\n    print('no pty')", 5,
@@ -156,7 +169,8 @@ def host_check(sb, ctx) -> str:
 
 
 LEFT_BEHIND = ("/run/lock/tirl", "/var/lock/tirl", "/run/tirl", "/var/run/tirl", "/etc/tirl", "/usr/tirl", "/tirl",
-               "/var/cache/tirl", "/var/lib/tirl", "/var/log/tirl", "/var/tmp/tirl", "/dev/shm/tirl", "/tmp/tirl_note")
+               "/var/cache/tirl", "/var/lib/tirl", "/var/log/tirl", "/var/tmp/tirl", "/dev/shm/tirl", "/tmp/tirl_note",
+               "/dev/shm/tirl_note", "/dev/shm/tirl_big")
 
 
 HONEST = "x = 0\nfor i in range(2_000_000):\n    x += i\nprint(x)"
@@ -224,7 +238,8 @@ def run_all(sb, names=None) -> dict:
                     res = cpu_fairness(sb)
                 else:
                     res = _r(sb.run(code.format(**ctx) if name in FORMATTED else code, timeout=timeout, **extras))
-                if name == "write_persists_between_calls":  # a second call must see an empty /tmp again
+                if name in ("write_persists_between_calls", "shm_persists_between_calls"):  # a second call
+                    # must see an empty /tmp and /dev/shm again
                     res = _r(sb.run(code, timeout=timeout))
                 verdict = judge(res, ctx)
             except Exception as e:  # noqa: BLE001 - reported per case, the others still run

@@ -6,7 +6,7 @@ imports tirl, never sees the supervisor's environment and holds no secrets.
 
 Protocol (one JSON object per packet):
   supervisor -> zygote: first packet = config (``preload isolation seccomp hide expose tmp_size_mb
-  probe_uid cgroup_slots deny_setsid``); then ``{"op": "run", "id", "slot", "uid", "limits",
+  shm_size_mb probe_uid cgroup_slots deny_setsid``); then ``{"op": "run", "id", "slot", "uid", "limits",
   "env", "session"}`` with fds attached [payload memfd, stdin fd, stdout w, stderr w, set-up status w,
   files-out memfd, (session control socket)], ``{"op": "kill", "id"}``, or (root without a PID
   namespace or cgroup) ``{"op": "killuid", "uid", "id"}``.
@@ -26,11 +26,11 @@ Per call: a new PID namespace whose init is ``sleep`` (vfork + exec, prepared wh
 runs) and the call's process as pid 2, so kill(-1) and /proc reach only the call itself and killing
 the init removes every descendant. Child set-up: own process group (a session, hence a
 scheduler autogroup, when there is no cpu cgroup) -> join cgroup slot (fds opened before the
-filesystem went read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace and a fresh
-size-limited /tmp -> drop privileges (root: the slot's uid; otherwise a nested user namespace and no
+filesystem went read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace, a fresh
+size-limited /tmp and /dev/shm -> drop privileges (root: the slot's uid; otherwise a nested user namespace and no
 capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
-Not covered: disk I/O bandwidth; /dev/shm is read-only (POSIX semaphores, multiprocessing queues fail).
+Not covered: disk I/O bandwidth.
 Kernel primitives live in ``_nsutil.py``, the snippet runner in ``_runner.py``; this file (a little over
 the usual size) keeps start-up, per-call set-up and the event loop together, as they share the state.
 """
@@ -147,6 +147,7 @@ class Zygote:
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                              ("stderr", "/proc/self/fd/2")):
             os.symlink(target, f"/dev/{name}")
+        os.mkdir("/dev/shm", 0o755)  # mount point of each call's own /dev/shm
         for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
             if not os.path.exists(path):
                 os.makedirs(path, exist_ok=True)  # mount point inside a hiding tmpfs
@@ -248,6 +249,9 @@ class Zygote:
                 mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
                 mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
                 os.close(fd)
+            shm = int(self.cfg.get("shm_size_mb", 0))
+            if shm > 0 and os.path.isdir("/dev/shm"):
+                mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={shm}m,mode=1777")
         elif step == "drop_privileges":
             if self.root:
                 uid = req["uid"]

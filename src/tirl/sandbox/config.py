@@ -33,6 +33,9 @@ class SandboxConfig:
     """RLIMIT_FSIZE: largest file a call may write (EFBIG beyond)."""
     tmp_size_mb: int = 64
     """Size of the private tmpfs mounted on /tmp for each call (counts against memory too)."""
+    shm_size_mb: int = 16
+    """Size of the private tmpfs on /dev/shm for each call: POSIX semaphores and shared memory, which
+    `multiprocessing` needs (counts against memory too). 0 = no /dev/shm."""
     max_open_files: int = 256
     """RLIMIT_NOFILE per call."""
     cpu_quota: float = 0.0

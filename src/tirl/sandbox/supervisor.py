@@ -102,7 +102,8 @@ class Supervisor:
         hide, expose = hide_and_expose(cfg)
         parent.send(json.dumps({
             "preload": list(cfg.preload), "isolation": cfg.isolation, "seccomp": cfg.seccomp,
-            "hide": hide, "expose": expose, "tmp_size_mb": cfg.tmp_size_mb, "probe_uid": self.uid0 + 255,
+            "hide": hide, "expose": expose, "tmp_size_mb": cfg.tmp_size_mb,
+            "shm_size_mb": cfg.shm_size_mb, "probe_uid": self.uid0 + 255,
             "cgroup_slots": [self.cg.procs_files(i) for i in range(self.n_slots)] if self.cg else [],
             # Without a cpu cgroup, a call's processes share the scheduler autogroup of its session.
             "deny_setsid": not (self.cg and self.cg.has_cpu),
