@@ -22,15 +22,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationOutput, GenerationRequest, SamplingParams
 from tirl.generation.kv_cache import new_cache
-
-if TYPE_CHECKING:
-    from tirl.generation.hf import HFGenerator
 
 
 @dataclass
@@ -56,9 +53,10 @@ def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 
 class DecodeBatch:
-    """Rows being decoded together with one sampling setting. Get one from `HFGenerator.decode_batch`."""
+    """Rows being decoded together with one sampling setting. Get one from `HFGenerator.decode_batch`
+    (`g` is that generator: its cache store, stop tests and sampler are used here)."""
 
-    def __init__(self, g: HFGenerator, params: SamplingParams, gen: torch.Generator | None):
+    def __init__(self, g: Any, params: SamplingParams, gen: torch.Generator | None):
         self.g, self.params, self.gen = g, params, gen
         self.stops = tuple(s for s in params.stop if s)
         self.window = max((len(s) for s in self.stops), default=0) + g.stop_window_tokens
