@@ -22,12 +22,23 @@ that writes code (e.g. the demo's SFT model, `tirl demo --run-dir R` leaves it i
 tags, "What is a * b?" with 3-digit numbers, bare-problem prompt), the real local `Sandbox`, and each
 program made to sleep 20-100 ms first (fixed per program text, the same in both modes) so that
 execution takes a realistic time. Reported: rollout wall time both ways, generation / execution time
-(they overlap in continuous mode), and whether greedy trajectories were identical.
+(they overlap in continuous mode), and whether the trajectories were identical. `--continuous forced`
+uses the random model above, forced to write 5-60 words before each of `--calls` code blocks.
+
+Measured here (2 cores, 1 torch thread, load 1.1-2.1, best of 2-3 runs per mode within one run):
+| workload | turns s | continuous s | speed-up |
+| --- | --- | --- | --- |
+| forced 4.3M model, 16 rows, 2 calls, `--max-new-tokens 1024` | 4.32 | 3.70 | 1.17× |
+| forced 4.3M model, 16 rows, 4 calls | 8.74 | 6.55 | 1.33× |
+| demo GRPO model (0.5M), 8 prompts × 8, temperature 1 | 2.65 | 2.47 | 1.07× |
+| demo GRPO model, 64 prompts, greedy | 2.68 | 2.74 | 0.98× |
+The demo model generates in 0.2-0.3 s what the sandbox's two slots take 2.4 s to run: nothing to overlap.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -106,18 +117,22 @@ def forced_writer(args):
     different steps, as sampled rows do."""
     import random
 
-    d = tempfile.mkdtemp()
-    build_tiny_model(d, corpus(), hidden_size=args.hidden, layers=args.layers, heads=8, kv_heads=4,
-                     intermediate_size=4 * args.hidden)
-    model, tok = load_model(d, device="cpu"), load_tokenizer(d)
+    with tempfile.TemporaryDirectory() as d:
+        build_tiny_model(d, corpus(), hidden_size=args.hidden, layers=args.layers, heads=8, kv_heads=4,
+                         intermediate_size=4 * args.hidden)
+        model, tok = load_model(d, device="cpu"), load_tokenizer(d)
     words = " ".join(f"fact {i} is {i * 7}." for i in range(60)).split()
 
-    def stream(key):
-        rng = random.Random(str(key[2:]))  # (group, sample): the same text in every run
+    @functools.lru_cache(maxsize=None)
+    def text_of(row):
+        rng = random.Random(str(row))
         text = "".join(" ".join(words[: rng.randint(5, 60)]) + f"\n<code>\n```python\nprint({i} * 12345)\n```\n</code>"
                        for i in range(args.calls[0]))
         return tok.encode(text + " ".join(words[: rng.randint(5, 60)]) + "\n<answer>\n\\boxed{1}\n</answer>",
                           add_special_tokens=False)
+
+    def stream(key):  # called for every token: encode each row's text once
+        return text_of(key[2:])  # (group, sample): the same text in every run
 
     prompts = [tok.encode(f"Question {b}: what is {b} * 12345?", add_special_tokens=False) for b in range(args.batch)]
     return model, tok, RETOOL, prompts, lambda: ForcedHFGenerator(model, tok, stream, max_batch_size=4096)
