@@ -20,8 +20,8 @@ may exceed the rollout's wall time.
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 MAX_SANDBOX_THREADS = 32
