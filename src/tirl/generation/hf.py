@@ -40,15 +40,17 @@ out in single characters).
 Cache growth: each batch's cache is preallocated for its longest possible sequence (cached + suffix +
 budget) and decode steps write their position in place (`tirl.generation.kv_cache`).
 
-Simplifications: a row waiting for the sandbox is out of the batch until the rollout's next call (no
-continuous batching: the batch's other rows are not decoded while code runs). Not covered:
-sliding-window or hybrid caches (these get transformers' own layers, no preallocation), tensor
+The decode loop lives in `tirl.generation.decode_batch.DecodeBatch`: `generate` adds its requests and
+steps until every row has finished; `decode_batch()` hands out a running batch that rows can join at
+any step (continuous batching: the rollout adds a row back as soon as its code has run, while the
+others keep decoding; `RolloutConfig.continuous`).
+
+Not covered: sliding-window or hybrid caches (these get transformers' own layers, no preallocation), tensor
 parallelism, CUDA graphs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Hashable, Iterable, Sequence
@@ -56,13 +58,12 @@ from typing import Any, Hashable, Iterable, Sequence
 import torch
 
 from tirl.generation.base import (
-    FINISH_EOS,
     FINISH_LENGTH,
-    FINISH_STOP,
     GenerationOutput,
     GenerationRequest,
     SamplingParams,
 )
+from tirl.generation.decode_batch import DecodeBatch
 from tirl.generation.kv_cache import new_cache
 
 
@@ -187,18 +188,30 @@ class HFGenerator:
                 outputs[i] = GenerationOutput([], [], FINISH_LENGTH)
             else:
                 todo.append(i)
-        gen = None
-        if params.seed is not None and params.temperature > 0:
-            gen = torch.Generator(device=self.device).manual_seed(int(params.seed))
-        from tirl.models import autocast
-
-        self._run = self._half_model() if self.half_copy and self.precision != "fp32" else self.model
-        with autocast(self.device, self.precision) if self._run is self.model else contextlib.nullcontext():
-            for start in range(0, len(todo), self.max_batch_size):
-                idx = todo[start : start + self.max_batch_size]
-                for i, out in zip(idx, self._generate_batch([requests[i] for i in idx], params, gen)):
-                    outputs[i] = out
+        gen = self._sampler(params)
+        self._run = self._sampling_model()
+        for start in range(0, len(todo), self.max_batch_size):
+            idx = todo[start : start + self.max_batch_size]
+            batch = DecodeBatch(self, params, gen)
+            where = dict(zip(batch.add([requests[i] for i in idx]), idx))
+            while batch:
+                for rid, out in batch.step():
+                    outputs[where[rid]] = out
         return outputs  # type: ignore[return-value]
+
+    def decode_batch(self, params: SamplingParams) -> DecodeBatch:
+        """An empty running batch (`tirl.generation.decode_batch`): `add` requests at any time, `step` to
+        decode one token for every row and get the rows that finished. Continuous batching uses it."""
+        self._run = self._sampling_model()
+        return DecodeBatch(self, params, self._sampler(params))
+
+    def _sampler(self, params: SamplingParams) -> torch.Generator | None:
+        if params.seed is None or params.temperature <= 0:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(params.seed))
+
+    def _sampling_model(self) -> Any:
+        return self._half_model() if self.half_copy and self.precision != "fp32" else self.model
 
     def _half_model(self) -> Any:
         """The half-precision copy, its weights re-copied when the source's changed (an optimizer step
@@ -232,97 +245,6 @@ class HFGenerator:
         if c <= 0:
             return 0, None
         return c, [(k[:, :, :c], v[:, :, :c]) for k, v in entry.kv]
-
-    def _generate_batch(
-        self, reqs: Sequence[GenerationRequest], params: SamplingParams, gen: torch.Generator | None
-    ) -> list[GenerationOutput]:
-        dev = self.device
-        B = len(reqs)
-        looked = [self._lookup(r) for r in reqs]
-        if self.share_prefix and self.reuse_cache:  # the reference path (reuse_cache=False) prefills every row
-            looked = self._share_prompts(reqs, looked)
-        cs = [c for c, _ in looked]
-        sufs = [r.token_ids[c:] for r, c in zip(reqs, cs)]
-        C, S = max(cs), max(len(s) for s in sufs)
-
-        # Mask (B, C+S): 1 on each row's cached tokens and suffix; 0 on left pads and the hole between.
-        mask = torch.zeros(B, C + S, dtype=torch.long)
-        inp = torch.full((B, S), self.pad_id, dtype=torch.long)
-        for i, (c, s) in enumerate(zip(cs, sufs)):
-            mask[i, C - c : C] = 1
-            mask[i, C + S - len(s) :] = 1
-            inp[i, S - len(s) :] = torch.tensor(s, dtype=torch.long)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, C:]
-        mask, inp, pos = mask.to(dev), inp.to(dev), pos.to(dev)
-        budgets = [params.max_new_tokens if r.max_new_tokens is None else r.max_new_tokens for r in reqs]
-        cache = self._stack_cache(looked, C, C + S + max(budgets) if self.preallocate else None)
-
-        out = self._run(input_ids=inp, attention_mask=mask, position_ids=pos,
-                         use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-        cache = out.past_key_values
-        logits = out.logits[:, -1, :].float()
-
-        stops = tuple(s for s in params.stop if s)
-        window = max((len(s) for s in stops), default=0) + self.stop_window_tokens
-        stop_ids = self._single_token_stops(stops)
-        # A token can complete a stop only if its text holds the stop's last character; single-token
-        # decoding may drop whitespace (sentencepiece), so a stop ending in whitespace checks every token.
-        ends = "" if any(s[-1].isspace() for s in stops) else "".join(sorted({s[-1] for s in stops}))
-        new: list[list[int]] = [[] for _ in range(B)]
-        lps: list[list[float]] = [[] for _ in range(B)]
-        kept_logits: list[list[torch.Tensor]] = [[] for _ in range(B)]
-        finish: list[str | None] = [None] * B
-        stop_hit: list[str | None] = [None] * B
-        results: list[GenerationOutput | None] = [None] * B
-        rows = list(range(B))  # batch row -> request index
-        next_pos = torch.tensor([len(r.token_ids) for r in reqs], device=dev)
-
-        while True:
-            tok, lp = self._pick(logits, params, gen, [reqs[i] if finish[i] is None else None for i in rows])
-            tok_l, lp_l = tok.tolist(), lp.tolist()
-            for b, i in enumerate(rows):
-                if finish[i] is not None:
-                    continue
-                t = tok_l[b]
-                new[i].append(t)
-                lps[i].append(lp_l[b])
-                if params.return_logits:
-                    kept_logits[i].append(logits[b].detach().cpu().clone())
-                if t in self.eos_ids:
-                    finish[i] = FINISH_EOS
-                elif t in stop_ids:
-                    finish[i], stop_hit[i] = FINISH_STOP, stop_ids[t]
-                elif stops and self._may_end_stop(t, ends) and (hit := self._stop_in(new[i][-window:], stops)):
-                    finish[i], stop_hit[i] = FINISH_STOP, hit
-                elif len(new[i]) >= budgets[i]:
-                    finish[i] = FINISH_LENGTH
-            alive = [finish[i] is None for i in rows]
-            n_dead = alive.count(False)
-            if n_dead and (n_dead == len(rows) or n_dead >= self.drop_finished_at * len(rows)):
-                # Cut finished rows' caches out now, so the batch shrinks (or ends).
-                keep = []
-                for b, i in enumerate(rows):
-                    if alive[b]:
-                        keep.append(b)
-                    else:
-                        results[i] = self._finish_row(reqs[i], new[i], lps[i], kept_logits[i], finish[i],
-                                                      stop_hit[i], cache, mask, b, len(sufs[i]))
-                if not keep:
-                    break
-                sel = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(sel)
-                mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
-                rows = [rows[b] for b in keep]
-                alive = [True] * len(rows)
-            alive_t = torch.tensor(alive, device=dev)
-            feed = torch.where(alive_t, tok, torch.full_like(tok, self.pad_id))
-            mask = torch.cat([mask, alive_t.long()[:, None]], dim=1)
-            out = self._run(input_ids=feed[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                             use_cache=True, **{self._cache_kw: cache})
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            next_pos = next_pos + 1
-        return results  # type: ignore[return-value]
 
     def _pick(self, logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None,
               active: list[GenerationRequest | None]) -> tuple[torch.Tensor, torch.Tensor]:

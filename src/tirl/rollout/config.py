@@ -36,6 +36,13 @@ class RolloutConfig:
     """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
     exec_timeout: float | None = None
     """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
+    continuous: bool = False
+    """Continuous batching (`tirl.rollout.continuous`): a trajectory's code runs as soon as it closes the
+    block, and the trajectory rejoins the decode batch as soon as its output is back, while the others
+    keep decoding; nobody waits for the slowest row of a turn. Needs a generator with `decode_batch`
+    (the transformers backend; others play turn by turn). The batch's make-up then depends on sandbox
+    timing, so sampled tokens are not reproducible run to run for a fixed seed (greedy decoding gives
+    the same trajectories as turn by turn, up to float rounding); off by default for that reason."""
     shards: int = 1
     """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
     fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on

@@ -33,8 +33,15 @@ Tool-call cap (`max_tool_calls`, ToRL's C): a code block closed after the cap is
 on); with `on_tool_cap="stop"` the trajectory ends there with finish reason `tool_cap`. Either way
 `Trajectory.tool_cap_hit` is set and `tool/cap_hit_ratio` counts it.
 
-Simplifications: turns are synchronous (the whole batch waits for the slowest code of a turn; overlap
-of generation and execution is not covered); each code block runs as a fresh script (both papers do so).
+Turns: by default turns are synchronous (the whole batch waits for its slowest row, then for the
+slowest code of the turn; no row decodes while code runs). With `RolloutConfig.continuous` and a
+generator that has `decode_batch` (the transformers backend), `tirl.rollout.continuous` runs instead:
+each row's code runs as soon as it is closed and the row resumes as soon as its output is back, while
+the others keep decoding; the rules above are the same (`_Play` holds them for both loops).
+`rollout/turns` is the most generation segments of one trajectory (in the synchronous loop, the number
+of `generate` calls).
+
+Simplifications: each code block runs as a fresh script (both papers do so).
 """
 
 from __future__ import annotations
@@ -104,56 +111,19 @@ def rollout(
     # The close tag alone (RETOOL's answer_close is "\n</answer>"; the model may not write the newline).
     answer_stop = style.answer_close.strip()
     stops = (style.stop,) + ((answer_stop,) if cfg.stop_at_answer and answer_stop else ())
-    counts = dict.fromkeys(("prefill", "decode", "turns"), 0)
-    gen_time = exec_time = 0.0
-
+    play = _Play(tokenizer, sandbox, style, cfg, prompt_texts, keys, stops)
     live = list(trajs)
     if cfg.max_new_tokens <= 0:
         for t in trajs:
             t.finish_reason = "length"
         live = []
-    while live:
-        params = SamplingParams(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-            stop=stops, seed=None if cfg.seed is None else cfg.seed + counts["turns"],
-        )
-        reqs = [GenerationRequest(t.prompt_ids + t.response_ids, keys[id(t)], cfg.max_new_tokens - len(t.response_ids))
-                for t in live]
-        t0 = time.perf_counter()
-        outs = generator.generate(reqs, params)
-        gen_time += time.perf_counter() - t0
-        counts["turns"] += 1
+    if cfg.continuous and hasattr(generator, "decode_batch"):
+        from tirl.rollout.continuous import play_continuous
 
-        pending: list[tuple[Trajectory, str]] = []  # (trajectory, code to run)
-        for t, o in zip(live, outs):
-            t.response_ids += o.token_ids
-            t.loss_mask += [1] * len(o.token_ids)
-            t.logprobs += [float(x) for x in o.logprobs]
-            counts["prefill"] += o.prefill_tokens
-            counts["decode"] += o.decode_tokens
-            t._fed_upto = len(t.prompt_ids) + len(t.response_ids) - 1  # type: ignore[attr-defined]
-            if o.finish_reason == FINISH_EOS:
-                t.finish_reason = "eos"
-            elif o.finish_reason == FINISH_STOP and o.stop_string != style.stop:
-                t.finish_reason = "answer"
-            elif o.finish_reason == FINISH_STOP:
-                _closed_code(t, prompt_texts[t.group_index], tokenizer, style, cfg, pending)
-            elif len(t.response_ids) >= cfg.max_new_tokens or o.finish_reason == FINISH_LENGTH:
-                t.finish_reason = "length"
-                t.unclosed_code = has_open_code(prompt_texts[t.group_index] + tokenizer.decode(t.response_ids), style)
-
-        if pending:
-            t0 = time.perf_counter()
-            results = _run_codes(sandbox, [code for _, code in pending], cfg.exec_timeout)
-            exec_time += time.perf_counter() - t0
-            for (t, code), res in zip(pending, results):
-                message = format_exec_result(res.status, res.stdout, res.stderr, cfg.error_lines)
-                _inject(t, code, res.status, message, res.duration_s, tokenizer, style, cfg)
-
-        finished = [t for t in live if t.finish_reason]
-        generator.release([keys[id(t)] for t in finished])
-        live = [t for t in live if not t.finish_reason]
-
+        gen_time, exec_time = play_continuous(play, generator, live)
+    else:
+        gen_time, exec_time = _play_turns(play, generator, live)
+    counts = play.counts
     for t in trajs:
         t.text = tokenizer.decode(t.response_ids)
         t.model_text = _sampled_text(t, tokenizer)
@@ -168,13 +138,90 @@ def rollout(
         # Positions the model computed / positions that had to be computed once (prompt + response,
         # minus the last sampled token, which is never fed back): 1.0 = nothing recomputed.
         "rollout/recompute_ratio": (counts["prefill"] + counts["decode"]) / fed_needed if fed_needed else 0.0,
-        "rollout/turns": float(counts["turns"]),
+        # The most generation segments of one trajectory (= generate calls of the turn-synchronous loop).
+        "rollout/turns": float(max((getattr(t, "_segments", 0) for t in trajs), default=0)),
         "rollout/gen_time_s": gen_time,
         "rollout/exec_time_s": exec_time,
     })
     for t in trajs:
         t.__dict__.pop("_fed_upto", None)
+        t.__dict__.pop("_segments", None)
     return RolloutResult(trajs, metrics)
+
+
+class _Play:
+    """What both loops do with one trajectory: build its request, take in a generation output, answer
+    its code."""
+
+    def __init__(self, tokenizer: Any, sandbox: SandboxLike, style: TagStyle, cfg: RolloutConfig,
+                 prompt_texts: list[str], keys: dict[int, tuple], stops: tuple[str, ...]):
+        self.tokenizer, self.sandbox, self.style, self.cfg = tokenizer, sandbox, style, cfg
+        self.prompt_texts, self.keys, self.stops = prompt_texts, keys, stops
+        self.counts = dict.fromkeys(("prefill", "decode"), 0)
+
+    def key(self, t: Trajectory) -> tuple:
+        return self.keys[id(t)]
+
+    def params(self, seed: int | None) -> SamplingParams:
+        cfg = self.cfg
+        return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              top_k=cfg.top_k, stop=self.stops, seed=seed)
+
+    def request(self, t: Trajectory) -> GenerationRequest:
+        return GenerationRequest(t.prompt_ids + t.response_ids, self.key(t), self.cfg.max_new_tokens - len(t.response_ids))
+
+    def absorb(self, t: Trajectory, o: Any, pending: list) -> None:
+        """Append one generation output to `t`; a closed code block goes to `pending` (or is answered at
+        once: empty block, tool cap)."""
+        cfg, style, tokenizer = self.cfg, self.style, self.tokenizer
+        t.response_ids += o.token_ids
+        t.loss_mask += [1] * len(o.token_ids)
+        t.logprobs += [float(x) for x in o.logprobs]
+        self.counts["prefill"] += o.prefill_tokens
+        self.counts["decode"] += o.decode_tokens
+        t._fed_upto = len(t.prompt_ids) + len(t.response_ids) - 1  # type: ignore[attr-defined]
+        t._segments = getattr(t, "_segments", 0) + 1  # type: ignore[attr-defined]
+        if o.finish_reason == FINISH_EOS:
+            t.finish_reason = "eos"
+        elif o.finish_reason == FINISH_STOP and o.stop_string != style.stop:
+            t.finish_reason = "answer"
+        elif o.finish_reason == FINISH_STOP:
+            _closed_code(t, self.prompt_texts[t.group_index], tokenizer, style, cfg, pending)
+        elif len(t.response_ids) >= cfg.max_new_tokens or o.finish_reason == FINISH_LENGTH:
+            t.finish_reason = "length"
+            t.unclosed_code = has_open_code(self.prompt_texts[t.group_index] + tokenizer.decode(t.response_ids), style)
+
+    def run_codes(self, codes: list[str]) -> list[ExecResult]:
+        return _run_codes(self.sandbox, codes, self.cfg.exec_timeout)
+
+    def answer(self, t: Trajectory, code: str, res: ExecResult) -> None:
+        message = format_exec_result(res.status, res.stdout, res.stderr, self.cfg.error_lines)
+        _inject(t, code, res.status, message, res.duration_s, self.tokenizer, self.style, self.cfg)
+
+
+def _play_turns(play: _Play, generator: Any, live: list[Trajectory]) -> tuple[float, float]:
+    """The turn-synchronous loop: generate for every live trajectory until each stops, run all the code
+    they closed in one `run_batch`, repeat. Returns (generation seconds, execution seconds)."""
+    gen_time = exec_time = 0.0
+    turn = 0
+    while live:
+        seed = None if play.cfg.seed is None else play.cfg.seed + turn
+        t0 = time.perf_counter()
+        outs = generator.generate([play.request(t) for t in live], play.params(seed))
+        gen_time += time.perf_counter() - t0
+        turn += 1
+        pending: list[tuple[Trajectory, str]] = []  # (trajectory, code to run)
+        for t, o in zip(live, outs):
+            play.absorb(t, o, pending)
+        if pending:
+            t0 = time.perf_counter()
+            results = play.run_codes([code for _, code in pending])
+            exec_time += time.perf_counter() - t0
+            for (t, code), res in zip(pending, results):
+                play.answer(t, code, res)
+        generator.release([play.key(t) for t in live if t.finish_reason])
+        live = [t for t in live if not t.finish_reason]
+    return gen_time, exec_time
 
 
 def _sampled_text(t: Trajectory, tokenizer: Any) -> str:
