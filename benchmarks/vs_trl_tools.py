@@ -273,6 +273,7 @@ def run_trl(a: dict, out) -> None:
             gradient_accumulation_steps=1, dataloader_num_workers=0, shuffle_dataset=False,
             disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
             max_tool_calling_iterations=a["tool_calls"],
+            use_transformers_continuous_batching=a.get("trl_continuous", False),
         )
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
                               tools=[timed_python], callbacks=[Clock()])
@@ -372,6 +373,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--trl-continuous", action="store_true",
+                    help="TRL generates with transformers' continuous batching (`use_transformers_continuous_batching`, "
+                         "off by default in TRL)")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
+                    help="also run tirl with these overrides every round (repeatable), e.g. rollout.continuous=true "
+                         "or trainer.share_prompt=false, measured against the same TRL runs")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for the tirl run")
     args = ap.parse_args()
 
@@ -382,34 +389,41 @@ def main() -> None:
     check_agreement(tok)
     c = AutoConfig.from_pretrained(model)
     a = {k: getattr(args, k) for k in ("prompts", "n", "new_tokens", "tool_calls", "steps", "lr", "threads", "seed",
-                                       "overrides")}
+                                       "overrides", "trl_continuous")}
     a["model"] = model
     print(f"model: {model} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, vocab {c.vocab_size}); token "
           f"streams agree; {args.prompts} prompts x {args.n} samples x {args.new_tokens} tokens, <= {args.tool_calls} "
           f"tool calls, {args.steps} steps, lr {args.lr}, {args.threads} thread(s)")
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
     rows = []
-    for r in range(args.rounds):
-        for name, fn in (("TRL GRPOTrainer tools=[python]", run_trl), ("tirl train + sandbox", run_tirl)):
-            res = _child(fn, a)
+    variants = [[x.strip() for x in v.split(",") if x.strip()] for v in args.variant]
+    for r in range(args.rounds):  # alternate, so a change of load hits both sides
+        runs = [("TRL GRPOTrainer tools=[python]", run_trl, a), ("tirl train + sandbox", run_tirl, a)]
+        runs += [(f"tirl {' '.join(v)}", run_tirl, {**a, "overrides": [*a["overrides"], *v]}) for v in variants]
+        for name, fn, args_ in runs:
+            res = _child(fn, args_)
             row = summarise(f"{name} [{r + 1}]", res)
             row["calls"] = statistics.mean(res["calls"]) if res["calls"] else float("nan")
             row["accuracy"] = statistics.mean(res["accuracy"]) if res["accuracy"] else float("nan")
             rows.append(row)
             print(f"  {row['name']}: {row['s_per_step']:.2f} s/step", flush=True)
     print(f"load average after:  {' '.join(open('/proc/loadavg').read().split()[:3])}")
-    print(f"{'':36s} {'s/step':>7s} {'tok/s':>6s} {'peak MB':>8s} {'calls':>6s} {'acc':>5s}   "
+    print(f"{'':48s} {'s/step':>7s} {'tok/s':>6s} {'peak MB':>8s} {'calls':>6s} {'acc':>5s}   "
           "split (generation / code / update s)")
     for r in rows:
         extra = (f"   [first pass {r['first pass']:.2f}, re-generation {r['re-generation']:.2f}]"
                  if "first pass" in r else "")
-        print(f"{r['name']:36s} {r['s_per_step']:7.2f} {r['tokens_per_s']:6.0f} {r['peak_mb']:8.0f} "
+        print(f"{r['name']:48s} {r['s_per_step']:7.2f} {r['tokens_per_s']:6.0f} {r['peak_mb']:8.0f} "
               f"{r['calls']:6.2f} {r['accuracy']:5.2f}   {r['generation']:.2f} / {r['sandbox']:.2f} / "
               f"{r['update']:.2f}{extra}")
     print("calls: tool calls per sample; acc: share of samples graded correct (mean over all steps)")
     trl = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("TRL"))
-    ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl"))
+    ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl train"))
     print(f"tirl is {trl / ours:.2f}x faster per step than TRL with tools (median s/step {ours:.2f} vs {trl:.2f})")
+    for v in variants:
+        tag = f"tirl {' '.join(v)}"
+        s_v = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith(tag + " ["))
+        print(f"{tag}: {trl / s_v:.2f}x (median s/step {s_v:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
