@@ -34,8 +34,8 @@ each call in its sandbox (a fresh, isolated interpreter per call, `tirl.sandbox`
 (a full re-prefill of every such row, left-padded), up to `max_completion_length` new tokens; tirl resumes
 each sequence from its KV cache.
 
-Printed per run: median s/step over the steps after the first, response tokens/s (sampled and tool tokens), peak memory, the split
-(generation / code execution / update), tool calls per sample and accuracy (share of samples graded +1),
+Printed per run: median s/step over the steps after the first, sampled tokens/s (tool results not counted,
+as TRL counts), peak memory, the split (generation / code execution / update), tool calls per sample and accuracy (share of samples graded +1),
 then the ratio. TRL's generation is split further into the first pass and the post-tool re-generation.
 """
 
@@ -351,9 +351,8 @@ def run_tirl(a: dict, out) -> None:
              for k, key in (("generation", "time/generation_s"), ("sandbox", "time/sandbox_s"),
                             ("update", "time/train_s"))}
     out.put({"step_s": [float(m["time/step_s"]) for m in ms],
-             # response tokens, tool tokens included, as TRL's completion length counts them
-             "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) + float(m.get(
-                 "rollout/interpreter_tokens", 0.0)) for m in ms],
+             # sampled tokens only, as TRL's completion length counts them with tools (its tool_mask)
+             "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
              "peak_mb": _peak_mb(), "split": split, "zero_std": [float(m["reward/frac_zero_std"]) for m in ms],
              "calls": [float(m.get("tool/calls_mean", 0.0)) for m in ms],
              "accuracy": [(float(m["reward/mean"]) + 1) / 2 for m in ms]})
@@ -376,8 +375,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--trl-continuous", action="store_true",
-                    help="TRL generates with transformers' continuous batching (`use_transformers_continuous_batching`, "
-                         "off by default in TRL)")
+                    help="TRL generates with transformers' continuous batching "
+                         "(`use_transformers_continuous_batching`, off by default; far slower on CPU here)")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
                     help="also run tirl with these overrides every round (repeatable), e.g. rollout.continuous=true "
                          "or trainer.share_prompt=false, measured against the same TRL runs")
@@ -418,7 +417,8 @@ def main() -> None:
         print(f"{r['name']:48s} {r['s_per_step']:7.2f} {r['tokens_per_s']:6.0f} {r['peak_mb']:8.0f} "
               f"{r['calls']:6.2f} {r['accuracy']:5.2f}   {r['generation']:.2f} / {r['sandbox']:.2f} / "
               f"{r['update']:.2f}{extra}")
-    print("tok/s: response tokens (sampled + tool result) per second; calls: tool calls per sample; acc: share of samples graded correct (mean over all steps)")
+    print("tok/s: sampled tokens per second (tool results not counted); calls: tool calls per sample; "
+          "acc: share of samples graded correct (mean over all steps)")
     trl = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("TRL"))
     ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl train +"))
     print(f"tirl is {trl / ours:.2f}x faster per step than TRL with tools (median s/step {ours:.2f} vs {trl:.2f})")
