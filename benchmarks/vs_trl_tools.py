@@ -35,8 +35,8 @@ each call in its sandbox (a fresh, isolated interpreter per call, `tirl.sandbox`
 each sequence from its KV cache.
 
 Printed per run: median s/step over the steps after the first, sampled tokens/s (tool results not counted,
-as TRL counts), peak memory, the split (generation / code execution / update), tool calls per sample and accuracy (share of samples graded +1),
-then the ratio. TRL's generation is split further into the first pass and the post-tool re-generation.
+as TRL counts), peak memory, the split (generation / code execution / update), tool calls per sample and
+accuracy (share of samples graded +1), then the ratio. TRL's generation is split further into the first pass and the post-tool re-generation.
 """
 
 from __future__ import annotations
