@@ -32,11 +32,9 @@ gradient, and a step left with nothing to run still makes its zero-gradient opti
 GRPO has no such skip and runs them. `--ablate skip-zero` turns it off. On the random model every
 group has zero std, so tirl's update is all skipped there: read that workload with and without it.
 
-The `tools` mode (TRL `tools=` vs tirl's sandbox) is not built yet. TRL 1.16's tool path needs
-conversational prompts, a chat template that renders assistant `tool_calls` and tool messages (checked at
-start-up) with a response parser for that template, and a model that writes JSON tool calls in that
-template's format; TRL then runs the Python callables in-process (no sandbox) after the whole batch has
-finished generating, and re-generates the rows that called a tool. A random model never calls one.
+The tool path (TRL `tools=[python]` vs tirl's sandbox) is `benchmarks/vs_trl_tools.py`: TRL 1.16 parses
+tool calls only for chat templates it knows and needs a model that writes them, so that benchmark builds
+its own model (TRL's Qwen2.5 template, cold-start SFT'd to call the tool) and shares this file's helpers.
 """
 
 from __future__ import annotations
