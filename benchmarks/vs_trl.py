@@ -80,14 +80,45 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def trl_config(a: dict, output_dir: str, **extra):
+    """TRL's `GRPOConfig` matching tirl's run: batch, group size, budget, lr, steps, seed, GRPO clip range, no KL,
+    one optimizer step per batch, constant lr, CPU, no logging or saving; `extra` adds mode-specific keys."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=output_dir, per_device_train_batch_size=a["prompts"] * a["n"], num_generations=a["n"],
+        max_completion_length=a["new_tokens"], learning_rate=a["lr"], max_steps=a["steps"], logging_steps=1,
+        report_to=[], use_cpu=True, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
+        epsilon=0.2, epsilon_high=0.28, save_strategy="no", seed=a["seed"],
+        gradient_accumulation_steps=1, dataloader_num_workers=0, shuffle_dataset=False,
+        disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0,
+        gradient_checkpointing=False,  # TRL's default is on; tirl's is off: compare the faster settings
+        **extra,
+    )
+
+
+def step_clock(times: list[float]):
+    """A TRL callback appending each optimizer step's wall time to `times`."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t0)
+
+    return Clock()
+
+
 def run_trl(a: dict, out: mp.Queue) -> None:
     import torch
 
     torch.set_num_threads(a["threads"])
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from tirl.reward import grade
 
@@ -104,26 +135,10 @@ def run_trl(a: dict, out: mp.Queue) -> None:
         return [grade(c, x) for c, x in zip(completions, answer)]
 
     times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
-
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=a["prompts"] * a["n"], num_generations=a["n"],
-            max_completion_length=a["new_tokens"], learning_rate=a["lr"], max_steps=a["steps"], logging_steps=1,
-            report_to=[], use_cpu=True, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
-            epsilon=0.2, epsilon_high=0.28, save_strategy="no", seed=a["seed"], bf16=a["precision"] == "bf16",
-            gradient_accumulation_steps=1, dataloader_num_workers=0, shuffle_dataset=False,
-            disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0,
-            gradient_checkpointing=False,  # TRL's default is on; tirl's is off: compare the faster settings
-        )
+        cfg = trl_config(a, tmp, bf16=a["precision"] == "bf16")
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
-                              callbacks=[Clock()])
+                              callbacks=[step_clock(times)])
         gen_times: list[float] = []
         generate = trainer._generate  # TRL's sampling (tokenising, generate, decoding); the rest is the update
 

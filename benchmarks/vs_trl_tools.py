@@ -53,7 +53,7 @@ import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_trl import _child, _peak_mb, summarise  # noqa: E402
+from vs_trl import _child, _peak_mb, step_clock, summarise, trl_config  # noqa: E402
 
 CALL_OPEN = '<tool_call>\n{"name": "python", "arguments": {"code": "'
 CALL_CLOSE = '"}}\n</tool_call>'
@@ -220,9 +220,9 @@ def run_trl(a: dict, out) -> None:
 
     torch.set_num_threads(a["threads"])
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from tirl.reward import grade
     from vs_trl import _problems
@@ -256,27 +256,11 @@ def run_trl(a: dict, out) -> None:
 
     timed_python.__name__ = "python"
     times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t0)
-
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = GRPOConfig(
-            output_dir=tmp, per_device_train_batch_size=a["prompts"] * a["n"], num_generations=a["n"],
-            max_completion_length=a["new_tokens"], learning_rate=a["lr"], max_steps=a["steps"], logging_steps=1,
-            report_to=[], use_cpu=True, temperature=1.0, top_p=1.0, beta=0.0, num_iterations=1,
-            epsilon=0.2, epsilon_high=0.28, save_strategy="no", seed=a["seed"],
-            gradient_accumulation_steps=1, dataloader_num_workers=0, shuffle_dataset=False,
-            disable_tqdm=True, lr_scheduler_type="constant", warmup_steps=0, gradient_checkpointing=False,
-            max_tool_calling_iterations=a["tool_calls"],
-            use_transformers_continuous_batching=a.get("trl_continuous", False),
-        )
+        cfg = trl_config(a, tmp, max_tool_calling_iterations=a["tool_calls"],
+                         use_transformers_continuous_batching=a.get("trl_continuous", False))
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
-                              tools=[timed_python], callbacks=[Clock()])
+                              tools=[timed_python], callbacks=[step_clock(times)])
         gen, first, regen, execs = [], [], [], []
         generate, single = trainer._generate, trainer._generate_single_turn
         turn = [0]
