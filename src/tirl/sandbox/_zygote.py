@@ -31,8 +31,9 @@ size-limited /tmp and /dev/shm -> drop privileges (root: the slot's uid; otherwi
 capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
 Not covered: disk I/O bandwidth.
-Kernel primitives live in ``_nsutil.py``, the snippet runner in ``_runner.py``; this file (a little over
-the usual size) keeps start-up, per-call set-up and the event loop together, as they share the state.
+Kernel primitives live in ``_nsutil.py``, the filesystem view (start-up and per call) in ``_fsview.py``,
+the snippet runner in ``_runner.py``; this file (a little over the usual size) keeps start-up,
+per-call set-up and the event loop together, as they share the state.
 """
 import ctypes
 import errno
@@ -47,11 +48,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ``python -I`` leaves our directory out
 from _nsutil import (  # noqa: E402
-    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, DEVICES, MS_BIND, MS_NODEV, MS_NOEXEC,
-    MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE,
-    PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SockFprog, build_seccomp_bpf,
-    check, drop_capabilities, enter_user_namespace, libc, make_readonly, mount, unshare,
+    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_NODEV, MS_NOEXEC, MS_NOSUID,
+    PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP,
+    SECCOMP_MODE_FILTER, SockFprog, build_seccomp_bpf, check, drop_capabilities, enter_user_namespace, libc,
+    make_readonly, mount, unshare,
 )
+from _fsview import fresh_tmp, hide_new_top_level, private_filesystem  # noqa: E402
 from _runner import run_user_code, session_loop, write_inputs  # noqa: E402
 
 del sys.path[0]  # nothing of ours on the snippet's import path
@@ -101,7 +103,7 @@ class Zygote:
             except OSError as e:
                 missing["user_namespace"] = f"unprivileged user namespaces unavailable: {e}"
         try:
-            self._private_filesystem()
+            self.top_known = private_filesystem(cfg["expose"], cfg["hide"])
             self.features["fs_hiding"] = self.features["minimal_dev"] = True
             try:
                 make_readonly()
@@ -124,51 +126,6 @@ class Zygote:
             except Exception as e:
                 missing["seccomp"] = f"pyseccomp/libseccomp unavailable: {e!r}"
         self._probe(caps)
-
-    def _private_filesystem(self):
-        """Once, in our own mount namespace: hide home/project/runtime dirs, minimal /dev, expose the interpreter."""
-        unshare(CLONE_NEWNS)
-        mount(None, "/", None, MS_REC | MS_PRIVATE)
-        # Keep a handle on each directory/device to re-expose before a tmpfs covers it.
-        handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in self.cfg["expose"] if os.path.isdir(p)}
-        devs = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
-        for path in sorted(set(self.cfg["hide"]), key=len):
-            if os.path.realpath(path) != path:
-                continue
-            if os.path.isdir(path):
-                mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-            elif os.path.isfile(path):  # /dev/null bound over it: it reads as empty (a memfd cannot be bound)
-                mount(f"/proc/self/fd/{devs['null']}", path, None, MS_BIND)
-        mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=755")
-        for d, fd in devs.items():
-            os.close(os.open(f"/dev/{d}", os.O_CREAT | os.O_WRONLY, 0o666))
-            mount(f"/proc/self/fd/{fd}", f"/dev/{d}", None, MS_BIND)
-            os.close(fd)
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
-                             ("stderr", "/proc/self/fd/2")):
-            os.symlink(target, f"/dev/{name}")
-        os.mkdir("/dev/shm", 0o755)  # mount point of each call's own /dev/shm
-        for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
-            if not os.path.exists(path):
-                os.makedirs(path, exist_ok=True)  # mount point inside a hiding tmpfs
-                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            os.close(fd)
-        self.top_known = set(os.listdir("/"))
-
-    def _hide_new_top_level(self):
-        """In a call's own mount namespace: hide what appeared at the top of the host's tree after we
-        started (a checkout, a mount), as start-up hid what was there then. One listdir when nothing is new."""
-        for name in set(os.listdir("/")) - self.top_known:
-            path = "/" + name
-            try:
-                if os.path.islink(path):
-                    continue
-                if os.path.isdir(path):
-                    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
-                elif os.path.isfile(path):
-                    mount("/dev/null", path, None, MS_BIND)
-            except FileNotFoundError:  # gone again before we got to it
-                continue
 
     def _own_pid_namespace(self):
         """Become init of a PID namespace of our own: from it we may create one child namespace per call
@@ -237,21 +194,8 @@ class Zygote:
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         elif step == "tmpfs":
             if self.features.get("fs_hiding"):
-                self._hide_new_top_level()
-            size = int(self.cfg.get("tmp_size_mb", 64))
-            # An interpreter or venv under /tmp (a CI checkout) must stay importable: lazily loaded
-            # modules (numpy.random) are read after the fresh /tmp covers it, so re-expose it.
-            under = [p for p in self.cfg["expose"] if p == "/tmp" or p.startswith("/tmp/")]
-            handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in under}
-            mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
-            for path, fd in sorted(handles.items(), key=lambda kv: len(kv[0])):
-                os.makedirs(path, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-                mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-                os.close(fd)
-            shm = int(self.cfg.get("shm_size_mb", 0))
-            if shm > 0 and os.path.isdir("/dev/shm"):
-                mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"size={shm}m,mode=1777")
+                hide_new_top_level(self.top_known)
+            fresh_tmp(self.cfg["expose"], int(self.cfg.get("tmp_size_mb", 64)), int(self.cfg.get("shm_size_mb", 0)))
         elif step == "drop_privileges":
             if self.root:
                 uid = req["uid"]
