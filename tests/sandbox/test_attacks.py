@@ -172,9 +172,10 @@ def test_write_outside_tmp(unharmed, tmp_path):
     code = ("import sys\nfor p in %r:\n    try:\n        open(p, 'w').write('x')\n        print('WROTE', p)\n"
             "    except OSError as e:\n        print('refused', p)") % (targets,)
     res = unharmed.run(code)
-    # /dev/shm is the call's own tmpfs (multiprocessing needs it): writable inside, never the host's.
-    wrote = [line for line in res.stdout.splitlines() if line.startswith("WROTE")]
-    assert res.status == "ok" and wrote in ([], ["WROTE /dev/shm/tirl_pwned"]), res
+    # /tmp and /dev/shm are the call's own tmpfs: writable inside (a project or pytest's tmp_path may sit
+    # under the host's /tmp, as for an unprivileged user), never the host's.
+    wrote = [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line.startswith("WROTE")]
+    assert res.status == "ok" and all(w.startswith(("/tmp/", "/dev/shm/")) for w in wrote), res
     assert not any(os.path.exists(p) for p in targets)
 
 
@@ -242,9 +243,15 @@ def test_new_user_namespace(unharmed):
 
 def test_setuid_root(unharmed):
     needs(unharmed, "drop_privileges")
-    res = unharmed.run("import os\nprint(os.getuid())\nos.setuid(0)")
-    assert res.status == "error" and "PermissionError" in res.stderr, res
-    assert int(res.stdout) != 0
+    code = ("import os\nprint(os.getuid())\ntry:\n    os.setuid(0)\n    print('setuid ok')\nexcept PermissionError:\n"
+            "    print('setuid refused')\ntry:\n    open('/etc/shadow').read(1)\n    print('READ shadow')\nexcept OSError:\n"
+            "    pass\ntry:\n    open('/etc/tirl_root', 'w')\n    print('WROTE /etc')\nexcept OSError:\n    pass\n")
+    res = unharmed.run(code)
+    assert res.status == "ok" and "READ" not in res.stdout and "WROTE" not in res.stdout, res
+    if os.geteuid() == 0:  # the call runs as a leased unprivileged uid: setuid(0) is refused
+        uid, verdict = res.stdout.splitlines()
+        assert int(uid) != 0 and verdict == "setuid refused", res
+    # Not root: uid 0 of the call's own user namespace, without a capability over anything of the host's.
 
 
 def test_segfault(unharmed):
@@ -264,7 +271,11 @@ def test_deep_recursion(unharmed):
 
 def test_unbounded_recursion_limit(unharmed):
     res = unharmed.run("import sys\nsys.setrecursionlimit(10**8)\ndef f(n):\n    return f(n + 1)\nf(0)", timeout=10)
-    assert res.status in ("killed", "memory"), res
+    if "cgroup" in unharmed.isolation["present"]:
+        assert res.status in ("killed", "memory"), res
+    else:  # RLIMIT_AS only: a failed allocation may surface as a Python error (MemoryError, SystemError)
+        # first, or the clock stops it; either way the call ends and `unharmed` checks the sandbox still serves
+        assert res.status in ("timeout", "error", "killed", "memory"), res
 
 
 def test_input_gets_eof(unharmed):
