@@ -167,6 +167,7 @@ ABLATIONS = {
     "fused-old": "a separate no-grad forward for the old log-probs",
     "masked-head": "full (B, T, V) logits over every position",
     "preallocated-cache": "the KV cache grows by concatenation at every decode step",
+    "length-buckets": "micro-batches in the shuffled order, each padded to its longest row",
 }
 
 
@@ -194,6 +195,9 @@ def _ablate(names: list[str]) -> None:
             rl_update.one_step_per_batch = lambda *a, **k: False
         elif name == "preallocated-cache":
             hf.HFGenerator.__init__ = functools.partialmethod(hf.HFGenerator.__init__, preallocate=False)
+        elif name == "length-buckets":
+            rl_update.micro_batches = lambda lengths, cap, call_cost=0: [
+                list(range(s, min(s + cap, len(lengths)))) for s in range(0, len(lengths), cap)]
         elif name == "masked-head":
             logprobs._split_head = lambda model: None
         else:

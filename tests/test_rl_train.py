@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from tirl.config import load_config
 from tirl.rollout import Trajectory
 from tirl.train import rl_update as U
-from tirl.train.batch import make_batch
+from tirl.train.batch import make_batch, micro_batches
 from tirl.train.logger import read_metrics
 from tirl.train.rl import RLConfig, train_rl
 
@@ -90,6 +90,33 @@ def test_update_changes_parameters_and_accumulation_is_exact():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results):  # batch 1 x accumulate 8 == batch 8 x accumulate 1
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_cover_every_row_once_within_the_cap_and_spare_short_rows_the_long_ones_padding():
+    g = torch.Generator().manual_seed(0)
+    for cap in (1, 3, 8, 64):
+        lengths = torch.randint(5, 90, (50,), generator=g).tolist()
+        parts = micro_batches(lengths, cap)
+        assert sorted(i for p in parts for i in p) == list(range(50))
+        assert all(1 <= len(p) <= cap for p in parts)
+    # 60 short answers and 4 that ran to the budget: one micro-batch of 64 would pad all to 92 tokens
+    lengths = [30] * 30 + [92] * 2 + [31] * 30 + [92] * 2
+    parts = micro_batches(lengths, 64)
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in parts)
+    assert sorted(max(lengths[i] for i in p) for p in parts) == [31, 92]
+    assert padded == 60 * 31 + 4 * 92 < 64 * 92 * 0.4
+    assert micro_batches([], 8) == [] and micro_batches([7], 8) == [[0]]
+
+
+def test_scoring_in_length_sorted_micro_batches_puts_each_rows_logprobs_back_in_its_row():
+    model = _tiny()
+    batch = make_batch(_trajs(), pad_id=0)
+    whole, ent_whole = U.score_batch(model, batch, 1.0, 100, entropy=True)
+    for micro in (1, 3):
+        lp, ent = U.score_batch(model, batch, 1.0, micro, entropy=True)
+        torch.testing.assert_close(lp, whole, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ent, ent_whole, rtol=1e-5, atol=1e-6)
+    assert torch.all(whole[batch.mask == 0] == 0) and torch.all(whole[batch.mask == 1] < 0)
 
 
 def _one_update(algo, rollout_shift=0.0):

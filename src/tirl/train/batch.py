@@ -14,6 +14,7 @@ reads before the stage that fills it has run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -74,6 +75,34 @@ class RLBatch:
             if v.dim() == 2:
                 out[k] = v[:, : L if v.shape[1] == full_len else L - 1]
         return RLBatch(**out)
+
+
+def micro_batches(lengths: Sequence[int], cap: int, call_cost: int = 64) -> list[list[int]]:
+    """Indices into `lengths` (each row's real tokens) grouped into micro-batches of at most `cap` rows
+    that run little padding: rows are sorted by length and cut where the padded tokens saved pay for
+    another forward/backward (`call_cost`, in tokens: the fixed cost of a call, ~4 ms against ~0.06 ms
+    a token for the demo's model; a larger model pays relatively less). A micro-batch runs `rows x its
+    longest row` tokens, so one long response in a batch of short ones no longer makes every row pay
+    for its length. Exact: micro-batch losses share the mini-batch's normaliser (their sum is the loss).
+
+    Cuts fall only between different lengths, so the search is over distinct lengths (dynamic
+    programming, quadratic in their number). Returns the micro-batches in increasing length."""
+    if cap < 1:
+        raise ValueError(f"micro-batch cap must be >= 1, got {cap}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ls = [lengths[i] for i in order]
+    n = len(ls)
+    ends = [k for k in range(1, n) if ls[k] != ls[k - 1]] + [n] if n else []
+    best: dict[int, tuple[float, int]] = {0: (0.0, 0)}  # end -> (cost of rows [0, end), start of its last run)
+    for j in ends:
+        best[j] = min((best[i][0] + math.ceil((j - i) / cap) * call_cost + (j - i) * ls[j - 1], i)
+                      for i in best if i < j)
+    runs, j = [], n
+    while j > 0:
+        i = best[j][1]
+        runs.append(order[i:j])
+        j = i
+    return [run[s : s + cap] for run in reversed(runs) for s in range(0, len(run), cap)]
 
 
 def make_batch(trajs: Sequence[Any], pad_id: int, device: Any = None) -> RLBatch:

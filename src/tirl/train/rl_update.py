@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from tirl import algorithms as A
-from tirl.train.batch import RLBatch
+from tirl.train.batch import RLBatch, micro_batches
 
 
 @dataclass
@@ -155,29 +155,27 @@ def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tens
 @torch.no_grad()
 def score_batch(model: Any, batch: RLBatch, temperature: float, micro: int, precision: str = "fp32",
                 entropy: bool = False, share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
-    """(B, T) log-probs of the batch under `model` (no grad), scored in micro-batches, and their
-    entropies when `entropy`; the caller puts them in the field they are for."""
-    parts, ents = [], []
-    for start in range(0, batch.size, micro):
-        sub = batch.subset(range(start, min(start + micro, batch.size)))
-        lp, ent = forward_logprobs(model, sub, temperature, entropy="detached" if entropy else "none",
+    """(B, T) log-probs of the batch under `model` (no grad), scored in micro-batches of similar lengths
+    (`micro_batches`), and their entropies when `entropy`; the caller puts them in the field they are for."""
+    lps = torch.zeros_like(batch.mask)
+    ents = torch.zeros_like(batch.mask) if entropy else None
+    for part in micro_batches(batch.attention_mask.sum(dim=1).tolist(), micro):
+        lp, ent = forward_logprobs(model, batch.subset(part), temperature, entropy="detached" if entropy else "none",
                                    precision=precision, share_prompt=share_prompt)
-        pad = (0, batch.mask.shape[1] - lp.shape[1])
-        parts.append(torch.nn.functional.pad(lp, pad))
-        if ent is not None:
-            ents.append(torch.nn.functional.pad(ent, pad))
-    return torch.cat(parts), (torch.cat(ents) if entropy else None)
+        lps[part, : lp.shape[1]] = lp
+        if ents is not None:
+            ents[part, : ent.shape[1]] = ent
+    return lps, ents
 
 
 @torch.no_grad()
 def score_values(critic: Any, batch: RLBatch, micro: int, precision: str = "fp32") -> Tensor:
     """(B, T) critic values of the batch (no grad), in micro-batches: `old_values`."""
-    parts = []
-    for start in range(0, batch.size, micro):
-        sub = batch.subset(range(start, min(start + micro, batch.size)))
-        v = forward_values(critic, sub, precision)
-        parts.append(torch.nn.functional.pad(v, (0, batch.mask.shape[1] - v.shape[1])))
-    return torch.cat(parts)
+    values = torch.zeros_like(batch.mask)
+    for part in micro_batches(batch.attention_mask.sum(dim=1).tolist(), micro):
+        v = forward_values(critic, batch.subset(part), precision)
+        values[part, : v.shape[1]] = v
+    return values
 
 
 def one_step_per_batch(algo: AlgoConfig, ppo_epochs: int, mini_batch_size: int, batch_size: int) -> bool:
@@ -260,7 +258,8 @@ def _minibatch_steps(
 ) -> list[dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
-    Each step accumulates `micro_loss` over micro-batches, every one normalised by the whole
+    Each step accumulates `micro_loss` over micro-batches of similar lengths (`micro_batches`: at most
+    `micro_batch_size` rows, little padding), every one normalised by the whole
     mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
     loss, so the step's `loss_key` is their sum. Rows in `skip` (whose loss is known to be 0 with a zero
     gradient) count in the normaliser but are not run; a step left with no row to run still steps,
@@ -281,8 +280,9 @@ def _minibatch_steps(
             run = [r for r in mb if r not in skip]
             mine = dp.rows(run) if dp is not None else run
             parts, total = [], 0.0
-            for ms in range(0, len(mine), micro_batch_size):
-                loss, m = micro_loss(batch.subset(mine[ms : ms + micro_batch_size]), norm)
+            lengths = batch.attention_mask[mine].sum(dim=1).tolist()
+            for part in micro_batches(lengths, micro_batch_size):
+                loss, m = micro_loss(batch.subset([mine[i] for i in part]), norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
