@@ -125,6 +125,21 @@ def test_sample_next_respects_top_k():
     assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(-1, tok[:, None])[:, 0])
 
 
+def test_sampling_draws_tokens_in_proportion_to_their_probability_and_never_a_truncated_one():
+    from tirl.generation.hf import _draw
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    tok = _draw(probs.repeat(200_000, 1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=6).float() / tok.numel()
+    assert freq[1] == 0 and freq[5] == 0
+    torch.testing.assert_close(freq, probs, atol=4e-3, rtol=0)  # ~4 standard errors at 200k draws
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(20_000, 1)
+    tok, _ = sample_next(logits, SamplingParams(top_p=0.8), torch.Generator().manual_seed(1))
+    p = torch.softmax(logits[0], -1)  # top-p 0.8 keeps tokens 0 and 1 (0.64 + 0.24 of the mass)
+    assert set(tok.tolist()) == {0, 1}
+    assert abs(float((tok == 0).float().mean()) - float(p[0] / p[:2].sum())) < 0.015
+
+
 def test_stop_strings_eos_and_length(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
     stream = enc(tok, "x = 12 * 34\nprint(x)\n```\n</code> more")

