@@ -34,6 +34,8 @@ each call in its sandbox (a fresh, isolated interpreter per call, `tirl.sandbox`
 (a full re-prefill of every such row, left-padded), up to `max_completion_length` new tokens; tirl resumes
 each sequence from its KV cache.
 
+`--precision bf16` runs both sides under bf16 autocast (TRL `bf16=True`, tirl `trainer.precision=bf16`).
+
 Printed per run: median s/step over the steps after the first, sampled tokens/s (tool results not counted,
 as TRL counts), peak memory, the split (generation / code execution / update), tool calls per sample and
 accuracy (share of samples graded +1), then the ratio. TRL's generation is split further into the first pass and the post-tool re-generation.
@@ -257,7 +259,7 @@ def run_trl(a: dict, out) -> None:
     timed_python.__name__ = "python"
     times: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = trl_config(a, tmp, max_tool_calling_iterations=a["tool_calls"],
+        cfg = trl_config(a, tmp, bf16=a["precision"] == "bf16", max_tool_calling_iterations=a["tool_calls"],
                          use_transformers_continuous_batching=a.get("trl_continuous", False))
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=ds, processing_class=tok,
                               tools=[timed_python], callbacks=[step_clock(times)])
@@ -326,8 +328,8 @@ def run_tirl(a: dict, out) -> None:
             f"trainer.prompts_per_step={a['prompts']}", f"trainer.micro_batch_size={a['prompts'] * a['n']}",
             f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
             f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
-            "algorithm.name=grpo", "algorithm.clip_low=0.2", "algorithm.clip_high=0.28",
-            "algorithm.filter_zero_advantage=false", *a["overrides"],
+            f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
+            "algorithm.clip_high=0.28", "algorithm.filter_zero_advantage=false", *a["overrides"],
         ])
         train_rl(cfg, Path(tmp) / "run")
         ms = read_metrics(Path(tmp) / "run")
@@ -355,6 +357,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="both sides: bf16 autocast (TRL's bf16=True, tirl's trainer.precision=bf16)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="also write the rows to this file")
@@ -374,11 +378,11 @@ def main() -> None:
     check_agreement(tok)
     c = AutoConfig.from_pretrained(model)
     a = {k: getattr(args, k) for k in ("prompts", "n", "new_tokens", "tool_calls", "steps", "lr", "threads", "seed",
-                                       "overrides", "trl_continuous")}
+                                       "overrides", "trl_continuous", "precision")}
     a["model"] = model
     print(f"model: {model} (hidden {c.hidden_size}, {c.num_hidden_layers} layers, vocab {c.vocab_size}); token "
           f"streams agree; {args.prompts} prompts x {args.n} samples x {args.new_tokens} tokens, <= {args.tool_calls} "
-          f"tool calls, {args.steps} steps, lr {args.lr}, {args.threads} thread(s)")
+          f"tool calls, {args.steps} steps, lr {args.lr}, {args.threads} thread(s), {args.precision}")
     print(f"load average before: {' '.join(open('/proc/loadavg').read().split()[:3])}", flush=True)
     rows = []
     variants = [[x.strip() for x in v.split(",") if x.strip()] for v in args.variant]

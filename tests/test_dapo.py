@@ -127,17 +127,18 @@ def test_overlong_responses_are_penalised_and_filtered_in_a_real_run(tmp_path):
 
 def test_a_user_reward_reaches_the_trainer(tmp_path):
     (tmp_path / "shaping.py").write_text(
-        "def by_length(problem, response, trajectory, reference):\n"
-        "    return 0.01 * len(trajectory.response_ids)\n")
+        "def by_tokens(problem, response, trajectory, reference):\n"
+        "    return 0.01 * (sum(trajectory.response_ids) % 7)\n")
     run = tmp_path / "run"
     r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), "trainer.steps=1", "rollout.max_new_tokens=24",
-              f"reward.function={tmp_path}/shaping.py:by_length", "data.test=''", "--run-dir", str(run))
+              f"reward.function={tmp_path}/shaping.py:by_tokens", "data.test=''", "--run-dir", str(run))
     assert r.returncode == 0, r.stderr[-3000:]
     samples = [json.loads(ln) for ln in (run / "samples.jsonl").read_text().splitlines()]
     for s in samples:
         base = 1.0 if s["grade"]["correct"] else -1.0
-        assert s["grade"]["score"] == pytest.approx(base + 0.01 * len(s["response_ids"]))
-    assert _metrics(run)[0]["train/optimizer_steps"] >= 1  # lengths differ, so groups differ: an update
+        assert s["grade"]["score"] == pytest.approx(base + 0.01 * (sum(s["response_ids"]) % 7))
+    # sampled responses differ, so their shaped rewards do (a length bonus would not: all may hit the budget)
+    assert _metrics(run)[0]["train/optimizer_steps"] >= 1
 
 
 def test_a_failing_user_reward_stops_the_run_naming_function_and_problem(tmp_path):
