@@ -168,6 +168,7 @@ ABLATIONS = {
     "masked-head": "full (B, T, V) logits over every position",
     "preallocated-cache": "the KV cache grows by concatenation at every decode step",
     "length-buckets": "micro-batches in the shuffled order, each padded to its longest row",
+    "inverse-cdf": "tokens drawn by torch.multinomial",
 }
 
 
@@ -198,6 +199,10 @@ def _ablate(names: list[str]) -> None:
         elif name == "length-buckets":
             rl_update.micro_batches = lambda lengths, cap, call_cost=0: [
                 list(range(s, min(s + cap, len(lengths)))) for s in range(0, len(lengths), cap)]
+        elif name == "inverse-cdf":
+            import torch
+
+            hf._draw = lambda probs, gen: torch.multinomial(probs, 1, generator=gen)[:, 0]
         elif name == "masked-head":
             logprobs._split_head = lambda model: None
         else:

@@ -310,8 +310,12 @@ def run_tirl(a: dict, out) -> None:
     from tirl.train import rl
     from tirl.train.logger import read_metrics
     from tirl.train.rl import RLConfig, train_rl
-    from vs_trl import _problems
+    from vs_trl import ABLATION_OVERRIDES, _ablate, _problems
 
+    ablate = [x[1:] for x in a["overrides"] if x.startswith("-")]  # "-NAME": one of vs_trl's ablations
+    _ablate(ablate)
+    overrides = [x for x in a["overrides"] if not x.startswith("-")] + [ABLATION_OVERRIDES[x] for x in ablate
+                                                                       if x in ABLATION_OVERRIDES]
     quiet_transformers()
     tok = load_tokenizer(a["model"])
     style = make_style(tok)
@@ -329,7 +333,7 @@ def run_tirl(a: dict, out) -> None:
             f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
             f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
             f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
-            "algorithm.clip_high=0.28", "algorithm.filter_zero_advantage=false", *a["overrides"],
+            "algorithm.clip_high=0.28", "algorithm.filter_zero_advantage=false", *overrides,
         ])
         train_rl(cfg, Path(tmp) / "run")
         ms = read_metrics(Path(tmp) / "run")
@@ -367,7 +371,8 @@ def main() -> None:
                          "(`use_transformers_continuous_batching`, off by default; far slower on CPU here)")
     ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE...]",
                     help="also run tirl with these overrides every round (repeatable), e.g. rollout.continuous=true "
-                         "or trainer.share_prompt=false, measured against the same TRL runs")
+                         "or trainer.share_prompt=false, or -NAME for one of vs_trl.py's ablations (-length-buckets, "
+                         "-share-prompt, -skip-zero, ...), measured against the same TRL runs")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for the tirl run")
     args = ap.parse_args()
 
