@@ -103,3 +103,32 @@ def test_policy_update_with_shared_prompts_equals_the_plain_one():
     assert any(not torch.allclose(a, b) for a, b in zip(p0, _model("qwen2", "sdpa").parameters()))  # it moved
     for a, b in zip(p0, p1):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_one_prompt_pass_serves_every_micro_batch_with_the_plain_gradient():
+    from tirl.algorithms.logprobs import prompt_pass
+
+    model = _model("qwen2", "sdpa")
+    batch = _batch(groups=3, n=4, seed=3)
+    _, _, g0 = _score(model, batch, share=False)
+    lp0, _ = model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.mask, temperature=0.7)
+    model.zero_grad()
+    calls = []
+    hook = model.model.register_forward_hook(lambda *a: calls.append(1))
+    pp = prompt_pass(model, batch.input_ids, batch.attention_mask, batch.mask)
+    w = torch.linspace(-1, 1, batch.mask.numel()).view_as(batch.mask)
+    ent_w = 0.1 * batch.mask
+    for part in ([0, 5, 9], [1, 2, 3, 4, 10], [6, 7, 8, 11]):  # every micro-batch mixes groups
+        sub = batch.subset(part)
+        lp, ent = model_token_logprobs(model, sub.input_ids, sub.attention_mask, sub.mask, temperature=0.7,
+                                       entropy="grad", prompts=pp)
+        torch.testing.assert_close(lp.detach(), lp0[part, : lp.shape[1]].detach(), rtol=0, atol=1e-5)
+        T = lp.shape[1]
+        ((lp * w[part, :T]).sum() + (ent * ent_w[part, :T]).sum()).backward()
+    pp.backward()
+    hook.remove()
+    assert len(calls) == 1 + 3  # the prompts once, then each micro-batch's own tokens
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, g0[name], rtol=1e-4, atol=1e-5, msg=name)
+    other = _batch(groups=1, n=2, seed=9)  # a prompt the pass never saw: the caller runs its own forward
+    assert pp.hidden(other.input_ids, other.attention_mask, other.mask) is None

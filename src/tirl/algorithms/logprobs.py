@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tirl.algorithms.shared_prompt import shared_prompt_hidden
+from tirl.algorithms.shared_prompt import PromptPass, shared_prompt_hidden
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
@@ -115,7 +115,8 @@ def _head_chunk(head, hidden: Tensor, tokens: Tensor, temperature: float, want_e
 
 def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
                          temperature: float = 1.0, entropy: str = "none", chunk_tokens: int = 1024,
-                         unchunked_max: int = 1 << 24, share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
+                         unchunked_max: int = 1 << 24, share_prompt: bool = False,
+                         prompts: PromptPass | None = None) -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of `input_ids[:, 1:]` under `model`, and optionally their entropies.
 
     Only positions where `mask` (B, T) is nonzero are scored (others are 0): the output layer — for a
@@ -127,7 +128,8 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
     `entropy`: "none", "detached" (for logging only: no graph is kept) or "grad" (for an entropy term).
     Models whose logits are more than `head(hidden)` (soft-capping, scaling) take the full-logits path.
     `share_prompt`: rows that share their prompt (a GRPO group) run it once
-    (`tirl.algorithms.shared_prompt`); the same values, less work.
+    (`tirl.algorithms.shared_prompt`); the same values, less work. `prompts`: a `prompt_pass` of a
+    mini-batch these rows belong to, whose prompt forward they use instead of running their own.
     """
     import torch.utils.checkpoint as ckpt
 
@@ -145,7 +147,9 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
             ent = entropy_from_logits(logits.detach() if entropy == "detached" else logits)
         return lp * (mask != 0), ent
     body, head = split
-    hidden = shared_prompt_hidden(body, input_ids, attention_mask, mask) if share_prompt else None
+    hidden = prompts.hidden(input_ids, attention_mask, mask) if prompts is not None else None
+    if hidden is None and share_prompt:
+        hidden = shared_prompt_hidden(body, input_ids, attention_mask, mask)
     if hidden is None:
         # use_cache=False: scoring keeps no keys/values (a model's default would build and fill a cache)
         hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
@@ -175,3 +179,13 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
         ent = hidden.new_zeros((B, T), dtype=torch.float32)
         ent = ent.masked_scatter(sel, torch.cat(ents)) if ents else ent
     return lp, ent
+
+
+def prompt_pass(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> PromptPass | None:
+    """The prompts of these rows (a mini-batch) run once for all its micro-batches (`PromptPass`), or None
+    when the model's logits are not `head(body(x))` or no prompt is shared."""
+    split = _split_head(model)
+    if split is None:
+        return None
+    pp = PromptPass(split[0], input_ids, attention_mask, mask)
+    return pp if pp.ok else None

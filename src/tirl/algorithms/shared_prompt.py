@@ -60,6 +60,51 @@ def prompt_groups(input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, list
     return torch.tensor(lengths, device=dev), torch.tensor(group, device=dev), heads
 
 
+def _run_prompts(body: Any, input_ids: Tensor, plen: Tensor, heads: list[int]) -> tuple[Any, Tensor, Tensor]:
+    """The U prompts `input_ids[heads, :plen[heads]]` in one forward, left-padded to Pm so every prompt's
+    last token sits at column Pm - 1: (the cache (U, ...), the last hidden states (U, Pm, H), the
+    prompt attention mask (U, Pm))."""
+    dev = input_ids.device
+    hp = plen[heads]  # (U,)
+    Pm = int(hp.max())
+    cols = torch.arange(Pm, device=dev)
+    shift = (Pm - hp)[:, None]  # left padding of each prompt
+    p_attn = (cols[None, :] >= shift).long()  # (U, Pm)
+    src = (cols[None, :] - shift).clamp(min=0)
+    p_ids = input_ids[heads].gather(1, src) * p_attn
+    out = body(input_ids=p_ids, attention_mask=p_attn, position_ids=src, use_cache=True)
+    cache = out["cache"] if "cache" in out.keys() else out.past_key_values  # 5.x's name; the old one warns
+    return cache, out.last_hidden_state, p_attn
+
+
+def _rows_hidden(body: Any, input_ids: Tensor, attention_mask: Tensor, plen: Tensor, group: Tensor,
+                 cache: Any, h_last: Tensor, p_attn: Tensor) -> Tensor:
+    """(B, T, H) hidden states of the rows, each row's own tokens run on top of its group's keys/values:
+    `cache` already holds one entry per row (its group's prompt), `h_last` (B, H) is each row's
+    prompt's last hidden state and `p_attn` (U, Pm) the prompts' attention mask."""
+    B, L = input_ids.shape
+    T, dev = L - 1, input_ids.device
+    clen = attention_mask.sum(dim=1) - plen  # (B,) tokens after the prompt, padding excluded
+    C = max(int(clen.max()), 1)
+    j = torch.arange(C, device=dev)
+    c_attn = (j[None, :] < clen[:, None]).long()  # (B, C)
+    c_ids = input_ids.gather(1, (plen[:, None] + j[None, :]).clamp(max=L - 1)) * c_attn
+    c_pos = plen[:, None] + j[None, :]
+    attn = torch.cat([p_attn[group], c_attn], dim=1)
+    h_rows = body(input_ids=c_ids, attention_mask=attn, position_ids=c_pos, use_cache=True,
+                  **{_cache_keyword(body): cache}).last_hidden_state  # (B, C, H)
+
+    # Back to the row layout: target t = P_b - 1 is scored by the prompt's last hidden state,
+    # t = P_b + j by the row's j-th; the last real token scores nothing.
+    H = h_rows.shape[-1]
+    first_idx = torch.arange(B, device=dev) * T + plen - 1
+    keep = (j[None, :] < (clen - 1)[:, None])  # (B, C)
+    rows_idx = (torch.arange(B, device=dev)[:, None] * T + plen[:, None] + j[None, :])[keep]
+    idx = torch.cat([first_idx, rows_idx])
+    values = torch.cat([h_last.to(h_rows.dtype), h_rows[keep]])
+    return h_rows.new_zeros((B * T, H)).index_copy(0, idx, values).view(B, T, H)
+
+
 def shared_prompt_hidden(body: Any, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor | None:
     """(B, T, H) last hidden states at every position that scores a target (`mask` (B, T) != 0; other
     positions before them hold zeros), each distinct prompt run once; None when no prompt is shared
@@ -71,41 +116,56 @@ def shared_prompt_hidden(body: Any, input_ids: Tensor, attention_mask: Tensor, m
     if found is None:
         return None
     plen, group, heads = found
-    B, L = input_ids.shape
-    T, dev = L - 1, input_ids.device
-    lengths = attention_mask.sum(dim=1)
-    U, Pm = len(heads), int(plen.max())
-
-    # 1. The U prompts, left-padded to Pm so every prompt's last token sits at column Pm - 1.
-    cols = torch.arange(Pm, device=dev)
-    hp = plen[heads]  # (U,)
-    shift = (Pm - hp)[:, None]  # left padding of each prompt
-    p_attn = (cols[None, :] >= shift).long()  # (U, Pm)
-    src = (cols[None, :] - shift).clamp(min=0)
-    p_ids = input_ids[heads].gather(1, src) * p_attn
-    p_pos = (cols[None, :] - shift).clamp(min=0)
-    out = body(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True)
-    cache = out["cache"] if "cache" in out.keys() else out.past_key_values  # 5.x's name; the old one warns
-    h_prompt = out.last_hidden_state  # (U, Pm, H)
-
-    # 2. Each row's own tokens on top of its group's keys/values, at positions P_b, P_b + 1, ...
-    clen = lengths - plen  # (B,) tokens after the prompt, padding excluded
-    C = max(int(clen.max()), 1)
-    j = torch.arange(C, device=dev)
-    c_attn = (j[None, :] < clen[:, None]).long()  # (B, C)
-    c_ids = input_ids.gather(1, (plen[:, None] + j[None, :]).clamp(max=L - 1)) * c_attn
-    c_pos = plen[:, None] + j[None, :]
+    cache, h_prompt, p_attn = _run_prompts(body, input_ids, plen, heads)
     cache.reorder_cache(group)  # (U, ...) -> (B, ...): an index_select, gradients flow back to the prompt pass
-    attn = torch.cat([p_attn[group], c_attn], dim=1)
-    h_rows = body(input_ids=c_ids, attention_mask=attn, position_ids=c_pos, use_cache=True,
-                  **{_cache_keyword(body): cache}).last_hidden_state  # (B, C, H)
+    return _rows_hidden(body, input_ids, attention_mask, plen, group, cache, h_prompt[group, -1], p_attn)
 
-    # 3. Back to the row layout: target t = P_b - 1 is scored by the prompt's last hidden state,
-    # t = P_b + j by the row's j-th; the last real token scores nothing.
-    H = h_rows.shape[-1]
-    first_idx = torch.arange(B, device=dev) * T + plen - 1
-    keep = (j[None, :] < (clen - 1)[:, None])  # (B, C)
-    rows_idx = (torch.arange(B, device=dev)[:, None] * T + plen[:, None] + j[None, :])[keep]
-    idx = torch.cat([first_idx, rows_idx])
-    values = torch.cat([h_prompt[group, Pm - 1].to(h_rows.dtype), h_rows[keep]])
-    return h_rows.new_zeros((B * T, H)).index_copy(0, idx, values).view(B, T, H)
+
+class PromptPass:
+    """The distinct prompts of a whole mini-batch run once, for all of its micro-batches.
+
+    `shared_prompt_hidden` runs the prompts of one micro-batch; a mini-batch cut into several (by
+    length, `tirl.train.batch.micro_batches`) would run a group's prompt once in each micro-batch its
+    rows fall in, forward and backward. Here the prompt pass runs once with grad; each micro-batch's
+    `hidden` reads its keys/values and last hidden states through detached leaves, so the micro-batch's
+    backward stops at them and adds up their gradients; `backward()` (after the last micro-batch)
+    sends those sums through the one prompt pass. The parameters get exactly the gradient of the
+    plain forward (chain rule; tested). Under no_grad it only saves the repeated prompt forwards.
+    """
+
+    def __init__(self, body: Any, input_ids: Tensor, attention_mask: Tensor, mask: Tensor):
+        found = prompt_groups(input_ids, mask)
+        self.body, self.ok = body, found is not None
+        if found is None:
+            return
+        plen, _, heads = found
+        cache, h_prompt, self.p_attn = _run_prompts(body, input_ids, plen, heads)
+        self.cache_type = type(cache)
+        self.index = {tuple(input_ids[b, : int(plen[b])].tolist()): u for u, b in enumerate(heads)}
+        self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [h_prompt[:, -1]]
+        grad = torch.is_grad_enabled()
+        self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]
+
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> Tensor | None:
+        """`shared_prompt_hidden` of rows of the mini-batch, from the prompt pass; None when a row's
+        prompt is not one of the pass's (then the caller runs its own forward)."""
+        scored = mask != 0
+        if not self.ok or not bool(scored.any(dim=1).all()):
+            return None
+        plen = scored.int().argmax(dim=1) + 1
+        us = [self.index.get(tuple(input_ids[b, :p].tolist())) for b, p in enumerate(plen.tolist())]
+        if any(u is None for u in us):
+            return None
+        group = torch.tensor(us, device=input_ids.device)
+        cache = self.cache_type(config=self.body.config)  # a fresh one of the body's kind
+        for layer in range(len(self.leaves) // 2):
+            k, v = self.leaves[2 * layer], self.leaves[2 * layer + 1]
+            cache.update(k.index_select(0, group), v.index_select(0, group), layer)
+        h_last = self.leaves[-1].index_select(0, group)
+        return _rows_hidden(self.body, input_ids, attention_mask, plen, group, cache, h_last, self.p_attn)
+
+    def backward(self) -> None:
+        """The micro-batches' gradients at the leaves, through the prompt pass into the parameters."""
+        pairs = [(t, leaf.grad) for t, leaf in zip(self.outputs, self.leaves) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])

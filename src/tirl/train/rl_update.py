@@ -133,16 +133,26 @@ def _autocast(model: Any, precision: str) -> Any:
 
 
 def forward_logprobs(model: Any, batch: RLBatch, temperature: float, entropy: str = "none",
-                     precision: str = "fp32", share_prompt: bool = False) -> tuple[Tensor, Tensor | None]:
+                     precision: str = "fp32", share_prompt: bool = False,
+                     prompts: Any = None) -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of the actual next tokens under `model`, logits scaled as when sampling,
     at the positions `batch.mask` trains (0 elsewhere), and their entropies when `entropy` is
-    "detached" or "grad"; `share_prompt` runs each shared prompt once (see
-    `tirl.algorithms.logprobs.model_token_logprobs`)."""
+    "detached" or "grad"; `share_prompt` runs each shared prompt once, or takes it from `prompts` (a
+    `prompt_pass` over the mini-batch: see `tirl.algorithms.logprobs.model_token_logprobs`)."""
     from tirl.algorithms.logprobs import model_token_logprobs
 
     with _autocast(model, precision):
         return model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.mask,
-                                    temperature, entropy=entropy, share_prompt=share_prompt)
+                                    temperature, entropy=entropy, share_prompt=share_prompt, prompts=prompts)
+
+
+def prompt_pass(model: Any, batch: RLBatch, precision: str = "fp32") -> Any:
+    """The shared prompts of `batch` run once for all its micro-batches (`tirl.algorithms.shared_prompt.
+    PromptPass`), under the precision the micro-batches run in; None when nothing is shared."""
+    from tirl.algorithms.logprobs import prompt_pass as run
+
+    with _autocast(model, precision):
+        return run(model, batch.input_ids, batch.attention_mask, batch.mask)
 
 
 def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tensor:
@@ -159,9 +169,11 @@ def score_batch(model: Any, batch: RLBatch, temperature: float, micro: int, prec
     (`micro_batches`), and their entropies when `entropy`; the caller puts them in the field they are for."""
     lps = torch.zeros_like(batch.mask)
     ents = torch.zeros_like(batch.mask) if entropy else None
-    for part in micro_batches(batch.attention_mask.sum(dim=1).tolist(), micro):
+    parts = micro_batches(batch.attention_mask.sum(dim=1).tolist(), micro)
+    prompts = prompt_pass(model, batch, precision) if share_prompt and len(parts) > 1 else None
+    for part in parts:
         lp, ent = forward_logprobs(model, batch.subset(part), temperature, entropy="detached" if entropy else "none",
-                                   precision=precision, share_prompt=share_prompt)
+                                   precision=precision, share_prompt=share_prompt, prompts=prompts)
         lps[part, : lp.shape[1]] = lp
         if ents is not None:
             ents[part, : ent.shape[1]] = ent
@@ -255,6 +267,7 @@ def _minibatch_steps(
     mini_batch_size: int, micro_batch_size: int, epochs: int, max_grad_norm: float, seq_len: int,
     generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
     skip: set[int] | frozenset[int] = frozenset(),
+    prepare: Callable[[RLBatch, int], Callable[[], None]] | None = None,
 ) -> list[dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
@@ -263,7 +276,9 @@ def _minibatch_steps(
     mini-batch (`global_normalizer`), so accumulation is exact; the micro losses are parts of one
     loss, so the step's `loss_key` is their sum. Rows in `skip` (whose loss is known to be 0 with a zero
     gradient) count in the normaliser but are not run; a step left with no row to run still steps,
-    on zero gradients, as it would have. Returns one metrics dict per optimizer step.
+    on zero gradients, as it would have. `prepare(rows' batch, number of micro-batches)`, when given,
+    runs before a step's micro-batches and returns what to run after their backward passes (the shared
+    prompt pass's own backward). Returns one metrics dict per optimizer step.
     With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
     mini-batch and the gradients are summed over the ranks before the step.
     """
@@ -280,12 +295,15 @@ def _minibatch_steps(
             run = [r for r in mb if r not in skip]
             mine = dp.rows(run) if dp is not None else run
             parts, total = [], 0.0
-            lengths = batch.attention_mask[mine].sum(dim=1).tolist()
-            for part in micro_batches(lengths, micro_batch_size):
+            plan = micro_batches(batch.attention_mask[mine].sum(dim=1).tolist(), micro_batch_size)
+            finish = prepare(batch.subset(mine), len(plan)) if prepare is not None and mine else None
+            for part in plan:
                 loss, m = micro_loss(batch.subset([mine[i] for i in part]), norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append(m)
+            if finish is not None:
+                finish()
             if not mine:  # nothing ran here: the zero gradients the skipped rows would have given
                 for p in params:
                     if p.grad is None:
@@ -308,7 +326,8 @@ def policy_update(
 ) -> dict[str, float]:
     """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`.
 
-    `share_prompt`: each micro-batch runs a prompt its rows share once (same values, less work).
+    `share_prompt`: a prompt that rows share runs once (same values, less work): once per mini-batch,
+    for all its micro-batches (`prompt_pass`).
     `old_from_update` (only valid when `one_step_per_batch`): the old log-probs are this forward's own,
     detached, instead of a separate no-grad pass; they are written into `batch.old_logprobs` (rows
     not run, see `rows_to_run`, stay 0) for the rollout-vs-trainer check. Same loss, same gradient
@@ -317,10 +336,16 @@ def policy_update(
     entropy = "grad" if cfg.entropy_coef else ("detached" if cfg.log_entropy else "none")
     if old_from_update:
         batch.old_logprobs = torch.zeros_like(batch.rollout_logprobs)
+    shared: list[Any] = [None]  # the current mini-batch's prompt pass
+
+    def prepare(rows: RLBatch, n_micro: int) -> Callable[[], None]:
+        # one micro-batch runs its own prompts anyway; several share one pass
+        shared[0] = prompt_pass(model, rows, precision) if share_prompt and n_micro > 1 else None
+        return lambda: shared[0].backward() if shared[0] is not None else None
 
     def micro_loss(sub: RLBatch, norm: float) -> tuple[Tensor, dict[str, float]]:
         lp, ent = forward_logprobs(model, sub, temperature, entropy=entropy, precision=precision,
-                                   share_prompt=share_prompt)
+                                   share_prompt=share_prompt, prompts=shared[0])
         if old_from_update:
             old = lp.detach()
             batch.old_logprobs[sub.row, : old.shape[1]] = old
@@ -344,7 +369,7 @@ def policy_update(
 
     skip = set(rows) - set(rows_to_run(batch, rows, cfg))
     steps = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
-                             grad_key="train/grad_norm", skip=skip, **loop)
+                             grad_key="train/grad_norm", skip=skip, prepare=prepare, **loop)
     out = _mean_metrics(steps) if steps else {}
     out["train/optimizer_steps"] = float(len(steps))
     return out
