@@ -97,6 +97,18 @@ def test_finished_rows_leave_the_batch_at_once_without_changing_outputs(tiny_mod
     assert work[0.0] < work[0.5]
 
 
+def test_sampled_tokens_do_not_depend_on_when_finished_rows_leave(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    reqs = [GenerationRequest(enc(tok, p), max_new_tokens=m)  # rows finish at different steps
+            for p in ("Hi", "Hi there", "What is 12 times 34?") for m in (5, 11, 24)]
+    runs = {}
+    for at in (0.0, 0.5, 1.0):  # at once, when half are done, when all are done
+        g = HFGenerator(tiny_model, tok, drop_finished_at=at)
+        runs[at] = g.generate(reqs, SamplingParams(max_new_tokens=24, temperature=1.0, seed=5))
+    for at in (0.5, 1.0):  # finished rows kept in the batch draw no random numbers
+        assert [o.token_ids for o in runs[at]] == [o.token_ids for o in runs[0.0]]
+
+
 def test_preallocated_cache_equals_a_growing_one_over_tool_turns(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
     ps = [enc(tok, "What is 12 times 34?"), enc(tok, "Hi"), enc(tok, "The product is 1024.")]

@@ -160,7 +160,16 @@ class DecodeBatch:
     def _step(self) -> list[tuple[int, GenerationOutput]]:
         g, params, dev = self.g, self.params, self.g.device
         rows, logits = self.rows, self.logits
-        tok, lp = g._pick(logits, params, self.gen, [r.req if r.finish is None else None for r in rows])
+        live = [b for b, r in enumerate(rows) if r.finish is None]
+        if len(live) == len(rows):
+            tok, lp = g._pick(logits, params, self.gen, [r.req for r in rows])
+        else:
+            # Finished rows still in the batch (`drop_finished_at`) draw nothing: the sampler's random
+            # stream then advances exactly as when they had left, so the tokens do not depend on it.
+            idx = torch.tensor(live, device=dev)
+            t_live, lp_live = g._pick(logits[idx], params, self.gen, [rows[b].req for b in live])
+            tok = torch.full((len(rows),), g.pad_id, dtype=t_live.dtype, device=dev).index_copy(0, idx, t_live)
+            lp = torch.zeros(len(rows), dtype=lp_live.dtype, device=dev).index_copy(0, idx, lp_live)
         tok_l, lp_l = tok.tolist(), lp.tolist()
         for b, r in enumerate(rows):
             if r.finish is not None:
