@@ -250,22 +250,24 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
     return summary
 
 
+def _pct(x: float | None) -> str:
+    """A share as a percentage to 0.1 (200 held-out problems move it by 0.5: 99.5% must not show as 100%)."""
+    return "n/a" if x is None else f"{100 * x:.1f}".rstrip("0").rstrip(".") + "%"
+
+
 def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
     from tirl.report.page import write_report
 
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.0f}%"
-
     sampled = summary["sampled"]
     headline = {
-        "held-out accuracy after SFT (greedy / sampled)": f"{pct(summary['sft_accuracy'])} / "
-                                                           f"{pct(sampled['sft']['accuracy'])}",
-        "after GRPO with the tool": f"{pct(summary['rl_accuracy'])} / {pct(sampled['rl']['accuracy'])}",
-        "after GRPO without the tool": f"{pct(summary['text_rl_accuracy'])} / {pct(sampled['text_rl']['accuracy'])}",
-        "responses with code during RL (start -> end)": f"{pct(summary['code_ratio_start'])} -> "
-                                                         f"{pct(summary['code_ratio_end'])}",
-        "tool-call pass rate during RL (start -> end)": f"{pct(summary.get('pass_rate_start'))} -> "
-                                                         f"{pct(summary.get('pass_rate_end'))}",
+        "held-out accuracy after SFT (greedy / sampled)": f"{_pct(summary['sft_accuracy'])} / "
+                                                           f"{_pct(sampled['sft']['accuracy'])}",
+        "after GRPO with the tool": f"{_pct(summary['rl_accuracy'])} / {_pct(sampled['rl']['accuracy'])}",
+        "after GRPO without the tool": f"{_pct(summary['text_rl_accuracy'])} / {_pct(sampled['text_rl']['accuracy'])}",
+        "responses with code during RL (start -> end)": f"{_pct(summary['code_ratio_start'])} -> "
+                                                         f"{_pct(summary['code_ratio_end'])}",
+        "tool-call pass rate during RL (start -> end)": f"{_pct(summary.get('pass_rate_start'))} -> "
+                                                         f"{_pct(summary.get('pass_rate_end'))}",
         "RL steps": summary["steps"],
     }
     samples = read_rows(run_dir / "heldout_samples.jsonl") if (run_dir / "heldout_samples.jsonl").exists() else []
@@ -277,9 +279,6 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
 def _print_summary(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     from rich.table import Table
 
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.0f}%"
-
     t = Table(title="tirl demo: held-out accuracy (greedy / sampled)")
     t.add_column("model")
     t.add_column("accuracy", justify="right")
@@ -287,12 +286,12 @@ def _print_summary(console: Any, s: dict[str, Any], run_dir: Path) -> None:
     rows = [("cold-start SFT", "sft", "sft_accuracy"), (f"+ GRPO with the tool, {s['steps']} steps", "rl",
             "rl_accuracy"), (f"text-only SFT + GRPO, {s['steps']} steps", "text_rl", "text_rl_accuracy")]
     for label, key, acc in rows:
-        t.add_row(label, f"{pct(s[acc])} / {pct(s['sampled'][key]['accuracy'])}",
-                  f"{pct(s['greedy_code_ratio'][key])} / {pct(s['sampled'][key]['code_ratio'])}")
+        t.add_row(label, f"{_pct(s[acc])} / {_pct(s['sampled'][key]['accuracy'])}",
+                  f"{_pct(s['greedy_code_ratio'][key])} / {_pct(s['sampled'][key]['code_ratio'])}")
     console.print(t)
-    console.print(f"code use during RL: {pct(s['code_ratio_start'])} of responses at the start -> "
-                  f"{pct(s['code_ratio_end'])} at the end")
-    console.print(f"tool-call pass rate during RL: {pct(s.get('pass_rate_start'))} -> {pct(s.get('pass_rate_end'))}; "
+    console.print(f"code use during RL: {_pct(s['code_ratio_start'])} of responses at the start -> "
+                  f"{_pct(s['code_ratio_end'])} at the end")
+    console.print(f"tool-call pass rate during RL: {_pct(s.get('pass_rate_start'))} -> {_pct(s.get('pass_rate_end'))}; "
                   f"self-corrections among the held-out samples shown: {s.get('self_corrections_shown', 0)}")
     console.print(f"report: {s['report']}\nrun directory: {run_dir}   wall time: {s['wall_s']:.0f} s")
 
