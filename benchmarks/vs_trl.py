@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import resource
 import statistics
 import sys
@@ -227,42 +226,50 @@ def run_tirl(a: dict, out: mp.Queue) -> None:
     torch.set_num_threads(a["threads"])
     _ablate(a["ablate"])
     _no_code_stop()
-    from tirl.config import load_config
-    from tirl.models import load_tokenizer
-    from tirl.train.logger import read_metrics
-    from tirl.train.rl import RLConfig, train_rl
     from tirl.commands import quiet_transformers
 
     quiet_transformers()
-    tok = load_tokenizer(a["model"])
     problems = _problems(a["prompts"] * a["steps"], a["seed"], a.get("level", 2))
+    _, res = train_tirl(a, problems, [
+        'prompt.system_prompt=""', f"prompt.chat={str(a['chat']).lower()}", "rollout.max_tool_calls=0",
+        *([f"reward.function={Path(__file__).resolve()}:boxed_reward", "reward.combine=replace"]
+          if a.get("reward") == "boxed" else []),
+        *(ABLATION_OVERRIDES[x] for x in a["ablate"] if x in ABLATION_OVERRIDES), *a["overrides"],
+    ])
+    out.put(res)
+
+
+def train_tirl(a: dict, problems: list, overrides: list[str]) -> tuple[list[dict], dict]:
+    """`tirl train` on `problems` with what both benchmarks match to TRL (GRPO, n samples, the budget,
+    temperature 1, lr, threads, precision, TRL's clip range, one optimizer step a batch, and the
+    normaliser counting all-equal groups too, though tirl still skips running them), then `overrides`.
+    Returns the run's metrics rows and the result both report (step times, tokens, memory, split)."""
+    from tirl.config import load_config
+    from tirl.train.logger import read_metrics
+    from tirl.train.rl import RLConfig, train_rl
+
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
         data.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
                                 for p in problems))
         cfg = load_config(RLConfig, None, [
-            f"model.path={a['model']}", f"data.train={data}", 'data.test=""', 'prompt.system_prompt=""',
-            f"prompt.chat={str(a['chat']).lower()}", f"rollout.n={a['n']}", f"rollout.max_new_tokens={a['new_tokens']}",
-            "rollout.max_tool_calls=0", "rollout.stop_at_answer=false", "rollout.temperature=1.0",
+            f"model.path={a['model']}", f"data.train={data}", 'data.test=""', f"rollout.n={a['n']}",
+            f"rollout.max_new_tokens={a['new_tokens']}", "rollout.stop_at_answer=false", "rollout.temperature=1.0",
             f"trainer.prompts_per_step={a['prompts']}", f"trainer.micro_batch_size={a['prompts'] * a['n']}",
             f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
             f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
             f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
-            "algorithm.clip_high=0.28",
-            # TRL's normaliser counts the tokens of all-equal groups too (tirl still skips running them)
-            "algorithm.filter_zero_advantage=false",
-            *([f"reward.function={Path(__file__).resolve()}:boxed_reward", "reward.combine=replace"]
-              if a.get("reward") == "boxed" else []),
-            *(ABLATION_OVERRIDES[x] for x in a["ablate"] if x in ABLATION_OVERRIDES), *a["overrides"],
+            "algorithm.clip_high=0.28", "algorithm.filter_zero_advantage=false", *overrides,
         ])
         train_rl(cfg, Path(tmp) / "run")
         ms = read_metrics(Path(tmp) / "run")
     split = {k: [float(m.get(key, 0.0)) for m in ms]
              for k, key in (("generation", "time/generation_s"), ("sandbox", "time/sandbox_s"),
                             ("update", "time/train_s"))}
-    out.put({"step_s": [float(m["time/step_s"]) for m in ms],
-             "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
-             "peak_mb": _peak_mb(), "split": split, "zero_std": [float(m["reward/frac_zero_std"]) for m in ms]})
+    # sampled tokens only (with tools, as TRL's completion length counts them: its tool_mask)
+    return ms, {"step_s": [float(m["time/step_s"]) for m in ms],
+                "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
+                "peak_mb": _peak_mb(), "split": split, "zero_std": [float(m["reward/frac_zero_std"]) for m in ms]}
 
 
 def _child(fn, a: dict) -> dict:

@@ -305,12 +305,9 @@ def run_tirl(a: dict, out) -> None:
 
     torch.set_num_threads(a["threads"])
     from tirl.commands import quiet_transformers
-    from tirl.config import load_config
     from tirl.models import load_tokenizer
     from tirl.train import rl
-    from tirl.train.logger import read_metrics
-    from tirl.train.rl import RLConfig, train_rl
-    from vs_trl import ABLATION_OVERRIDES, _ablate, _problems
+    from vs_trl import ABLATION_OVERRIDES, _ablate, _problems, train_tirl
 
     ablate = [x[1:] for x in a["overrides"] if x.startswith("-")]  # "-NAME": one of vs_trl's ablations
     _ablate(ablate)
@@ -321,30 +318,8 @@ def run_tirl(a: dict, out) -> None:
     style = make_style(tok)
     rl.make_style = lambda cfg: style  # the tool-call format (benchmark only; see the module docstring)
     problems = _problems(a["prompts"] * a["steps"], a["seed"])
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "train.jsonl"
-        data.write_text("".join(json.dumps({"id": p.id, "problem": p.problem, "answer": p.answer}) + "\n"
-                                for p in problems))
-        cfg = load_config(RLConfig, None, [
-            f"model.path={a['model']}", f"data.train={data}", 'data.test=""', "prompt.chat=true",
-            f"rollout.n={a['n']}", f"rollout.max_new_tokens={a['new_tokens']}",
-            f"rollout.max_tool_calls={a['tool_calls']}", "rollout.stop_at_answer=false", "rollout.temperature=1.0",
-            f"trainer.prompts_per_step={a['prompts']}", f"trainer.micro_batch_size={a['prompts'] * a['n']}",
-            f"trainer.steps={a['steps']}", "trainer.save_every=0", "trainer.eval_size=0",
-            f"trainer.threads={a['threads']}", f"trainer.optim.lr={a['lr']}", f"trainer.seed={a['seed']}",
-            f"trainer.precision={a['precision']}", "algorithm.name=grpo", "algorithm.clip_low=0.2",
-            "algorithm.clip_high=0.28", "algorithm.filter_zero_advantage=false", *overrides,
-        ])
-        train_rl(cfg, Path(tmp) / "run")
-        ms = read_metrics(Path(tmp) / "run")
-    split = {k: [float(m.get(key, 0.0)) for m in ms]
-             for k, key in (("generation", "time/generation_s"), ("sandbox", "time/sandbox_s"),
-                            ("update", "time/train_s"))}
-    out.put({"step_s": [float(m["time/step_s"]) for m in ms],
-             # sampled tokens only, as TRL's completion length counts them with tools (its tool_mask)
-             "completion_tokens": [float(m.get("rollout/generated_tokens", 0.0)) for m in ms],
-             "peak_mb": _peak_mb(), "split": split, "zero_std": [float(m["reward/frac_zero_std"]) for m in ms],
-             "calls": [float(m.get("tool/calls_mean", 0.0)) for m in ms],
+    ms, res = train_tirl(a, problems, ["prompt.chat=true", f"rollout.max_tool_calls={a['tool_calls']}", *overrides])
+    out.put({**res, "calls": [float(m.get("tool/calls_mean", 0.0)) for m in ms],
              "accuracy": [(float(m["reward/mean"]) + 1) / 2 for m in ms]})
 
 

@@ -140,6 +140,14 @@ def test_sampling_draws_tokens_in_proportion_to_their_probability_and_never_a_tr
     assert abs(float((tok == 0).float().mean()) - float(p[0] / p[:2].sum())) < 0.015
 
 
+def test_a_draw_rounding_past_the_total_takes_the_last_token_with_mass(monkeypatch):
+    from tirl.generation.hf import _draw
+
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(2, 1))  # u == the total: past every cdf
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.2, 0.3, 0.1, 0.4]])
+    assert _draw(probs, None).tolist() == [1, 3]
+
+
 def test_stop_strings_eos_and_length(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
     stream = enc(tok, "x = 12 * 34\nprint(x)\n```\n</code> more")

@@ -119,9 +119,11 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     rounds past the total goes to the last token that has mass."""
     cdf = probs.cumsum(dim=-1)
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True)[:, 0]
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(dim=-1)
-    return torch.minimum(tok, last)
+    tok = torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[-1] - 1)
+    past = probs.gather(-1, tok[:, None])[:, 0] == 0  # only a draw that rounded past the total lands on 0
+    if bool(past.any()):
+        tok[past] = probs.shape[-1] - 1 - (probs[past].flip(-1) > 0).int().argmax(dim=-1)
+    return tok
 
 
 class HFGenerator:
