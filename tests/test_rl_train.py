@@ -339,3 +339,16 @@ def test_a_data_file_never_falls_back_to_the_toy_task_for_held_out_problems(tmp_
     data.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
     assert load_split(DataConfig(train=str(data)), "test") == []  # before: 50 built-in arithmetic problems
     assert len(load_split(DataConfig(test_size=3), "test")) == 3  # the built-in task keeps its held-out split
+
+
+def test_the_critic_warm_up_holds_back_ppo_only(tmp_path):
+    # Before: GRPO skipped its policy update for critic_warmup_steps steps too (the demo's first 5 steps).
+    runs = {}
+    for algo in ("grpo", "ppo"):
+        run = tmp_path / algo
+        r = _tirl("train", str(CONFIGS / f"smoke_{algo}.yaml"), "trainer.steps=2", "algorithm.critic_warmup_steps=1",
+                  "algorithm.entropy_coef=0.01", "trainer.eval_size=1", "--run-dir", str(run))
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[algo] = [m["train/optimizer_steps"] for m in read_metrics(run)]
+    assert runs["grpo"][0] > 0
+    assert runs["ppo"][0] == 0 and runs["ppo"][1] > 0

@@ -370,7 +370,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                           precision=tc.precision, scaler=scaler)
             if critic is not None:
                 metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
-            if rows and step > algo.critic_warmup_steps:
+            # The warm-up holds back the policy only while a critic learns (PPO); GRPO has none to wait for.
+            warming_up = critic is not None and step <= algo.critic_warmup_steps
+            if rows and not warming_up:
                 if group is not None:  # the same update, on every trainer rank
                     loop = {k: v for k, v in common.items() if k != "generator"}
                     metrics.update(group.policy_update(policy, opt, sched, batch, rows, step_algo, tc.seed * 7919 + step,
@@ -389,7 +391,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                         share_prompt=share)
                     metrics.update(U.logprob_mismatch(batch))
                 metrics.update(U.no_update_metrics(batch, step_algo))
-                idle += step > algo.critic_warmup_steps
+                idle += not warming_up
                 if idle == tc.warn_idle_steps:
                     log.warning("no policy update for %d steps: every group's rewards were all equal (all right "
                                 "or all wrong). Raise rollout.n or temperature, or use easier/harder problems.",

@@ -60,7 +60,8 @@ class AlgoConfig:
     critic_lr: float = 2e-6
     """ReTool's critic learning rate."""
     critic_warmup_steps: int = 0
-    """Steps where only the critic learns (ReTool: 20) so early advantages are not noise."""
+    """PPO: steps where only the critic learns (ReTool: 20) so early advantages are not noise. GRPO and
+    RLOO have no critic: it holds nothing back there."""
     skip_zero_advantage: bool = True
     """GRPO/RLOO: run no forward/backward for samples whose advantage is 0 (all-equal groups) when no KL
     or entropy term needs them: they add nothing to the policy gradient, and on small models they are
