@@ -70,3 +70,18 @@ def test_a_check_trace_answers_with_the_interpreters_number_next_to_a_wrong_esti
         assert estimate != item.answer
         assert f"<interpreter>\n{item.answer}\n</interpreter>" in text
         assert text.endswith(f"\\boxed{{{item.answer}}}\n</answer>")
+
+
+def test_balanced_sft_problems_make_every_answer_length_equally_common():
+    import collections
+
+    from tirl.tasks import balance_answer_lengths
+
+    pool = generate(4000, split="train", seed=0, level=2, kinds=["mul"])
+    natural = collections.Counter(len(i.answer) for i in pool)
+    assert natural[5] < natural[6] / 3  # 3-digit products: 5 digits 17% of the time
+    items = balance_answer_lengths(pool, 1000, seed=0)
+    assert collections.Counter(len(i.answer) for i in items) == {5: 500, 6: 500}
+    assert len({i.id for i in items}) == 1000
+    assert items == balance_answer_lengths(pool, 1000, seed=0)
+    assert len(balance_answer_lengths(pool[:50], 100, seed=0)) == 50  # a short pool gives what it has

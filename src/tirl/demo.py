@@ -79,6 +79,10 @@ class DemoConfig:
     product's at chance level) and ended at 14% after RL; with them 93% at 1000 steps and 100% at 2500.
     The same copy share from more `code` traces instead (40/50/10) copied 76% / 80%."""
     text_error_rate: float = 0.5
+    balance_answer_lengths: bool = True
+    """SFT problems with 5- and 6-digit products equally common (17% / 83% in the task): with the task's
+    own mix, seeds 2, 6 and 7 ended at 88.5 / 96.5 / 95.5% after RL, every miss a 5-digit output copied
+    at the 6-digit offset (the previous digit written again). RL and evaluation keep the task's mix."""
     sft_max_length: int = 256
     """Tokens per SFT example (prompt + response); a real model's chat template and system prompt need more."""
     text_sft_steps: int = 200
@@ -98,10 +102,10 @@ class DemoConfig:
     sandbox: SandboxConfig = field(default_factory=lambda: SandboxConfig(timeout_s=5))
     eval_size: int = 200
     """Held-out problems for the before/after figures."""
-    copy_check_size: int = 50
+    copy_check_size: int = 100
     """Held-out problems for the check after SFT that the model copies the interpreter's output into its
     answer (`tirl.tasks.copy_check`); 0 = no check."""
-    min_copy_rate: float = 0.9
+    min_copy_rate: float = 0.95
     """Below this share of outputs copied exactly, the demo says the cold start is broken (RL then has
     almost no right answer to reinforce) and what to try."""
     seed: Optional[int] = None
@@ -122,7 +126,8 @@ def seeded(cfg: DemoConfig) -> DemoConfig:
 def _sft_config(cfg: DemoConfig, text_only: bool, base: str | None) -> SFTConfig:
     model = dataclasses.replace(cfg.model, path=base) if base else cfg.model
     data = SFTDataConfig(task=cfg.task, mix={"text": 1.0} if text_only else dict(cfg.sft_mix),
-                         text_error_rate=0.0 if text_only else cfg.text_error_rate, max_length=cfg.sft_max_length)
+                         text_error_rate=0.0 if text_only else cfg.text_error_rate, max_length=cfg.sft_max_length,
+                         balance_answer_lengths=cfg.balance_answer_lengths)
     trainer = dataclasses.replace(cfg.sft, steps=cfg.text_sft_steps) if text_only else cfg.sft
     return SFTConfig(model=model, prompt=cfg.prompt, data=data, trainer=trainer)
 

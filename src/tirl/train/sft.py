@@ -58,6 +58,10 @@ class SFTDataConfig:
     """Built-in trace kinds: code (copy numbers into code), text (compute in text), fix (NameError, fixed)."""
     text_error_rate: float = 0.5
     """Share of built-in text traces whose stated result has a wrong digit, as a small model's would."""
+    balance_answer_lengths: bool = False
+    """Built-in task: draw the SFT problems so that every answer length is about equally common (from a
+    pool 4x `task.train_size`), so copying the interpreter's output is learned for every length, not only
+    the most common one (`tirl.tasks.balance_answer_lengths`). RL and evaluation keep the task's own mix."""
 
 
 @dataclass
@@ -110,11 +114,13 @@ def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
     from tirl.data import load_traces, trace_from_row
 
     if cfg.train == BUILTIN:
-        from tirl.tasks import generate_task, task_traces
+        from tirl.tasks import balance_answer_lengths, generate_task, task_traces
 
         t = cfg.task
-        items = generate_task(t.task, t.train_size, split="train", seed=t.seed, level=t.task_level,
-                              kinds=t.task_kinds)
+        pool = 4 * t.train_size if cfg.balance_answer_lengths else t.train_size
+        items = generate_task(t.task, pool, split="train", seed=t.seed, level=t.task_level, kinds=t.task_kinds)
+        if cfg.balance_answer_lengths:
+            items = balance_answer_lengths(items, t.train_size, seed=t.seed)
         rows = task_traces(t.task, items, style=style, mix=dict(cfg.mix), text_error_rate=cfg.text_error_rate,
                            seed=t.seed)
         traces = [trace_from_row(r, style, id=r["id"], where=f"builtin[{i}]") for i, r in enumerate(rows)]
