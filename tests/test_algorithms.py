@@ -390,6 +390,23 @@ def test_tis_weights_hand_example_and_cap():
         A.truncated_is_weights(old, rollout, torch.tensor([[1, 1, 1]]), cap=0)
 
 
+def test_tis_gives_unknown_rollout_logprobs_weight_one_and_no_nan_reaches_the_loss():
+    # the OpenAI backend writes NaN for re-tokenised outputs and the stop text it appends
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2, 0.3]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.3, 0.4, 0.3]]))
+    rollout[0, 1] = float("nan")
+    rollout[0, 3] = float("nan")  # masked: weight 0
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w, m = A.truncated_is_weights(old, rollout, mask, cap=2.5)
+    assert w.tolist()[0] == pytest.approx([2.0, 1.0, 0.5, 0.0])
+    assert m["tis/weight_mean"] == pytest.approx(3.5 / 3) and m["tis/clipped_frac"] == 0.0
+    lp = old.clone().requires_grad_(True)
+    loss, pm = A.policy_loss(lp, old, torch.tensor([1.0]), mask, weights=w)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+    assert all(math.isfinite(v) for v in pm.values())
+
+
 def test_tis_weights_scale_each_tokens_gradient():
     lp = torch.zeros(1, 2, requires_grad=True)
     old = torch.zeros(1, 2)

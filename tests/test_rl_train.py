@@ -145,6 +145,56 @@ def test_tis_changes_nothing_when_the_rollout_engine_agrees_and_reweights_when_i
         torch.testing.assert_close(b - p0, 1.5 * (a - p0), rtol=1e-4, atol=1e-6)
 
 
+def _unknown_update(algo, rollout):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
+    batch.rollout_logprobs = rollout(batch)
+    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
+                        micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
+                        generator=torch.Generator().manual_seed(0))
+    return [p.detach().clone() for p in model.parameters()], m, batch
+
+
+def test_unknown_rollout_logprobs_get_tis_weight_one_and_stay_out_of_the_mismatch_metrics():
+    # The OpenAI backend writes NaN log-probs for re-tokenised outputs: before, one NaN made the whole
+    # TIS update NaN, and the mismatch metrics NaN even with TIS off.
+    def shifted(batch):  # the rollout engine half as likely on every token ...
+        return torch.where(batch.mask.bool(), batch.old_logprobs - math.log(2), 0.0)
+
+    def with_unknown(batch):  # ... except rows 0 and 5, whose log-probs it did not return
+        lp = shifted(batch)
+        lp[[0, 5]] = torch.where(batch.mask[[0, 5]].bool(), float("nan"), 0.0)
+        return lp
+
+    def known_as_trainer(batch):  # what weight 1 means: those rows as if the engines agreed
+        lp = shifted(batch)
+        lp[[0, 5]] = batch.old_logprobs[[0, 5]]
+        return lp
+
+    algo = U.AlgoConfig(name="grpo", tis_cap=1.5)
+    params, m, batch = _unknown_update(algo, with_unknown)
+    expected, m_expected, _ = _unknown_update(algo, known_as_trainer)
+    assert all(torch.isfinite(p).all() for p in params)
+    for a, b in zip(params, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert m["tis/weight_mean"] == pytest.approx(m_expected["tis/weight_mean"])
+    assert all(math.isfinite(v) for v in m.values()), m
+    mis = U.logprob_mismatch(batch)
+    sampled = batch.mask.bool()
+    assert mis["rollout/logprob_unknown"] == pytest.approx(float(sampled[[0, 5]].sum() / sampled.sum()))
+    assert mis["rollout/logprob_max_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    assert mis["rollout/logprob_mean_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    # TIS off: the same metrics, and nothing unknown reaches the update
+    _, m_off, batch = _unknown_update(U.AlgoConfig(name="grpo"), with_unknown)
+    assert U.logprob_mismatch(batch)["rollout/logprob_max_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    assert all(math.isfinite(v) for v in m_off.values())
+    batch.rollout_logprobs = torch.where(sampled, float("nan"), 0.0)
+    none_known = U.logprob_mismatch(batch)
+    assert none_known["rollout/logprob_unknown"] == 1.0 and math.isnan(none_known["rollout/logprob_max_diff"])
+
+
 def test_all_equal_groups_are_skipped():
     model = _tiny()
     algo = U.AlgoConfig(name="grpo")

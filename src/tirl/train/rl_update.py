@@ -9,6 +9,7 @@ accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -37,7 +38,8 @@ class AlgoConfig:
     `seq-mean-token-sum-norm`, also accepted): see `tirl.algorithms.aggregate`."""
     tis_cap: float = 0.0
     """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, cap)
-    when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off."""
+    when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off. A token whose
+    rollout log-prob is unknown (NaN: the OpenAI backend's re-tokenised output) keeps weight 1."""
     kl_coef: float = 0.0
     """KL to a frozen reference model; 0 (both papers) loads no reference model."""
     kl_target: float = 0.0
@@ -414,13 +416,23 @@ def observed_kl(batch: RLBatch, kind: str) -> float:
 
 def logprob_mismatch(batch: RLBatch, rows: Sequence[int] | None = None) -> dict[str, float]:
     """Rollout vs recomputed log-probs on sampled tokens (of `rows`; default all): a gap silently
-    biases the ratio."""
+    biases the ratio. Tokens whose rollout log-prob is unknown (NaN: the OpenAI backend's re-tokenised
+    output and appended stop text) are left out of the differences and counted in
+    `rollout/logprob_unknown` (their share of the sampled tokens); with none known the differences
+    are undefined (NaN, null in metrics.jsonl)."""
     m = batch.mask.bool()
     if rows is not None:
         keep = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
         keep[list(rows)] = True
         m = m & keep[:, None]
     if not m.any():
-        return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
-    d = (batch.rollout_logprobs - batch.need("old_logprobs")).abs()[m]
-    return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean())}
+        return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0, "rollout/logprob_unknown": 0.0}
+    unknown = torch.isnan(batch.rollout_logprobs) & m
+    known = m & ~unknown
+    share = float(unknown.sum()) / float(m.sum())
+    if not known.any():
+        return {"rollout/logprob_max_diff": math.nan, "rollout/logprob_mean_diff": math.nan,
+                "rollout/logprob_unknown": share}
+    d = (batch.rollout_logprobs - batch.need("old_logprobs")).abs()[known]
+    return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean()),
+            "rollout/logprob_unknown": share}
