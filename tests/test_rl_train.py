@@ -81,8 +81,9 @@ def test_update_changes_parameters_and_accumulation_is_exact():
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        batch = _batch(model, _trajs(), [1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0], algo)
-        rows = U.rows_to_train(batch, algo)
+        rewards = [1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0]
+        batch = _batch(model, _trajs(), rewards, algo)
+        rows = U.rows_to_train(batch, algo, rewards, 2)
         U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=micro,
                         epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
                         generator=torch.Generator().manual_seed(0))
@@ -125,9 +126,9 @@ def _one_update(algo, rollout_shift=0.0):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
     batch.rollout_logprobs = batch.old_logprobs + rollout_shift
-    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
-                        micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
-                        generator=torch.Generator().manual_seed(0))
+    rows = U.rows_to_train(batch, algo, [1.0, -1.0] * 4, 2)
+    m = U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=4, epochs=1,
+                        temperature=1.0, max_grad_norm=0.0, seq_len=16, generator=torch.Generator().manual_seed(0))
     return [p.detach().clone() for p in model.parameters()], m
 
 
@@ -151,9 +152,9 @@ def _unknown_update(algo, rollout):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
     batch.rollout_logprobs = rollout(batch)
-    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
-                        micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
-                        generator=torch.Generator().manual_seed(0))
+    rows = U.rows_to_train(batch, algo, [1.0, -1.0] * 4, 2)
+    m = U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=4, epochs=1,
+                        temperature=1.0, max_grad_norm=0.0, seq_len=16, generator=torch.Generator().manual_seed(0))
     return [p.detach().clone() for p in model.parameters()], m, batch
 
 
@@ -198,8 +199,28 @@ def test_unknown_rollout_logprobs_get_tis_weight_one_and_stay_out_of_the_mismatc
 def test_all_equal_groups_are_skipped():
     model = _tiny()
     algo = U.AlgoConfig(name="grpo")
-    batch = _batch(model, _trajs(), [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0], algo)
-    assert U.rows_to_train(batch, algo) == [2, 3]
+    rewards = [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0]
+    batch = _batch(model, _trajs(), rewards, algo)
+    assert U.rows_to_train(batch, algo, rewards, 2) == [2, 3]
+
+
+def test_the_filter_drops_all_equal_groups_not_zero_advantage_rows():
+    # Before: rows whose advantage was exactly 0 left the batch, though their group's rewards differed.
+    drgrpo = U.AlgoConfig(name="grpo", scale_by_std=False)
+    rewards = [1.0, -1.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0]  # rows 2, 3: advantage 0 in an informative group
+    batch = _batch(_tiny(), _trajs(), [1.0, -1.0] * 4, drgrpo)
+    U.compute_advantages(batch, torch.tensor(rewards), drgrpo, 4)
+    assert batch.advantages[2] == 0 and batch.advantages[3] == 0
+    rows = U.rows_to_train(batch, drgrpo, rewards, 4)
+    assert rows == [0, 1, 2, 3]
+    assert U.rows_to_run(batch, rows, drgrpo) == [0, 1]  # the speed-up still spares their forward
+    # ToRL's exec penalty: scores 1 / 0.5 (correct, code never ran) / -1.5; the 0.5s sit at the group mean
+    torl = U.AlgoConfig(name="grpo", exec_penalty=0.5)
+    rewards = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, -1.5] + [-1.0] * 8
+    batch = _batch(_tiny(), _trajs(16), [1.0, -1.0] * 8, torl)
+    U.compute_advantages(batch, torch.tensor(rewards), torl, 8)
+    assert batch.advantages[4] == 0
+    assert U.rows_to_train(batch, torl, rewards, 8) == list(range(8))
 
 
 def _adamw_update(algo, rewards, mini_batch_size=2, epochs=3):
@@ -207,7 +228,7 @@ def _adamw_update(algo, rewards, mini_batch_size=2, epochs=3):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), rewards, algo)
-    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo,
+    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 2), algo,
                         mini_batch_size=mini_batch_size, micro_batch_size=1, epochs=epochs, temperature=1.0,
                         max_grad_norm=1.0, seq_len=16, generator=torch.Generator().manual_seed(3))
     return [p.detach().clone() for p in model.parameters()], m
@@ -222,7 +243,8 @@ def test_skipping_zero_advantage_rows_changes_nothing_but_the_work():
     full, m_full = _adamw_update(U.AlgoConfig(skip_zero_advantage=False, **keep), rewards)
     fast, m_fast = _adamw_update(U.AlgoConfig(skip_zero_advantage=True, **keep), rewards)
     batch = _batch(_tiny(), _trajs(), rewards, U.AlgoConfig(**keep))
-    assert len(U.rows_to_run(batch, U.rows_to_train(batch, U.AlgoConfig(**keep)), U.AlgoConfig(**keep))) == 4
+    rows = U.rows_to_train(batch, U.AlgoConfig(**keep), rewards, 2)
+    assert len(U.rows_to_run(batch, rows, U.AlgoConfig(**keep))) == 4
     assert m_full["train/optimizer_steps"] == m_fast["train/optimizer_steps"] == 12
     for a, b in zip(full, fast):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -360,7 +360,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
             metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
-            rows = U.rows_to_train(batch, step_algo)
+            rows = U.rows_to_train(batch, step_algo, rewards, cfg.rollout.n)
             if algo.overlong_filter:
                 rows = [r for r in rows if trajs[r].finish_reason != "length"]
                 metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))

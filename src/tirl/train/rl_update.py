@@ -18,6 +18,7 @@ from torch import Tensor
 
 from tirl import algorithms as A
 from tirl.train.batch import RLBatch, micro_batches
+from tirl.train.dapo import informative
 
 
 @dataclass
@@ -71,8 +72,8 @@ class AlgoConfig:
     mini-batch left with nothing to run still makes its (zero-gradient) optimizer step, so the update
     equals the one without the skip (tested)."""
     filter_zero_advantage: bool = True
-    """GRPO/RLOO: all-equal groups leave the batch before the update (when no KL or entropy term needs
-    them), so the loss's normaliser counts only the informative samples' tokens and each of them weighs
+    """GRPO/RLOO: all-equal groups (every reward the same) leave the batch before the update (when no KL
+    or entropy term needs them; a zero-advantage row of a group whose rewards differ stays), so the loss's normaliser counts only the informative samples' tokens and each of them weighs
     more; a step where every group is all-equal makes no update. Like DAPO's dynamic sampling without
     the refill. False keeps them in the normaliser, as TRL's and verl's GRPO do (then
     `skip_zero_advantage` still saves their forward)."""
@@ -235,21 +236,29 @@ def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_s
     return out
 
 
+def _only_policy_term(cfg: AlgoConfig) -> bool:
+    """GRPO/RLOO with no KL or entropy term: a row's loss is its advantage times its ratio, nothing else."""
+    return cfg.name in ("grpo", "rloo") and cfg.kl_coef == 0 and cfg.entropy_coef == 0
+
+
 def _zero_advantage_rows(batch: RLBatch, cfg: AlgoConfig) -> set[int]:
     """Rows whose advantage is 0 and that no other loss term reads (GRPO/RLOO without KL or entropy)."""
     adv = batch.need("advantages")
-    if adv.dim() != 1 or cfg.kl_coef != 0 or cfg.entropy_coef != 0:
+    if adv.dim() != 1 or not _only_policy_term(cfg):
         return set()
     return {b for b in range(batch.size) if float(adv[b]) == 0.0}
 
 
-def rows_to_train(batch: RLBatch, cfg: AlgoConfig) -> list[int]:
-    """The rows of the update (and of its normaliser): those with a sampled token, less the all-equal
-    groups when `cfg.filter_zero_advantage`."""
+def rows_to_train(batch: RLBatch, cfg: AlgoConfig, rewards: Tensor | Sequence[float], group_size: int) -> list[int]:
+    """The rows of the update (and of its normaliser): those with a sampled token, less the groups of
+    `group_size` consecutive rows whose `rewards` (the scores the advantages were made from) are all
+    equal, when `cfg.filter_zero_advantage`. A row of zero advantage in a group whose rewards differ
+    (Dr. GRPO's [1, -1, 0, 0], a 0.5 at its group's mean) stays: dropping it would shrink the token-mean
+    normaliser of an informative group; `rows_to_run` still spares it the forward."""
     rows = [b for b in range(batch.size) if batch.mask[b].any()]
-    if cfg.filter_zero_advantage:
-        zero = _zero_advantage_rows(batch, cfg)
-        rows = [b for b in rows if b not in zero]
+    if cfg.filter_zero_advantage and _only_policy_term(cfg):
+        spread = informative([float(r) for r in rewards], group_size)
+        rows = [b for b in rows if spread[b // group_size]]
     return rows
 
 
