@@ -337,7 +337,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
 
             if algo.dynamic_sampling:
                 problems, trajs, grades, metrics, played = dapo.dynamic_sample(
-                    play_round, take, tc.prompts_per_step, cfg.rollout.n, algo.dynamic_sampling_max_rounds)
+                    play_round, take, tc.prompts_per_step, cfg.rollout.n, algo.dynamic_sampling_max_rounds,
+                    algo.dynamic_sampling_metric)
             else:
                 problems = take(tc.prompts_per_step)
                 trajs, grades, metrics = play_round(problems, 0)

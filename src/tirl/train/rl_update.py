@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tirl import algorithms as A
 from tirl.train.batch import RLBatch, micro_batches
-from tirl.train.dapo import informative
+from tirl.train.dapo import METRICS as DYNAMIC_SAMPLING_METRICS, informative
 
 
 @dataclass
@@ -79,9 +79,13 @@ class AlgoConfig:
     `skip_zero_advantage` still saves their forward)."""
     dynamic_sampling: bool = False
     """DAPO: keep sampling rounds of prompts until the step holds `prompts_per_step` groups whose
-    rewards differ (GRPO/RLOO), instead of training on fewer; see `tirl.train.dapo`."""
+    accuracy differs (GRPO/RLOO; `dynamic_sampling_metric`), instead of training on fewer; see
+    `tirl.train.dapo`."""
     dynamic_sampling_max_rounds: int = 4
     """Bound on sampling rounds per step; the step then trains on the informative groups it has."""
+    dynamic_sampling_metric: str = "acc"
+    """What must differ within a group for dynamic sampling to keep it: `acc` (correctness, as DAPO and
+    verl) or `score` (the shaped reward: exec penalty, overlong term, a user's reward)."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: the last N tokens before rollout.max_new_tokens cost up to -1
     (linearly); 0 = off."""
@@ -106,6 +110,9 @@ class AlgoConfig:
         if self.dynamic_sampling and self.name == "ppo":
             raise ValueError("algorithm.dynamic_sampling needs groups (grpo or rloo); PPO's advantages are "
                              "not zero for all-equal groups")
+        if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
+            raise ValueError(f"algorithm.dynamic_sampling_metric must be one of "
+                             f"{', '.join(DYNAMIC_SAMPLING_METRICS)}, not {self.dynamic_sampling_metric!r}")
         if self.dynamic_sampling_max_rounds < 1:
             raise ValueError(f"algorithm.dynamic_sampling_max_rounds must be >= 1, not {self.dynamic_sampling_max_rounds}")
         if self.overlong_buffer < 0:
