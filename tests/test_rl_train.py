@@ -196,6 +196,72 @@ def test_unknown_rollout_logprobs_get_tis_weight_one_and_stay_out_of_the_mismatc
     assert none_known["rollout/logprob_unknown"] == 1.0 and math.isnan(none_known["rollout/logprob_max_diff"])
 
 
+def _update_metrics(micro, algo):
+    """The metrics of one update (2 epochs x 2 mini-batches of 32 rows) run in micro-batches of `micro`."""
+    model = _tiny()
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.randint(0, 2, (64,), generator=g).float() * 2 - 1
+    batch = _batch(model, _trajs(64), rewards.tolist(), algo)
+    U.compute_advantages(batch, rewards, algo, 2)
+    sampled = batch.mask.bool()
+    # the old policy and the rollout engine off the trainer, so ratios and TIS weights spread (up to ~4)
+    batch.old_logprobs = torch.where(sampled, batch.old_logprobs + 0.5 * torch.randn(batch.mask.shape, generator=g), 0.0)
+    rollout = batch.old_logprobs + 0.5 * torch.randn(batch.mask.shape, generator=g)
+    unknown = torch.rand(batch.mask.shape, generator=g) < 0.1  # the OpenAI backend's NaN log-probs
+    batch.rollout_logprobs = torch.where(sampled, torch.where(unknown, float("nan"), rollout), 0.0)
+    if algo.kl_coef:
+        batch.ref_logprobs = torch.where(sampled, batch.old_logprobs - 0.3, 0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 2), algo,
+                           mini_batch_size=32, micro_batch_size=micro, epochs=2, temperature=1.0, max_grad_norm=1.0,
+                           seq_len=16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("algo", [
+    U.AlgoConfig(name="grpo", tis_cap=2.0, dual_clip=3.0),
+    U.AlgoConfig(name="grpo", tis_cap=2.0, kl_coef=0.1, entropy_coef=0.01),
+], ids=["tis-dual-clip", "kl-entropy"])
+def test_update_metrics_do_not_depend_on_the_micro_batch_size(algo):
+    # Before: ratio_max was a mean of per-micro-batch maxima and the means unweighted means of
+    # micro-batch means, so the same update logged other figures at another micro_batch_size.
+    runs = {micro: _update_metrics(micro, algo) for micro in (64, 8, 1)}
+    assert runs[64]["policy/ratio_max"] > 2 and 0 < runs[64]["policy/clipfrac"] < 1
+    assert runs[64]["tis/clipped_frac"] > 0 and "entropy/mean" in runs[64]
+    for micro in (8, 1):
+        assert runs[micro].keys() == runs[64].keys()
+        for key, value in runs[64].items():
+            assert runs[micro][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, micro, runs[micro][key], value)
+
+
+def test_a_training_step_logs_the_same_figures_at_micro_batch_64_8_and_1(tmp_path):
+    # Every metric of a real step (64 rows, 2 epochs of 2 mini-batches, PPO-clip, KL, entropy and TIS) but
+    # timings, at three micro-batch sizes. A user reward of the tokens gives the random model's groups spread.
+    shaping = tmp_path / "shaping.py"
+    shaping.write_text("def by_tokens(problem, response, trajectory, reference):\n"
+                       "    return 0.1 * (sum(trajectory.response_ids) % 7)\n")
+    runs = {}
+    for micro in (64, 8, 1):
+        cfg = load_config(RLConfig, CONFIGS / "smoke_grpo.yaml", [
+            "trainer.steps=1", "trainer.prompts_per_step=8", "rollout.n=8", "trainer.mini_batch_size=32",
+            "trainer.ppo_epochs=2", "rollout.max_new_tokens=24", "data.test=", "algorithm.entropy_coef=0.01",
+            "algorithm.kl_coef=0.1", "algorithm.tis_cap=2", "trainer.optim.lr=1e-2", "trainer.optim.warmup_steps=0",
+            f"reward.function={shaping}:by_tokens",
+            f"trainer.micro_batch_size={micro}"])
+        train_rl(cfg, tmp_path / f"micro{micro}")
+        runs[micro] = {k: v for k, v in read_metrics(tmp_path / f"micro{micro}")[0].items()
+                       if not k.startswith(("time/", "throughput/", "rollout/gen_time", "rollout/exec_time"))}
+    assert runs[64]["train/optimizer_steps"] == 4 and runs[64]["policy/ratio_max"] > 1.5
+    assert runs[64]["policy/clipfrac"] > 0
+    for micro in (8, 1):
+        assert runs[micro].keys() == runs[64].keys()
+        for key, value in runs[64].items():
+            if isinstance(value, float):
+                assert runs[micro][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, micro, runs[micro][key], value)
+            else:
+                assert runs[micro][key] == value, key
+
+
 def test_all_equal_groups_are_skipped():
     model = _tiny()
     algo = U.AlgoConfig(name="grpo")

@@ -4,7 +4,10 @@ The batch (`tirl.train.batch.RLBatch`, built by `make_batch` from the trajectori
 by name; its notation (B, L, T) and mask alignment are described there.
 
 Every loss goes through `tirl.algorithms` with the mini-batch's global normaliser, so gradient
-accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
+accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested). The update's metrics
+are exact too: a `*_max` is the max over every token of the update, a mean is over every token (the
+micro-batches' means weighted by their token counts), so micro-batch 64, 8 and 1 log the same figures
+(tested); the loss and the gradient norm are means over the optimizer steps.
 """
 
 from __future__ import annotations
@@ -280,6 +283,22 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(m[k] for m in acc if k in m) / sum(1 for m in acc if k in m) for k in sorted(keys)}
 
 
+def _pooled(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Micro-batch metrics, each `(valid tokens, metrics)`, as the figure of all their tokens at once: a
+    key ending in `_max` is the largest value; any other is a mean over valid tokens (every metric of
+    `tirl.algorithms`' losses is), so the micro-batches' means are weighted by their token counts. The
+    figures then do not depend on how the update was cut into micro-batches (tested)."""
+    out = {}
+    for key in sorted({k for _, m in parts for k in m}):
+        vals = [(w, m[key]) for w, m in parts if key in m]
+        if key.endswith("_max"):
+            out[key] = max(v for _, v in vals)
+        else:
+            tokens = sum(w for w, _ in vals)
+            out[key] = sum(w * v for w, v in vals) / tokens if tokens else 0.0
+    return out
+
+
 def _minibatch_steps(
     module: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], agg: str,
     micro_loss: Callable[[RLBatch, float], tuple[Tensor, dict[str, float]]], *,
@@ -287,7 +306,7 @@ def _minibatch_steps(
     generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
     skip: set[int] | frozenset[int] = frozenset(),
     prepare: Callable[[RLBatch, int], Callable[[], None]] | None = None,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
     Each step accumulates `micro_loss` over micro-batches of similar lengths (`micro_batches`: at most
@@ -297,7 +316,8 @@ def _minibatch_steps(
     gradient) count in the normaliser but are not run; a step left with no row to run still steps,
     on zero gradients, as it would have. `prepare(rows' batch, number of micro-batches)`, when given,
     runs before a step's micro-batches and returns what to run after their backward passes (the shared
-    prompt pass's own backward). Returns one metrics dict per optimizer step.
+    prompt pass's own backward). Returns (per optimizer step its `loss_key` and `grad_key`, the
+    micro-batches' own metrics pooled over the whole update by `_pooled`).
     With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
     mini-batch and the gradients are summed over the ranks before the step.
     """
@@ -306,6 +326,7 @@ def _minibatch_steps(
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     steps: list[dict[str, float]] = []
+    parts: list[tuple[float, dict[str, float]]] = []  # (valid tokens, metrics) of every micro-batch
     for _ in range(epochs):
         perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
         for start in range(0, len(perm), mini_batch_size):
@@ -313,14 +334,15 @@ def _minibatch_steps(
             norm = A.global_normalizer(batch.mask[mb], agg, seq_len=seq_len)
             run = [r for r in mb if r not in skip]
             mine = dp.rows(run) if dp is not None else run
-            parts, total = [], 0.0
+            total = 0.0
             plan = micro_batches(batch.attention_mask[mine].sum(dim=1).tolist(), micro_batch_size)
             finish = prepare(batch.subset(mine), len(plan)) if prepare is not None and mine else None
             for part in plan:
-                loss, m = micro_loss(batch.subset([mine[i] for i in part]), norm)
+                sub = batch.subset([mine[i] for i in part])
+                loss, m = micro_loss(sub, norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
-                parts.append(m)
+                parts.append((float(sub.mask.sum()), m))
             if finish is not None:
                 finish()
             if not mine:  # nothing ran here: the zero gradients the skipped rows would have given
@@ -330,12 +352,9 @@ def _minibatch_steps(
             if dp is not None:
                 dp.reduce_grads(params)
                 total = dp.sum(total)
-            sm = _mean_metrics(parts)
-            sm[loss_key] = total
-            sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm, scaler)
-            steps.append(sm)
+            steps.append({loss_key: total, grad_key: clip_and_step(params, opt, sched, max_grad_norm, scaler)})
     module.eval()
-    return steps
+    return steps, _pooled(parts)
 
 
 def policy_update(
@@ -387,9 +406,9 @@ def policy_update(
         return loss, m
 
     skip = set(rows) - set(rows_to_run(batch, rows, cfg))
-    steps = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
-                             grad_key="train/grad_norm", skip=skip, prepare=prepare, **loop)
-    out = _mean_metrics(steps) if steps else {}
+    steps, pooled = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
+                                     grad_key="train/grad_norm", skip=skip, prepare=prepare, **loop)
+    out = {**pooled, **_mean_metrics(steps)}
     out["train/optimizer_steps"] = float(len(steps))
     return out
 
@@ -419,9 +438,9 @@ def critic_update(
         return A.value_loss(forward_values(critic, sub, precision), sub.need("old_values"), sub.need("returns"),
                             sub.mask, cfg.value_clip or None, cfg.agg, norm)
 
-    steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
-                             grad_key="critic/grad_norm", **loop)
-    return _mean_metrics(steps) if steps else {}
+    steps, pooled = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
+                                     grad_key="critic/grad_norm", **loop)
+    return {**pooled, **_mean_metrics(steps)}
 
 
 def observed_kl(batch: RLBatch, kind: str) -> float:
