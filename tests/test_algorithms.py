@@ -359,12 +359,16 @@ def test_chunked_token_logprobs_gradient():
 # --------------------------------------------------------------------------- TIS, verl's Dr. GRPO name
 
 
-def test_verl_seq_mean_token_sum_norm_is_seq_sum():
+def test_verl_seq_mean_token_sum_norm_is_verls_agg_loss_b_times_seq_sum():
+    # verl core_algos.agg_loss: sum(sum(loss_mat * mask, -1)) / loss_scale_factor (default mask.shape[-1]).
+    # Before: tirl divided by B * T as well (its seq-sum), B times less than verl.
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    # (1 + 2 + 4) / (2 sequences * 3 positions)
-    assert A.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 6)
-    assert A.global_normalizer(mask, "seq-mean-token-sum-norm", seq_len=8) == 16.0
+    # (1 + 2 + 4) / 3 positions
+    assert A.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 3)
+    assert A.aggregate(loss, mask, "seq-sum").item() == pytest.approx(7 / 6)  # Dr. GRPO's mean over sequences
+    assert A.global_normalizer(mask, "seq-mean-token-sum-norm", seq_len=8) == 8.0
+    assert A.global_normalizer(mask, "seq-sum", seq_len=8) == 16.0
 
 
 def test_tis_is_the_identity_when_rollout_and_trainer_agree():

@@ -38,8 +38,9 @@ class AlgoConfig:
     dual_clip: float = 0.0
     """Dual-clip bound c for negative advantages (ReTool 10); 0 = off."""
     agg: str = "token-mean"
-    """`token-mean`, `seq-mean-token-mean` or `seq-sum` (Dr. GRPO; verl calls it
-    `seq-mean-token-sum-norm`, also accepted): see `tirl.algorithms.aggregate`."""
+    """`token-mean`, `seq-mean-token-mean`, `seq-sum` (Dr. GRPO: token sum / (rows x max_new_tokens)) or
+    `seq-mean-token-sum-norm` (verl's Dr. GRPO mode: token sum / max_new_tokens, rows x seq-sum):
+    see `tirl.algorithms.aggregate`."""
     tis_cap: float = 0.0
     """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, cap)
     when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off. A token whose
