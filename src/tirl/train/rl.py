@@ -159,7 +159,8 @@ def _load_critic(path: str, device: Any = None) -> Any:
 def without_dropout(model: Any) -> Any:
     """Every dropout at 0, as verl loads actor and critic. Updates run in train mode while old
     log-probs and values are scored in eval mode: with dropout on (Qwen2's token-classification head
-    adds Dropout(0.1)) the ratio and the value clip would compare noisy numbers with clean ones."""
+    adds Dropout(0.1), peft's `model.lora.dropout` adds one per adapter) the ratio and the value clip
+    would compare noisy numbers with clean ones."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -251,8 +252,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         if ckpt and not lora_on:
             policy = _load_policy(str(ckpt / "policy"), cfg)
         else:
-            policy = lora.apply(_load_policy(base, cfg, cfg.model.gguf_file), cfg.model.lora,
-                                adapter_dir=ckpt / "policy" if ckpt else None)
+            # after the adapters exist: peft's LoRA dropout is a Dropout of its own
+            policy = without_dropout(lora.apply(_load_policy(base, cfg, cfg.model.gguf_file), cfg.model.lora,
+                                                adapter_dir=ckpt / "policy" if ckpt else None))
         critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base),
                               device) if algo.name == "ppo" else None
         # With LoRA the frozen base is the reference (adapters off): no second copy.
