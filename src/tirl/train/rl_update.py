@@ -8,6 +8,10 @@ accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested). 
 are exact too: a `*_max` is the max over every token of the update, a mean is over every token (the
 micro-batches' means weighted by their token counts), so micro-batch 64, 8 and 1 log the same figures
 (tested); the loss and the gradient norm are means over the optimizer steps.
+
+A little over the usual size: the update's rules that must agree with each other — which rows train
+(`rows_to_train`), which run (`rows_to_run`), the normaliser they share and the metrics pooled over
+them — and the config that sets them (`AlgoConfig`) stay in one file.
 """
 
 from __future__ import annotations
