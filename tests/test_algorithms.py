@@ -359,12 +359,16 @@ def test_chunked_token_logprobs_gradient():
 # --------------------------------------------------------------------------- TIS, verl's Dr. GRPO name
 
 
-def test_verl_seq_mean_token_sum_norm_is_seq_sum():
+def test_verl_seq_mean_token_sum_norm_is_verls_agg_loss_b_times_seq_sum():
+    # verl core_algos.agg_loss: sum(sum(loss_mat * mask, -1)) / loss_scale_factor (default mask.shape[-1]).
+    # Before: tirl divided by B * T as well (its seq-sum), B times less than verl.
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    # (1 + 2 + 4) / (2 sequences * 3 positions)
-    assert A.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 6)
-    assert A.global_normalizer(mask, "seq-mean-token-sum-norm", seq_len=8) == 16.0
+    # (1 + 2 + 4) / 3 positions
+    assert A.aggregate(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(7 / 3)
+    assert A.aggregate(loss, mask, "seq-sum").item() == pytest.approx(7 / 6)  # Dr. GRPO's mean over sequences
+    assert A.global_normalizer(mask, "seq-mean-token-sum-norm", seq_len=8) == 8.0
+    assert A.global_normalizer(mask, "seq-sum", seq_len=8) == 16.0
 
 
 def test_tis_is_the_identity_when_rollout_and_trainer_agree():
@@ -388,6 +392,23 @@ def test_tis_weights_hand_example_and_cap():
     assert m["tis/weight_mean"] == pytest.approx(5 / 3)
     with pytest.raises(ValueError, match="cap must be positive"):
         A.truncated_is_weights(old, rollout, torch.tensor([[1, 1, 1]]), cap=0)
+
+
+def test_tis_gives_unknown_rollout_logprobs_weight_one_and_no_nan_reaches_the_loss():
+    # the OpenAI backend writes NaN for re-tokenised outputs and the stop text it appends
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2, 0.3]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.3, 0.4, 0.3]]))
+    rollout[0, 1] = float("nan")
+    rollout[0, 3] = float("nan")  # masked: weight 0
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w, m = A.truncated_is_weights(old, rollout, mask, cap=2.5)
+    assert w.tolist()[0] == pytest.approx([2.0, 1.0, 0.5, 0.0])
+    assert m["tis/weight_mean"] == pytest.approx(3.5 / 3) and m["tis/clipped_frac"] == 0.0
+    lp = old.clone().requires_grad_(True)
+    loss, pm = A.policy_loss(lp, old, torch.tensor([1.0]), mask, weights=w)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+    assert all(math.isfinite(v) for v in pm.values())
 
 
 def test_tis_weights_scale_each_tokens_gradient():

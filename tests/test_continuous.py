@@ -113,6 +113,14 @@ def test_continuous_gives_the_turn_loops_trajectories(tiny_model, tiny_tokenizer
     assert mc["rollout/recompute_ratio"] == mt["rollout/recompute_ratio"]
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_an_empty_block_spends_no_tool_call_in_either_loop(tiny_model, tiny_tokenizer, continuous):
+    trajs, _ = play(tiny_model, tiny_tokenizer, continuous, ScriptedSandbox(), max_tool_calls=1)
+    empty_first = next(t for t in trajs if (t.group_index, t.sample_index) == (1, 0))
+    assert [(c.code, c.status) for c in empty_first.tool_calls] == [("", "empty"), ("slow()", "ok")]
+    assert not empty_first.tool_cap_hit
+
+
 class OpensGateWhenDone(ForcedHFGenerator):
     """Opens `gate` once the trajectory `(group, sample) == who` has finished (its cache is released)."""
 

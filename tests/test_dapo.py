@@ -152,6 +152,7 @@ def test_a_failing_user_reward_stops_the_run_naming_function_and_problem(tmp_pat
 @pytest.mark.parametrize("override,needle", [
     ("algorithm.overlong_buffer=500", "must be below rollout.max_new_tokens"),
     ("reward.combine=mul", "reward.combine must be one of add, replace"),
+    ("algorithm.dynamic_sampling_metric=reward", "algorithm.dynamic_sampling_metric must be one of acc, score"),
     ("reward.function=nomodule", "module.path:callable"),
 ])
 def test_dapo_and_reward_settings_are_checked_before_anything_is_written(tmp_path, override, needle):
@@ -177,3 +178,19 @@ def test_adaptive_kl_moves_the_coefficient_and_resume_continues_it(tmp_path):
     r = _tirl(*base, "trainer.steps=3", "--run-dir", str(tmp_path / "b"), "--resume", "--force")
     assert r.returncode == 0, r.stderr[-3000:]
     assert [m["kl/coef"] for m in _metrics(tmp_path / "b")] == pytest.approx(coefs)
+
+
+def test_dynamic_sampling_judges_groups_on_accuracy_by_default_as_dapo_does():
+    # Before: the shaped score decided. Problem 0's samples are both right, one without running code
+    # (ToRL's exec penalty: 1.0 and 0.5): its scores differ but it teaches nothing about correctness.
+    def play(problems, round_):
+        scores = {0: (1.0, 0.5), 1: (1.0, -1.0), 2: (-1.0, -1.5), 3: (0.5, -1.0)}
+        grades = [g for p in problems for g in _grades(scores[p.id % 4])]
+        return [SimpleNamespace(group_index=i) for i in range(len(grades))], grades, {}
+
+    problems, *_, metrics, _ = dynamic_sample(play, _stream(), k=2, n=2, max_rounds=2)
+    assert [p.id for p in problems] == [1, 3] and metrics["dapo/rounds"] == 2
+    problems, *_, metrics, _ = dynamic_sample(play, _stream(), k=2, n=2, max_rounds=2, metric="score")
+    assert [p.id for p in problems] == [0, 1] and metrics["dapo/rounds"] == 1
+    with pytest.raises(ValueError, match="dynamic_sampling_metric must be one of acc, score"):
+        dynamic_sample(play, _stream(), k=2, n=2, max_rounds=1, metric="reward")

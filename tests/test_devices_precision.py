@@ -76,8 +76,9 @@ def _update(model, old_from_update, precision="fp32"):
     batch = make_batch(_trajs(), pad_id=0, device=next(model.parameters()).device)
     if not old_from_update:
         batch.old_logprobs, _ = U.score_batch(model, batch, 1.0, 4, precision)
-    U.compute_advantages(batch, torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0]), algo, 2)
-    rows = U.rows_to_train(batch, algo)
+    rewards = torch.tensor([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0])
+    U.compute_advantages(batch, rewards, algo, 2)
+    rows = U.rows_to_train(batch, algo, rewards, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     m = U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=3, epochs=1,

@@ -139,3 +139,26 @@ def test_select_limr_refuses_runs_without_rewards_or_complete_epochs(file_run, t
     (partial / "rewards.jsonl").write_text(lines[0] + "\n")  # half of epoch 0
     r = _tirl("select", "limr", str(partial), "--out", str(tmp_path / "x.jsonl"), cwd=tmp_path)
     assert r.returncode == 2 and "no complete epoch" in r.stderr
+
+
+def test_select_limr_counts_the_problems_trained_on_not_the_rows_skip_invalid_dropped(tmp_path):
+    # Before: the file's 4 rows were counted, the run trained on the 3 valid ones, so its last epoch
+    # never looked complete (2 epochs played, 1 scored).
+    from tirl.config import load_config, save_config
+    from tirl.select_command import select_limr
+    from tirl.train.rl import RLConfig
+
+    data = tmp_path / "train.jsonl"
+    rows = [{"id": f"q{i}", "problem": f"{i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"id": "bad", "problem": "?"}) + "\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(load_config(RLConfig, None, [f"data.train={data}", "data.skip_invalid=true"]), run / "config.yaml")
+    curves = {"q0": [[False, False], [True, True]], "q1": [[False, True], [True, True]], "q2": [[True, True]] * 2}
+    lines = [RewardRow(e + 1, e, pid, tuple(c)) for pid, cs in curves.items() for e, c in enumerate(cs)]
+    (run / "rewards.jsonl").write_text("".join(json.dumps({"step": r.step, "epoch": r.epoch, "problem_id": r.problem_id,
+                                                           "correct": list(r.correct)}) + "\n" for r in lines))
+    kept, scored = select_limr([run], tmp_path / "sel.jsonl", threshold=-1e9)
+    assert (kept, scored) == (3, 3)
+    scores = [json.loads(ln) for ln in (tmp_path / "limr_scores.jsonl").read_text().splitlines()]
+    assert [s["accuracy"] for s in scores] == [[0.0, 1.0], [0.5, 1.0], [1.0, 1.0]]

@@ -30,7 +30,7 @@ def test_only_adapters_train_and_the_base_with_adapters_off_is_the_reference(tin
         assert not torch.allclose(policy(ids).logits, before, atol=1e-3)  # adapters back on
 
 
-def _rl_cfg(model_dir, steps):
+def _rl_cfg(model_dir, steps, *more):
     from tirl.train.rl import RLConfig
 
     return load_config(RLConfig, None, [
@@ -38,7 +38,19 @@ def _rl_cfg(model_dir, steps):
         "rollout.max_new_tokens=12", "trainer.prompts_per_step=2", "trainer.save_every=1", "data.test_size=2",
         "trainer.eval_size=2", "data.train_size=20", "trainer.optim.lr=1e-2", "algorithm.kl_coef=0.1",
         # a random model earns -1 everywhere (zero advantages): the entropy bonus gives the adapters a gradient
-        "algorithm.entropy_coef=0.1", f"trainer.steps={steps}"])
+        "algorithm.entropy_coef=0.1", f"trainer.steps={steps}", *more])
+
+
+def test_rl_turns_lora_dropout_off_so_the_update_sees_the_policy_that_sampled(tiny_model_dir, tmp_path):
+    # Before: peft's LoRA dropout stayed on, so once the adapters had learned (step 2) the update's
+    # train-mode forward disagreed with the eval-mode rollout that sampled the tokens.
+    from tirl.train.logger import read_metrics
+    from tirl.train.rl import train_rl
+
+    run = tmp_path / "rl"
+    train_rl(_rl_cfg(tiny_model_dir, 2, "model.lora.dropout=0.5", "trainer.optim.lr=5e-2"), run)
+    gap = [m["rollout/logprob_max_diff"] for m in read_metrics(run)]
+    assert gap[1] < 1e-4, gap  # the update's own forward is the old policy here (one step per batch)
 
 
 def test_rl_with_lora_checkpoints_adapters_resumes_and_writes_a_merged_model(tiny_model_dir, tmp_path):

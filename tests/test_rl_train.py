@@ -81,8 +81,9 @@ def test_update_changes_parameters_and_accumulation_is_exact():
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-        batch = _batch(model, _trajs(), [1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0], algo)
-        rows = U.rows_to_train(batch, algo)
+        rewards = [1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0]
+        batch = _batch(model, _trajs(), rewards, algo)
+        rows = U.rows_to_train(batch, algo, rewards, 2)
         U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=micro,
                         epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
                         generator=torch.Generator().manual_seed(0))
@@ -125,9 +126,9 @@ def _one_update(algo, rollout_shift=0.0):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
     batch.rollout_logprobs = batch.old_logprobs + rollout_shift
-    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, mini_batch_size=8,
-                        micro_batch_size=4, epochs=1, temperature=1.0, max_grad_norm=0.0, seq_len=16,
-                        generator=torch.Generator().manual_seed(0))
+    rows = U.rows_to_train(batch, algo, [1.0, -1.0] * 4, 2)
+    m = U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=4, epochs=1,
+                        temperature=1.0, max_grad_norm=0.0, seq_len=16, generator=torch.Generator().manual_seed(0))
     return [p.detach().clone() for p in model.parameters()], m
 
 
@@ -145,11 +146,147 @@ def test_tis_changes_nothing_when_the_rollout_engine_agrees_and_reweights_when_i
         torch.testing.assert_close(b - p0, 1.5 * (a - p0), rtol=1e-4, atol=1e-6)
 
 
+def _unknown_update(algo, rollout):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    batch = _batch(model, _trajs(), [1.0, -1.0] * 4, algo)
+    batch.rollout_logprobs = rollout(batch)
+    rows = U.rows_to_train(batch, algo, [1.0, -1.0] * 4, 2)
+    m = U.policy_update(model, opt, sched, batch, rows, algo, mini_batch_size=8, micro_batch_size=4, epochs=1,
+                        temperature=1.0, max_grad_norm=0.0, seq_len=16, generator=torch.Generator().manual_seed(0))
+    return [p.detach().clone() for p in model.parameters()], m, batch
+
+
+def test_unknown_rollout_logprobs_get_tis_weight_one_and_stay_out_of_the_mismatch_metrics():
+    # The OpenAI backend writes NaN log-probs for re-tokenised outputs: before, one NaN made the whole
+    # TIS update NaN, and the mismatch metrics NaN even with TIS off.
+    def shifted(batch):  # the rollout engine half as likely on every token ...
+        return torch.where(batch.mask.bool(), batch.old_logprobs - math.log(2), 0.0)
+
+    def with_unknown(batch):  # ... except rows 0 and 5, whose log-probs it did not return
+        lp = shifted(batch)
+        lp[[0, 5]] = torch.where(batch.mask[[0, 5]].bool(), float("nan"), 0.0)
+        return lp
+
+    def known_as_trainer(batch):  # what weight 1 means: those rows as if the engines agreed
+        lp = shifted(batch)
+        lp[[0, 5]] = batch.old_logprobs[[0, 5]]
+        return lp
+
+    algo = U.AlgoConfig(name="grpo", tis_cap=1.5)
+    params, m, batch = _unknown_update(algo, with_unknown)
+    expected, m_expected, _ = _unknown_update(algo, known_as_trainer)
+    assert all(torch.isfinite(p).all() for p in params)
+    for a, b in zip(params, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert m["tis/weight_mean"] == pytest.approx(m_expected["tis/weight_mean"])
+    assert all(math.isfinite(v) for v in m.values()), m
+    mis = U.logprob_mismatch(batch)
+    sampled = batch.mask.bool()
+    assert mis["rollout/logprob_unknown"] == pytest.approx(float(sampled[[0, 5]].sum() / sampled.sum()))
+    assert mis["rollout/logprob_max_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    assert mis["rollout/logprob_mean_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    # TIS off: the same metrics, and nothing unknown reaches the update
+    _, m_off, batch = _unknown_update(U.AlgoConfig(name="grpo"), with_unknown)
+    assert U.logprob_mismatch(batch)["rollout/logprob_max_diff"] == pytest.approx(math.log(2), rel=1e-5)
+    assert all(math.isfinite(v) for v in m_off.values())
+    batch.rollout_logprobs = torch.where(sampled, float("nan"), 0.0)
+    none_known = U.logprob_mismatch(batch)
+    assert none_known["rollout/logprob_unknown"] == 1.0 and math.isnan(none_known["rollout/logprob_max_diff"])
+
+
+def _update_metrics(micro, algo):
+    """The metrics of one update (2 epochs x 2 mini-batches of 32 rows) run in micro-batches of `micro`."""
+    model = _tiny()
+    g = torch.Generator().manual_seed(5)
+    rewards = torch.randint(0, 2, (64,), generator=g).float() * 2 - 1
+    batch = _batch(model, _trajs(64), rewards.tolist(), algo)
+    U.compute_advantages(batch, rewards, algo, 2)
+    sampled = batch.mask.bool()
+    # the old policy and the rollout engine off the trainer, so ratios and TIS weights spread (up to ~4)
+    batch.old_logprobs = torch.where(sampled, batch.old_logprobs + 0.5 * torch.randn(batch.mask.shape, generator=g), 0.0)
+    rollout = batch.old_logprobs + 0.5 * torch.randn(batch.mask.shape, generator=g)
+    unknown = torch.rand(batch.mask.shape, generator=g) < 0.1  # the OpenAI backend's NaN log-probs
+    batch.rollout_logprobs = torch.where(sampled, torch.where(unknown, float("nan"), rollout), 0.0)
+    if algo.kl_coef:
+        batch.ref_logprobs = torch.where(sampled, batch.old_logprobs - 0.3, 0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 2), algo,
+                           mini_batch_size=32, micro_batch_size=micro, epochs=2, temperature=1.0, max_grad_norm=1.0,
+                           seq_len=16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("algo", [
+    U.AlgoConfig(name="grpo", tis_cap=2.0, dual_clip=3.0),
+    U.AlgoConfig(name="grpo", tis_cap=2.0, kl_coef=0.1, entropy_coef=0.01),
+], ids=["tis-dual-clip", "kl-entropy"])
+def test_update_metrics_do_not_depend_on_the_micro_batch_size(algo):
+    # Before: ratio_max was a mean of per-micro-batch maxima and the means unweighted means of
+    # micro-batch means, so the same update logged other figures at another micro_batch_size.
+    runs = {micro: _update_metrics(micro, algo) for micro in (64, 8, 1)}
+    assert runs[64]["policy/ratio_max"] > 2 and 0 < runs[64]["policy/clipfrac"] < 1
+    assert runs[64]["tis/clipped_frac"] > 0 and "entropy/mean" in runs[64]
+    for micro in (8, 1):
+        assert runs[micro].keys() == runs[64].keys()
+        for key, value in runs[64].items():
+            assert runs[micro][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, micro, runs[micro][key], value)
+
+
+def test_a_training_step_logs_the_same_figures_at_micro_batch_64_8_and_1(tmp_path):
+    # Every metric of a real step (64 rows, 2 epochs of 2 mini-batches, PPO-clip, KL, entropy and TIS) but
+    # timings, at three micro-batch sizes. A user reward of the tokens gives the random model's groups spread.
+    shaping = tmp_path / "shaping.py"
+    shaping.write_text("def by_tokens(problem, response, trajectory, reference):\n"
+                       "    return 0.1 * (sum(trajectory.response_ids) % 7)\n")
+    runs = {}
+    for micro in (64, 8, 1):
+        cfg = load_config(RLConfig, CONFIGS / "smoke_grpo.yaml", [
+            "trainer.steps=1", "trainer.prompts_per_step=8", "rollout.n=8", "trainer.mini_batch_size=32",
+            "trainer.ppo_epochs=2", "rollout.max_new_tokens=24", "data.test=", "algorithm.entropy_coef=0.01",
+            "algorithm.kl_coef=0.1", "algorithm.tis_cap=2", "trainer.optim.lr=1e-2", "trainer.optim.warmup_steps=0",
+            f"reward.function={shaping}:by_tokens",
+            f"trainer.micro_batch_size={micro}"])
+        train_rl(cfg, tmp_path / f"micro{micro}")
+        runs[micro] = {k: v for k, v in read_metrics(tmp_path / f"micro{micro}")[0].items()
+                       if not k.startswith(("time/", "throughput/", "rollout/gen_time", "rollout/exec_time"))}
+    assert runs[64]["train/optimizer_steps"] == 4 and runs[64]["policy/ratio_max"] > 1.5
+    assert runs[64]["policy/clipfrac"] > 0
+    for micro in (8, 1):
+        assert runs[micro].keys() == runs[64].keys()
+        for key, value in runs[64].items():
+            if isinstance(value, float):
+                assert runs[micro][key] == pytest.approx(value, rel=1e-6, abs=1e-6), (key, micro, runs[micro][key], value)
+            else:
+                assert runs[micro][key] == value, key
+
+
 def test_all_equal_groups_are_skipped():
     model = _tiny()
     algo = U.AlgoConfig(name="grpo")
-    batch = _batch(model, _trajs(), [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0], algo)
-    assert U.rows_to_train(batch, algo) == [2, 3]
+    rewards = [-1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0]
+    batch = _batch(model, _trajs(), rewards, algo)
+    assert U.rows_to_train(batch, algo, rewards, 2) == [2, 3]
+
+
+def test_the_filter_drops_all_equal_groups_not_zero_advantage_rows():
+    # Before: rows whose advantage was exactly 0 left the batch, though their group's rewards differed.
+    drgrpo = U.AlgoConfig(name="grpo", scale_by_std=False)
+    rewards = [1.0, -1.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0]  # rows 2, 3: advantage 0 in an informative group
+    batch = _batch(_tiny(), _trajs(), [1.0, -1.0] * 4, drgrpo)
+    U.compute_advantages(batch, torch.tensor(rewards), drgrpo, 4)
+    assert batch.advantages[2] == 0 and batch.advantages[3] == 0
+    rows = U.rows_to_train(batch, drgrpo, rewards, 4)
+    assert rows == [0, 1, 2, 3]
+    assert U.rows_to_run(batch, rows, drgrpo) == [0, 1]  # the speed-up still spares their forward
+    # ToRL's exec penalty: scores 1 / 0.5 (correct, code never ran) / -1.5; the 0.5s sit at the group mean
+    torl = U.AlgoConfig(name="grpo", exec_penalty=0.5)
+    rewards = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, -1.5] + [-1.0] * 8
+    batch = _batch(_tiny(), _trajs(16), [1.0, -1.0] * 8, torl)
+    U.compute_advantages(batch, torch.tensor(rewards), torl, 8)
+    assert batch.advantages[4] == 0
+    assert U.rows_to_train(batch, torl, rewards, 8) == list(range(8))
 
 
 def _adamw_update(algo, rewards, mini_batch_size=2, epochs=3):
@@ -157,7 +294,7 @@ def _adamw_update(algo, rewards, mini_batch_size=2, epochs=3):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     batch = _batch(model, _trajs(), rewards, algo)
-    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo,
+    m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 2), algo,
                         mini_batch_size=mini_batch_size, micro_batch_size=1, epochs=epochs, temperature=1.0,
                         max_grad_norm=1.0, seq_len=16, generator=torch.Generator().manual_seed(3))
     return [p.detach().clone() for p in model.parameters()], m
@@ -172,7 +309,8 @@ def test_skipping_zero_advantage_rows_changes_nothing_but_the_work():
     full, m_full = _adamw_update(U.AlgoConfig(skip_zero_advantage=False, **keep), rewards)
     fast, m_fast = _adamw_update(U.AlgoConfig(skip_zero_advantage=True, **keep), rewards)
     batch = _batch(_tiny(), _trajs(), rewards, U.AlgoConfig(**keep))
-    assert len(U.rows_to_run(batch, U.rows_to_train(batch, U.AlgoConfig(**keep)), U.AlgoConfig(**keep))) == 4
+    rows = U.rows_to_train(batch, U.AlgoConfig(**keep), rewards, 2)
+    assert len(U.rows_to_run(batch, rows, U.AlgoConfig(**keep))) == 4
     assert m_full["train/optimizer_steps"] == m_fast["train/optimizer_steps"] == 12
     for a, b in zip(full, fast):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -148,6 +148,16 @@ def test_empty_block_is_reported_not_run(tiny_tokenizer):
     assert m["tool/code_ratio"] == 1.0 and m["tool/pass_rate"] != m["tool/pass_rate"]  # NaN: nothing ran
 
 
+def test_an_empty_block_spends_no_tool_call(tiny_tokenizer):
+    # Before: the empty block used the only call, and the real one was capped.
+    tok = tiny_tokenizer
+    sb = SubprocessRunner()
+    text = "<code>\n```python\n\n```\n</code><code>\n```python\nprint(7)\n```\n</code><answer>7</answer>"
+    (traj,), m = rollout(scripted(tok, [text]), ["p"], tok, sb, RETOOL, max_new_tokens=300, max_tool_calls=1)
+    assert sb.executed == ["print(7)"] and [c.status for c in traj.tool_calls] == ["empty", "ok"]
+    assert not traj.tool_cap_hit and traj.executed_calls == 1 and m["tool/cap_hit_ratio"] == 0.0
+
+
 def test_a_stop_that_closes_no_code_block_is_plain_text(tiny_tokenizer):
     tok = tiny_tokenizer
     sb = SubprocessRunner()

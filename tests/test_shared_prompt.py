@@ -91,9 +91,10 @@ def test_policy_update_with_shared_prompts_equals_the_plain_one():
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         batch = _batch(groups=3, n=4, seed=2)
         batch.rollout_logprobs = batch.rollout_logprobs - 3.0 * batch.mask
-        U.compute_advantages(batch, torch.tensor([1.0, -1.0, 1.0, 1.0] * 3), algo, 4)
+        rewards = torch.tensor([1.0, -1.0, 1.0, 1.0] * 3)
+        U.compute_advantages(batch, rewards, algo, 4)
         # micro-batches of 3 shuffled rows: groups split, some rows alone
-        m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo), algo, temperature=1.0,
+        m = U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 4), algo, temperature=1.0,
                             old_from_update=True, share_prompt=share, mini_batch_size=12, micro_batch_size=3,
                             epochs=1, max_grad_norm=1.0, seq_len=16, generator=torch.Generator().manual_seed(0))
         after.append(([p.detach().clone() for p in model.parameters()], batch.old_logprobs.clone(), m))

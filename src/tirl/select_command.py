@@ -45,11 +45,11 @@ def select_limr(run_dirs: list[Path], out: Path, threshold: float) -> tuple[int,
     from tirl.analysis.limr import REWARDS_FILE, LimrError, accuracy_table, complete_epochs, limr_scores, read_rewards
 
     data = _same_training_data(run_dirs)
-    source = _rows_by_id(data)
+    trained, source = _training_data(data)
     rows, epochs = [], None
     for d in run_dirs:
         mine = read_rewards(d / REWARDS_FILE)
-        done = complete_epochs(mine, len(source))
+        done = complete_epochs(mine, trained)
         epochs = done if epochs is None else min(epochs, done)
         rows += mine
     if not epochs:
@@ -86,14 +86,18 @@ def _data_key(data: Any) -> tuple:
     return (data.train, data.id_field, data.task_level, tuple(data.task_kinds), data.train_size, data.seed)
 
 
-def _rows_by_id(data: Any) -> dict[str, dict[str, Any]]:
+def _training_data(data: Any) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(how many problems the run trained on, every source row by problem id). The count is what an
+    epoch covered: with `data.skip_invalid` the file holds rows the run never drew (the trainer cuts
+    epochs by the loaded problems), and counting them would leave the last epoch forever incomplete."""
     from tirl.train.setup import BUILTIN, load_split
 
+    problems = load_split(data, "train")
     if data.train == BUILTIN:
-        return {p.id: {"id": p.id, "problem": p.problem, "answer": p.answer} for p in load_split(data, "train")}
+        return len(problems), {p.id: {"id": p.id, "problem": p.problem, "answer": p.answer} for p in problems}
     from tirl.data.problems import raw_rows_by_id
 
-    return raw_rows_by_id(data.train, id_field=data.id_field)
+    return len(problems), raw_rows_by_id(data.train, id_field=data.id_field)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import torch
 from tirl.algorithms.masked import Tensor, check_mask
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-sum", "seq-mean-token-sum-norm")
-# verl's name for the Dr. GRPO constant-length mode; the same sum and the same normaliser as seq-sum.
+# Both sum every valid token; seq-sum divides by B * T, verl's seq-mean-token-sum-norm by T alone.
 _SEQ_SUM = ("seq-sum", "seq-mean-token-sum-norm")
 
 
@@ -28,7 +28,12 @@ def aggregate(loss_mat: Tensor, mask: Tensor, mode: str = "token-mean",
         ``"seq-sum"``: sum over all valid tokens / (B * T) by default, i.e. the mean over sequences
             of (token sum / constant length). Dr. GRPO: pass ``normalizer = number of sequences
             * max response length`` so that no length-dependent factor biases the gradient.
-            ``"seq-mean-token-sum-norm"`` is verl's name for it and behaves identically.
+        ``"seq-mean-token-sum-norm"``: verl's Dr. GRPO mode, as its ``agg_loss`` defines it: sum over
+            all valid tokens / T (the max response length, ``loss_scale_factor``'s default), not
+            divided by the number of sequences, so B times ``"seq-sum"`` (a learning rate tuned on
+            verl transfers). verl's dp_actor further divides each micro-batch's loss by its
+            gradient-accumulation steps, which makes its step depend on the micro-batch size; here
+            the whole mini-batch is one call of ``agg_loss`` whatever the micro-batches.
 
     Args:
         loss_mat: (B, T) per-token loss.
@@ -62,7 +67,7 @@ def global_normalizer(mask: Tensor, mode: str, seq_len: int | None = None) -> fl
     """The denominator :func:`aggregate` uses for ``mask`` (B, T), as a float.
 
     Compute it once on the whole mini-batch mask and pass it to every micro-batch loss.
-    ``seq_len`` (seq-sum only) is the constant length; default ``mask.shape[1]``. With
+    ``seq_len`` (seq-sum and seq-mean-token-sum-norm) is the constant length; default ``mask.shape[1]``. With
     micro-batches padded to different lengths, pass the configured maximum response length.
     Never below 1, so an all-masked batch gives a zero loss.
     """
@@ -74,7 +79,9 @@ def global_normalizer(mask: Tensor, mode: str, seq_len: int | None = None) -> fl
     elif mode == "seq-mean-token-mean":
         n = float(m.any(dim=1).sum())
     elif mode in _SEQ_SUM:
-        n = float(m.shape[0] * (m.shape[1] if seq_len is None else seq_len))
+        n = float(m.shape[1] if seq_len is None else seq_len)
+        if mode == "seq-sum":
+            n *= m.shape[0]
     else:
         raise ValueError(f"unknown aggregation mode {mode!r}; expected one of {AGG_MODES}")
     return max(n, 1.0)

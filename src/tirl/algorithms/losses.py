@@ -17,18 +17,25 @@ def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: T
     tokens come from pi_rollout, not from the trainer's pi_old that the PPO ratio starts from. The
     weight corrects for that; the cap bounds its variance. Where the two agree, every weight is 1.
 
-    Returns ((B, T) weights, 0 at masked positions, and metrics ``tis/weight_mean``,
-    ``tis/clipped_frac`` (share of tokens at the cap) over valid tokens).
+    A rollout log-prob of NaN means unknown (the OpenAI backend's re-tokenised outputs and the stop
+    text it appends): nothing to correct with, so that token keeps weight 1, as it would without TIS,
+    and the NaN never reaches the weights (picked with `torch.where`).
+
+    Returns ((B, T) weights, 0 at masked positions, and metrics over valid tokens:
+    ``tis/weight_mean`` (the mean factor the loss gets, unknown tokens at their 1) and
+    ``tis/clipped_frac`` (share of tokens at the cap; an unknown one never is)).
     """
     check_same_shape(old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs)
     if cap <= 0:
         raise ValueError(f"the TIS cap must be positive, got {cap}")
     m = check_mask(mask, old_logprobs)
-    log_w = torch.where(m, old_logprobs.detach() - rollout_logprobs.detach(), 0.0)
+    known = m & ~torch.isnan(rollout_logprobs)
+    log_w = torch.where(known, old_logprobs.detach() - rollout_logprobs.detach(), 0.0)
     raw = torch.exp(log_w.clamp(max=MAX_LOG_RATIO))
-    w = torch.where(m, raw.clamp(max=cap), 0.0)
+    clipped = known & (raw > cap)
+    w = torch.where(known, raw.clamp(max=cap), torch.where(m, 1.0, 0.0))
     metrics = {"tis/weight_mean": as_float(masked_mean(w, m)),
-               "tis/clipped_frac": as_float(masked_mean((raw > cap).float(), m))}
+               "tis/clipped_frac": as_float(masked_mean(clipped.float(), m))}
     return w, metrics
 
 

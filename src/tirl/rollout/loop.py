@@ -25,9 +25,11 @@ the remaining budget, and injected tokens that would overflow it are cut and end
 Faults: a sandbox that raises, crashes or times out becomes an interpreter message
 (`Error: ...`, `TimeoutError: ...`), never an exception here. Output is capped to `max_output_chars`
 (a hard 64 KiB cap when that is 0) before it is tokenised. An empty code block is reported to the model
-(`Error: empty code block ...`) and not run. A code block left open at the budget is not run.
+(`Error: empty code block ...`), not run, and not counted against `max_tool_calls`. A code block left
+open at the budget is not run.
 
-Tool-call cap (`max_tool_calls`, ToRL's C): a code block closed after the cap is not run. With
+Tool-call cap (`max_tool_calls`, ToRL's C): a code block closed after the cap (of executed calls) is
+not run. With
 `on_tool_cap="message"` (default) the model is told so inside interpreter tags and goes on writing
 (left without an answer it would write the output itself, and those invented tokens would be trained
 on); with `on_tool_cap="stop"` the trajectory ends there with finish reason `tool_cap`. Either way
@@ -245,15 +247,15 @@ def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyl
     code = find_closed_code(full[:end], style)
     if code is None:  # the stop text closed no code block (e.g. a ```text fence): just go on writing
         return
-    if t.num_calls >= cfg.max_tool_calls:
+    if not code.strip():  # nothing to run: said so, and no tool call spent on it
+        _inject(t, code, "empty", EMPTY_CODE_MESSAGE, 0.0, tokenizer, style, cfg)
+        return
+    if t.executed_calls >= cfg.max_tool_calls:
         t.tool_cap_hit = True
         if cfg.on_tool_cap == "stop":
             t.finish_reason = "tool_cap"
         else:
-            _inject(t, code or "", "capped", CAP_MESSAGE.format(n=cfg.max_tool_calls), 0.0, tokenizer, style, cfg)
-        return
-    if not code or not code.strip():
-        _inject(t, code or "", "empty", EMPTY_CODE_MESSAGE, 0.0, tokenizer, style, cfg)
+            _inject(t, code, "capped", CAP_MESSAGE.format(n=cfg.max_tool_calls), 0.0, tokenizer, style, cfg)
         return
     pending.append((t, code))
 

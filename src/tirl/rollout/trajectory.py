@@ -52,7 +52,13 @@ class Trajectory:
 
     @property
     def num_calls(self) -> int:
+        """Code blocks closed within the cap (empty ones included: code was written)."""
         return sum(1 for c in self.tool_calls if c.status != "capped")
+
+    @property
+    def executed_calls(self) -> int:
+        """Code blocks sent to the sandbox: what `max_tool_calls` bounds (an empty block is not a call)."""
+        return sum(1 for c in self.tool_calls if c.executed)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -4,7 +4,10 @@ Dynamic sampling (`algorithm.dynamic_sampling`): a GRPO group whose rewards are 
 advantage and teaches nothing, so a step keeps sampling rounds of `prompts_per_step` new prompts and
 keeps only groups with some spread, until it holds `prompts_per_step` of them or has played
 `dynamic_sampling_max_rounds` rounds (then it trains on what it has, and `dapo/groups_short` says how
-many were missing). The step's batch stays full instead of shrinking to the few useful groups.
+many were missing). The step's batch stays full instead of shrinking to the few useful groups. The
+spread is judged on accuracy (`algorithm.dynamic_sampling_metric: acc`, the default), as DAPO and verl's
+`filter_groups.metric: acc` do: a group all right or all wrong goes, even when shaping (ToRL's exec
+penalty, the overlong term, a user's reward) made its scores differ; `score` judges the shaped score.
 
 Overlong handling, for responses that hit `rollout.max_new_tokens` (L_max):
 - soft punishment (`algorithm.overlong_buffer` = L_cache > 0): a length-dependent reward term,
@@ -21,17 +24,29 @@ from typing import Any, Callable, Sequence
 from tirl.reward import Grade
 
 
+METRICS = ("acc", "score")
+
+
 def informative(scores: Sequence[float], n: int) -> list[bool]:
     """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)?"""
     return [len(set(scores[i:i + n])) > 1 for i in range(0, len(scores), n)]
+
+
+def judged(grades: Sequence[Grade], metric: str) -> list[float]:
+    """What dynamic sampling compares within a group: correctness (`acc`) or the shaped score (`score`)."""
+    if metric not in METRICS:
+        raise ValueError(f"algorithm.dynamic_sampling_metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    return [float(g.correct) if metric == "acc" else g.score for g in grades]
 
 
 # play(problems, round) -> (trajectories, grades, metrics), n samples per problem, prompt-major.
 PlayFn = Callable[[list[Any], int], tuple[list[Any], list[Grade], dict[str, float]]]
 
 
-def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: int, max_rounds: int):
-    """Play rounds of `k` prompts until `k` informative groups are held (or `max_rounds` are played).
+def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: int, max_rounds: int,
+                   metric: str = "acc"):
+    """Play rounds of `k` prompts until `k` informative groups are held (or `max_rounds` are played);
+    a group is informative when its `metric` (see `judged`) differs between samples.
 
     Returns (problems, trajectories, grades, metrics, played): `k` groups in the order they were
     sampled, renumbered 0.. — informative ones first choice; when the rounds run out, all-equal groups
@@ -44,7 +59,7 @@ def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: in
         problems = take(k)
         trajs, grades, metrics = play(problems, r)
         rounds.append((len(problems), metrics))
-        flags = informative([g.score for g in grades], n)
+        flags = informative(judged(grades, metric), n)
         groups += [(p, trajs[i * n:(i + 1) * n], grades[i * n:(i + 1) * n], useful)
                    for i, (p, useful) in enumerate(zip(problems, flags))]
         if sum(g[3] for g in groups) >= k:

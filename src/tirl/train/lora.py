@@ -26,6 +26,8 @@ class LoraConfig:
     """Adapter rank; 0 = no LoRA (full fine-tuning)."""
     alpha: int = 16
     dropout: float = 0.0
+    """Dropout on the adapters' input (SFT). RL turns it off, like every dropout: its update runs in
+    train mode and its old log-probs in eval mode, and the two must see the same policy."""
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     """Module names that get adapters (Llama / Qwen2 / Mistral naming)."""

@@ -159,7 +159,8 @@ def _load_critic(path: str, device: Any = None) -> Any:
 def without_dropout(model: Any) -> Any:
     """Every dropout at 0, as verl loads actor and critic. Updates run in train mode while old
     log-probs and values are scored in eval mode: with dropout on (Qwen2's token-classification head
-    adds Dropout(0.1)) the ratio and the value clip would compare noisy numbers with clean ones."""
+    adds Dropout(0.1), peft's `model.lora.dropout` adds one per adapter) the ratio and the value clip
+    would compare noisy numbers with clean ones."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -251,8 +252,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         if ckpt and not lora_on:
             policy = _load_policy(str(ckpt / "policy"), cfg)
         else:
-            policy = lora.apply(_load_policy(base, cfg, cfg.model.gguf_file), cfg.model.lora,
-                                adapter_dir=ckpt / "policy" if ckpt else None)
+            # after the adapters exist: peft's LoRA dropout is a Dropout of its own
+            policy = without_dropout(lora.apply(_load_policy(base, cfg, cfg.model.gguf_file), cfg.model.lora,
+                                                adapter_dir=ckpt / "policy" if ckpt else None))
         critic = _load_critic(str(ckpt / "critic") if ckpt else (cfg.model.critic_path or base),
                               device) if algo.name == "ppo" else None
         # With LoRA the frozen base is the reference (adapters off): no second copy.
@@ -337,7 +339,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
 
             if algo.dynamic_sampling:
                 problems, trajs, grades, metrics, played = dapo.dynamic_sample(
-                    play_round, take, tc.prompts_per_step, cfg.rollout.n, algo.dynamic_sampling_max_rounds)
+                    play_round, take, tc.prompts_per_step, cfg.rollout.n, algo.dynamic_sampling_max_rounds,
+                    algo.dynamic_sampling_metric)
             else:
                 problems = take(tc.prompts_per_step)
                 trajs, grades, metrics = play_round(problems, 0)
@@ -360,7 +363,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
             metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
-            rows = U.rows_to_train(batch, step_algo)
+            rows = U.rows_to_train(batch, step_algo, rewards, cfg.rollout.n)
             if algo.overlong_filter:
                 rows = [r for r in rows if trajs[r].finish_reason != "length"]
                 metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))

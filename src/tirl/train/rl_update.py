@@ -4,11 +4,19 @@ The batch (`tirl.train.batch.RLBatch`, built by `make_batch` from the trajectori
 by name; its notation (B, L, T) and mask alignment are described there.
 
 Every loss goes through `tirl.algorithms` with the mini-batch's global normaliser, so gradient
-accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested).
+accumulation is exact: micro-batch 1 x 8 and 8 x 1 give the same step (tested). The update's metrics
+are exact too: a `*_max` is the max over every token of the update, a mean is over every token (the
+micro-batches' means weighted by their token counts), so micro-batch 64, 8 and 1 log the same figures
+(tested); the loss and the gradient norm are means over the optimizer steps.
+
+A little over the usual size: the update's rules that must agree with each other — which rows train
+(`rows_to_train`), which run (`rows_to_run`), the normaliser they share and the metrics pooled over
+them — and the config that sets them (`AlgoConfig`) stay in one file.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -17,6 +25,7 @@ from torch import Tensor
 
 from tirl import algorithms as A
 from tirl.train.batch import RLBatch, micro_batches
+from tirl.train.dapo import METRICS as DYNAMIC_SAMPLING_METRICS, informative
 
 
 @dataclass
@@ -33,11 +42,13 @@ class AlgoConfig:
     dual_clip: float = 0.0
     """Dual-clip bound c for negative advantages (ReTool 10); 0 = off."""
     agg: str = "token-mean"
-    """`token-mean`, `seq-mean-token-mean` or `seq-sum` (Dr. GRPO; verl calls it
-    `seq-mean-token-sum-norm`, also accepted): see `tirl.algorithms.aggregate`."""
+    """`token-mean`, `seq-mean-token-mean`, `seq-sum` (Dr. GRPO: token sum / (rows x max_new_tokens)) or
+    `seq-mean-token-sum-norm` (verl's Dr. GRPO mode: token sum / max_new_tokens, rows x seq-sum):
+    see `tirl.algorithms.aggregate`."""
     tis_cap: float = 0.0
     """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, cap)
-    when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off."""
+    when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off. A token whose
+    rollout log-prob is unknown (NaN: the OpenAI backend's re-tokenised output) keeps weight 1."""
     kl_coef: float = 0.0
     """KL to a frozen reference model; 0 (both papers) loads no reference model."""
     kl_target: float = 0.0
@@ -69,16 +80,20 @@ class AlgoConfig:
     mini-batch left with nothing to run still makes its (zero-gradient) optimizer step, so the update
     equals the one without the skip (tested)."""
     filter_zero_advantage: bool = True
-    """GRPO/RLOO: all-equal groups leave the batch before the update (when no KL or entropy term needs
-    them), so the loss's normaliser counts only the informative samples' tokens and each of them weighs
+    """GRPO/RLOO: all-equal groups (every reward the same) leave the batch before the update (when no KL
+    or entropy term needs them; a zero-advantage row of a group whose rewards differ stays), so the loss's normaliser counts only the informative samples' tokens and each of them weighs
     more; a step where every group is all-equal makes no update. Like DAPO's dynamic sampling without
     the refill. False keeps them in the normaliser, as TRL's and verl's GRPO do (then
     `skip_zero_advantage` still saves their forward)."""
     dynamic_sampling: bool = False
     """DAPO: keep sampling rounds of prompts until the step holds `prompts_per_step` groups whose
-    rewards differ (GRPO/RLOO), instead of training on fewer; see `tirl.train.dapo`."""
+    accuracy differs (GRPO/RLOO; `dynamic_sampling_metric`), instead of training on fewer; see
+    `tirl.train.dapo`."""
     dynamic_sampling_max_rounds: int = 4
     """Bound on sampling rounds per step; the step then trains on the informative groups it has."""
+    dynamic_sampling_metric: str = "acc"
+    """What must differ within a group for dynamic sampling to keep it: `acc` (correctness, as DAPO and
+    verl) or `score` (the shaped reward: exec penalty, overlong term, a user's reward)."""
     overlong_buffer: int = 0
     """DAPO's soft overlong punishment: the last N tokens before rollout.max_new_tokens cost up to -1
     (linearly); 0 = off."""
@@ -103,6 +118,9 @@ class AlgoConfig:
         if self.dynamic_sampling and self.name == "ppo":
             raise ValueError("algorithm.dynamic_sampling needs groups (grpo or rloo); PPO's advantages are "
                              "not zero for all-equal groups")
+        if self.dynamic_sampling_metric not in DYNAMIC_SAMPLING_METRICS:
+            raise ValueError(f"algorithm.dynamic_sampling_metric must be one of "
+                             f"{', '.join(DYNAMIC_SAMPLING_METRICS)}, not {self.dynamic_sampling_metric!r}")
         if self.dynamic_sampling_max_rounds < 1:
             raise ValueError(f"algorithm.dynamic_sampling_max_rounds must be >= 1, not {self.dynamic_sampling_max_rounds}")
         if self.overlong_buffer < 0:
@@ -233,21 +251,29 @@ def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_s
     return out
 
 
+def _only_policy_term(cfg: AlgoConfig) -> bool:
+    """GRPO/RLOO with no KL or entropy term: a row's loss is its advantage times its ratio, nothing else."""
+    return cfg.name in ("grpo", "rloo") and cfg.kl_coef == 0 and cfg.entropy_coef == 0
+
+
 def _zero_advantage_rows(batch: RLBatch, cfg: AlgoConfig) -> set[int]:
     """Rows whose advantage is 0 and that no other loss term reads (GRPO/RLOO without KL or entropy)."""
     adv = batch.need("advantages")
-    if adv.dim() != 1 or cfg.kl_coef != 0 or cfg.entropy_coef != 0:
+    if adv.dim() != 1 or not _only_policy_term(cfg):
         return set()
     return {b for b in range(batch.size) if float(adv[b]) == 0.0}
 
 
-def rows_to_train(batch: RLBatch, cfg: AlgoConfig) -> list[int]:
-    """The rows of the update (and of its normaliser): those with a sampled token, less the all-equal
-    groups when `cfg.filter_zero_advantage`."""
+def rows_to_train(batch: RLBatch, cfg: AlgoConfig, rewards: Tensor | Sequence[float], group_size: int) -> list[int]:
+    """The rows of the update (and of its normaliser): those with a sampled token, less the groups of
+    `group_size` consecutive rows whose `rewards` (the scores the advantages were made from) are all
+    equal, when `cfg.filter_zero_advantage`. A row of zero advantage in a group whose rewards differ
+    (Dr. GRPO's [1, -1, 0, 0], a 0.5 at its group's mean) stays: dropping it would shrink the token-mean
+    normaliser of an informative group; `rows_to_run` still spares it the forward."""
     rows = [b for b in range(batch.size) if batch.mask[b].any()]
-    if cfg.filter_zero_advantage:
-        zero = _zero_advantage_rows(batch, cfg)
-        rows = [b for b in rows if b not in zero]
+    if cfg.filter_zero_advantage and _only_policy_term(cfg):
+        spread = informative([float(r) for r in rewards], group_size)
+        rows = [b for b in rows if spread[b // group_size]]
     return rows
 
 
@@ -262,6 +288,22 @@ def _mean_metrics(acc: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(m[k] for m in acc if k in m) / sum(1 for m in acc if k in m) for k in sorted(keys)}
 
 
+def _pooled(parts: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Micro-batch metrics, each `(valid tokens, metrics)`, as the figure of all their tokens at once: a
+    key ending in `_max` is the largest value; any other is a mean over valid tokens (every metric of
+    `tirl.algorithms`' losses is), so the micro-batches' means are weighted by their token counts. The
+    figures then do not depend on how the update was cut into micro-batches (tested)."""
+    out = {}
+    for key in sorted({k for _, m in parts for k in m}):
+        vals = [(w, m[key]) for w, m in parts if key in m]
+        if key.endswith("_max"):
+            out[key] = max(v for _, v in vals)
+        else:
+            tokens = sum(w for w, _ in vals)
+            out[key] = sum(w * v for w, v in vals) / tokens if tokens else 0.0
+    return out
+
+
 def _minibatch_steps(
     module: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], agg: str,
     micro_loss: Callable[[RLBatch, float], tuple[Tensor, dict[str, float]]], *,
@@ -269,7 +311,7 @@ def _minibatch_steps(
     generator: torch.Generator, loss_key: str, grad_key: str, scaler: Any = None, dp: Any = None,
     skip: set[int] | frozenset[int] = frozenset(),
     prepare: Callable[[RLBatch, int], Callable[[], None]] | None = None,
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], dict[str, float]]:
     """`epochs` shuffled passes over `rows` in optimizer steps of `mini_batch_size` trajectories.
 
     Each step accumulates `micro_loss` over micro-batches of similar lengths (`micro_batches`: at most
@@ -279,7 +321,8 @@ def _minibatch_steps(
     gradient) count in the normaliser but are not run; a step left with no row to run still steps,
     on zero gradients, as it would have. `prepare(rows' batch, number of micro-batches)`, when given,
     runs before a step's micro-batches and returns what to run after their backward passes (the shared
-    prompt pass's own backward). Returns one metrics dict per optimizer step.
+    prompt pass's own backward). Returns (per optimizer step its `loss_key` and `grad_key`, the
+    micro-batches' own metrics pooled over the whole update by `_pooled`).
     With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
     mini-batch and the gradients are summed over the ranks before the step.
     """
@@ -288,6 +331,7 @@ def _minibatch_steps(
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     steps: list[dict[str, float]] = []
+    parts: list[tuple[float, dict[str, float]]] = []  # (valid tokens, metrics) of every micro-batch
     for _ in range(epochs):
         perm = [rows[i] for i in torch.randperm(len(rows), generator=generator).tolist()]
         for start in range(0, len(perm), mini_batch_size):
@@ -295,14 +339,15 @@ def _minibatch_steps(
             norm = A.global_normalizer(batch.mask[mb], agg, seq_len=seq_len)
             run = [r for r in mb if r not in skip]
             mine = dp.rows(run) if dp is not None else run
-            parts, total = [], 0.0
+            total = 0.0
             plan = micro_batches(batch.attention_mask[mine].sum(dim=1).tolist(), micro_batch_size)
             finish = prepare(batch.subset(mine), len(plan)) if prepare is not None and mine else None
             for part in plan:
-                loss, m = micro_loss(batch.subset([mine[i] for i in part]), norm)
+                sub = batch.subset([mine[i] for i in part])
+                loss, m = micro_loss(sub, norm)
                 backward(loss, scaler)
                 total += float(loss.detach())
-                parts.append(m)
+                parts.append((float(sub.mask.sum()), m))
             if finish is not None:
                 finish()
             if not mine:  # nothing ran here: the zero gradients the skipped rows would have given
@@ -312,12 +357,9 @@ def _minibatch_steps(
             if dp is not None:
                 dp.reduce_grads(params)
                 total = dp.sum(total)
-            sm = _mean_metrics(parts)
-            sm[loss_key] = total
-            sm[grad_key] = clip_and_step(params, opt, sched, max_grad_norm, scaler)
-            steps.append(sm)
+            steps.append({loss_key: total, grad_key: clip_and_step(params, opt, sched, max_grad_norm, scaler)})
     module.eval()
-    return steps
+    return steps, _pooled(parts)
 
 
 def policy_update(
@@ -369,9 +411,9 @@ def policy_update(
         return loss, m
 
     skip = set(rows) - set(rows_to_run(batch, rows, cfg))
-    steps = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
-                             grad_key="train/grad_norm", skip=skip, prepare=prepare, **loop)
-    out = _mean_metrics(steps) if steps else {}
+    steps, pooled = _minibatch_steps(model, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/policy",
+                                     grad_key="train/grad_norm", skip=skip, prepare=prepare, **loop)
+    out = {**pooled, **_mean_metrics(steps)}
     out["train/optimizer_steps"] = float(len(steps))
     return out
 
@@ -401,9 +443,9 @@ def critic_update(
         return A.value_loss(forward_values(critic, sub, precision), sub.need("old_values"), sub.need("returns"),
                             sub.mask, cfg.value_clip or None, cfg.agg, norm)
 
-    steps = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
-                             grad_key="critic/grad_norm", **loop)
-    return _mean_metrics(steps) if steps else {}
+    steps, pooled = _minibatch_steps(critic, opt, sched, batch, rows, cfg.agg, micro_loss, loss_key="loss/value",
+                                     grad_key="critic/grad_norm", **loop)
+    return {**pooled, **_mean_metrics(steps)}
 
 
 def observed_kl(batch: RLBatch, kind: str) -> float:
@@ -414,13 +456,23 @@ def observed_kl(batch: RLBatch, kind: str) -> float:
 
 def logprob_mismatch(batch: RLBatch, rows: Sequence[int] | None = None) -> dict[str, float]:
     """Rollout vs recomputed log-probs on sampled tokens (of `rows`; default all): a gap silently
-    biases the ratio."""
+    biases the ratio. Tokens whose rollout log-prob is unknown (NaN: the OpenAI backend's re-tokenised
+    output and appended stop text) are left out of the differences and counted in
+    `rollout/logprob_unknown` (their share of the sampled tokens); with none known the differences
+    are undefined (NaN, null in metrics.jsonl)."""
     m = batch.mask.bool()
     if rows is not None:
         keep = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
         keep[list(rows)] = True
         m = m & keep[:, None]
     if not m.any():
-        return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0}
-    d = (batch.rollout_logprobs - batch.need("old_logprobs")).abs()[m]
-    return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean())}
+        return {"rollout/logprob_max_diff": 0.0, "rollout/logprob_mean_diff": 0.0, "rollout/logprob_unknown": 0.0}
+    unknown = torch.isnan(batch.rollout_logprobs) & m
+    known = m & ~unknown
+    share = float(unknown.sum()) / float(m.sum())
+    if not known.any():
+        return {"rollout/logprob_max_diff": math.nan, "rollout/logprob_mean_diff": math.nan,
+                "rollout/logprob_unknown": share}
+    d = (batch.rollout_logprobs - batch.need("old_logprobs")).abs()[known]
+    return {"rollout/logprob_max_diff": float(d.max()), "rollout/logprob_mean_diff": float(d.mean()),
+            "rollout/logprob_unknown": share}
