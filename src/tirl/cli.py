@@ -25,6 +25,8 @@ COMMANDS: dict[str, Command] = {
                     "evaluation, report", "tirl.demo"),
     "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.commands:sft"),
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.commands:train"),
+    "replay": Command("play a recorded RL step again from its tokens and executions; check grades and "
+                      "advantages are bit-identical", "tirl.train.replay"),
     "eval": Command("evaluate a model or server on math benchmarks (avg@k, pass@k, maj@k, tool use)",
                     "tirl.eval.command"),
     "sandbox": Command("the code sandbox: serve (SandboxFusion-compatible HTTP), bench, check",

@@ -174,6 +174,9 @@ def _run(args: argparse.Namespace) -> int:
         cfg.validate()
     except ValueError as e:
         raise UserError(str(e)) from None
+    if cfg.rollout.exec_cache != "off" or cfg.rollout.exec_record:
+        raise UserError("rollout.exec_cache and rollout.exec_record are tirl train settings; tirl eval runs "
+                        "every program and keeps no execution record")
     if cfg.rollout.n > 1 and cfg.rollout.temperature == 0:
         print(f"tirl eval: warning: rollout.n={cfg.rollout.n} with temperature 0 (greedy) repeats one answer "
               f"{cfg.rollout.n} times; set --temperature > 0 for pass@k / maj@k", file=sys.stderr)

@@ -45,7 +45,7 @@ class EvalConfig:
         from tirl.config import flatten
 
         d = flatten(dataclasses.asdict(self))  # dotted keys: a refusal names `rollout.temperature`
-        for k in ("limit", "batch_size", "skip_invalid", "rollout.n"):
+        for k in ("limit", "batch_size", "skip_invalid", "rollout.n", "rollout.exec_cache", "rollout.exec_record"):
             d.pop(k)
         return d
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tirl.formats import PromptConfig, get_style
+from tirl.sandbox.record import EXEC_CACHE_MODES
 
 
 @dataclass
@@ -47,6 +48,16 @@ class RolloutConfig:
     """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
     fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on
     it, never on where shards run: set it to the most rollout workers the run may use."""
+    exec_cache: str = "off"
+    """Training: what the run's execution record (`RUN_DIR/executions.jsonl`, `tirl.sandbox.record`) is
+    used for. `off`: every program runs, every answer is recorded (what `tirl replay` needs); `reuse`:
+    a program judged deterministic (its source names no randomness, clock, process or set, and it
+    ran twice here with one ok/error outcome) is answered from the record instead of run again;
+    `replay`: no sandbox at all, every program answered from `exec_record` (a program it never ran
+    stops the run, naming the code's hash)."""
+    exec_record: str = ""
+    """`exec_cache: replay`: the record to serve, e.g. another run's `executions.jsonl`; empty = this
+    run directory's own."""
 
 
 def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
@@ -58,5 +69,9 @@ def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.on_tool_cap not in ("message", "stop"):
         raise ValueError(f"rollout.on_tool_cap must be 'message' or 'stop', not {cfg.on_tool_cap!r}")
+    if cfg.exec_cache not in EXEC_CACHE_MODES:
+        raise ValueError(f"rollout.exec_cache must be one of {', '.join(EXEC_CACHE_MODES)}, not {cfg.exec_cache!r}")
+    if cfg.exec_record and cfg.exec_cache != "replay":
+        raise ValueError("rollout.exec_record is the record rollout.exec_cache=replay serves; set both or neither")
     if cfg.n < 1 or cfg.max_new_tokens < 1 or cfg.max_tool_calls < 0:
         raise ValueError("rollout.n and rollout.max_new_tokens must be >= 1, rollout.max_tool_calls >= 0")

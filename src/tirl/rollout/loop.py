@@ -68,6 +68,7 @@ from tirl.sandbox.config import ExecResult
 from tirl.rollout.config import RolloutConfig
 from tirl.rollout.trajectory import RolloutResult, ToolCall, Trajectory
 from tirl.sandbox.protocol import SandboxLike
+from tirl.sandbox.record import MissingExecution
 
 EMPTY_CODE_MESSAGE = "Error: empty code block, nothing was run."
 CAP_MESSAGE = "Error: tool call limit reached ({n} calls); no more code will be run. Give your final answer."
@@ -267,6 +268,8 @@ def _run_codes(sandbox: SandboxLike, codes: list[str], timeout: float | None) ->
         if len(results) != len(codes):
             raise RuntimeError(f"sandbox returned {len(results)} results for {len(codes)} programs")
         return results
+    except MissingExecution:  # a replay that left its record: not the sandbox's fault, nothing to show the model
+        raise
     except Exception as e:  # noqa: BLE001 - a broken sandbox must not end the rollout
         msg = f"Error: sandbox failure: {type(e).__name__}: {e}"
         return [ExecResult("sandbox_error", stderr=msg, message=msg) for _ in codes]

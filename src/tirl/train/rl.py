@@ -50,6 +50,7 @@ from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, chec
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
 from tirl.train.logger import LogConfig, MetricsLogger
+from tirl.train.step_record import STEP_FILE, record_step
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
 
 
@@ -129,6 +130,8 @@ def validate(cfg: RLConfig) -> None:
     if not 1 <= cfg.rollout.shards <= cfg.trainer.prompts_per_step:
         raise ValueError(f"rollout.shards must be between 1 and trainer.prompts_per_step "
                          f"({cfg.trainer.prompts_per_step}): a shard holds whole prompt groups")
+    if cfg.rollout.exec_cache != "off" and cfg.distributed.backend != "local":
+        raise ValueError("rollout.exec_cache=reuse|replay needs distributed.backend=local (ray runs code on workers)")
     if cfg.distributed.trainer_workers > 1 and cfg.algorithm.name == "ppo":
         raise ValueError("distributed.trainer_workers > 1 covers the policy update only; PPO's critic needs 1")
     cfg.distributed.validate()
@@ -223,7 +226,8 @@ def rollout_backend(cfg: RLConfig, generator: Any, tokenizer: Any, sandbox: Any,
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_tokenizer, resolve_device
-    from tirl.sandbox.isolation import open_sandbox, summarise
+    from tirl.sandbox.isolation import summarise
+    from tirl.sandbox.record import open_recorded
 
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -291,6 +295,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         logger.truncate_after(start)
         truncate_after_step(run_dir / "samples.jsonl", start)
         truncate_after_step(run_dir / REWARDS_FILE, start)
+        truncate_after_step(run_dir / STEP_FILE, start)
 
     def checkpoint(step: int) -> None:
         models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
@@ -314,7 +319,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     policy.eval()
     generator = HFGenerator(policy, tokenizer, precision=tc.precision)
     share = tc.share_prompt and not tc.gradient_checkpointing  # checkpointing drops the cache sharing needs
-    with (open_sandbox(cfg.sandbox, "training") as sandbox,
+    with (open_recorded(cfg.sandbox, cfg.rollout.exec_cache, run_dir, cfg.rollout.exec_record) as sandbox,
           closing(rollout_backend(cfg, generator, tokenizer, sandbox, style, base, run_dir)) as backend,
           closing(group) if group is not None else nullcontext() as _,
           progress("train", tc.steps) as bar):
@@ -325,6 +330,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
         for step in range(start + 1, tc.steps + 1):
             t0 = time.perf_counter()
+            exec_start = sandbox.position  # this step's lines of executions.jsonl start here
             epochs: list[int] = []  # epoch of every problem drawn this step, in order (for rewards.jsonl)
 
             def take(k: int) -> list:
@@ -423,6 +429,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 summary["eval_end"] = final
             logger.log(step, metrics)
             _write_samples(run_dir, step, trajs, grades)
+            record_step(run_dir, step, problems, trajs, grades, batch.advantages, (exec_start, sandbox.position))
             append_rows(run_dir / REWARDS_FILE, reward_rows(
                 [p.id for p, _ in played], [g.correct for _, gs in played for g in gs], cfg.rollout.n, step,
                 epochs))
