@@ -135,8 +135,6 @@ def validate(cfg: RLConfig) -> None:
     if cfg.distributed.trainer_workers > 1 and cfg.algorithm.name == "ppo":
         raise ValueError("distributed.trainer_workers > 1 covers the policy update only; PPO's critic needs 1")
     cfg.distributed.validate()
-
-
     check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
     lora.check(cfg.model.lora)
 
@@ -293,9 +291,8 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         start = state["step"]
         kl_coef = state.get("kl_coef", algo.kl_coef)
         logger.truncate_after(start)
-        truncate_after_step(run_dir / "samples.jsonl", start)
-        truncate_after_step(run_dir / REWARDS_FILE, start)
-        truncate_after_step(run_dir / STEP_FILE, start)
+        for name in ("samples.jsonl", REWARDS_FILE, STEP_FILE):
+            truncate_after_step(run_dir / name, start)
 
     def checkpoint(step: int) -> None:
         models = {"policy": policy, **({"critic": critic} if critic is not None else {})}
@@ -379,8 +376,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                           precision=tc.precision, scaler=scaler)
             if critic is not None:
                 metrics.update(U.critic_update(critic, c_opt, c_sched, batch, rows, algo, **common))
-            # The warm-up holds back the policy only while a critic learns (PPO); GRPO has none to wait for.
-            warming_up = critic is not None and step <= algo.critic_warmup_steps
+            warming_up = critic is not None and step <= algo.critic_warmup_steps  # PPO's critic alone learns
             if rows and not warming_up:
                 if group is not None:  # the same update, on every trainer rank
                     loop = {k: v for k, v in common.items() if k != "generator"}
