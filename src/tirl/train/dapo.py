@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from tirl.reward import Grade
+from tirl.reward import INFRA_FAILED, Grade
 
 
-def informative(scores: Sequence[float], n: int) -> list[bool]:
-    """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)?"""
-    return [len(set(scores[i:i + n])) > 1 for i in range(0, len(scores), n)]
+def informative(scores: Sequence[float | None], n: int) -> list[bool]:
+    """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)? None is
+    a sample the infrastructure failed: it is no score and adds no spread."""
+    return [len({s for s in scores[i:i + n] if s is not None}) > 1 for i in range(0, len(scores), n)]
 
 
 # play(problems, round) -> (trajectories, grades, metrics), n samples per problem, prompt-major.
@@ -44,7 +45,7 @@ def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: in
         problems = take(k)
         trajs, grades, metrics = play(problems, r)
         rounds.append((len(problems), metrics))
-        flags = informative([g.score for g in grades], n)
+        flags = informative([None if g.reason == INFRA_FAILED else g.score for g in grades], n)
         groups += [(p, trajs[i * n:(i + 1) * n], grades[i * n:(i + 1) * n], useful)
                    for i, (p, useful) in enumerate(zip(problems, flags))]
         if sum(g[3] for g in groups) >= k:

@@ -37,6 +37,7 @@ from tirl.custom_reward import RewardConfig, UserReward
 from tirl.distributed.config import DistributedConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.rollout.episodes import play
+from tirl.rollout.faults import check_weight_versions, trainable
 from tirl.sandbox import SandboxConfig, SandboxLike
 from tirl.trained_settings import settings_of
 from tirl import algorithms as A
@@ -343,6 +344,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 trajs, grades, metrics = play_round(problems, 0)
                 played = [(p, grades[i * cfg.rollout.n:(i + 1) * cfg.rollout.n]) for i, p in enumerate(problems)]
             t_rollout = time.perf_counter() - t0
+            check_weight_versions(trajs, expected=step - 1)  # the weights synced after the last update
+            valid, infra = trainable(trajs, cfg.rollout.n, min_valid=1 if algo.name == "ppo" else 2)
+            metrics.update(infra)
 
             t1 = time.perf_counter()
             batch = make_batch(trajs, tokenizer.pad_token_id or 0, device)
@@ -359,8 +363,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 batch.old_values = U.score_values(critic, batch, tc.micro_batch_size, tc.precision)
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
-            metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
-            rows = U.rows_to_train(batch, step_algo)
+            metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n,
+                                                None if all(valid) else torch.tensor(valid)))
+            rows = [r for r in U.rows_to_train(batch, step_algo) if valid[r]]  # infra-failed samples: no loss
             if algo.overlong_filter:
                 rows = [r for r in rows if trajs[r].finish_reason != "length"]
                 metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))
