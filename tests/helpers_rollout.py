@@ -67,3 +67,67 @@ class BrokenSandbox:
     def run_batch(self, codes: list[str]):
         self.calls += 1
         raise ConnectionError("worker pool is gone")
+
+
+INJECTED = "injected fault: the sandbox server dropped the connection"
+
+
+class FlakySandbox:
+    """Wraps a sandbox and fails a share `rate` of its calls as the infrastructure would (`sandbox_error`,
+    as an HTTP client reports a 503 or a dropped connection), drawn per call from a seeded generator.
+    `fail_codes` maps a program to how many of its attempts fail (math.inf: all), on top of the random
+    share. Records the programs that got a fault (`injected`) and every batch it ran (`batches`).
+    Thread-safe (the continuous loop calls it from several threads)."""
+
+    def __init__(self, inner, rate: float = 0.0, seed: int = 0, fail_codes: dict | None = None):
+        import random
+        import threading
+
+        self.inner, self.rate = inner, rate
+        self.rng = random.Random(seed)
+        self.fail_codes = dict(fail_codes or {})
+        self.injected: list[str] = []
+        self.batches: list[list[str]] = []
+        self._lock = threading.Lock()
+
+    def _fails(self, code: str) -> bool:
+        with self._lock:
+            left = self.fail_codes.get(code, 0)
+            if left > 0:
+                self.fail_codes[code] = left - 1
+            fail = left > 0 or (self.rate > 0 and self.rng.random() < self.rate)
+            if fail:
+                self.injected.append(code)
+            return fail
+
+    def run_batch(self, codes, timeout=None):
+        from tirl.sandbox import ExecResult
+
+        with self._lock:
+            self.batches.append(list(codes))
+        fails = [self._fails(c) for c in codes]
+        ran = iter(self.inner.run_batch([c for c, f in zip(codes, fails) if not f]) if not all(fails) else [])
+        return [ExecResult("sandbox_error", message=INJECTED) if f else next(ran) for f in fails]
+
+    @property
+    def isolation(self):
+        return getattr(self.inner, "isolation", None)
+
+    def close(self):
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+class HangingSandbox:
+    """Answers `ok` at once, except programs containing `hang` (they block until `release` is set)."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def run_batch(self, codes, timeout=None):
+        if any("hang" in c for c in codes):
+            self.release.wait(60)
+        return [Result("ok", "1\n") for _ in codes]

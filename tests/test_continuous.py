@@ -8,6 +8,7 @@ Tolerance as in test_generation.py (float32, reduction order only).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -15,13 +16,14 @@ import pytest
 import torch
 from fixtures_models import tiny_model, tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
 from forced_generator import ForcedHFGenerator
-from helpers_rollout import BrokenSandbox, Result
+from helpers_rollout import INJECTED, BrokenSandbox, FlakySandbox, Result
 from scripted_generator import ScriptedGenerator
 
 from tirl.formats import RETOOL
 from tirl.generation import GenerationRequest, SamplingParams
 from tirl.generation.hf import HFGenerator
 from tirl.rollout import CAP_MESSAGE, EMPTY_CODE_MESSAGE, rollout
+from tirl.rollout.faults import InfraDown
 
 torch.set_num_threads(1)
 TOL = 1e-4
@@ -153,15 +155,30 @@ def test_a_row_whose_code_returns_resumes_while_slow_code_runs(tiny_model, tiny_
     assert gen.cached_keys() == []
 
 
-def test_a_failing_sandbox_becomes_an_interpreter_message(tiny_model, tiny_tokenizer):
+def test_a_call_the_sandbox_keeps_failing_ends_its_sample_as_infra_failed(tiny_model, tiny_tokenizer):
+    """Continuous loop: print(2)'s call fails as infrastructure on every attempt while print(1)'s (slower)
+    runs: its sample ends there, `infra_failed`, and writes nothing more; the others are untouched."""
+    tok = tiny_tokenizer
+    sandbox = FlakySandbox(ScriptedSandbox(delays={"print(1)": 0.3}), fail_codes={"print(2)": math.inf})
+    trajs, m = play(tiny_model, tok, True, sandbox, exec_retries=1, exec_retry_backoff_s=0.2,
+                    exec_retry_deadline_s=30)
+    by = {(t.group_index, t.sample_index): t for t in trajs}
+    failed = by[0, 2]
+    assert failed.infra_failed and failed.finish_reason == "infra" and INJECTED in failed.infra_error
+    assert failed.tool_calls[-1].status == "sandbox_error" and failed.tool_calls[-1].span[1] == len(failed.response_ids)
+    assert [t.infra_failed for t in trajs].count(True) == 1 and by[0, 1].tool_calls[0].output == "out of print(1)"
+    assert sandbox.injected.count("print(2)") >= 2 and m["rollout/exec_retries"] >= 1
+
+
+def test_a_sandbox_that_stays_down_ends_the_rollout_in_bounded_time(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
     gen = forced(tiny_model, tok, {(0, 0): STREAMS[0, 1], (0, 1): STREAMS[1, 1]})
     sb = BrokenSandbox()
-    trajs, _ = rollout(gen, ["p"], tok, sb, RETOOL, n=2, max_new_tokens=300, temperature=0.0, continuous=True)
-    for t in trajs:
-        assert t.finish_reason == "answer" and t.tool_calls[0].status == "sandbox_error"
-        assert "sandbox failure: ConnectionError: worker pool is gone" in t.tool_calls[0].output
-    assert sb.calls == 2 and gen.cached_keys() == []
+    t0 = time.monotonic()
+    with pytest.raises(InfraDown, match="sandbox is down: .*worker pool is gone"):
+        rollout(gen, ["p"], tok, sb, RETOOL, n=2, max_new_tokens=300, temperature=0.0, continuous=True,
+                exec_retry_backoff_s=0.05, exec_retry_deadline_s=0.5)
+    assert time.monotonic() - t0 < 5 and sb.calls >= 3
 
 
 def test_generators_without_a_decode_batch_play_turn_by_turn(tiny_tokenizer):

@@ -4,6 +4,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from fixtures_models import tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
 
 from tirl.custom_reward import RewardConfig, RewardFunctionError, UserReward, load_reward_function
 from tirl.reward import Grade
@@ -83,3 +84,34 @@ def test_config_refuses_unknown_combine_and_a_spec_without_callable():
         RewardConfig(combine="mul").validate()
     with pytest.raises(ValueError, match="module.path:callable"):
         RewardConfig(function="my_rewards").validate()
+
+
+def test_an_answer_only_the_interpreter_printed_scores_nothing(tmp_path, tiny_tokenizer):  # noqa: F811
+    """The model writes no \\boxed; its code's output does. The built-in grade and a format reward that
+    reads who wrote what (`trajectory.segments`) both give it nothing; the same answer written by the
+    model itself earns both."""
+    from helpers_rollout import FixedResults, Result
+    from test_rollout import scripted
+
+    from tirl.data import Problem
+    from tirl.formats import RETOOL
+    from tirl.rollout import RolloutConfig
+    from tirl.rollout.episodes import play
+
+    (tmp_path / "fmt.py").write_text(
+        "def boxed_format(problem, response, trajectory, reference):\n"
+        "    model = ''.join(text for who, text in trajectory.segments if who == 'model')\n"
+        "    assert model == response  # the model's runs are exactly the response it is graded on\n"
+        "    return 0.5 if '\\\\boxed{' in model else 0.0\n")
+    printed = "<answer>\n\\boxed{42}\n</answer>"
+    code = "<code>\n```python\nprint(answer)\n```\n</code>"
+    texts = [[code + "Done.", code + "So:\n" + printed]]  # hack: only the interpreter boxed it; honest
+    sandbox = FixedResults(Result("ok", printed + "\n"))
+    reward = UserReward(RewardConfig(function=f"{tmp_path}/fmt.py:boxed_format"))
+    trajs, grades, _ = play(scripted(tiny_tokenizer, texts), tiny_tokenizer, sandbox, [Problem("p", "6*7?", "42")],
+                            RETOOL, RolloutConfig(n=2, max_new_tokens=200, max_tool_calls=1), reward_fn=reward)
+    hack, honest = trajs
+    assert [who for who, _ in hack.segments] == ["model", "interpreter", "model"]
+    assert "\\boxed{42}" in hack.segments[1][1] and "\\boxed{42}" not in hack.model_text
+    assert (grades[0].correct, grades[0].reason, grades[0].score) == (False, "no_answer", -1.0)  # math -1, format 0
+    assert (grades[1].correct, grades[1].score) == (True, 1.5)  # math +1, format +0.5

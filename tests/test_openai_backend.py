@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from fixtures_models import tiny_model_dir, tiny_tokenizer  # noqa: F401 - pytest fixtures
 
-from tirl.generation import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
+from tirl.generation import FINISH_EOS, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
 from tirl.generation.openai import OpenAIGenerator, ServerError
 from tirl.generation.server import ServerThread
 
@@ -83,6 +83,16 @@ def test_gives_up_after_the_retries_with_the_url_and_last_error(serve_fake, tiny
         with pytest.raises(ServerError, match=r"/v1/completions failed after 3 attempts; last error: HTTP 502"):
             gen.generate([GenerationRequest([1, 2, 3])], PARAMS)
     assert len(fake.bodies) == 3
+
+
+def test_a_request_that_keeps_failing_is_an_error_output_not_the_batchs_end(serve_fake, tiny_tokenizer):
+    # The server fails every try of the request whose prompt is [9]: that sample is the server's failure
+    # (FINISH_ERROR, no tokens; the rollout marks it infra_failed), the other one is served.
+    fake, url = serve_fake(lambda body, n: (503, {"error": "overloaded"}) if body["prompt"] == [9] else (200, _choice()))
+    with OpenAIGenerator(url, tiny_tokenizer, model="m", prompt_mode="tokens", retries=1, backoff_s=0.01) as gen:
+        bad, ok = gen.generate([GenerationRequest([9]), GenerationRequest([1, 2])], PARAMS)
+    assert bad.finish_reason == FINISH_ERROR and bad.token_ids == [] and "HTTP 503" in bad.extras["error"]
+    assert url in bad.extras["error"] and ok.token_ids == [5, 6, 7] and ok.finish_reason == FINISH_LENGTH
 
 
 def test_refused_connections_are_retried_then_reported(tiny_tokenizer):

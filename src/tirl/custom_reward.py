@@ -5,9 +5,16 @@ The one signature::
     def my_reward(problem, response, trajectory, reference) -> float | tirl.reward.Grade:
         # problem:    the Problem (`.id`, `.problem`, `.answer`, `.extra` holds the row's other fields)
         # response:   the text the model wrote (interpreter output left out)
-        # trajectory: the `tirl.rollout.Trajectory` (`.tool_calls`: code, status, output of each call)
+        # trajectory: the `tirl.rollout.Trajectory` (`.tool_calls`: code, status, output of each call;
+        #             `.segments`: the whole response as (writer, text) runs, writer "model" or
+        #             "interpreter", in order, so a reward can tell who wrote what)
         # reference:  the reference answer (a string)
         return 0.1 if trajectory.tool_calls else 0.0
+
+Provenance: an answer or a format marker that only the interpreter printed (code that prints
+`\\boxed{42}`) is not the model's; `response` and the model's segments never hold it, so a reward
+that reads them cannot be gamed that way (tested for the built-in grade and a format reward). A sample
+the infrastructure failed (`trajectory.infra_failed`) is never passed to the function.
 
 `reward.combine: add` (default) adds the returned score to the math grader's +1/-1 (a shaping term;
 `correct` stays the grader's); `replace` uses it alone (a returned Grade keeps its own `correct`, a

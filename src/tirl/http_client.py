@@ -32,6 +32,12 @@ class HTTPUnavailable(RuntimeError):
         self.last = last
 
 
+def backoff_delay(attempt: int, backoff_s: float) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): `backoff_s`, then doubling. The one
+    schedule of every retry in tirl (these clients, and the rollout's re-runs of failed sandbox calls)."""
+    return backoff_s * 2 ** (attempt - 1)
+
+
 async def request_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None, *,
                        timeout_s: float, retries: int, backoff_s: float) -> Any:
     """The decoded JSON reply of `method url` (body sent as JSON), after up to `retries` retries."""
@@ -39,7 +45,7 @@ async def request_json(session: aiohttp.ClientSession, method: str, url: str, bo
     last = ""
     for attempt in range(retries + 1):
         if attempt:
-            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(backoff_delay(attempt, backoff_s))
         try:
             async with session.request(method, url, json=body, timeout=timeout) as resp:
                 if resp.status == 429 or resp.status >= 500:

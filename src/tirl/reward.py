@@ -38,6 +38,8 @@ from typing import Any
 from tirl.formats import TagStyle, extract_answer, extract_boxed, extract_last_number
 
 CORRECT, INCORRECT = 1.0, -1.0
+INFRA_FAILED = "infra_failed"
+"""`Grade.reason` of a sample the infrastructure failed (`tirl.rollout.faults`): not graded, score 0."""
 DEFAULT_TIMEOUT_S = 5.0
 # A longer answer is not a final answer but a dump; refusing it keeps sympy out of trouble.
 MAX_ANSWER_CHARS = 1000
@@ -53,8 +55,9 @@ class Grade:
     extracted: str | None
     reference: str
     reason: str
-    """One of: match, exact, mismatch, no_answer, lenient_match, too_long, timeout, error. Integer
-    answers compared as integers are `exact` or `mismatch`."""
+    """One of: match, exact, mismatch, no_answer, lenient_match, too_long, timeout, error, infra_failed
+    (not graded: the infrastructure failed the sample). Integer answers compared as integers are `exact`
+    or `mismatch`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

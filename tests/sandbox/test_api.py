@@ -7,7 +7,9 @@ import sys
 import pytest
 from _sandbox_helpers import needs, processes_of
 
-from tirl.sandbox import PRIMITIVES, ExecResult, Sandbox, SandboxConfig, SandboxUnavailable, check
+from tirl.sandbox import (INFRA_STATUSES, PRIMITIVES, STATUSES, ExecResult, Sandbox, SandboxConfig, SandboxUnavailable,
+                          check)
+from tirl.sandbox.outcome import Observed, classify
 
 
 def test_run_ok_and_fields(sb):
@@ -84,6 +86,17 @@ def test_sandboxfusion_shape():
     for st in ("ok", "error", "timeout", "sandbox_error"):
         r = ExecResult(st, "o", "e", 0)
         assert ExecResult.from_sandboxfusion(r.to_sandboxfusion()).status == st
+
+
+def test_each_result_says_whose_failure_it_is():
+    # Only the sandbox's own failure is the infrastructure's; everything a program can do to itself is its own.
+    assert {st for st in STATUSES if ExecResult(st).infra_failed} == {"sandbox_error"} == set(INFRA_STATUSES)
+    assert not ExecResult("ok").infra_failed
+    observed = dict(exit_code=None, stdout=b"", stderr=b"")
+    assert classify(Observed(**observed)).infra_failed  # no exit status: the supervisor lost the process
+    assert classify(Observed(**{**observed, "exit_code": 0, "setup_error": "fork failed"})).infra_failed
+    assert not classify(Observed(**{**observed, "exit_code": 1, "stderr": b"MemoryError"})).infra_failed
+    assert not classify(Observed(**{**observed, "exit_code": -9, "timed_out": True})).infra_failed
 
 
 def test_isolation_report(sb):

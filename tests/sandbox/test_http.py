@@ -113,7 +113,7 @@ def test_gives_up_with_sandbox_error_when_unreachable():
         port = probe.getsockname()[1]
     with HttpSandbox(f"http://127.0.0.1:{port}", retries=2, backoff_s=0.01) as client:
         res = client.run("print(1)")
-    assert res.status == "sandbox_error" and "3 attempts" in res.message
+    assert res.status == "sandbox_error" and res.infra_failed and "3 attempts" in res.message
 
 
 def test_server_always_failing_gives_sandbox_error():

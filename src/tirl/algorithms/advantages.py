@@ -9,7 +9,7 @@ from tirl.algorithms.masked import Tensor, check_group, check_mask, check_same_s
 
 
 def grpo_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True,
-                    eps: float = 1e-6) -> Tensor:
+                    eps: float = 1e-6, valid: Tensor | None = None) -> Tensor:
     """Group-normalised advantages of GRPO (Shao et al. 2024): ``(r - mean_g) / (std_g + eps)``.
 
     Args:
@@ -18,6 +18,9 @@ def grpo_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True,
         scale_by_std: False gives Dr. GRPO (Liu et al. 2025), ``r - mean_g``: dividing by the
             group std up-weights prompts that are nearly always solved or failed.
         eps: keeps groups with identical rewards at advantage 0 rather than 0/0.
+        valid: optional (N,) bool, False for a sample that is no sample (the infrastructure failed
+            it): each group's mean and std are over its valid samples only, as if the group had only
+            those; invalid samples, and groups with fewer than 2 valid ones, get advantage 0.
 
     Returns:
         (N,) advantages; broadcast over tokens with :func:`expand_to_tokens`.
@@ -30,18 +33,40 @@ def grpo_advantages(rewards: Tensor, group_size: int, scale_by_std: bool = True,
         raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
     check_group(rewards.numel(), group_size)
     groups = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)
+    if valid is not None:
+        return _masked_grpo(groups, _valid_groups(valid, rewards, group_size), scale_by_std, eps)
     adv = groups - groups.mean(dim=1, keepdim=True)
     if scale_by_std:
         adv = adv / (groups.std(dim=1, unbiased=True, keepdim=True) + eps)
     return adv.reshape(-1)
 
 
-def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+def _valid_groups(valid: Tensor, rewards: Tensor, group_size: int) -> Tensor:
+    if valid.shape != rewards.shape or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor shaped like rewards {tuple(rewards.shape)}, got "
+                         f"{valid.dtype} {tuple(valid.shape)}")
+    return valid.to(rewards.device).view(-1, group_size)
+
+
+def _masked_grpo(groups: Tensor, v: Tensor, scale_by_std: bool, eps: float) -> Tensor:
+    """GRPO over the valid entries `v` of each group (see `grpo_advantages`)."""
+    count = v.sum(dim=1, keepdim=True)
+    mean = torch.where(v, groups, 0.0).sum(dim=1, keepdim=True) / count.clamp(min=1)
+    adv = torch.where(v, groups - mean, 0.0)
+    if scale_by_std:
+        std = ((adv ** 2).sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+        adv = adv / (std + eps)
+    return torch.where(v & (count >= 2), adv, 0.0).reshape(-1)
+
+
+def rloo_advantages(rewards: Tensor, group_size: int, valid: Tensor | None = None) -> Tensor:
     """REINFORCE leave-one-out advantages (Ahmadian et al. 2024): ``r_i - mean_{j != i} r_j``.
 
     Args:
         rewards: (N,) with contiguous groups of G as in :func:`grpo_advantages`.
         group_size: G >= 2.
+        valid: optional (N,) bool as in :func:`grpo_advantages`: the baseline is the mean of the other
+            valid samples; invalid samples, and groups with fewer than 2 valid ones, get 0.
 
     Returns:
         (N,) advantages. Equal to ``G / (G - 1) * (r_i - mean_g)``; the baseline excludes the
@@ -51,6 +76,12 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
         raise ValueError(f"rewards must be 1-d (N,), got shape {tuple(rewards.shape)}")
     check_group(rewards.numel(), group_size)
     groups = (rewards if rewards.is_floating_point() else rewards.float()).view(-1, group_size)
+    if valid is not None:
+        v = _valid_groups(valid, rewards, group_size)
+        count = v.sum(dim=1, keepdim=True)
+        kept = torch.where(v, groups, 0.0)
+        baseline = (kept.sum(dim=1, keepdim=True) - kept) / (count - 1).clamp(min=1)
+        return torch.where(v & (count >= 2), groups - baseline, 0.0).reshape(-1)
     baseline = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
     return (groups - baseline).reshape(-1)
 

@@ -18,6 +18,8 @@ class LocalBackend:
 
     def __init__(self, generator: Any, tokenizer: Any, sandbox: Any, style: Any):
         self.generator, self.tokenizer, self.sandbox, self.style = generator, tokenizer, sandbox, style
+        self.version: int | None = None
+        """The version the trainer's model holds (its last `sync_weights`): each trajectory carries it."""
 
     def rollout(self, prompts: Sequence[Sequence[int]], cfg: Any, shards: int = 1) -> Any:
         from tirl.rollout import rollout
@@ -25,10 +27,14 @@ class LocalBackend:
         parts = cut_shards(prompts, shards, cfg.seed)
         results = [rollout(self.generator, [list(p) for p in s.prompts], self.tokenizer, self.sandbox, self.style,
                            dataclasses.replace(cfg, seed=s.seed)) for s in parts]
+        for r in results:
+            for t in r.trajectories:
+                t.weight_version = self.version
         return merge_results(parts, results)
 
     def sync_weights(self, model: Any, version: int) -> dict[str, float]:
-        """Nothing to do: the generator holds the trainer's model itself."""
+        """Nothing to copy: the generator holds the trainer's model itself; only the version is noted."""
+        self.version = version
         return {}
 
     def describe(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import os
 import time
 from typing import Any, Sequence
 
+from tirl.config import UserError
 from tirl.distributed.config import DistributedConfig, require_ray
 from tirl.distributed.server_sync import DiskSync, WeightSyncError, check_held  # noqa: F401 - raised here
 from tirl.distributed.shards import cut_shards, merge_results
@@ -241,6 +242,8 @@ class RayBackend:
                 self.reruns += 1
                 submit(k)
             except ray.exceptions.RayTaskError as e:
+                if isinstance(e.cause, UserError):  # a sandbox or server that stayed down: its own one line
+                    raise e.cause from None
                 raise RolloutFailed(f"shard {k} failed on {self._label(w)}: {e.cause!r}") from None
         return merge_results(parts, results)
 

@@ -21,7 +21,8 @@ SHARD_SEED_STRIDE = 1_000_033
 
 # Rollout counters that add up over shards; `rollout/turns` takes the longest shard instead.
 _SUMMED = ("rollout/prefill_tokens", "rollout/decode_tokens", "rollout/generated_tokens",
-           "rollout/interpreter_tokens", "rollout/prompt_tokens", "rollout/gen_time_s", "rollout/exec_time_s")
+           "rollout/interpreter_tokens", "rollout/prompt_tokens", "rollout/gen_time_s", "rollout/exec_time_s",
+           "rollout/exec_retries")
 
 
 @dataclass(frozen=True)

@@ -127,8 +127,11 @@ class RolloutWorker:
             while not Path(self.hold_dir, "release").exists():
                 time.sleep(0.02)
         cfg = dataclasses.replace(cfg, seed=shard.seed)
-        return rollout(self.generator, [list(p) for p in shard.prompts], self.tokenizer, self.sandbox,
-                       self.spec.style, cfg)
+        result = rollout(self.generator, [list(p) for p in shard.prompts], self.tokenizer, self.sandbox,
+                         self.spec.style, cfg)
+        for t in result.trajectories:
+            t.weight_version = self.version  # the learner checks it against the version it expects
+        return result
 
     def close(self) -> None:
         for part in (self.sandbox, self.generator):

@@ -11,6 +11,11 @@ from tirl.formats import PromptConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 
 
+FAULT_KEYS = ("rollout.exec_retries", "rollout.exec_retry_backoff_s", "rollout.exec_retry_deadline_s",
+              "rollout.step_timeout_s")
+"""How infrastructure failures are handled: they decide whether a sample gets made, never what it is."""
+
+
 def _eval_rollout() -> RolloutConfig:
     return RolloutConfig(n=1, max_new_tokens=4096, max_tool_calls=8, max_output_chars=256, temperature=0.0, seed=0)
 
@@ -41,11 +46,13 @@ class EvalConfig:
         return self.rollout.n
 
     def identity(self) -> dict[str, Any]:
-        """Settings that decide what a sample is; a resumed run must match them (n and limit may change)."""
+        """Settings that decide what a sample is; a resumed run must match them (n and limit may change,
+        and so may how infrastructure failures are retried)."""
         from tirl.config import flatten
 
         d = flatten(dataclasses.asdict(self))  # dotted keys: a refusal names `rollout.temperature`
-        for k in ("limit", "batch_size", "skip_invalid", "rollout.n", "rollout.exec_cache", "rollout.exec_record"):
+        for k in ("limit", "batch_size", "skip_invalid", "rollout.n", "rollout.exec_cache", "rollout.exec_record",
+                  *FAULT_KEYS):
             d.pop(k)
         return d
 

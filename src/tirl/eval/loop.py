@@ -5,6 +5,11 @@ Each sample goes through `tirl.rollout.rollout` (the same loop, prompt rule and 
 interpreter output; strict unless `lenient`); its record (`make_record`) is appended to the store
 after every generation batch; scores are `tirl.eval.summary`'s.
 
+A sample the infrastructure failed (`Trajectory.infra_failed`: a sandbox or generation server that kept
+failing) is not wrong: it is recorded with `infra_failed`, left out of every score, counted apart
+(`infra_failed` in the summary) and played again by a re-run of the same command. When every sample
+failed so, the evaluation fails loudly (`InfraDown`, one line naming the last error).
+
 Simplification: sampled (temperature > 0) runs draw each batch from one seeded generator, so a
 resumed run's remaining samples are valid samples but not bit-identical to those an uninterrupted
 run would have drawn; greedy runs are identical.
@@ -20,7 +25,7 @@ from typing import Any, Sequence
 
 from tirl.data import Problem
 from tirl.eval.config import EvalConfig
-from tirl.eval.store import SampleStore, check_settings
+from tirl.eval.store import SampleStore, check_settings, infra_failed
 from tirl.formats import make_style
 from tirl.rollout import encode_prompt, rollout
 from tirl.rollout.episodes import grade_all, grade_trajectory
@@ -63,7 +68,7 @@ def evaluate(
             if (name, p.id, i) not in store]
     total = sum(len(ps) for ps in problems.values()) * n
     wanted = {(name, p.id, i) for name, ps in problems.items() for p in ps for i in range(n)}
-    counted = [store.records[k]["correct"] for k in wanted if k in store]
+    counted = [store.records[k]["correct"] for k in wanted if k in store]  # done samples only
     started = time.perf_counter()
     prompt_cache: dict[str, list[int]] = {}
     seed = cfg.rollout.seed
@@ -79,8 +84,14 @@ def evaluate(
             records = [make_record(name, p, i, t, style, cfg.lenient, grade=g)
                        for (name, p, i), t, g in zip(chunk, trajs, grades)]
             store.append(records)
-            counted += [r["correct"] for r in records]
+            counted += [r["correct"] for r in records if not r["infra_failed"]]
             bar.update(0, advance=len(chunk), info=_acc(counted))
+    failed = [store.records[k] for k in wanted if infra_failed(store.records[k])]
+    if failed and len(failed) == len(wanted):
+        from tirl.rollout.faults import InfraDown
+
+        raise InfraDown(f"every sample ({len(failed)}) failed in the sandbox or generation server, none was "
+                        f"scored; last error: {failed[-1].get('infra_error', '')}")
     summary = summarise(problems, store.records, n)
     summary["elapsed_s"] = round(time.perf_counter() - started, 2)
     summary["resumed_samples"] = total - len(todo)
@@ -109,6 +120,7 @@ def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, 
         "tool_calls": [{"code": c.code, "status": c.status, "output": c.output, "span": list(c.span),
                         "duration_s": round(c.duration_s, 4)} for c in traj.tool_calls],
         "tool_cap_hit": traj.tool_cap_hit, "unclosed_code": traj.unclosed_code,
+        "infra_failed": traj.infra_failed, **({"infra_error": traj.infra_error} if traj.infra_failed else {}),
         "response_tokens": len(traj.response_ids), "sampled_tokens": int(sum(traj.loss_mask)),
         "response": traj.text,
     }

@@ -3,7 +3,9 @@
 Resume: a re-run with the same `--run-dir` reads `samples.jsonl`, skips every (benchmark, problem
 id, sample index) already there and runs only the rest, so a finished sample is never lost or
 duplicated. A torn last line (a kill mid-write) is cut off before appending. A run directory holding
-samples made with other settings is refused (the message names the differing setting).
+samples made with other settings is refused (the message names the differing setting). A sample the
+infrastructure failed (`infra_failed` in its record) is kept in the file but is not done: a re-run
+plays it again, and its new record takes its place.
 """
 
 from __future__ import annotations
@@ -31,17 +33,24 @@ class SampleStore:
             except (ValueError, KeyError, TypeError) as e:
                 raise DataError(f"{self.path}: record {n}: not a sample record ({e}); "
                                 "move the file away to start this evaluation afresh") from e
-            self.records.setdefault(key, rec)  # a duplicate cannot be written by us; keep the first
+            if key not in self:  # the first finished record, else the last failed one
+                self.records[key] = rec
 
     def __contains__(self, key: tuple[str, str, int]) -> bool:
-        return key in self.records
+        """Whether the sample is done (a record the infrastructure did not fail)."""
+        return key in self.records and not infra_failed(self.records[key])
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        fresh = [r for r in records if (r["benchmark"], r["problem_id"], r["sample_index"]) not in self.records]
+        fresh = [r for r in records if (r["benchmark"], r["problem_id"], r["sample_index"]) not in self]
         if self.path is not None:
             jsonl.append_rows(self.path, fresh)
         for r in fresh:
             self.records[(r["benchmark"], r["problem_id"], r["sample_index"])] = r
+
+
+def infra_failed(record: dict[str, Any]) -> bool:
+    """The record of a sample the infrastructure failed (records written before the flag existed: no)."""
+    return bool(record.get("infra_failed", False))
 
 
 def check_settings(run_dir: Path, settings: dict[str, Any]) -> None:

@@ -14,6 +14,11 @@ Per benchmark (P problems, the first n samples of each):
 
 Overall: the same over the union of all benchmarks' problems (micro average: a 500-problem benchmark
 weighs more than a 30-problem one); the per-benchmark rows are what papers report.
+
+Samples the infrastructure failed (`infra_failed` records) are no samples: every score is over the
+others (`samples` counts those), they are counted in `infra_failed`, and a problem keeps its valid
+samples only: pass@k and maj@k are over the problems with at least k of them, and a problem with none
+is left out (`problems` counts the rest). Without such failures nothing changes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
+from tirl.eval.store import infra_failed
 from tirl.jsonl import atomic_write, dumps, write_json
 
 
@@ -38,16 +44,21 @@ def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, fl
     """Scores of problems given as lists of their n sample records (sorted by sample index)."""
     from tirl.analysis.tool_stats import tool_metrics
 
+    failed = sum(infra_failed(r) for samples in rows for r in samples)
+    rows = [v for v in ([r for r in samples if not infra_failed(r)] for samples in rows) if v]
     flat = [r for samples in rows for r in samples]
     if not rows:
-        return {"problems": 0, "samples": 0}
-    out: dict[str, float] = {"problems": len(rows), "samples": len(flat)}
+        return {"problems": 0, "samples": 0, "infra_failed": failed}
+    out: dict[str, float] = {"problems": len(rows), "samples": len(flat), "infra_failed": failed}
     out[f"avg@{n}"] = avg_at_k([r["correct"] for r in flat])
     for k in ks_for(n):
-        out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["correct"] for r in s), k) for s in rows) / len(rows)
+        have = [s for s in rows if len(s) >= k]
+        out[f"pass@{k}"] = (sum(pass_at_k(len(s), sum(r["correct"] for r in s), k) for s in have) / len(have)
+                            if have else None)
     for k in ks_for(n):
-        out[f"maj@{k}"] = sum(maj_at_k([r["extracted"] for r in s], [r["correct"] for r in s], k)
-                              for s in rows) / len(rows)
+        have = [s for s in rows if len(s) >= k]
+        out[f"maj@{k}"] = (sum(maj_at_k([r["extracted"] for r in s], [r["correct"] for r in s], k) for s in have)
+                           / len(have) if have else None)
     out["no_answer_ratio"] = sum(r["grade"] == "no_answer" for r in flat) / len(flat)
     scores = [r["score"] for r in flat if "score" in r]  # records before issue 11 have none
     if scores:
@@ -86,16 +97,18 @@ def summarise(problems: dict[str, Sequence[Any]], records: dict, n: int) -> dict
 
 
 def problem_rows(problems: dict[str, Sequence[Any]], records: dict, n: int) -> list[dict[str, Any]]:
-    """One row per problem: reference, correct count, pass@1, the majority answer and whether it is right."""
+    """One row per problem: reference, correct count, pass@1, the majority answer and whether it is right
+    (over the samples the infrastructure did not fail: `n` counts them, `infra_failed` the others)."""
     out = []
     for name, ps in problems.items():
-        for p, samples in zip(ps, _rows(ps, records, name, n)):
+        for p, every in zip(ps, _rows(ps, records, name, n)):
+            samples = [s for s in every if not infra_failed(s)]
             answers = [s["extracted"] for s in samples]
             vote, first = majority_answer(answers)
-            out.append({"benchmark": name, "problem_id": p.id, "reference": p.answer, "n": n,
-                        "correct": sum(s["correct"] for s in samples),
-                        "pass@1": sum(s["correct"] for s in samples) / n, "majority_answer": vote,
-                        "majority_correct": bool(first >= 0 and samples[first]["correct"]),
+            out.append({"benchmark": name, "problem_id": p.id, "reference": p.answer, "n": len(samples),
+                        "infra_failed": len(every) - len(samples), "correct": sum(s["correct"] for s in samples),
+                        "pass@1": sum(s["correct"] for s in samples) / len(samples) if samples else None,
+                        "majority_answer": vote, "majority_correct": bool(first >= 0 and samples[first]["correct"]),
                         "answers": answers})
     return out
 

@@ -38,6 +38,10 @@ def render_table(summary: dict[str, Any], console: Any = None) -> None:
     if console is None:  # a pipe or log file gets the whole table, not 80 squeezed columns
         console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
+    failed = summary["overall"].get("infra_failed", 0)
+    if failed:
+        console.print(f"{failed} sample{'s' if failed > 1 else ''} failed in the sandbox or generation server: "
+                      "not scored (run the same command again to retry them)")
 
 
 def _pct(x: Any) -> str:

@@ -7,6 +7,7 @@ The tests' generators (fixed token streams) live in `tests/`.
 
 from tirl.generation.base import (
     FINISH_EOS,
+    FINISH_ERROR,
     FINISH_LENGTH,
     FINISH_STOP,
     GenerationOutput,
@@ -16,7 +17,7 @@ from tirl.generation.base import (
 )
 
 __all__ = [
-    "FINISH_EOS", "FINISH_LENGTH", "FINISH_STOP", "GenerationOutput", "GenerationRequest", "Generator",
+    "FINISH_EOS", "FINISH_ERROR", "FINISH_LENGTH", "FINISH_STOP", "GenerationOutput", "GenerationRequest", "Generator",
     "SamplingParams", "HFGenerator",
 ]
 

@@ -27,6 +27,9 @@ FINISH_STOP = "stop"
 """A stop string appeared in the newly sampled text (the tokens that made it are kept)."""
 FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
+FINISH_ERROR = "error"
+"""The backend could not produce this continuation (a server that kept failing after its retries; the
+reason is in `extras["error"]`): the infrastructure's failure, not the model's (no tokens are returned)."""
 
 
 @dataclass
@@ -68,7 +71,7 @@ class GenerationOutput:
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str
-    """`stop`, `eos` or `length`."""
+    """`stop`, `eos`, `length` or `error`."""
     stop_string: str | None = None
     """The stop string that matched (when `finish_reason == "stop"`)."""
     prefill_tokens: int = 0

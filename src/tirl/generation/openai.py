@@ -24,9 +24,12 @@ Which stop matched comes from vLLM's `stop_reason` or SGLang's `matched_stop`; w
 response ending with a stop string counts as stopped by it, any other `stop` finish as EOS.
 
 Transport: one asyncio loop in a background thread; at most `max_concurrency` requests in flight;
-connection errors, timeouts and 5xx are retried with exponential back-off (`backoff_s * 2**attempt`),
-and a `ServerError` names the URL and the last failure when retries run out; a 4xx raises
-`ValueError` with the server's message at once (a bad request does not get better by retrying).
+connection errors, timeouts and 5xx are retried with exponential back-off (`backoff_s * 2**attempt`);
+a 4xx raises `ValueError` with the server's message at once (a bad request does not get better by
+retrying). A request whose retries run out is the server's failure, not the model's: its output has
+finish reason `error` (`FINISH_ERROR`, the message in `extras["error"]`, no tokens), and the rollout
+marks that sample `infra_failed`; when every request of a `generate` call fails, the server is down
+and a `ServerError` names the URL and the last failure.
 
 Sampling: `temperature`, `top_p`, `top_k` (vLLM/SGLang extension; sent only when set), `max_tokens`
 (the request's remaining budget) and `seed`: request i of a call gets `seed + i`, so n samples of one
@@ -46,7 +49,8 @@ import math
 from collections import Counter
 from typing import Any, Hashable, Iterable, Sequence
 
-from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationOutput, GenerationRequest, SamplingParams
+from tirl.generation.base import (FINISH_EOS, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, GenerationOutput,
+                                  GenerationRequest, SamplingParams)
 from tirl.http_client import BackgroundLoop, HTTPUnavailable, request_json
 
 PROMPT_MODES = ("auto", "tokens", "text")
@@ -89,9 +93,12 @@ class OpenAIGenerator:
     # --- protocol ----------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[GenerationOutput]:
         async def go() -> list[GenerationOutput]:
-            return list(await asyncio.gather(*(self._one(r, params, i) for i, r in enumerate(requests))))
+            return list(await asyncio.gather(*(self._one_or_error(r, params, i) for i, r in enumerate(requests))))
 
-        return self._call(go())
+        outs = self._call(go())
+        if outs and all(o.finish_reason == FINISH_ERROR for o in outs):
+            raise ServerError(outs[-1].extras["error"])
+        return outs
 
     def release(self, keys: Iterable[Hashable]) -> None:
         """Nothing to free: the server's prefix cache is its own business."""
@@ -114,6 +121,12 @@ class OpenAIGenerator:
         self.close()
 
     # --- one request -------------------------------------------------------------------------------
+    async def _one_or_error(self, r: GenerationRequest, params: SamplingParams, index: int) -> GenerationOutput:
+        try:
+            return await self._one(r, params, index)
+        except ServerError as e:  # this request's retries ran out: the server's failure, not the model's
+            return GenerationOutput([], [], FINISH_ERROR, extras={"error": str(e)})
+
     async def _one(self, r: GenerationRequest, params: SamplingParams, index: int) -> GenerationOutput:
         if not r.token_ids:
             raise ValueError("a generation request needs at least one token")

@@ -37,6 +37,22 @@ class RolloutConfig:
     """Stop at the style's answer close tag (ReTool's `</answer>`) instead of waiting for EOS."""
     exec_timeout: float | None = None
     """Per-call time limit passed to `run_batch(codes, timeout=...)`; None = the sandbox's own."""
+    exec_retries: int = 3
+    """Re-runs of a sandbox call that failed as infrastructure (the sandbox or its server, not the program:
+    `ExecResult.infra_failed`), after waits of `exec_retry_backoff_s`, doubling. A sample whose call still
+    fails is `infra_failed`: left out of training and scores, never penalised. While no call runs at all
+    a failed call is retried until `exec_retry_deadline_s`, then the sandbox is down and the command ends
+    (exit 2, one line naming it). The HTTP clients' own retries of transport errors come first, inside
+    each run (`tirl.rollout.faults`)."""
+    exec_retry_backoff_s: float = 0.5
+    """Wait before the first re-run; doubles each time (the HTTP clients' schedule)."""
+    exec_retry_deadline_s: float = 60.0
+    """No re-run of a call starts later than this after its first run; a sandbox where nothing has run for
+    this long is down."""
+    step_timeout_s: float = 0.0
+    """Deadline of one rollout call (a training step, or each shard of it played here; an evaluation batch)
+    for its sandbox calls: a call still running then is abandoned and its sample is `infra_failed`.
+    0 = none (each call waits for its sandbox, whose own limits bound it)."""
     continuous: bool = False
     """Continuous batching (`tirl.rollout.continuous`): a trajectory's code runs as soon as it closes the
     block, and the trajectory rejoins the decode batch as soon as its output is back, while the others
@@ -75,3 +91,7 @@ def check_prompt_and_rollout(prompt: PromptConfig, cfg: RolloutConfig) -> None:
         raise ValueError("rollout.exec_record is the record rollout.exec_cache=replay serves; set both or neither")
     if cfg.n < 1 or cfg.max_new_tokens < 1 or cfg.max_tool_calls < 0:
         raise ValueError("rollout.n and rollout.max_new_tokens must be >= 1, rollout.max_tool_calls >= 0")
+    if cfg.exec_retries < 0 or cfg.exec_retry_backoff_s < 0 or cfg.step_timeout_s < 0:
+        raise ValueError("rollout.exec_retries, rollout.exec_retry_backoff_s and rollout.step_timeout_s must be >= 0")
+    if not cfg.exec_retry_deadline_s > 0:
+        raise ValueError(f"rollout.exec_retry_deadline_s must be > 0, got {cfg.exec_retry_deadline_s}")

@@ -30,7 +30,7 @@ MAX_SANDBOX_THREADS = 32
 
 def _timed(play: Any, codes: list[str]) -> tuple[list, float, float]:
     t0 = time.perf_counter()
-    results = play.run_codes(codes)  # never raises: a failing sandbox gives error results
+    results = play.run_codes(codes)  # a failing sandbox gives error results; only a dead one raises (InfraDown)
     return results, t0, time.perf_counter()
 
 

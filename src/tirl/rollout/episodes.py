@@ -3,6 +3,10 @@
 `grade_trajectory` is also what every evaluation record is graded with (`tirl.eval`), so a reward and
 an evaluation score judge a response the same way. DAPO's soft overlong term (`overlong_penalty`) is
 applied here too, as a reward term; the rest of DAPO is the trainer's (`tirl.train.dapo`).
+
+A sample the infrastructure failed (`Trajectory.infra_failed`, `tirl.rollout.faults`) is not graded:
+its grade has reason `infra_failed` and score 0 (no `exec_penalty`, no user reward, no overlong term),
+and the `reward/*` figures are over the other samples; the learner leaves it out of the loss.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from tirl.formats import TagStyle
-from tirl.reward import Grade, grade_detailed
+from tirl.reward import INFRA_FAILED, Grade, grade_detailed
 from tirl.rollout.config import RolloutConfig
 from tirl.rollout.loop import encode_prompt, rollout
 from tirl.rollout.trajectory import Trajectory
@@ -48,20 +52,28 @@ def play(
         trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
     grades = grade_all(trajs, [problems[t.group_index].answer for t in trajs], style, exec_penalty=exec_penalty)
     if reward_fn is not None:
-        grades = [reward_fn(problems[t.group_index], t.model_text, t, g) for t, g in zip(trajs, grades)]
-    if overlong_buffer:
-        grades = [with_overlong_penalty(g, len(t.response_ids), cfg.max_new_tokens, overlong_buffer)
+        grades = [g if t.infra_failed else reward_fn(problems[t.group_index], t.model_text, t, g)
                   for t, g in zip(trajs, grades)]
-    n = max(len(grades), 1)
-    scores = [g.score for g in grades]
-    mean = sum(scores) / n
-    metrics["reward/mean"] = mean
-    metrics["reward/std"] = (sum((x - mean) ** 2 for x in scores) / n) ** 0.5
-    metrics["reward/accuracy"] = sum(g.correct for g in grades) / n
-    metrics["reward/no_answer_ratio"] = sum(g.reason == "no_answer" for g in grades) / n
-    groups = [scores[i:i + cfg.n] for i in range(0, len(scores), cfg.n)]
-    metrics["reward/frac_zero_std"] = sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)
+    if overlong_buffer:
+        grades = [g if t.infra_failed else with_overlong_penalty(g, len(t.response_ids), cfg.max_new_tokens,
+                                                                 overlong_buffer)
+                  for t, g in zip(trajs, grades)]
+    metrics.update(reward_metrics(grades, cfg.n))
     return trajs, grades, metrics
+
+
+def reward_metrics(grades: Sequence[Grade], n: int) -> dict[str, float]:
+    """`reward/*` over the graded samples (infra-failed ones left out); groups of `n` consecutive grades."""
+    valid = [g for g in grades if g.reason != INFRA_FAILED]
+    k = max(len(valid), 1)
+    scores = [g.score for g in valid]
+    mean = sum(scores) / k
+    groups = [[g.score for g in grades[i:i + n] if g.reason != INFRA_FAILED] for i in range(0, len(grades), n)]
+    groups = [g for g in groups if g]
+    return {"reward/mean": mean, "reward/std": (sum((x - mean) ** 2 for x in scores) / k) ** 0.5,
+            "reward/accuracy": sum(g.correct for g in valid) / k,
+            "reward/no_answer_ratio": sum(g.reason == "no_answer" for g in valid) / k,
+            "reward/frac_zero_std": sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)}
 
 
 def code_ran(t: Trajectory) -> bool | None:
@@ -69,9 +81,10 @@ def code_ran(t: Trajectory) -> bool | None:
 
     ToRL's optional penalty is for "code that cannot execute": one failing block is enough, even if a
     later fix ran (a model that learns to write a failing block before every answer must still pay).
-    Blocks over the tool-call cap were never offered to the sandbox and do not count.
+    Blocks over the tool-call cap were never offered to the sandbox and do not count, nor do calls the
+    infrastructure failed (the program never got its run: not the model's fault).
     """
-    calls = [c for c in t.tool_calls if c.status != "capped"]
+    calls = [c for c in t.tool_calls if c.status != "capped" and not c.infra_failed]
     if not calls:
         return None
     return all(c.status == "ok" for c in calls)
@@ -80,7 +93,10 @@ def code_ran(t: Trajectory) -> bool | None:
 def grade_trajectory(t: Trajectory, reference: str, style: TagStyle | None = None, *, lenient: bool = False,
                      exec_penalty: float = 0.0) -> Grade:
     """Grade what the model wrote (`Trajectory.model_text`: interpreter output left out), by the
-    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation."""
+    style's answer rule (ReTool: inside `<answer>`). Used by RL rewards and every evaluation. A sample
+    the infrastructure failed is not graded (reason `infra_failed`, score 0, never penalised)."""
+    if t.infra_failed:
+        return Grade(0.0, False, None, str(reference), INFRA_FAILED)
     return grade_detailed(t.model_text, reference, style=style, lenient=lenient, code_ran=code_ran(t),
                           exec_penalty=exec_penalty)
 

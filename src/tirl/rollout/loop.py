@@ -22,11 +22,15 @@ and the trainer's sequence length); they are not generated, so each turn asks th
 the remaining budget, and injected tokens that would overflow it are cut and end the trajectory
 (`length`).
 
-Faults: a sandbox that raises, crashes or times out becomes an interpreter message
-(`Error: ...`, `TimeoutError: ...`), never an exception here. Output is capped to `max_output_chars`
-(a hard 64 KiB cap when that is 0) before it is tokenised. An empty code block is reported to the model
-(`Error: empty code block ...`), not run, and not counted against `max_tool_calls`. A code block left
-open at the budget is not run.
+Faults: the program's own failures (an exception, its time or memory limit) become interpreter
+messages (`Error: ...`, `TimeoutError: ...`) the model reads and may fix. The infrastructure's failures
+(the sandbox or its server failed, not the program: `ExecResult.infra_failed`) are retried, and a call
+that keeps failing ends its trajectory as `infra_failed`, as does a generation the server could not
+make; a sandbox that stays down raises `InfraDown` (`tirl.rollout.faults`, with the step deadline
+`step_timeout_s`). Output is capped to `max_output_chars` (a hard 64 KiB cap when that is 0) before it
+is tokenised. An empty code block is reported to the model (`Error: empty code block ...`), not run,
+and not counted against `max_tool_calls`.
+A code block left open at the budget is not run.
 
 Tool-call cap (`max_tool_calls`, ToRL's C): a code block closed after the cap (of executed calls) is
 not run. With
@@ -41,7 +45,11 @@ generator that has `decode_batch` (the transformers backend), `tirl.rollout.cont
 each row's code runs as soon as it is closed and the row resumes as soon as its output is back, while
 the others keep decoding; the rules above are the same (`_Play` holds them for both loops).
 `rollout/turns` is the most generation segments of one trajectory (in the synchronous loop, the number
-of `generate` calls).
+of `generate` calls); `rollout/exec_retries` counts sandbox calls run again after an infrastructure
+failure.
+
+Who wrote what: `Trajectory.segments` holds the response as (`model` | `interpreter`, text) runs, and
+`model_text` the model's runs joined: grading and reward functions read those, never interpreter output.
 
 Simplifications: each code block runs as a fresh script (both papers do so).
 """
@@ -63,10 +71,12 @@ from tirl.formats import (
     render_output,
     truncate_middle,
 )
-from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
-from tirl.sandbox.config import ExecResult
+from tirl.generation.base import (FINISH_EOS, FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, GenerationRequest,
+                                  SamplingParams)
+from tirl.sandbox.config import INFRA_STATUSES, ExecResult
 from tirl.rollout.config import RolloutConfig
-from tirl.rollout.trajectory import RolloutResult, ToolCall, Trajectory
+from tirl.rollout.faults import ExecGuard, failure_message, mark_infra
+from tirl.rollout.trajectory import INTERPRETER, MODEL, RolloutResult, ToolCall, Trajectory
 from tirl.sandbox.protocol import SandboxLike
 from tirl.sandbox.record import MissingExecution
 
@@ -129,7 +139,8 @@ def rollout(
     counts = play.counts
     for t in trajs:
         t.text = tokenizer.decode(t.response_ids)
-        t.model_text = _sampled_text(t, tokenizer)
+        t.segments = _segments(t, tokenizer)
+        t.model_text = "".join(text for who, text in t.segments if who == MODEL)
     metrics = tool_metrics(trajs)
     fed_needed = sum(getattr(t, "_fed_upto", 0) for t in trajs)
     metrics.update({
@@ -145,6 +156,7 @@ def rollout(
         "rollout/turns": float(max((getattr(t, "_segments", 0) for t in trajs), default=0)),
         "rollout/gen_time_s": gen_time,
         "rollout/exec_time_s": exec_time,
+        "rollout/exec_retries": float(play.guard.retries),
     })
     for t in trajs:
         t.__dict__.pop("_fed_upto", None)
@@ -161,6 +173,9 @@ class _Play:
         self.tokenizer, self.sandbox, self.style, self.cfg = tokenizer, sandbox, style, cfg
         self.prompt_texts, self.keys, self.stops = prompt_texts, keys, stops
         self.counts = dict.fromkeys(("prefill", "decode"), 0)
+        # retries, the step deadline (it starts now), the down check
+        self.guard = ExecGuard(lambda codes: _run_codes(sandbox, codes, cfg.exec_timeout), cfg,
+                               where=getattr(sandbox, "url", None))
 
     def key(self, t: Trajectory) -> tuple:
         return self.keys[id(t)]
@@ -184,7 +199,9 @@ class _Play:
         self.counts["decode"] += o.decode_tokens
         t._fed_upto = len(t.prompt_ids) + len(t.response_ids) - 1  # type: ignore[attr-defined]
         t._segments = getattr(t, "_segments", 0) + 1  # type: ignore[attr-defined]
-        if o.finish_reason == FINISH_EOS:
+        if o.finish_reason == FINISH_ERROR:
+            mark_infra(t, str(o.extras.get("error", "the generation backend failed")))
+        elif o.finish_reason == FINISH_EOS:
             t.finish_reason = "eos"
         elif o.finish_reason == FINISH_STOP and o.stop_string != style.stop:
             t.finish_reason = "answer"
@@ -195,11 +212,14 @@ class _Play:
             t.unclosed_code = has_open_code(self.prompt_texts[t.group_index] + tokenizer.decode(t.response_ids), style)
 
     def run_codes(self, codes: list[str]) -> list[ExecResult]:
-        return _run_codes(self.sandbox, codes, self.cfg.exec_timeout)
+        """Never raises but `InfraDown`: a failing sandbox gives `sandbox_error` results."""
+        return self.guard.run(codes)
 
     def answer(self, t: Trajectory, code: str, res: ExecResult) -> None:
         message = format_exec_result(res.status, res.stdout, res.stderr, self.cfg.error_lines)
         _inject(t, code, res.status, message, res.duration_s, self.tokenizer, self.style, self.cfg)
+        if res.status in INFRA_STATUSES:  # kept failing after its retries: the sample is void
+            mark_infra(t, failure_message(res))
 
 
 def _play_turns(play: _Play, generator: Any, live: list[Trajectory]) -> tuple[float, float]:
@@ -227,16 +247,15 @@ def _play_turns(play: _Play, generator: Any, live: list[Trajectory]) -> tuple[fl
     return gen_time, exec_time
 
 
-def _sampled_text(t: Trajectory, tokenizer: Any) -> str:
-    """Decode the runs of sampled tokens (loss_mask 1) one by one and join them."""
-    out, start = [], None
-    for i, m in enumerate(t.loss_mask + [0]):
-        if m and start is None:
+def _segments(t: Trajectory, tokenizer: Any) -> list[tuple[str, str]]:
+    """The runs of sampled (loss_mask 1: `model`) and injected (0: `interpreter`) tokens, each decoded on
+    its own, in order."""
+    out, start = [], 0
+    for i in range(1, len(t.loss_mask) + 1):
+        if i == len(t.loss_mask) or t.loss_mask[i] != t.loss_mask[start]:
+            out.append((MODEL if t.loss_mask[start] else INTERPRETER, tokenizer.decode(t.response_ids[start:i])))
             start = i
-        elif not m and start is not None:
-            out.append(tokenizer.decode(t.response_ids[start:i]))
-            start = None
-    return "".join(out)
+    return out
 
 
 def _closed_code(t: Trajectory, prompt_text: str, tokenizer: Any, style: TagStyle, cfg: RolloutConfig,

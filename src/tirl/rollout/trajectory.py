@@ -1,11 +1,18 @@
 """`Trajectory`: one sampled response, token-aligned (`response_ids`, `loss_mask`, `logprobs`), with the
-tool calls it made (`ToolCall`); `RolloutResult`: what `rollout` returns. Plain records, no torch."""
+tool calls it made (`ToolCall`), who wrote which text (`segments`), whether the infrastructure failed it
+(`infra_failed`) and the weights it was sampled with (`weight_version`); `RolloutResult`: what `rollout`
+returns. Plain records, no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+from tirl.sandbox.config import INFRA_STATUSES
+
+MODEL, INTERPRETER = "model", "interpreter"
+"""The two writers of a response's text (`Trajectory.segments`)."""
 
 
 @dataclass
@@ -23,6 +30,11 @@ class ToolCall:
     def executed(self) -> bool:
         return self.status not in ("empty", "capped")
 
+    @property
+    def infra_failed(self) -> bool:
+        """The sandbox (not the program) failed this call (`tirl.sandbox.INFRA_STATUSES`)."""
+        return self.status in INFRA_STATUSES
+
 
 @dataclass
 class Trajectory:
@@ -36,7 +48,7 @@ class Trajectory:
     """Sampling log-prob of each response token; 0.0 where `loss_mask` is 0."""
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str = ""
-    """`answer`, `eos`, `length` or `tool_cap`."""
+    """`answer`, `eos`, `length`, `tool_cap`, or `infra` (ended by an infrastructure failure)."""
     text: str = ""
     """The decoded response (sampled and injected tokens)."""
     model_text: str = ""
@@ -49,6 +61,18 @@ class Trajectory:
     """The model closed a code block after `max_tool_calls` had been used."""
     unclosed_code: bool = False
     """The budget ran out inside a code block (it was not run)."""
+    segments: list[tuple[str, str]] = field(default_factory=list)
+    """The response as (writer, text) runs in order, writer `model` (sampled tokens) or `interpreter`
+    (injected output): what a reward function reads to know who wrote what. The model's runs joined are
+    `model_text`."""
+    infra_failed: bool = False
+    """The infrastructure failed this sample (a sandbox call that kept failing, a call cut at the step
+    deadline, a generation the server could not make): it says nothing about the model, so it is left
+    out of its group's statistics, the loss and the scores, and never penalised (`tirl.rollout.faults`)."""
+    infra_error: str = ""
+    """What failed, when `infra_failed` (the sandbox's or server's message)."""
+    weight_version: int | None = None
+    """Version of the policy weights that sampled it (set by the rollout backend; None outside training)."""
 
     @property
     def num_calls(self) -> int:
@@ -70,6 +94,7 @@ class Trajectory:
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
         d = dict(d)
         d["tool_calls"] = [ToolCall(**{**c, "span": tuple(c["span"])}) for c in d.get("tool_calls", [])]
+        d["segments"] = [tuple(s) for s in d.get("segments", [])]
         return cls(**d)
 
 

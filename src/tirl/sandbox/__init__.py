@@ -7,7 +7,7 @@ a private /tmp, seccomp, rlimits, an unprivileged uid or user namespace), ``Http
 allows and which limits it cannot enforce. This package never imports torch; numpy is imported only
 inside the zygote.
 """
-from .config import STATUSES, ExecResult, SandboxConfig, SandboxUnavailable
+from .config import INFRA_STATUSES, STATUSES, ExecResult, SandboxConfig, SandboxUnavailable
 from .local import Sandbox, check
 from .protocol import SandboxLike
 from .supervisor import PRIMITIVES
@@ -25,5 +25,5 @@ def __getattr__(name):  # keep aiohttp out of the import path of users who never
     raise AttributeError(name)
 
 
-__all__ = ["Sandbox", "SandboxConfig", "ExecResult", "SandboxUnavailable", "SandboxLike", "STATUSES",
+__all__ = ["Sandbox", "SandboxConfig", "ExecResult", "SandboxUnavailable", "SandboxLike", "STATUSES", "INFRA_STATUSES",
            "PRIMITIVES", "check", "HttpSandbox", "Session"]

@@ -13,6 +13,11 @@ class SandboxUnavailable(RuntimeError):
 
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed", "sandbox_error")
+INFRA_STATUSES = frozenset({"sandbox_error"})
+"""The statuses that are the infrastructure's failure (the sandbox, its server, the transport), never the
+program's: every other non-ok status (error, timeout, memory, output_limit, killed) is what the model's
+code did. A run that ends in one says nothing about the model: the caller retries it, and a sample that
+keeps one is left out of training and scoring (`tirl.rollout.faults`)."""
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ExecResult:
     status: "ok" (exit 0), "error" (exception or non-zero exit), "timeout" (wall clock or CPU limit),
     "memory" (OOM kill or MemoryError), "output_limit" (a stream exceeded the cap), "killed" (died
     by a signal, e.g. SIGSEGV), "sandbox_error" (the sandbox itself failed; retry-worthy).
+    Whose failure a non-ok status is: ``infra_failed`` (see ``INFRA_STATUSES``).
     """
 
     status: str
@@ -94,6 +100,11 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def infra_failed(self) -> bool:
+        """The sandbox or its server failed, not the program (False for ok and for the program's failures)."""
+        return self.status in INFRA_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,15 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from tirl.reward import Grade
+from tirl.reward import INFRA_FAILED, Grade
 
 
 METRICS = ("acc", "score")
 
 
-def informative(scores: Sequence[float], n: int) -> list[bool]:
-    """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)?"""
-    return [len(set(scores[i:i + n])) > 1 for i in range(0, len(scores), n)]
+def informative(scores: Sequence[float | None], n: int) -> list[bool]:
+    """Per group of `n` consecutive scores: does it have any spread (a non-zero GRPO advantage)? None is
+    a sample the infrastructure failed: it is no score and adds no spread."""
+    return [len({s for s in scores[i:i + n] if s is not None}) > 1 for i in range(0, len(scores), n)]
 
 
 def judged(grades: Sequence[Grade], metric: str) -> list[float]:
@@ -59,7 +60,7 @@ def dynamic_sample(play: PlayFn, take: Callable[[int], list[Any]], k: int, n: in
         problems = take(k)
         trajs, grades, metrics = play(problems, r)
         rounds.append((len(problems), metrics))
-        flags = informative(judged(grades, metric), n)
+        flags = informative([None if g.reason == INFRA_FAILED else s for g, s in zip(grades, judged(grades, metric))], n)
         groups += [(p, trajs[i * n:(i + 1) * n], grades[i * n:(i + 1) * n], useful)
                    for i, (p, useful) in enumerate(zip(problems, flags))]
         if sum(g[3] for g in groups) >= k:

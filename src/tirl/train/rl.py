@@ -37,6 +37,7 @@ from tirl.custom_reward import RewardConfig, UserReward
 from tirl.distributed.config import DistributedConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.rollout.episodes import play
+from tirl.rollout.faults import check_weight_versions, trainable
 from tirl.sandbox import SandboxConfig, SandboxLike
 from tirl.trained_settings import settings_of
 from tirl import algorithms as A
@@ -50,7 +51,7 @@ from tirl.train.common import (OptimConfig, ProblemStream, build_optimizer, chec
 from tirl.progress import progress
 from tirl.jsonl import append_rows, truncate_after_step, write_json
 from tirl.train.logger import LogConfig, MetricsLogger
-from tirl.train.step_record import STEP_FILE, record_step
+from tirl.train.step_record import STEP_FILE, record_step, write_samples
 from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, load_split, make_style, resolve_model
 
 
@@ -349,6 +350,9 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 trajs, grades, metrics = play_round(problems, 0)
                 played = [(p, grades[i * cfg.rollout.n:(i + 1) * cfg.rollout.n]) for i, p in enumerate(problems)]
             t_rollout = time.perf_counter() - t0
+            check_weight_versions(trajs, expected=step - 1)  # the weights synced after the last update
+            valid, infra = trainable(trajs, cfg.rollout.n, min_valid=1 if algo.name == "ppo" else 2)
+            metrics.update(infra)
 
             t1 = time.perf_counter()
             batch = make_batch(trajs, tokenizer.pad_token_id or 0, device)
@@ -365,8 +369,10 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 batch.old_values = U.score_values(critic, batch, tc.micro_batch_size, tc.precision)
             rewards = torch.tensor([g.score for g in grades], dtype=torch.float32)
             step_algo = dataclasses.replace(algo, kl_coef=kl_coef) if algo.kl_target else algo
-            metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n))
-            rows = U.rows_to_train(batch, step_algo, rewards, cfg.rollout.n)
+            metrics.update(U.compute_advantages(batch, rewards, step_algo, cfg.rollout.n,
+                                                None if all(valid) else torch.tensor(valid)))
+            scored = [s if v else None for s, v in zip(rewards.tolist(), valid)]  # infra-failed: no score, no loss
+            rows = [r for r in U.rows_to_train(batch, step_algo, scored, cfg.rollout.n) if valid[r]]
             if algo.overlong_filter:
                 rows = [r for r in rows if trajs[r].finish_reason != "length"]
                 metrics["dapo/overlong_filtered"] = float(sum(t.finish_reason == "length" for t in trajs))
@@ -424,7 +430,7 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
                 metrics.update(final)
                 summary["eval_end"] = final
             logger.log(step, metrics)
-            _write_samples(run_dir, step, trajs, grades)
+            write_samples(run_dir, step, trajs, grades)
             record_step(run_dir, step, problems, trajs, grades, batch.advantages, (exec_start, sandbox.position))
             append_rows(run_dir / REWARDS_FILE, reward_rows(
                 [p.id for p, _ in played], [g.correct for _, gs in played for g in gs], cfg.rollout.n, step,
@@ -442,8 +448,3 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
     write_json(run_dir / "summary.json", summary)
     return summary
 
-
-def _write_samples(run_dir: Path, step: int, trajs: list, grades: list, k: int = 4) -> None:
-    """A few trajectories per step for the report (not all: a big run would write gigabytes)."""
-    append_rows(run_dir / "samples.jsonl",
-                [{"step": step, "grade": g.to_dict(), **t.to_dict()} for t, g in list(zip(trajs, grades))[:k]])

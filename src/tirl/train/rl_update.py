@@ -219,9 +219,17 @@ def one_step_per_batch(algo: AlgoConfig, ppo_epochs: int, mini_batch_size: int, 
             and not algo.kl_target)
 
 
-def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_size: int) -> dict:
-    """Fill `batch.advantages` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `batch.returns`."""
+def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_size: int,
+                       valid: Tensor | None = None) -> dict:
+    """Fill `batch.advantages` ((B,) for GRPO/RLOO, (B, T) for PPO) and PPO's `batch.returns`.
+
+    `valid` (B,) bool, None = all: False for a sample the infrastructure failed (`tirl.rollout.faults`);
+    it is left out of its group's statistics (GRPO/RLOO) or gets no reward and no advantage (PPO), and
+    of the advantage figures. The caller leaves its rows out of the update."""
     mask = batch.mask
+    if valid is not None:
+        valid = valid.to(mask.device)
+        mask = mask * valid[:, None]
     rewards = rewards.to(mask.device)
     out: dict[str, float] = {}
     kl_in_reward = cfg.kl_coef > 0 and cfg.kl_mode == "reward"
@@ -233,11 +241,15 @@ def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_s
         rewards = rewards + penalty
         out["kl/reward_penalty_mean"] = float(penalty.mean())
     if cfg.name == "grpo":
-        batch.advantages = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std)
+        batch.advantages = A.grpo_advantages(rewards, group_size, scale_by_std=cfg.scale_by_std, valid=valid)
     elif cfg.name == "rloo":
-        batch.advantages = A.rloo_advantages(rewards, group_size)
+        batch.advantages = A.rloo_advantages(rewards, group_size, valid=valid)
     else:
-        token_rewards = A.outcome_token_rewards(rewards, mask)
+        if valid is None:
+            token_rewards = A.outcome_token_rewards(rewards, mask)
+        else:  # an invalid row may hold no sampled token at all: no reward to place
+            token_rewards = torch.zeros_like(mask)
+            token_rewards[valid] = A.outcome_token_rewards(rewards[valid], mask[valid]).to(mask.dtype)
         if cfg.kl_coef > 0 and cfg.kl_mode == "reward":
             token_rewards = token_rewards + A.kl_reward_penalty(
                 batch.need("old_logprobs"), batch.need("ref_logprobs"), mask, cfg.kl_coef, cfg.kl_kind)
@@ -245,9 +257,9 @@ def compute_advantages(batch: RLBatch, rewards: Tensor, cfg: AlgoConfig, group_s
         batch.advantages = A.whiten(adv, mask) if cfg.whiten_advantages else adv
         batch.returns = ret
     adv = batch.advantages
-    valid = mask.bool() if adv.dim() == 2 else torch.ones_like(adv, dtype=torch.bool)
-    out.update({"advantage/mean": float(adv[valid].mean()) if valid.any() else 0.0,
-                "advantage/abs_mean": float(adv[valid].abs().mean()) if valid.any() else 0.0})
+    counted = mask.bool() if adv.dim() == 2 else (valid if valid is not None else torch.ones_like(adv, dtype=torch.bool))
+    out.update({"advantage/mean": float(adv[counted].mean()) if counted.any() else 0.0,
+                "advantage/abs_mean": float(adv[counted].abs().mean()) if counted.any() else 0.0})
     return out
 
 
@@ -264,7 +276,7 @@ def _zero_advantage_rows(batch: RLBatch, cfg: AlgoConfig) -> set[int]:
     return {b for b in range(batch.size) if float(adv[b]) == 0.0}
 
 
-def rows_to_train(batch: RLBatch, cfg: AlgoConfig, rewards: Tensor | Sequence[float], group_size: int) -> list[int]:
+def rows_to_train(batch: RLBatch, cfg: AlgoConfig, rewards: Tensor | Sequence[float | None], group_size: int) -> list[int]:
     """The rows of the update (and of its normaliser): those with a sampled token, less the groups of
     `group_size` consecutive rows whose `rewards` (the scores the advantages were made from) are all
     equal, when `cfg.filter_zero_advantage`. A row of zero advantage in a group whose rewards differ
@@ -272,7 +284,7 @@ def rows_to_train(batch: RLBatch, cfg: AlgoConfig, rewards: Tensor | Sequence[fl
     normaliser of an informative group; `rows_to_run` still spares it the forward."""
     rows = [b for b in range(batch.size) if batch.mask[b].any()]
     if cfg.filter_zero_advantage and _only_policy_term(cfg):
-        spread = informative([float(r) for r in rewards], group_size)
+        spread = informative([None if r is None else float(r) for r in rewards], group_size)
         rows = [b for b in rows if spread[b // group_size]]
     return rows
 

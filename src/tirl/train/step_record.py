@@ -22,6 +22,7 @@ Written with the other per-step files (`tirl.jsonl.append_rows`, cut back on res
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from tirl.generation.recorded import RecordedResponse, ids_digest
@@ -76,3 +77,10 @@ def recorded_responses(row: dict[str, Any]) -> list[RecordedResponse]:
     return [RecordedResponse(row["prompts"][i // n], r["ids"], mask_from_runs(r["mask"]), r["finish"],
                              call_at_end=any(c[1] == len(r["ids"]) for c in r["calls"]))
             for i, r in enumerate(row["trajs"])]
+
+
+def write_samples(run_dir: Any, step: int, trajs: list, grades: list, k: int = 4) -> None:
+    """A few whole trajectories per step in `samples.jsonl`, for the report (all of them, with text and
+    log-probs, would be gigabytes on a big run; `trajectories.jsonl` keeps every one, compactly)."""
+    append_rows(Path(run_dir) / "samples.jsonl",
+                [{"step": step, "grade": g.to_dict(), **t.to_dict()} for t, g in list(zip(trajs, grades))[:k]])
