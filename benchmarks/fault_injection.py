@@ -54,7 +54,7 @@ def sft_model(out: Path, steps: int, seed: int) -> str:
     return train_sft(_sft_config(seeded(cfg), text_only=False, base=None), out)["model"]
 
 
-def rl_config(model: str, steps: int, seed: int, retries: int | None) -> Any:
+def rl_config(model: str, steps: int, seed: int, retries: int | None, eval_size: int) -> Any:
     from tirl.demo import DemoConfig, _rl_config, seeded
 
     demo = seeded(DemoConfig(seed=seed))
@@ -62,7 +62,7 @@ def rl_config(model: str, steps: int, seed: int, retries: int | None) -> Any:
     rollout = cfg.rollout if retries is None else dataclasses.replace(cfg.rollout, exec_retries=retries)
     return dataclasses.replace(cfg, rollout=dataclasses.replace(rollout, exec_retry_backoff_s=0.05),
                                algorithm=dataclasses.replace(cfg.algorithm, exec_penalty=PENALTY),
-                               trainer=dataclasses.replace(cfg.trainer, steps=steps, eval_every=0, eval_size=100,
+                               trainer=dataclasses.replace(cfg.trainer, steps=steps, eval_every=0, eval_size=eval_size,
                                                            save_every=0))
 
 
@@ -109,7 +109,7 @@ def run(name: str, model: str, out: Path, args: argparse.Namespace, rate: float,
     captured: list = []
     t0 = time.perf_counter()
     with injected(rate, args.seed, captured) as wrappers:
-        summary = train_rl(rl_config(model, args.steps, args.seed, retries), out / name.replace(", ", "_").replace(" ", "_"))
+        summary = train_rl(rl_config(model, args.steps, args.seed, retries, args.eval_size), out / name.replace(", ", "_").replace(" ", "_"))
     metrics = read_metrics(Path(summary["run_dir"]))
     penalised, graded = infra_penalties(captured)
 
@@ -129,6 +129,7 @@ def main() -> None:
     p.add_argument("--sft-steps", type=int, default=600, help="SFT steps when --model is not given")
     p.add_argument("--steps", type=int, default=10, help="GRPO steps per run")
     p.add_argument("--rate", type=float, default=0.1, help="share of sandbox calls failed as infrastructure")
+    p.add_argument("--eval-size", type=int, default=100, help="held-out problems evaluated at the start and end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/fault_injection")
     args = p.parse_args()
