@@ -171,6 +171,22 @@ def test_benchmarks_resolve_to_data_dir_files(tmp_path):
     assert len(load_benchmark("aime24", tmp_path, limit=1)) == 1
 
 
+def test_gsm8k_and_svamp_ship_with_tirl_and_a_data_dir_file_replaces_them(tmp_path):
+    from tirl.data.rows import PACKAGED_DIR
+    from tirl.reward import stated_number
+
+    gsm8k, svamp = load_benchmark("gsm8k"), load_benchmark("svamp")
+    assert (len(gsm8k), len(svamp)) == (1319, 1000)
+    assert (gsm8k[0].id, gsm8k[0].answer) == ("gsm8k-test-0", "18") and "ducks" in gsm8k[0].problem
+    assert all(stated_number(p.answer) is not None for p in gsm8k + svamp)  # graded by value
+    assert len(load_benchmark("svamp", tmp_path)) == 1000  # a data dir without svamp.jsonl: the shipped one
+    _write_jsonl(tmp_path / "svamp.jsonl", [{"id": "s1", "problem": "2 + 2?", "answer": "4"}])
+    assert [p.id for p in load_benchmark("svamp", tmp_path)] == ["s1"]
+    notice = (PACKAGED_DIR / "NOTICE.md").read_text()
+    assert "Copyright (c) 2021 OpenAI" in notice and "Copyright (c) 2021 Arkil Patel" in notice
+    assert sum(f.stat().st_size for f in PACKAGED_DIR.iterdir()) < 3_000_000  # the wheel stays small
+
+
 def test_missing_benchmarks_say_where_they_looked(tmp_path):
     with pytest.raises(DataError) as e:
         load_benchmark("math500", tmp_path)

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="--server prompts as token ids (exact) or text (re-tokenised by the server)")
     src.add_argument("--max-concurrency", type=int, default=32, help="requests in flight to --server (default: 32)")
     data = parser.add_argument_group("problems")
-    data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500")
+    data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500, gsm8k, svamp "
+                      "(the last two ship with tirl)")
     data.add_argument("--data", action="append", default=[],
                       help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its stem")
     data.add_argument("--data-dir", help="directory holding <benchmark>.jsonl files (default: the dataset hub)")
