@@ -43,6 +43,7 @@ CALC_CASES = {
     "wrong_final": ("48 halved?", "48/2 = <<48/2=24>>24\n#### 24", "25", "wrong_answer"),
     "algebra": ("Let x ...", "Let x be the price.\n2x = 10 so x = 5\n#### 5", "5", "no_steps"),
     "units": ("Hours?", "3 hours = <<3 hours=180>>180 minutes\n#### 180", "180", "no_steps"),
+    "floor": ("Full boxes of 10 from 560?", "560/10 = <<560//10=56>>56 boxes\n#### 56", "56", "accepted"),
 }
 EQ_CASES = {
     "two_step": ("Conner has 25000 dollars and spends 1500 a month for 8 months. How much is left?",
@@ -104,7 +105,8 @@ def test_an_equation_is_computed_innermost_first_without_eval():
     assert equation_solution("0.7 - 0.6").answer == "0.1"  # no float noise in what a solution states
     assert [c.result for c in equation_solution("(0.28 * 100) / 7").calcs] == ["28", "4"]
     assert equation_solution("-2 * -15").lines[0].text == "-2 * -15 = 30"
-    for bad in ("__import__('os')", "2 ** 10", "x + 1", "4 / (2 - 2)", "7", "[1][0] + 1"):
+    assert equation_solution("7 // 2").answer == "3"
+    for bad in ("__import__('os')", "2 ** 10", "x + 1", "4 / (2 - 2)", "4 // 0", "7", "[1][0] + 1", "7 % 2"):
         with pytest.raises(NotRewritable):
             equation_solution(bad)
 

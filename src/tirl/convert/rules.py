@@ -34,7 +34,7 @@ arithmetic) raises `NotRewritable`; the pipeline rejects it as ``no_steps``.
 
 Not covered: solutions without annotations that state their arithmetic in text only (GSM8K's ~1%
 algebra solutions: ``Let X be ...``), units or percent signs inside an annotation, operators other
-than ``+ - * /`` and unary minus.
+than ``+ - * / //`` and unary minus (no ``**``: a power tower would be computed here).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _NUMBER_IN_TEXT = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _RESULT = re.compile(r"-?(?:\d[\d,]*(?:\.\d*)?|\.\d+)")  # GSM8K writes `.4` and `1,000` too
 _OPS: dict[type, tuple[str, Callable[[Any, Any], Any]]] = {
     ast.Add: ("+", operator.add), ast.Sub: ("-", operator.sub),
-    ast.Mult: ("*", operator.mul), ast.Div: ("/", operator.truediv),
+    ast.Mult: ("*", operator.mul), ast.Div: ("/", operator.truediv), ast.FloorDiv: ("//", operator.floordiv),
 }
 
 
@@ -91,7 +91,7 @@ class Worked:
 
 # --- arithmetic, parsed and checked (never `eval`) -----------------------------------------------
 def parse_arithmetic(expr: str) -> ast.expr:
-    """The expression tree of `expr`; `NotRewritable` unless it holds only numbers, + - * /, unary
+    """The expression tree of `expr`; `NotRewritable` unless it holds only numbers, + - * / //, unary
     minus and parentheses."""
     try:
         tree = ast.parse(expr.strip(), mode="eval").body
