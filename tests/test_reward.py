@@ -216,3 +216,13 @@ def test_grade_all_keeps_order_and_equals_one_by_one():
     together = grade_all(trajs, refs, RETOOL)
     assert [g.correct for g in together] == [True, True, False, True, True, True, False, True]
     assert together == [grade_trajectory(t, r, RETOOL) for t, r in zip(trajs, refs)]
+
+
+def test_a_fresh_grading_process_is_warm_before_its_first_timed_comparison():
+    """The first comparison of a new worker used to pay for its start (an interpreter and math-verify's
+    imports, ~0.6 s idle and several seconds on a loaded machine) within `timeout_s`: graded a timeout."""
+    import tirl.reward as reward
+
+    reward.shutdown()  # a fresh pool: the next comparison starts a worker
+    g = grade_detailed("<answer>\\boxed{0.833333333333}</answer>", "0.8333333333333334", timeout_s=0.5)
+    assert g.reason == "match" and g.correct, g

@@ -47,6 +47,7 @@ CORRECT, INCORRECT = 1.0, -1.0
 INFRA_FAILED = "infra_failed"
 """`Grade.reason` of a sample the infrastructure failed (`tirl.rollout.faults`): not graded, score 0."""
 DEFAULT_TIMEOUT_S = 5.0
+WORKER_START_TIMEOUT_S = 120.0
 # A longer answer is not a final answer but a dump; refusing it keeps sympy out of trouble.
 MAX_ANSWER_CHARS = 1000
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -116,7 +117,11 @@ def _verify(reference: str, answer: str) -> bool:
 
 # --- bounded execution ---------------------------------------------------------------------------
 def _worker_main() -> None:
-    """`python -m tirl.reward --worker`: one JSON request a line in, one JSON verdict a line out."""
+    """`python -m tirl.reward --worker`: "ready" once warm, then one JSON request a line in, one JSON
+    verdict a line out."""
+    _verify("1/2", "0.5")  # imports math-verify, sympy and its parsers: seconds that are not a comparison's
+    sys.stdout.write(json.dumps("ready") + "\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         reference, answer = json.loads(line)
         try:
@@ -139,6 +144,14 @@ class _Worker:
             text=True,
             bufsize=1,
         )
+        # The start (an interpreter, math-verify's imports) is waited for here, not charged to the first
+        # comparison's `timeout_s`: on a loaded machine it takes longer than the timeout, and every
+        # fresh worker's first answer was graded a timeout (6 of 3,126 rule-converted MAWPS traces).
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], WORKER_START_TIMEOUT_S)
+        if not ready or json.loads(self.proc.stdout.readline() or "null") != "ready":
+            self.kill()
+            raise OSError(f"a grading process did not start within {WORKER_START_TIMEOUT_S:.0f} s")
 
     def ask(self, reference: str, answer: str, timeout_s: float) -> tuple[str, Any] | None:
         assert self.proc.stdin and self.proc.stdout
