@@ -62,6 +62,10 @@ class RecipeConfig:
     """The four training stages' configs (`tirl sft` / `tirl train`); data and model paths are set here."""
     overrides: list[str] = field(default_factory=list)
     """key=value for all four training stages (e.g. `trainer.device=cuda`)."""
+    sft_overrides: list[str] = field(default_factory=list)
+    """key=value for the two SFT stages only (e.g. `trainer.steps=2` in a smoke run)."""
+    rl_overrides: list[str] = field(default_factory=list)
+    """key=value for the two RL stages only (e.g. `rollout.n=2`)."""
     benchmark: str = "svamp"
     """The test benchmark (`tirl eval --benchmark`), used by the last stage only."""
     eval_flags: list[str] = field(default_factory=lambda: ["--max-tokens", "256"])
@@ -139,11 +143,13 @@ def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
     steps = []
     for arm, sft_cfg in (("code", cfg.code_sft), ("text", cfg.text_sft)):
         steps.append(Step("sft", run_dir / f"{arm}_sft", ["sft", sft_cfg, f"data.train={data}/sft_{arm}.jsonl",
-                                                          f"data.eval={data}/dev_{arm}.jsonl", *cfg.overrides]))
+                                                          f"data.eval={data}/dev_{arm}.jsonl", *cfg.overrides,
+                                                          *cfg.sft_overrides]))
     for arm, rl_cfg in (("code", cfg.code_rl), ("text", cfg.text_rl)):
         steps.append(Step("rl", run_dir / f"{arm}_rl", ["train", rl_cfg, f"model.path={run_dir}/{arm}_sft/model",
                                                         f"data.train={data}/train.jsonl",
-                                                        f"data.test={data}/dev.jsonl", *cfg.overrides]))
+                                                        f"data.test={data}/dev.jsonl", *cfg.overrides,
+                                                        *cfg.rl_overrides]))
     return steps
 
 
