@@ -4,8 +4,8 @@ resolution and its error messages, settings checks, and the command through a su
 from __future__ import annotations
 
 import dataclasses
-
 import json
+import math
 import os
 import signal
 import subprocess
@@ -87,6 +87,40 @@ def test_scores_match_hand_computed_values(tiny_tokenizer, tmp_path):
     rows = {r["problem_id"]: r for r in map(json.loads, (tmp_path / "run" / "problems.jsonl").read_text().splitlines())}
     assert rows["p1"]["majority_answer"] == "9800" and rows["p1"]["majority_correct"] is False
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["benchmarks"]["toy"]["maj@4"] == 0.75
+
+
+def test_without_the_tool_no_code_runs_and_the_answer_must_be_the_models_own(tiny_tokenizer, tmp_path):
+    from tirl.eval import without_tool
+    from tirl.eval.summary import tool_comparison
+    from tirl.eval.table import render_comparison
+
+    problems = [Problem(f"p{i}", q, a) for i, (q, a) in enumerate(ANSWERS.items())]
+    cfg = eval_cfg(n=4, max_tokens=128)
+    runs = {}
+    for mode, run_cfg in (("on", cfg), ("off", without_tool(cfg))):
+        sandbox = FakeSandbox()
+        runs[mode] = evaluate(ByProblemGenerator(tiny_tokenizer, SCRIPTS), tiny_tokenizer, sandbox,
+                              {"toy": problems}, run_cfg, tmp_path / mode, model_id="scripted", show=False)
+        runs[mode + "_codes"] = sandbox.codes
+    assert runs["off_codes"] == [] and len(runs["on_codes"]) == 3
+    on, off = runs["on"]["benchmarks"]["toy"], runs["off"]["benchmarks"]["toy"]
+    # Without the tool both code samples end at their first block, with no answer: 7 -> 5 correct of 16.
+    assert on["avg@4"] == pytest.approx(7 / 16) and off["avg@4"] == pytest.approx(5 / 16)
+    assert off["tool/cap_hit_ratio"] == pytest.approx(2 / 16) and off["response/finish/tool_cap"] == pytest.approx(2 / 16)
+    # With it: 3 calls in all (one failed, then fixed), all in correct samples; 7 correct samples.
+    assert on["tool/calls_per_correct"] == pytest.approx(3 / 7) and off["tool/calls_per_correct"] == 0
+    assert on["response/interpreter_share"] > 0 and off["response/interpreter_share"] == 0
+    c = tool_comparison(runs["on"], runs["off"])
+    assert c["benchmarks"]["toy"]["on"]["accuracy"] == pytest.approx(7 / 16)
+    assert c["benchmarks"]["toy"]["on"]["tool_error_rate"] == pytest.approx(1 / 3)
+    assert math.isnan(c["benchmarks"]["toy"]["off"]["tool_error_rate"])  # nothing ran: undefined, not 0
+    assert c["overall"]["off"]["blocked_ratio"] == pytest.approx(2 / 16)
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    render_comparison(c, console=console)
+    text = console.export_text()
+    assert "tool err%" in text and "33.3" in text and "43.8" in text and "31.2" in text
 
 
 def test_same_scores_whatever_the_batch_size(tiny_tokenizer, tmp_path):
@@ -171,6 +205,22 @@ def test_benchmarks_resolve_to_data_dir_files(tmp_path):
     assert len(load_benchmark("aime24", tmp_path, limit=1)) == 1
 
 
+def test_gsm8k_and_svamp_ship_with_tirl_and_a_data_dir_file_replaces_them(tmp_path):
+    from tirl.data.rows import PACKAGED_DIR
+    from tirl.reward import stated_number
+
+    gsm8k, svamp = load_benchmark("gsm8k"), load_benchmark("svamp")
+    assert (len(gsm8k), len(svamp)) == (1319, 1000)
+    assert (gsm8k[0].id, gsm8k[0].answer) == ("gsm8k-test-0", "18") and "ducks" in gsm8k[0].problem
+    assert all(stated_number(p.answer) is not None for p in gsm8k + svamp)  # graded by value
+    assert len(load_benchmark("svamp", tmp_path)) == 1000  # a data dir without svamp.jsonl: the shipped one
+    _write_jsonl(tmp_path / "svamp.jsonl", [{"id": "s1", "problem": "2 + 2?", "answer": "4"}])
+    assert [p.id for p in load_benchmark("svamp", tmp_path)] == ["s1"]
+    notice = (PACKAGED_DIR / "NOTICE.md").read_text()
+    assert "Copyright (c) 2021 OpenAI" in notice and "Copyright (c) 2021 Arkil Patel" in notice
+    assert sum(f.stat().st_size for f in PACKAGED_DIR.iterdir()) < 3_000_000  # the wheel stays small
+
+
 def test_missing_benchmarks_say_where_they_looked(tmp_path):
     with pytest.raises(DataError) as e:
         load_benchmark("math500", tmp_path)
@@ -202,6 +252,24 @@ def test_cli_eval_smoke_and_resume(tiny_model_dir, tmp_path):  # noqa: F811
     again = _tirl(*args)
     assert again.returncode == 0 and "6 samples resumed" in again.stdout
     assert len((tmp_path / "run" / "samples.jsonl").read_text().splitlines()) == 6
+
+
+def test_cli_eval_with_and_without_the_tool(tiny_model_dir, tmp_path):  # noqa: F811
+    rows, _ = resume_scripts(2)
+    data = _write_jsonl(tmp_path / "mini.jsonl", rows)
+    r = _tirl("eval", "--model", str(tiny_model_dir), "--data", str(data), "--max-tokens", "8", "--threads", "1",
+              "--tool", "both", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "with and without the tool" in r.stdout and "comparison.json" in r.stdout
+    off = json.loads((tmp_path / "run" / "tool_off" / "summary.json").read_text())
+    assert off["settings"]["rollout"]["max_tool_calls"] == 0 and off["settings"]["rollout"]["on_tool_cap"] == "stop"
+    on = json.loads((tmp_path / "run" / "tool_on" / "summary.json").read_text())
+    assert on["settings"]["rollout"]["max_tool_calls"] == 8
+    comparison = json.loads((tmp_path / "run" / "comparison.json").read_text())
+    assert set(comparison["benchmarks"]["mini"]) == {"on", "off"} and "interpreter_share" in comparison["overall"]["on"]
+    bad = _tirl("eval", "--model", str(tiny_model_dir), "--data", str(data), "--tool", "off", "--max-tool-calls", "2",
+                "--run-dir", str(tmp_path / "run2"))
+    assert bad.returncode == 2 and "drop --max-tool-calls" in bad.stderr
 
 
 def test_cli_eval_errors_are_clear(tiny_model_dir, tmp_path):  # noqa: F811

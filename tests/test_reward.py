@@ -175,8 +175,32 @@ def test_non_integer_answers_still_reach_math_verify(monkeypatch):
     real = reward._bounded_verify
     monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: asked.append(a) or real(*a, **k))
     assert grade("\\boxed{1000}", "10^{3}") == 1.0
-    assert grade("\\boxed{1,000}", "1000") == 1.0
-    assert len(asked) == 2
+    assert grade("\\boxed{\\frac{2}{4}}", "0.5") == 1.0
+    assert grade("\\boxed{51\\%}", "0.5") == -1.0  # a stated number unequal to the reference: math-verify decides
+    assert len(asked) == 3
+
+
+# GSM8K / SVAMP: a numeric reference and the ways a model states that number.
+NUMERIC_SAME = [("$1,234.00", "1234"), ("1,234", "1234"), ("18 dollars", "18"), ("\\$18", "18"),
+                ("18\\text{ dollars}", "18"), ("\\text{18 dollars}", "18"), ("18.0", "18"), ("$18.50", "18.5"),
+                ("2.50", "2.5"), ("1,000,000", "1000000"), ("12{,}345", "12345"), ("18 dollars.", "18"),
+                ("-.5", "-0.5"), ("$ 70,000", "70000"), ("72 clips", "72"), ("5 %", "5"), ("\\$0.25", ".25")]
+NUMERIC_DIFFERENT = [("18 dollars", "19"), ("1,234", "1.234"), ("12", "1.2"), ("5i", "5"), ("5 apples and 3 pears", "5"),
+                     ("1,23", "123"), ("$18.51", "18.5"), ("-18", "18"), ("180 minutes", "3")]
+
+
+@pytest.mark.parametrize("answer,reference", NUMERIC_SAME)
+def test_a_stated_number_equals_a_numeric_reference_without_math_verify(answer, reference, monkeypatch):
+    import tirl.reward as reward
+
+    monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: pytest.fail("math-verify was asked"))
+    g = grade_detailed(f"<answer>\\boxed{{{answer}}}</answer>", reference)
+    assert g.correct, g
+
+
+@pytest.mark.parametrize("answer,reference", NUMERIC_DIFFERENT)
+def test_other_numbers_and_non_numbers_are_not_a_numeric_match(answer, reference):
+    assert not grade_detailed(f"<answer>\\boxed{{{answer}}}</answer>", reference).correct
 
 
 def test_grade_all_keeps_order_and_equals_one_by_one():
@@ -192,3 +216,13 @@ def test_grade_all_keeps_order_and_equals_one_by_one():
     together = grade_all(trajs, refs, RETOOL)
     assert [g.correct for g in together] == [True, True, False, True, True, True, False, True]
     assert together == [grade_trajectory(t, r, RETOOL) for t, r in zip(trajs, refs)]
+
+
+def test_a_fresh_grading_process_is_warm_before_its_first_timed_comparison():
+    """The first comparison of a new worker used to pay for its start (an interpreter and math-verify's
+    imports, ~0.6 s idle and several seconds on a loaded machine) within `timeout_s`: graded a timeout."""
+    import tirl.reward as reward
+
+    reward.shutdown()  # a fresh pool: the next comparison starts a worker
+    g = grade_detailed("<answer>\\boxed{0.833333333333}</answer>", "0.8333333333333334", timeout_s=0.5)
+    assert g.reason == "match" and g.correct, g

@@ -23,6 +23,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "demo": Command("train a tiny model from nothing to tool use on CPU: SFT, RL with the sandbox, "
                     "evaluation, report", "tirl.demo"),
+    "recipe": Command("the ReTool comparison on real word problems (SVAMP, GSM8K): rule-based traces, SFT and RL "
+                      "with and without the tool, test", "tirl.recipe"),
     "sft": Command("cold-start supervised fine-tuning on code-integrated traces", "tirl.train.commands:sft"),
     "train": Command("RL with interleaved code execution (GRPO, PPO, RLOO)", "tirl.train.commands:train"),
     "replay": Command("play a recorded RL step again from its tokens and executions; check grades and "

@@ -50,3 +50,5 @@ def test_interpreter_tokens_count_in_length_not_in_sampled_length():
     t.loss_mask[4:6] = [0, 0]
     m = tool_metrics([t])
     assert m["response/length_mean"] == 10 and m["response/sampled_length_mean"] == 8
+    m = tool_metrics([t, traj(30)])
+    assert m["response/interpreter_share"] == 2 / 40  # token-weighted over the batch, not a mean of ratios

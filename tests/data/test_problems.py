@@ -174,3 +174,12 @@ def test_build_prompt_plain_and_chat():
     assert build_prompt(prob, RETOOL, _ChatTok(), use_chat_template=False) == build_prompt(prob, RETOOL)
     with pytest.raises(ValueError, match="no chat template"):
         build_prompt(prob, RETOOL, None, use_chat_template=True)
+
+
+def test_shipped_data_by_name():
+    """`tirl:NAME` reads a data file shipped in the package, wherever it is installed."""
+    problems = load_problems("tirl:mawps_asdiv_train", limit=3)
+    assert [p.id for p in problems] == ["mawps-asdiv-a-0", "mawps-asdiv-a-1", "mawps-asdiv-a-2"]
+    assert problems[0].extra["equation"] == "56 * 9" and problems[0].answer == "504"
+    with pytest.raises(DataError, match="tirl:nope: no such shipped data file; shipped: tirl:gsm8k_test"):
+        load_problems("tirl:nope")

@@ -3,6 +3,8 @@
 `tool_metrics(trajectories)` -> dict of namespaced floats:
 
 * `response/length_mean` — response tokens (sampled + interpreter), and `response/sampled_length_mean`;
+* `response/interpreter_share` — share of all response tokens that the harness injected (interpreter
+  output and its tags, the empty-code and tool-cap messages: mask 0), over the batch's tokens;
 * `response/length_cap_ratio` — share that ran out of budget (`finish_reason == "length"`);
 * `response/finish/<reason>` — share per finish reason (`answer`, `eos`, `length`, `tool_cap`);
 * `tool/code_ratio` — share of responses with at least one code call (empty blocks count: code was written);
@@ -72,6 +74,7 @@ def tool_metrics(trajectories: Iterable[Any]) -> dict[str, float]:
     m = {
         "response/length_mean": _mean([float(x) for x in lengths]),
         "response/sampled_length_mean": _mean([float(x) for x in sampled]),
+        "response/interpreter_share": (sum(lengths) - sum(sampled)) / sum(lengths) if sum(lengths) else NAN,
         "response/length_cap_ratio": _mean([float(x) for x in at_cap]),
         "tool/code_ratio": _mean([float(bool(cs)) for cs in calls]),
         "tool/calls_mean": _mean([float(len(cs)) for cs in calls]),

@@ -6,8 +6,13 @@
 For each problem (`problem`, `solution`, `answer`, optional `id`) an LLM is asked (`tirl.convert.prompt`) to
 move the computation of the solution into code blocks in the chosen tag style. The rewrite is then
 verified, which is what makes the data trustworthy; a trace is accepted only if every check passes.
+With `rules` set there is no LLM: `tirl.convert.rules` writes the trace from the solution's own marked
+steps (GSM8K's calculator annotations, or one arithmetic expression per problem), each stated result
+as the written output, and the same checks verify it; the text-only twin of every accepted item goes to
+`accepted_text.jsonl` (the baseline arm's SFT data, on the same problems).
 
 Checks, in order; the first that fails is the rejection `reason` (short code) with a `detail`:
+* `no_steps` — (rules) the solution has no step the rules can turn into code.
 * `truncated` — the LLM hit its token budget.
 * `format` — unbalanced or stray tags (the `tirl.data.traces` parser), an empty code block, an
   unclosed `<code>`, no answer after the last code block or more than one `<answer>` (ReTool style),
@@ -24,8 +29,10 @@ Checks, in order; the first that fails is the rejection `reason` (short code) wi
   occur in the real output (equal as a decimal, or equal after rounding the real one to the written
   number of decimals: `3.14` matches `3.14159`); a written error where the code really ran is a
   mismatch too. Text differences (wording, spacing, order) are repaired, since the real output
-  replaces the written one. Rule `exact`: whitespace-normalised text must be equal. Rule `none`:
-  always replace. A block with no written output gets the real one inserted (nothing to compare).
+  replaces the written one. Rule `values` (the default with `rules`): the written and real outputs
+  hold the same numbers in the same order, equal up to float noise (relative 1e-9), so `24` matches
+  `24.0` but a rounded `33.33` does not match `33.333333333333336`. Rule `exact`: whitespace-normalised
+  text must be equal. Rule `none`: always replace. A block with no written output gets the real one inserted (nothing to compare).
 * `wrong_answer` — the final answer does not match the reference (`tirl.reward.grade_detailed`).
 
 Execution (`exec_mode`): `fresh` (default) runs every block as a separate program, as `tirl.rollout`
@@ -38,7 +45,8 @@ Outputs are rendered as the rollout renders them (`format_exec_result` with `err
 at `max_output_chars`), so SFT teaches what RL will show.
 
 Files in the run directory: `accepted.jsonl` (ReTool-SFT rows: `messages` = [system, user problem,
-assistant trace], `answer`, `convert` stats; `tirl.data.load_traces` reads them), `rejected.jsonl`
+assistant trace], `answer`, `convert` stats; `tirl.data.load_traces` reads them), with `rules`
+`accepted_text.jsonl` (the same rows with the text-only twin, `convert.text_twin` true), `rejected.jsonl`
 (`id`, `reason`, `detail`, the problem and the raw rewrite), `summary.json` (counts by reason over
 both files, and this run's throughput), `settings.json` (the settings that decide acceptance; a
 re-run with other ones is refused rather than mixing two rules in one file). Every record is
@@ -51,6 +59,6 @@ really does the computation (a trace may print a hard-coded number), multi-turn 
 the real output back to the LLM.
 
 Modules: `config` (`ConvertConfig`), `items` (the input rows), `prompt` (what the LLM is asked),
-`llm` (who rewrites), `verify` (the checks on one rewrite), `pipeline` (the run directory and the
+`llm` (who rewrites), `rules` (rewriting without an LLM), `verify` (the checks on one rewrite), `pipeline` (the run directory and the
 loop), `command` (`tirl convert`). Nothing is imported here, so the command's `--help` stays light.
 """

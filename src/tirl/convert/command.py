@@ -1,8 +1,9 @@
-"""`tirl convert [CONFIG] [key=value ...] --input FILE (--server URL --model-name NAME | --model PATH) --run-dir DIR`.
+"""`tirl convert [CONFIG] [key=value ...] --input FILE (--server URL --model-name NAME | --model PATH | --rules R) --run-dir DIR`.
 
 Settings come from `ConvertConfig` defaults, then the YAML file, then dotted overrides, then the flags
 below (a flag given on the command line wins). Builds the rewriter (`ChatRewriter` for a server,
-`GeneratorRewriter` over `HFGenerator` for a local model), a local sandbox (or `--sandbox-url`), and
+`GeneratorRewriter` over `HFGenerator` for a local model, `RuleRewriter` for `rules`), a local sandbox
+(or `--sandbox-url`), and
 runs `tirl.convert.pipeline.convert_async` with a progress bar. Re-running the same command continues.
 """
 
@@ -17,14 +18,15 @@ from typing import Any
 
 FLAG_FIELDS = ("input", "style", "exec_mode", "output_check", "concurrency", "limit", "temperature",
                "max_tokens", "seed", "problem_field", "solution_field", "answer_field", "id_field",
-               "exec_timeout_s", "skip_invalid")
+               "exec_timeout_s", "skip_invalid", "rules", "layout", "number_format")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tirl.config import add_config_arguments, add_model_arguments
 
     parser.description = (
-        "Rewrite text-only solutions into code-integrated SFT traces with an LLM, run every code block in the "
+        "Rewrite text-only solutions into code-integrated SFT traces with an LLM (or by rules from GSM8K's "
+        "calculator annotations or a per-problem equation: --rules), run every code block in the "
         "sandbox, put the real outputs in, and keep only traces whose outputs, format and final answer check "
         "out: accepted.jsonl (for tirl sft), rejected.jsonl (with reasons), summary.json. Resumable.")
     add_config_arguments(parser)
@@ -34,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--api-key-env", help="name of an environment variable holding the --server API key")
     llm.add_argument("--model", help="local transformers model directory (or .gguf) generating in-process")
     add_model_arguments(llm)
+    llm.add_argument("--rules", choices=["calculator", "equation"],
+                     help="no LLM: rewrite by rules, GSM8K's <<expr=result>> annotations (calculator) or one "
+                          "arithmetic expression per problem (equation, with --solution-field equation); also "
+                          "writes accepted_text.jsonl, the text-only twins")
+    llm.add_argument("--layout", choices=["step", "program"], help="rules: one code call per calculation (step, "
+                     "default) or one program per problem")
+    llm.add_argument("--number-format", choices=["repr", "plain"], help="rules: outputs as Python prints them "
+                     "(repr, default: 24.0) or float results printed with :.12g (plain: 24)")
     data = parser.add_argument_group("input and checks (flags override the config)")
     data.add_argument("--input", help="problems with solutions: .jsonl, .json, .parquet or a dataset")
     data.add_argument("--problem-field")
@@ -45,8 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--style", choices=["retool", "torl"], help="tag style of the traces (default: retool)")
     data.add_argument("--exec-mode", choices=["fresh", "session"], help="blocks as fresh programs (default) "
                       "or one session")
-    data.add_argument("--output-check", choices=["numbers", "exact", "none"],
-                      help="written vs real output rule (default: numbers)")
+    data.add_argument("--output-check", choices=["numbers", "values", "exact", "none"],
+                      help="written vs real output rule (default: numbers; values with --rules)")
     data.add_argument("--exec-timeout-s", type=float, help="seconds per code block (default: 10)")
     data.add_argument("--sandbox-url", help="a `tirl sandbox serve` / SandboxFusion server instead of a local sandbox")
     gen = parser.add_argument_group("sampling")
@@ -66,9 +76,15 @@ def make_config(args: argparse.Namespace) -> Any:
     return command_config(ConvertConfig, args, {name: name for name in FLAG_FIELDS})
 
 
-def make_rewriter(args: argparse.Namespace, cfg: Any) -> tuple[Any, str]:
+def make_rewriter(args: argparse.Namespace, cfg: Any, items: list[Any]) -> tuple[Any, str]:
     from tirl.convert.llm import ChatRewriter, GeneratorRewriter
 
+    if cfg.rules:
+        from tirl.convert.rules import RuleRewriter
+        from tirl.formats import get_style
+
+        rw = RuleRewriter(items, cfg.rules, get_style(cfg.style), cfg.layout, cfg.number_format)
+        return rw, f"rules:{cfg.rules}/{cfg.layout}/{cfg.number_format}"
     if args.server:
         if not args.model_name:
             raise ValueError("--server needs --model-name (the model the server serves)")
@@ -103,16 +119,16 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.convert.pipeline import convert_async
     from tirl.progress import progress
 
-    if bool(args.server) == bool(args.model):
-        raise UserError("give exactly one of --server URL (with --model-name) and --model PATH")
     try:
         cfg = make_config(args)
+        if (bool(args.server) + bool(args.model) + bool(cfg.rules)) != 1:
+            raise UserError("give exactly one of --server URL (with --model-name), --model PATH and --rules")
         items = load_items(cfg)
     except ValueError as e:  # ConfigError and DataError are ValueErrors too
         raise UserError(str(e)) from None
     sandbox = rewriter = None
     try:
-        rewriter, model_id = make_rewriter(args, cfg)
+        rewriter, model_id = make_rewriter(args, cfg, items)
         if args.sandbox_url:
             from tirl.sandbox import HttpSandbox
 
@@ -132,7 +148,8 @@ def _run(args: argparse.Namespace) -> int:
             async def go() -> dict:
                 try:
                     return await convert_async(cfg, rewriter, sandbox, args.run_dir, items=items,
-                                               on_item=on_item, model_id=model_id)
+                                               on_item=on_item, model_id=model_id,
+                                               twin=rewriter.text_twin if cfg.rules else None)
                 finally:
                     await rewriter.aclose()
 
@@ -143,7 +160,8 @@ def _run(args: argparse.Namespace) -> int:
         if sandbox is not None:
             sandbox.close()
     print(json.dumps(summary, indent=2))
-    print(f"accepted: {Path(args.run_dir) / 'accepted.jsonl'}; rejected: {Path(args.run_dir) / 'rejected.jsonl'}")
+    print(f"accepted: {Path(args.run_dir) / 'accepted.jsonl'}; rejected: {Path(args.run_dir) / 'rejected.jsonl'}"
+          + (f"; text twins: {Path(args.run_dir) / 'accepted_text.jsonl'}" if cfg.rules else ""))
     this_run = summary.get("this_run", {})
     failed = sum(this_run.get("infra_errors", {}).values())
     if failed and this_run.get("processed", 0) == 0:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REASONS = ("truncated", "format", "no_code", "no_answer", "code_error", "output_mismatch", "wrong_answer")
-OUTPUT_CHECKS = ("numbers", "exact", "none")
+REASONS = ("no_steps", "truncated", "format", "no_code", "no_answer", "code_error", "output_mismatch",
+           "wrong_answer")
+OUTPUT_CHECKS = ("numbers", "values", "exact", "none")
 EXEC_MODES = ("fresh", "session")
 
 
@@ -33,8 +34,26 @@ class ConvertConfig:
     """Tag style of the traces (`retool` or `torl`): the style `tirl sft` will train."""
     exec_mode: str = "fresh"
     """`fresh`: each block its own program, as the rollout runs them; `session`: globals persist."""
-    output_check: str = "numbers"
-    """How written outputs are compared with real ones: `numbers`, `exact` or `none` (module docstring)."""
+    output_check: str | None = None
+    """How written outputs are compared with real ones: `numbers`, `values`, `exact` or `none` (module
+    docstring); None = `numbers` for an LLM's rewrite, `values` for `rules` (every output must equal the
+    solution's stated result)."""
+    rules: str = ""
+    """Rewrite by rules instead of an LLM (`tirl.convert.rules`): `calculator` (GSM8K's `<<48/2=24>>`
+    annotations) or `equation` (the solution field holds one arithmetic expression, e.g. MAWPS's
+    `equation`); "" = the LLM rewrite. Rules also write `accepted_text.jsonl`, the text-only twins."""
+    layout: str = "step"
+    """Rules only: `step` = one code call per calculation; `program` = one program per problem."""
+    number_format: str = "repr"
+    """Rules only: `repr` = outputs as Python prints them (24.0 after a division); `plain` = a
+    calculation that may give a float is printed with `:.12g` (24, 0.3)."""
+
+    @property
+    def check(self) -> str:
+        """The output check in force (`output_check`, or its default for the rewriter in use)."""
+        if self.output_check is not None:
+            return self.output_check
+        return "values" if self.rules else "numbers"
     min_code_blocks: int = 1
     """A trace with fewer code blocks teaches nothing about tools."""
     exec_timeout_s: float = 10.0

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tirl.convert.config import ConvertConfig
-from tirl.data.rows import DataError, collect, is_local_source, iter_rows
+from tirl.data.rows import DataError, collect, is_local_source, iter_rows, packaged
 from tirl.formats import extract_boxed
 
 
@@ -27,7 +27,7 @@ def load_items(cfg: ConvertConfig) -> list[Item]:
     source = cfg.input
     if not source:
         raise DataError("no input given (--input FILE or input=FILE)")
-    stem = Path(source).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
+    stem = Path(packaged(source)).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
     seen: dict[str, str] = {}
 
     def text(row: dict[str, Any], name: str) -> str:

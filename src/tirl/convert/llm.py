@@ -14,7 +14,8 @@
   a lock (an in-process model is one batch at a time; requests of concurrent items queue).
 
 `finish` is `"stop"` or `"length"` (the rewrite hit the token budget; the pipeline rejects it as
-`truncated`).
+`truncated`). A rewriter that can never rewrite an item (the rule-based one of `tirl.convert.rules`, on
+a solution without steps) raises `NotRewritable`: the item is rejected as `no_steps`, not retried.
 
 Not covered: streaming, function calling, batching several items into one `HFGenerator` call.
 """
@@ -30,6 +31,10 @@ from tirl.http_client import HTTPRejected, HTTPUnavailable, request_json
 
 class RewriteError(RuntimeError):
     """The LLM could not be asked (unreachable, kept failing, refused the request)."""
+
+
+class NotRewritable(ValueError):
+    """This item cannot be rewritten, whatever the retries (rejected as `no_steps`)."""
 
 
 class Rewriter(Protocol):

@@ -50,9 +50,20 @@ def _matches(written: Decimal, real: list[Decimal]) -> bool:
     return False
 
 
+def _same_value(written: Decimal, real: Decimal) -> bool:
+    # Float noise only (0.1 * 3 prints 0.30000000000000004): a relative 1e-9 is far below any rounding
+    # a solution writes (cents, thirds), so a rounded or wrong stated result is still a mismatch.
+    return abs(written - real) <= Decimal("1e-9") * max(Decimal(1), abs(real))
+
+
 def output_disagreement(written: str, real: str, rule: str) -> str | None:
     """Why `written` (the trace's output of a successful block) disagrees with `real`, or None."""
     if rule == "none":
+        return None
+    if rule == "values":
+        w, r = numbers(written), numbers(real)
+        if len(w) != len(r) or not all(_same_value(a, b) for a, b in zip(w, r)):
+            return f"stated {written[:80]!r} != real {real[:80]!r}"
         return None
     if rule == "exact":
         same = " ".join(written.split()) == " ".join(real.split())
@@ -160,7 +171,7 @@ async def verify(text: str, finish: str, reference: str, style: TagStyle, cfg: C
         elif w is None:
             stats["outputs_added"] += 1
         else:
-            why = output_disagreement(w, res.stdout, cfg.output_check)
+            why = output_disagreement(w, res.stdout, cfg.check)
             if why is not None:
                 return Verdict("output_mismatch", f"block {k}: {why}")
             stats["outputs_replaced"] += int(w.strip() != real.strip())

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows
+from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows, packaged
 from tirl.formats import TagStyle, plain_prompt, problem_prompt
 
 
@@ -115,7 +115,7 @@ def raw_rows_by_id(source: str | os.PathLike, *, id_field: str = "id", split: st
 
 
 def _stem(source: str | os.PathLike) -> str:
-    return Path(source).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
+    return Path(packaged(source)).stem if is_local_source(source) else str(source).rstrip("/").split("/")[-1]
 
 
 def _problem_id(row: dict[str, Any], id_field: str, stem: str, index: int) -> str:

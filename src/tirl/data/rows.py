@@ -10,6 +10,9 @@ applies one policy (refuse, or skip and count) to every kind of bad row.
 rows and how many there are; with `skip_invalid=True` it drops them, logs the count, and returns a
 `Loaded` list whose `.skipped` holds every reason.
 
+A source `tirl:NAME` is a data file shipped in the package (`tirl/data/benchmarks/NAME.jsonl`, e.g.
+`tirl:mawps_asdiv_train`), so configs name it without a path into site-packages.
+
 Simplifications: files are read whole (a JSON file must fit in memory; JSONL and Parquet stream).
 Not covered: compressed files (`.jsonl.gz`), CSV, remote URLs (a hub dataset name goes through
 `datasets.load_dataset`, which handles those).
@@ -52,9 +55,28 @@ class Loaded(list):
         self.skipped = list(skipped or [])
 
 
+PACKAGED_PREFIX = "tirl:"
+PACKAGED_DIR = Path(__file__).resolve().parent / "benchmarks"
+"""Data files shipped with tirl (GSM8K test, SVAMP, MAWPS + ASDiv-A train; licences in NOTICE.md there)."""
+
+
+def packaged(source: str | os.PathLike) -> str | os.PathLike:
+    """`tirl:NAME` -> the shipped file `NAME.jsonl` (a DataError naming the shipped ones if absent);
+    any other source unchanged."""
+    text = str(source)
+    if not text.startswith(PACKAGED_PREFIX):
+        return source
+    path = PACKAGED_DIR / f"{text[len(PACKAGED_PREFIX):]}.jsonl"
+    if not path.exists():
+        known = ", ".join(PACKAGED_PREFIX + p.stem for p in sorted(PACKAGED_DIR.glob("*.jsonl")))
+        raise DataError(f"{text}: no such shipped data file; shipped: {known}")
+    return path
+
+
 def is_local_source(source: str | os.PathLike) -> bool:
-    """True when `source` names a local file or directory (existing, or with a data-file suffix)."""
-    p = Path(source)
+    """True when `source` names a local file or directory (existing, or with a data-file suffix), or a
+    shipped one (`tirl:NAME`)."""
+    p = Path(packaged(source))
     return p.exists() or p.suffix.lower() in FILE_SUFFIXES
 
 
@@ -66,6 +88,7 @@ def iter_rows(
     `split` and `subset` (the dataset configuration name) apply to hub datasets and saved
     `datasets` directories only.
     """
+    source = packaged(source)
     p = Path(source)
     if is_local_source(source):
         if not p.exists():

@@ -3,6 +3,8 @@
 Builds the generator (in-process transformers, or an OpenAI-compatible server), a sandbox that is
 started only when the first code block needs it, loads the benchmarks, and runs `tirl.eval.evaluate`
 (resumable: re-run the same command to continue). Prints the score table; files go to --run-dir.
+`--tool off` runs no code (`tirl.eval.without_tool`); `--tool both` evaluates with and without it into
+`tool_on/` and `tool_off/` and prints them side by side (`comparison.json`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="--server prompts as token ids (exact) or text (re-tokenised by the server)")
     src.add_argument("--max-concurrency", type=int, default=32, help="requests in flight to --server (default: 32)")
     data = parser.add_argument_group("problems")
-    data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500")
+    data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500, gsm8k, svamp "
+                      "(the last two ship with tirl)")
     data.add_argument("--data", action="append", default=[],
                       help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its stem")
     data.add_argument("--data-dir", help="directory holding <benchmark>.jsonl files (default: the dataset hub)")
@@ -61,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=S, help="(default: 0)")
     s.add_argument("--batch-size", type=int, default=S, help="samples generated together (default: 16)")
     s.add_argument("--lenient", action="store_true", default=S, help="grade the last number when no \\boxed{} is found")
+    s.add_argument("--tool", choices=["on", "off", "both"], default="on",
+                   help="off: no code is run, a closed code block ends the response and the answer must come "
+                        "from the model's own text; both: each benchmark with and without the tool, into "
+                        "RUN_DIR/tool_on and RUN_DIR/tool_off, and the two side by side (comparison.json)")
     s.add_argument("--sandbox-url", help="use a `tirl sandbox serve` / SandboxFusion server instead of a local sandbox")
     s.add_argument("--exec-timeout", type=float, default=S, help="seconds per code call (default: sandbox's 10)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
@@ -184,19 +191,43 @@ def _run(args: argparse.Namespace) -> int:
     problems = load_all(args)
     set_threads(args.threads)
     quiet_transformers()
+    if args.tool != "on" and hasattr(args, "max_tool_calls"):
+        raise UserError(f"--tool {args.tool} decides the tool calls; drop --max-tool-calls")
+    runs = tool_runs(args.tool, cfg, Path(args.run_dir))
     sandbox = LazySandbox(args.sandbox_url)
     gen = None
+    summaries = {}
     try:
         with loading("model", args.model or args.server):
             gen, tok, model_id = make_generator(args)
-        summary = evaluate(gen, tok, sandbox, problems, cfg, args.run_dir, model_id=model_id)
+        for mode, (run_cfg, run_dir) in runs.items():
+            summaries[mode] = evaluate(gen, tok, sandbox, problems, run_cfg, run_dir, model_id=model_id)
+            render_table(summaries[mode])
+            print(f"samples: {run_dir / 'samples.jsonl'}; summary: {run_dir / 'summary.json'}"
+                  + (f" ({summaries[mode]['resumed_samples']} samples resumed)"
+                     if summaries[mode]["resumed_samples"] else ""))
     except (ValueError, ServerError, OSError) as e:  # settings mismatch, 4xx, unreachable server, bad path
         raise UserError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
     finally:
         sandbox.close()
         if gen is not None and hasattr(gen, "close"):
             gen.close()
-    render_table(summary)
-    print(f"samples: {Path(args.run_dir) / 'samples.jsonl'}; summary: {Path(args.run_dir) / 'summary.json'}"
-          + (f" ({summary['resumed_samples']} samples resumed)" if summary["resumed_samples"] else ""))
+    if len(summaries) == 2:
+        from tirl.eval.summary import tool_comparison
+        from tirl.eval.table import render_comparison
+        from tirl.jsonl import write_json
+
+        comparison = tool_comparison(summaries["on"], summaries["off"])
+        write_json(Path(args.run_dir) / "comparison.json", comparison)
+        render_comparison(comparison)
+        print(f"comparison: {Path(args.run_dir) / 'comparison.json'}")
     return 0
+
+
+def tool_runs(tool: str, cfg: Any, run_dir: Path) -> dict[str, tuple[Any, Path]]:
+    """{"on" / "off": (its config, its run directory)} for `--tool on | off | both`."""
+    from tirl.eval import without_tool
+
+    if tool == "both":
+        return {"on": (cfg, run_dir / "tool_on"), "off": (without_tool(cfg), run_dir / "tool_off")}
+    return {tool: (cfg if tool == "on" else without_tool(cfg), run_dir)}

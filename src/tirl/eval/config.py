@@ -62,3 +62,11 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         check_prompt_and_rollout(self.prompt, self.rollout)
+
+
+def without_tool(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with no code run: a closed code block ends the response (`rollout.max_tool_calls` 0,
+    `on_tool_cap` stop), so the answer must come from the model's own text before it, as in the text-only
+    RL arm (configs/smollm2_text.yaml); grading never reads interpreter output anyway."""
+    rollout = dataclasses.replace(cfg.rollout, max_tool_calls=0, on_tool_cap="stop")
+    return dataclasses.replace(cfg, rollout=rollout)

@@ -10,7 +10,13 @@ Per benchmark (P problems, the first n samples of each):
   is correct, averaged over problems;
 * `no_answer_ratio`, and the tool-use statistics of `tirl.analysis.tool_stats.tool_metrics` (`tool/...`,
   `response/...`), which include the code-purpose distribution (`purpose/<name>`: share of executed
-  calls per purpose, `tirl.analysis.code_purpose`).
+  calls per purpose, `tirl.analysis.code_purpose`);
+* `tool/calls_per_correct` — code calls per correct sample (the cost of a solved problem in calls);
+  NaN when no sample is correct.
+
+`tool_comparison` puts a run with the tool and one without side by side (`tirl eval --tool both`):
+accuracy, share of responses with code, share that wrote a block the cap refused, tool error rate
+(failed / executed calls), interpreter share of the response tokens, calls per correct sample.
 
 Overall: the same over the union of all benchmarks' problems (micro average: a 500-problem benchmark
 weighs more than a 30-problem one); the per-benchmark rows are what papers report.
@@ -29,6 +35,8 @@ from typing import Any, Iterable, Sequence
 from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
 from tirl.eval.store import infra_failed
 from tirl.jsonl import atomic_write, dumps, write_json
+
+NAN = float("nan")
 
 
 def ks_for(n: int) -> list[int]:
@@ -64,7 +72,35 @@ def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, fl
     if scores:
         out["reward_mean"] = sum(scores) / len(scores)
     out.update(tool_metrics(metrics_view(flat)))
+    solved = [r for r in flat if r["correct"]]
+    out["tool/calls_per_correct"] = (sum(r["num_tool_calls"] for r in solved) / len(solved)) if solved else NAN
     return out
+
+
+COMPARED = (("accuracy", "avg@{n}"), ("code_ratio", "tool/code_ratio"), ("blocked_ratio", "tool/cap_hit_ratio"),
+            ("tool_error_rate", None), ("interpreter_share", "response/interpreter_share"),
+            ("calls_per_correct", "tool/calls_per_correct"))
+"""The side-by-side figures: name -> summary key (`tool_error_rate` is 1 - `tool/pass_rate`)."""
+
+
+def _compared(scores: dict[str, Any], n: int) -> dict[str, float]:
+    out = {}
+    for name, key in COMPARED:
+        if key is None:
+            out[name] = 1.0 - scores.get("tool/pass_rate", NAN)  # NaN stays NaN: nothing ran
+        else:
+            out[name] = scores.get(key.format(n=n), NAN)
+    return out
+
+
+def tool_comparison(with_tool: dict[str, Any], without_tool: dict[str, Any]) -> dict[str, Any]:
+    """{"n", "benchmarks": {name: {"on": figures, "off": figures}}, "overall": {...}} from two summaries
+    of the same problems and n (`summarise`'s), one evaluated with the tool and one without."""
+    n = with_tool["n"]
+    rows = {name: {"on": _compared(s, n), "off": _compared(without_tool["benchmarks"][name], n)}
+            for name, s in with_tool["benchmarks"].items()}
+    overall = {"on": _compared(with_tool["overall"], n), "off": _compared(without_tool["overall"], n)}
+    return {"n": n, "benchmarks": rows, "overall": overall}
 
 
 def metrics_view(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

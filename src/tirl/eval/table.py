@@ -52,3 +52,33 @@ def _num(x: Any, scale: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x * scale:.1f}" if scale != 1 else f"{x:.2f}" if x < 100 else f"{x:.0f}"
+
+
+COMPARISON_COLUMNS = [("acc%", "accuracy", 100), ("code%", "code_ratio", 100), ("blocked%", "blocked_ratio", 100),
+                      ("tool err%", "tool_error_rate", 100), ("interp. tok%", "interpreter_share", 100),
+                      ("calls/solved", "calls_per_correct", 1)]
+
+
+def render_comparison(comparison: dict[str, Any], console: Any = None) -> None:
+    """With and without the tool, one pair of rows per benchmark (`tirl.eval.summary.tool_comparison`):
+    acc% = avg@n, code% = responses whose code ran, blocked% = responses that wrote a code block the
+    tool cap refused (without the tool: every block), tool err% = failed / executed calls, interp. tok%
+    = response tokens that are interpreter output, calls/solved = code calls per correct sample."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tirl eval: with and without the tool, {comparison['n']} sample(s) per problem",
+                  box=box.SIMPLE_HEAD)
+    for col in ["benchmark", "tool"] + [title for title, _, _ in COMPARISON_COLUMNS]:
+        table.add_column(col, justify="left" if col in ("benchmark", "tool") else "right")
+    rows = list(comparison["benchmarks"].items())
+    if len(rows) > 1:
+        rows.append(("overall", comparison["overall"]))
+    for name, pair in rows:
+        for mode in ("on", "off"):
+            table.add_row(name if mode == "on" else "", mode,
+                          *[_num(pair[mode].get(key), scale) for _, key, scale in COMPARISON_COLUMNS])
+    if console is None:
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)

@@ -1,0 +1,231 @@
+"""`tirl recipe CONFIG --run-dir DIR`: the ReTool comparison on real word problems, one command.
+
+`configs/svamp_recipe.yaml` (train on MAWPS + ASDiv-A, test on SVAMP, SVAMP's own protocol) and
+`configs/gsm8k_recipe.yaml` (GSM8K's train and test splits) run these stages, each in a sub-directory:
+
+1. ``data/``   `tirl convert --rules` over the training set: code traces whose every stated result the
+               sandbox reproduced, and their text-only twins (`tirl.convert.rules`); then a held-out
+               slice of the *training* problems for tuning (`dev_fraction`, chosen by a hash of the
+               id, so it never depends on order or seed): ``dev.jsonl`` (problems), ``dev_code.jsonl``
+               / ``dev_text.jsonl`` (their traces); the rest: ``train.jsonl`` (problems, for RL) and
+               ``sft_code.jsonl`` / ``sft_text.jsonl`` (their traces, for SFT). The two arms' traces
+               cover the same problems.
+2. ``code_sft/``, ``text_sft/``  `tirl sft` from the same base model on each arm's traces, same steps
+               and learning rate (the stage configs differ in the traces file only).
+3. ``code_rl/``, ``text_rl/``    `tirl train`: GRPO with the interpreter from code_sft, the same GRPO
+               (problems, steps, samples, learning rate) without it from text_sft; held-out evaluation
+               on the dev problems.
+4. ``eval/``   the test benchmark, seen here for the first time: the tool arm with and without the tool
+               (`tirl eval --tool both`, `comparison.json` side by side), the text arm without it.
+
+Stages 2-4 are ordinary tirl commands in a child process, printed before they run (anyone can re-run
+one by hand); the stage configs name the paths of a `runs/<recipe>` run directory and the runner
+overrides them with `--run-dir`'s. A stage whose `summary.json` (eval: `comparison.json` or
+`summary.json`) exists is skipped, so re-running the same command continues after a failure; `stages`
+picks some (`stages=[data]` writes only the data).
+
+Not covered: several seeds, a final report page (`tirl report DIR/code_rl DIR/text_rl` makes one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tirl.convert.config import ConvertConfig
+from tirl.jsonl import atomic_write, dumps, read_rows, write_json
+
+STAGES = ("data", "sft", "rl", "eval")
+
+
+def _svamp_convert() -> ConvertConfig:
+    return ConvertConfig(input="tirl:mawps_asdiv_train", solution_field="equation", rules="equation",
+                         concurrency=16)
+
+
+@dataclass
+class RecipeConfig:
+    convert: ConvertConfig = field(default_factory=_svamp_convert)
+    """The training set and its rule-based conversion (`tirl convert`'s settings; `rules` must be set)."""
+    dev_fraction: float = 0.1
+    """Share of the training problems held out for tuning (by a hash of the id); never the test set."""
+    code_sft: str = "configs/svamp_retool_sft.yaml"
+    text_sft: str = "configs/svamp_text_sft.yaml"
+    code_rl: str = "configs/svamp_retool.yaml"
+    text_rl: str = "configs/svamp_text.yaml"
+    """The four training stages' configs (`tirl sft` / `tirl train`); data and model paths are set here."""
+    overrides: list[str] = field(default_factory=list)
+    """key=value for all four training stages (e.g. `trainer.device=cuda`)."""
+    sft_overrides: list[str] = field(default_factory=list)
+    """key=value for the two SFT stages only (e.g. `trainer.steps=2` in a smoke run)."""
+    rl_overrides: list[str] = field(default_factory=list)
+    """key=value for the two RL stages only (e.g. `rollout.n=2`)."""
+    benchmark: str = "svamp"
+    """The test benchmark (`tirl eval --benchmark`), used by the last stage only."""
+    eval_flags: list[str] = field(default_factory=lambda: ["--max-tokens", "256"])
+    """More `tirl eval` flags for the last stage (`--limit 100`, `--precision bf16`, ...)."""
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def validate(self) -> None:
+        if not self.convert.rules:
+            raise ValueError("convert.rules must be set (calculator or equation): the recipe converts by rules")
+        if not 0 < self.dev_fraction < 1:
+            raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        unknown = set(self.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+
+
+def in_dev(problem_id: str, fraction: float) -> bool:
+    """Whether a training problem is in the held-out slice: a hash of its id, independent of order."""
+    digest = hashlib.sha256(f"tirl-dev:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+
+# --- stage 1: data --------------------------------------------------------------------------------
+def prepare_data(cfg: RecipeConfig, data_dir: Path, on_item: Callable[[str], None] | None = None) -> dict:
+    """Convert the training set by rules (resumable, `data_dir/convert`) and write the split files."""
+    from tirl.convert.items import load_items
+    from tirl.convert.pipeline import TWINS_FILE, convert_async
+    from tirl.convert.rules import RuleRewriter
+    from tirl.formats import get_style
+    from tirl.sandbox import Sandbox, SandboxConfig
+
+    items = load_items(cfg.convert)
+    rewriter = RuleRewriter(items, cfg.convert.rules, get_style(cfg.convert.style), cfg.convert.layout,
+                            cfg.convert.number_format)
+    with Sandbox(SandboxConfig(timeout_s=cfg.convert.exec_timeout_s)) as sandbox:
+        converted = asyncio.run(convert_async(cfg.convert, rewriter, sandbox, data_dir / "convert", items=items,
+                                              on_item=on_item, model_id="recipe", twin=rewriter.text_twin))
+    dev = {it.id for it in items if in_dev(it.id, cfg.dev_fraction)}
+    code = read_rows(data_dir / "convert" / "accepted.jsonl")
+    text = read_rows(data_dir / "convert" / TWINS_FILE)
+    files = {
+        "train.jsonl": [_problem(it) for it in items if it.id not in dev],
+        "dev.jsonl": [_problem(it) for it in items if it.id in dev],
+        "sft_code.jsonl": [r for r in code if r["id"] not in dev],
+        "sft_text.jsonl": [r for r in text if r["id"] not in dev],
+        "dev_code.jsonl": [r for r in code if r["id"] in dev],
+        "dev_text.jsonl": [r for r in text if r["id"] in dev],
+    }
+    for name, rows in files.items():
+        atomic_write(data_dir / name, "".join(dumps(r) + "\n" for r in rows))
+    summary = {"convert": {k: converted[k] for k in ("input_items", "accepted", "acceptance_rate",
+                                                     "rejected_by_reason")},
+               "rows": {name: len(rows) for name, rows in files.items()}, "dev_fraction": cfg.dev_fraction}
+    write_json(data_dir / "summary.json", summary)
+    return summary
+
+
+def _problem(it: Any) -> dict[str, str]:
+    return {"id": it.id, "problem": it.problem, "answer": it.answer}
+
+
+# --- stages 2-4: tirl commands ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    stage: str
+    out: Path
+    """Its run directory; the step is done when `done` exists there."""
+    argv: list[str]
+    done: str = "summary.json"
+
+
+def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
+    """The two SFT and two RL commands, data and model paths pointing into `run_dir`."""
+    data = run_dir / "data"
+    steps = []
+    for arm, sft_cfg in (("code", cfg.code_sft), ("text", cfg.text_sft)):
+        steps.append(Step("sft", run_dir / f"{arm}_sft", ["sft", sft_cfg, f"data.train={data}/sft_{arm}.jsonl",
+                                                          f"data.eval={data}/dev_{arm}.jsonl", *cfg.overrides,
+                                                          *cfg.sft_overrides]))
+    for arm, rl_cfg in (("code", cfg.code_rl), ("text", cfg.text_rl)):
+        steps.append(Step("rl", run_dir / f"{arm}_rl", ["train", rl_cfg, f"model.path={run_dir}/{arm}_sft/model",
+                                                        f"data.train={data}/train.jsonl",
+                                                        f"data.test={data}/dev.jsonl", *cfg.overrides,
+                                                        *cfg.rl_overrides]))
+    return steps
+
+
+def eval_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
+    """The test benchmark for each RL arm's final policy (read from its summary.json)."""
+    steps = []
+    for arm, tool, done in (("code", "both", "comparison.json"), ("text", "off", "summary.json")):
+        summary = run_dir / f"{arm}_rl" / "summary.json"
+        if not summary.exists():
+            raise RuntimeError(f"no finished RL run in {summary.parent}: run the rl stage first")
+        policy = Path(json.loads(summary.read_text())["checkpoint"]) / "policy"
+        steps.append(Step("eval", run_dir / "eval" / f"{arm}_rl",
+                          ["eval", "--model", str(policy), "--benchmark", cfg.benchmark, "--tool", tool,
+                           *cfg.eval_flags], done))
+    return steps
+
+
+def run_recipe(cfg: RecipeConfig, run_dir: str | Path, call: Callable[[list[str]], int] | None = None,
+               say: Callable[[str], None] = print) -> dict:
+    """Every chosen stage in order; `call(argv)` runs one tirl command (default: `python -m tirl.cli`)."""
+    cfg.validate()
+    run_dir = Path(run_dir)
+    call = call or _tirl
+    done: dict[str, Any] = {}
+    if "data" in cfg.stages:
+        say(f"== data: {cfg.convert.input} -> {run_dir / 'data'}")
+        done["data"] = prepare_data(cfg, run_dir / "data")
+    for stage in ("sft", "rl", "eval"):
+        if stage not in cfg.stages:
+            continue
+        steps = eval_steps(cfg, run_dir) if stage == "eval" else training_steps(cfg, run_dir)
+        for step in (s for s in steps if s.stage == stage):
+            if (step.out / step.done).exists():
+                say(f"== {stage}: {step.out} is done, skipped")
+                continue
+            argv = [*step.argv, "--run-dir", str(step.out)]
+            say(f"== {stage}: tirl {' '.join(argv)}")
+            if call(argv) != 0:
+                raise RuntimeError(f"stage {stage} failed: tirl {' '.join(argv)}")
+            done[str(step.out)] = "ran"
+    return done
+
+
+def _tirl(argv: list[str]) -> int:
+    return subprocess.run([sys.executable, "-m", "tirl.cli", *argv]).returncode
+
+
+# --- the command ------------------------------------------------------------------------------------
+def add_arguments(parser: Any) -> None:
+    from tirl.config import add_config_arguments
+
+    parser.description = (
+        "The ReTool comparison on real word problems: rule-based code traces and text twins from the "
+        "training set (verified in the sandbox), a held-out dev slice, SFT and GRPO with and without the "
+        "interpreter, then the test benchmark with and without the tool. configs/svamp_recipe.yaml, "
+        "configs/gsm8k_recipe.yaml. Re-run to continue.")
+    add_config_arguments(parser, example="stages=[data] dev_fraction=0.05")
+    parser.add_argument("--run-dir", default="runs/recipe", help="where every stage goes (default: runs/recipe)")
+
+
+def run(args: Any) -> int:
+    from tirl.commands import guarded
+
+    return guarded("recipe", lambda: _run(args))
+
+
+def _run(args: Any) -> int:
+    from tirl.commands import UserError, command_config
+
+    cfg = command_config(RecipeConfig, args)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        run_recipe(cfg, args.run_dir)
+    except RuntimeError as e:
+        raise UserError(str(e)) from None
+    return 0
