@@ -114,8 +114,7 @@ CASES: dict[str, tuple[str, float, object]] = {
                               5, _ok_out("spawned\n")),
     "stdin_and_files": ("import sys\nname = input()\ndata = open('in/data.txt').read()\nopen('out.txt', 'w').write(name + data)\n"
                         "print(sys.stdin.read().strip())", 5, None),
-    "cpu_fairness": ("", 0, lambda r, c: "" if r["status"] == "ok" and r["stdout"] == f"{sum(range(2_000_000))}\n"
-                     else f"honest call starved by a neighbour's fork-hog: {r['status']}"),
+    "cpu_fairness": ("", 0, lambda r, c: _judge_fairness(r, c)),
     "remount_escape": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/root', 2),"
                        " libc.mount(None, b'/', None, 32 | 4096, None))", 5, _ok_out("-1 -1\n")),
 }
@@ -131,6 +130,15 @@ def _judge_memory(r, c):
             else f"8 x 100 MB held under a 256 MB cgroup: {r}"
     # Without a cgroup the limit cannot hold across processes: the report must say so.
     return "" if "NOT ENFORCED" in c["report"]["limits"]["memory"] else "report hides the unenforced memory limit"
+
+
+def _judge_fairness(r, c):
+    if r["status"] == "ok" and r["stdout"] == f"{sum(range(2_000_000))}\n":
+        return ""
+    # Where neither a cpu cgroup nor autogroups exist, the report must say the share is not enforced.
+    if "NOT ENFORCED" in c["report"]["limits"]["cpu_share"]:
+        return ""
+    return f"honest call starved by a neighbour's fork-hog: {r['status']}"
 
 
 def _judge_stdin(r, c):

@@ -106,6 +106,17 @@ def test_isolation_report(sb):
     assert "limits" in rep and {"memory", "pids", "cpu_share"} <= set(rep["limits"])
 
 
+def test_cpu_share_says_not_enforced_when_the_host_turns_autogroups_off(sb, monkeypatch):
+    # Without a cpu cgroup the fair share rests on autogroups; a host that disabled them must be told plainly.
+    from tirl.sandbox import supervisor
+
+    monkeypatch.setattr(sb._sup, "cg", None)
+    assert "NOT ENFORCED" not in sb._sup._limit_report({"seccomp"})["cpu_share"]
+    monkeypatch.setattr(supervisor, "_autogroups_on", lambda: False)
+    share = sb._sup._limit_report({"seccomp"})["cpu_share"]
+    assert "NOT ENFORCED" in share and "sched_autogroup_enabled" in share
+
+
 def test_check_reports_level_and_probe():
     rep = check(SandboxConfig(preload=[], max_concurrency=1, max_sessions=0))
     assert rep["probe"]["status"] == "ok" and rep["level"] in ("full", "partial")

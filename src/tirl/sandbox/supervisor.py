@@ -31,6 +31,16 @@ PRIMITIVES = ("cgroup", "namespaces", "pid_namespace", "tmpfs", "fs_hiding", "re
               "drop_privileges", "no_new_privs", "seccomp")
 
 
+
+def _autogroups_on() -> bool:
+    """Without a cpu cgroup, fairness between calls rests on the kernel giving each session its own autogroup."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return False  # a kernel without CONFIG_SCHED_AUTOGROUP
+
+
 @dataclass
 class Proc:
     """One sandboxed process (a call or a session) as the supervisor tracks it."""
@@ -157,8 +167,11 @@ class Supervisor:
         """How each limit is enforced here, in words; 'NOT ENFORCED' where it cannot be."""
         cg = self.cg
         cpu_share = ("cpu cgroup per slot (equal weight)" if cg and cg.has_cpu else
-                     "scheduler autogroup per call (setsid denied inside)" if "seccomp" in feats else
-                     "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup")
+                     "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup"
+                     if "seccomp" not in feats else
+                     "NOT ENFORCED: no cpu cgroup and the host disabled scheduler autogroups "
+                     "(kernel.sched_autogroup_enabled=0)" if not _autogroups_on() else
+                     "scheduler autogroup per call (setsid denied inside)")
         return {
             "wall_clock": "SIGKILL of the whole call from outside",
             "memory": "cgroup memory limit for the whole call" if cg else
