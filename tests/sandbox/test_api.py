@@ -111,6 +111,7 @@ def test_cpu_share_says_not_enforced_when_the_host_turns_autogroups_off(sb, monk
     from tirl.sandbox import supervisor
 
     monkeypatch.setattr(sb._sup, "cg", None)
+    monkeypatch.setattr(supervisor, "_autogroups_on", lambda: True)
     assert "NOT ENFORCED" not in sb._sup._limit_report({"seccomp"})["cpu_share"]
     monkeypatch.setattr(supervisor, "_autogroups_on", lambda: False)
     share = sb._sup._limit_report({"seccomp"})["cpu_share"]
