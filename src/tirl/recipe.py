@@ -70,6 +70,9 @@ class RecipeConfig:
     """The test benchmark (`tirl eval --benchmark`), used by the last stage only."""
     eval_flags: list[str] = field(default_factory=lambda: ["--max-tokens", "256"])
     """More `tirl eval` flags for the last stage (`--limit 100`, `--precision bf16`, ...)."""
+    sampled_flags: list[str] = field(default_factory=list)
+    """When set, every model is scored a second time with these flags added (e.g. `--n 4 --temperature
+    1.0` for avg@4); empty = greedy only."""
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def validate(self) -> None:
@@ -154,17 +157,48 @@ def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
 
 
 def eval_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
-    """The test benchmark for each RL arm's final policy (read from its summary.json)."""
+    """The test benchmark for the base model, both SFT models and each RL arm's final policy: tool arm
+    models with and without the interpreter (`--tool both`), text arm models without it. With
+    `sampled_flags`, each model once more with them (e.g. avg@4) in `eval/<model>_sampled`."""
+    code_rl, text_rl = _final_policy(run_dir / "code_rl"), _final_policy(run_dir / "text_rl")
+    models = [("base", _base_model(run_dir), "on"), ("code_sft", str(run_dir / "code_sft" / "model"), "both"),
+              ("text_sft", str(run_dir / "text_sft" / "model"), "off"), ("code_rl", code_rl, "both"),
+              ("text_rl", text_rl, "off")]
     steps = []
-    for arm, tool, done in (("code", "both", "comparison.json"), ("text", "off", "summary.json")):
-        summary = run_dir / f"{arm}_rl" / "summary.json"
-        if not summary.exists():
-            raise RuntimeError(f"no finished RL run in {summary.parent}: run the rl stage first")
-        policy = Path(json.loads(summary.read_text())["checkpoint"]) / "policy"
-        steps.append(Step("eval", run_dir / "eval" / f"{arm}_rl",
-                          ["eval", "--model", str(policy), "--benchmark", cfg.benchmark, "--tool", tool,
-                           *cfg.eval_flags], done))
+    for name, model, tool in models:
+        prompt = [_base_prompt_file(run_dir)] if name == "base" else []
+        done = "comparison.json" if tool == "both" else "summary.json"
+        flags = [("", cfg.eval_flags)] + ([("_sampled", cfg.eval_flags + cfg.sampled_flags)] if cfg.sampled_flags else [])
+        for suffix, more in flags:
+            steps.append(Step("eval", run_dir / "eval" / f"{name}{suffix}",
+                              ["eval", *prompt, "--model", model, "--benchmark", cfg.benchmark, "--tool", tool, *more],
+                              done))
     return steps
+
+
+def _final_policy(rl_dir: Path) -> str:
+    summary = rl_dir / "summary.json"
+    if not summary.exists():
+        raise RuntimeError(f"no finished RL run in {rl_dir}: run the rl stage first")
+    return str(Path(json.loads(summary.read_text())["checkpoint"]) / "policy")
+
+
+def _base_model(run_dir: Path) -> str:
+    """The model both SFT stages started from (their saved config)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(run_dir / "code_sft" / "config.yaml").model.path)
+
+
+def _base_prompt_file(run_dir: Path) -> str:
+    """An eval config holding the prompt the arms were trained with, so the base model is asked the same way."""
+    from tirl.trained_settings import FILE
+
+    prompt = json.loads((run_dir / "code_sft" / "model" / FILE).read_text())["prompt"]
+    path = run_dir / "eval" / "base_prompt.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"prompt": prompt}, indent=1) + "\n")  # JSON is YAML
+    return str(path)
 
 
 def run_recipe(cfg: RecipeConfig, run_dir: str | Path, call: Callable[[list[str]], int] | None = None,
