@@ -85,3 +85,20 @@ def test_balanced_sft_problems_make_every_answer_length_equally_common():
     assert len({i.id for i in items}) == 1000
     assert items == balance_answer_lengths(pool, 1000, seed=0)
     assert len(balance_answer_lengths(pool[:50], 100, seed=0)) == 50  # a short pool gives what it has
+
+
+def test_answer_digits_keeps_one_answer_length_on_both_splits_and_changes_nothing_when_unset():
+    import pytest
+
+    from tirl.tasks import generate_task
+
+    for split in ("train", "test"):
+        items = generate(300, split=split, seed=3, level=2, kinds=["mul"], answer_digits=6)
+        assert {len(i.answer) for i in items} == {6} and len({i.problem for i in items}) == 300
+    # Unset, the draw is the task's own: the same problems as before the option existed.
+    assert [i.problem for i in generate(3, seed=3, level=2, kinds=["mul"])] == [
+        "What is 735 * 980?", "What is 799 * 203?", "What is 632 * 988?"]
+    with pytest.raises(ValueError, match="has a 9-digit answer"):
+        generate(5, seed=0, level=2, kinds=["mul"], answer_digits=9)
+    with pytest.raises(ValueError, match="arithmetic task only"):
+        generate_task("words", 5, split="train", seed=0, level=1, answer_digits=3)

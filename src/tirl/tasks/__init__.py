@@ -25,13 +25,16 @@ def check_task(task: str) -> None:
 
 
 def generate_task(task: str, n: int, *, split: str, seed: int, level: int,
-                  kinds: Sequence[str] = ()) -> list[TaskItem]:
-    """`n` problems of a built-in task; empty `kinds` = the task's default kinds."""
+                  kinds: Sequence[str] = (), answer_digits: int = 0) -> list[TaskItem]:
+    """`n` problems of a built-in task; empty `kinds` = the task's default kinds; `answer_digits` (arithmetic
+    only) keeps the problems whose answer has that many digits."""
     check_task(task)
     kinds = tuple(kinds) or DEFAULT_KINDS[task]
     if task == "words":
+        if answer_digits:
+            raise ValueError("answer_digits applies to the arithmetic task only")
         return generate_words(n, split=split, seed=seed, level=level, kinds=kinds)
-    return generate(n, split=split, seed=seed, level=level, kinds=kinds)
+    return generate(n, split=split, seed=seed, level=level, kinds=kinds, answer_digits=answer_digits)
 
 
 def balance_answer_lengths(items: list[TaskItem], n: int, seed: int) -> list[TaskItem]:

@@ -91,8 +91,10 @@ def generate(
     seed: int = 0,
     level: int = 2,
     kinds: tuple[str, ...] | list[str] = ("mul",),
+    answer_digits: int = 0,
 ) -> list[TaskItem]:
-    """`n` distinct problems of `split` ('train' or 'test'), deterministic in (`seed`, `level`, `kinds`)."""
+    """`n` distinct problems of `split` ('train' or 'test'), deterministic in (`seed`, `level`, `kinds`);
+    with `answer_digits`, only problems whose answer has that many digits (0 = any)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if level not in LEVEL_DIGITS:
@@ -104,10 +106,14 @@ def generate(
     digits = LEVEL_DIGITS[level]
 
     def draw(kept: int) -> tuple[str, Callable[[int], TaskItem]]:
-        kind = kinds[rng.randrange(len(kinds))]
-        problem, code, expression = _MAKERS[kind](rng, digits)
-        return problem, lambda i: TaskItem(f"{kind}-{split}-{i}", problem, run_code(code), code, expression, kind,
-                                           level)
+        for _ in range(1000):
+            kind = kinds[rng.randrange(len(kinds))]
+            problem, code, expression = _MAKERS[kind](rng, digits)
+            answer = run_code(code)
+            if not answer_digits or len(answer) == answer_digits:
+                return problem, lambda i: TaskItem(f"{kind}-{split}-{i}", problem, answer, code, expression, kind,
+                                                   level)
+        raise ValueError(f"no {'/'.join(kinds)} problem at level {level} has a {answer_digits}-digit answer")
 
     return draw_distinct(n, split, draw, in_test_split, f"problems at level {level}")
 

@@ -45,6 +45,9 @@ class DataConfig:
     """Built-in task kinds; empty = the task's default (arithmetic: mul; words: all). arithmetic: mul,
     add_mul, modpow, digit_sum; words: bulk_cost, distance, duration, discount, leftover, days_between,
     range_sum, savings."""
+    answer_digits: int = 0
+    """Built-in arithmetic task: only problems whose answer has this many digits (0 = any). One length
+    puts the interpreter's output at one fixed distance from the answer that copies it."""
     train_size: int = 2000
     test_size: int = 50
     seed: int = 0
@@ -79,7 +82,8 @@ def load_split(cfg: DataConfig, split: str) -> list[Any]:
         from tirl.tasks import generate_task
 
         size = cfg.train_size if split == "train" else cfg.test_size
-        return generate_task(cfg.task, size, split=split, seed=cfg.seed, level=cfg.task_level, kinds=cfg.task_kinds)
+        return generate_task(cfg.task, size, split=split, seed=cfg.seed, level=cfg.task_level, kinds=cfg.task_kinds,
+                             answer_digits=cfg.answer_digits)
     from tirl.data import load_problems
 
     return load_problems(source, problem_field=cfg.problem_field, answer_field=cfg.answer_field,

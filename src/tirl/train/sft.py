@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,9 +62,6 @@ class SFTDataConfig:
     """Built-in task: draw the SFT problems so that every answer length is about equally common (from a
     pool 4x `task.train_size`), so copying the interpreter's output is learned for every length, not only
     the most common one (`tirl.tasks.balance_answer_lengths`). RL and evaluation keep the task's own mix."""
-    practice_levels: list[int] = field(default_factory=list)
-    """Built-in task: other difficulty levels whose problems join the SFT pool (before balancing), e.g.
-    [1, 3] next to level 2: answers of 3 to 8 digits, so the copy of an output cannot lean on one length."""
 
 
 @dataclass
@@ -112,17 +109,6 @@ def validate_sft(cfg: SFTConfig) -> None:
     lora.check(cfg.model.lora)
 
 
-def _with_practice(items: list, levels: list[int], pool: int, t: DataConfig) -> list:
-    """`pool` items: the task's own level and half a training set from each practice level, shuffled."""
-    from tirl.tasks import generate_task
-
-    for level in levels:
-        extra = generate_task(t.task, t.train_size // 2, split="train", seed=t.seed, level=level, kinds=t.task_kinds)
-        items = items + [replace(item, id=f"{item.id}-level{level}") for item in extra]
-    random.Random(t.seed).shuffle(items)
-    return items[:pool]
-
-
 def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
     """(train, eval) traces; the built-in task's traces come straight from `tirl.tasks`."""
     from tirl.data import load_traces, trace_from_row
@@ -132,9 +118,8 @@ def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
 
         t = cfg.task
         pool = 4 * t.train_size if cfg.balance_answer_lengths else t.train_size
-        items = generate_task(t.task, pool, split="train", seed=t.seed, level=t.task_level, kinds=t.task_kinds)
-        if cfg.practice_levels:
-            items = _with_practice(items, cfg.practice_levels, pool, t)
+        items = generate_task(t.task, pool, split="train", seed=t.seed, level=t.task_level, kinds=t.task_kinds,
+                              answer_digits=t.answer_digits)
         if cfg.balance_answer_lengths:
             items = balance_answer_lengths(items, t.train_size, seed=t.seed)
         rows = task_traces(t.task, items, style=style, mix=dict(cfg.mix), text_error_rate=cfg.text_error_rate,
