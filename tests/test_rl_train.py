@@ -347,7 +347,7 @@ def _tirl(*args):
     ("trainer.optim.lr=-1e-5", "trainer.optim.lr must be >= 0"),
     ("prompt.style=retol", "unknown tag style 'retol'"),
     ("trainer.optim.schedule=cosin", "trainer.optim.schedule must be 'constant' or 'cosine'"),
-    ("model.path=/nonexistent/model", "model path not found: /nonexistent/model"),
+    ("model.path=/nonexistent/model", "model.path: /nonexistent/model does not exist"),
     ("data.train=/nonexistent/train.jsonl", "/nonexistent/train.jsonl: no such file"),
 ])
 def test_unworkable_configs_are_refused_before_anything_is_written(tmp_path, override, needle):

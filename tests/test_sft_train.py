@@ -73,7 +73,7 @@ def test_bad_trace_file_is_refused_with_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("make,needle", [
-    (lambda d: ["model.path=" + str(d / "no_such_model")], "model path not found"),
+    (lambda d: ["model.path=" + str(d / "no_such_model")], "does not exist (a local path"),
     (lambda d: [f"data.train={_touch(d / 'empty.jsonl')}"], "empty.jsonl: no training traces"),
 ])
 def test_user_errors_are_one_line_on_stderr_and_leave_nothing(tmp_path, make, needle):

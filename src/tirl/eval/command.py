@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if bool(args.model) == bool(args.server):
         raise UserError("give exactly one of --model PATH_OR_NAME and --server URL")
-    check_model_source(args.model)
+    check_model_source(args.model, "--model")
     cfg = command_config(EvalConfig, args, FLAG_KEYS, base=read_settings(args.model))
     try:
         cfg.validate()

@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from tirl.models import check_device_and_precision
 
-    check_model_source(args.model)
+    check_model_source(args.model, "MODEL")
     check_device_and_precision(args.device, args.precision or "fp32")
     saved = read_settings(args.model)
     args.config = None
