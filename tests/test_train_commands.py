@@ -50,3 +50,24 @@ def test_sft_takes_the_prompt_only_and_plain_models_change_nothing(tmp_path):
     assert training_config(RLConfig, _args(f"model.path={plain}")) == training_config(RLConfig, _args(
         f"model.path={plain}"))
     assert training_config(RLConfig, _args(f"model.path={plain}")).prompt == RLConfig().prompt
+
+
+def test_the_printed_summary_is_strict_json_with_nan_as_null(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import sys
+    import types
+
+    from tirl.train.commands import train
+    from tirl.train.rl import RLConfig
+
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    fake = types.ModuleType("fake_trainer")
+    fake.RLConfig, fake.validate = RLConfig, lambda cfg: None
+    fake.train_rl = lambda cfg, run_dir, resume, force: {"eval_end": {"avg@1": float("nan")}, "wall_s": float("inf")}
+    monkeypatch.setitem(sys.modules, "fake_trainer", fake)
+    command = dataclasses.replace(train, trainer="fake_trainer:RLConfig:validate:train_rl")
+    args = argparse.Namespace(config=None, overrides=[], run_dir=str(tmp_path / "run"), resume=False, force=False)
+    assert command.run(args) == 0
+    assert json.loads(capsys.readouterr().out, parse_constant=reject) == {"eval_end": {"avg@1": None}, "wall_s": None}

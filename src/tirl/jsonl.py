@@ -1,7 +1,7 @@
 """The files a run writes as JSON: one append-only JSONL log, one atomic write, one settings lock, one
 NaN rule. Training's `metrics.jsonl` / `samples.jsonl`, evaluation's `samples.jsonl`, conversion's
-`accepted.jsonl` / `rejected.jsonl` and every `summary.json` go through here, so they share one
-encoding and one crash rule.
+`accepted.jsonl` / `rejected.jsonl`, every `summary.json` and every summary a command prints go through
+here, so they share one encoding and one crash rule.
 
 * NaN rule: JSON has no NaN or infinity, so a non-finite float (an undefined figure, such as a code
   pass rate when no code ran) is written as `null`, in every file; readers take `null` as undefined.
@@ -53,9 +53,14 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def pretty(obj: Any) -> str:
+    """`obj` as indented JSON, NaN rule applied: a summary file or a summary a command prints."""
+    return json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """A summary or settings file: indented, NaN rule applied, written atomically."""
-    atomic_write(path, json.dumps(clean(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write(path, pretty(obj) + "\n")
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[Any]) -> None:

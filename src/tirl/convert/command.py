@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     from tirl.commands import UserError, fail
     from tirl.convert.items import load_items
     from tirl.convert.pipeline import convert_async
+    from tirl.jsonl import pretty
     from tirl.progress import progress
 
     try:
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if sandbox is not None:
             sandbox.close()
-    print(json.dumps(summary, indent=2))
+    print(pretty(summary))
     print(f"accepted: {Path(args.run_dir) / 'accepted.jsonl'}; rejected: {Path(args.run_dir) / 'rejected.jsonl'}"
           + (f"; text twins: {Path(args.run_dir) / 'accepted_text.jsonl'}" if cfg.rules else ""))
     this_run = summary.get("this_run", {})

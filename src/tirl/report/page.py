@@ -26,12 +26,12 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from tirl.analysis.code_purpose import PURPOSES
+from tirl.jsonl import dumps
 from tirl.report.labels import EVAL_COLUMNS, PANELS, readable
 from tirl.report.plots import COLORS, Curve, line_plot, purpose_plot
 from tirl.report.runs import Run, default_labels, expand_run_dirs, finite, load_run, pick_samples, purpose_split
@@ -93,7 +93,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "—"
     if isinstance(v, (dict, list)):
-        return html.escape(json.dumps(v))
+        return html.escape(dumps(v))
     return html.escape(str(v))
 
 

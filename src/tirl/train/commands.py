@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +72,7 @@ class TrainingCommand:
 
     def _run(self, args: argparse.Namespace) -> int:
         from tirl.commands import UserError, quiet_transformers
+        from tirl.jsonl import pretty
 
         module, config, validate, train = self.trainer.split(":")
         trainer = importlib.import_module(module)
@@ -83,7 +83,7 @@ class TrainingCommand:
             raise UserError(str(e)) from None
         quiet_transformers()
         summary = getattr(trainer, train)(cfg, args.run_dir, resume=args.resume, force=args.force)
-        print(json.dumps(summary, indent=2))
+        print(pretty(summary))  # strict JSON: an undefined figure is null, never NaN
         return 0
 
 

@@ -17,7 +17,6 @@ Not covered: packing with block-diagonal attention, multi-turn conversations. Lo
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
 from tirl.data import IGNORE_INDEX, DataError
 from tirl.formats import get_style
+from tirl.jsonl import write_json
 from tirl.train import lora
 from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, backward, build_optimizer, check_device_and_precision, clip_and_step,
@@ -281,5 +281,5 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
         tokenizer.save_pretrained(out)
     write_settings(out, settings_of(cfg.prompt))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, model=str(out), run_dir=str(run_dir))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     return summary
