@@ -31,3 +31,11 @@ def test_every_built_command_has_help():
         r = tirl(name, "--help")
         assert r.returncode == 0, r.stderr
         assert "usage: tirl " + name in r.stdout
+
+
+def test_a_malformed_config_file_is_one_line_with_its_line_number(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  steps: 5\n   lr: 3\n")
+    r = tirl("train", str(bad), "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.startswith(f"tirl train: {bad}:3: not valid YAML: "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -119,3 +119,18 @@ def test_an_unreadable_override_of_a_number_is_one_line_naming_it():
     with pytest.raises(ConfigError) as e:
         load_config(Cfg, None, ["seed=`3"])
     assert "override 'seed=`3'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,line,what", [
+    ("trainer:\n  lr: [1, 2\nrollout:\n  n: 2\n", 3, "did not find expected ',' or ']'"),
+    ("trainer:\n  lr: 0.1\n   steps: 3\n", 3, "mapping values are not allowed in this context"),
+    ("trainer:\n\tlr: 0.1\n", 2, "a tab (YAML indents with spaces)"),
+    ("seed: 1\nseed: 2\n", 2, "found duplicate key seed"),
+])
+def test_malformed_yaml_names_file_and_line_in_one_line(tmp_path, text, line, what):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:{line}: not valid YAML: ") and what in msg and "\n" not in msg, msg

@@ -84,6 +84,24 @@ def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path 
     return ConfigError(f"{where}: bad value for '{key}': {msg}")
 
 
+def _yaml_problem(path: Path, err: Exception) -> str:
+    """`FILE:LINE: not valid YAML: what` in one line, from PyYAML's marks (0-based line and column);
+    its own message spreads over four lines, and only the first reached the user."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return f"{path}: not valid YAML: {first}"
+    mark, what = err.problem_mark, err.problem or err.context or type(err).__name__
+    try:
+        if path.read_text().splitlines()[mark.line][mark.column:mark.column + 1] == "\t":
+            what = "a tab (YAML indents with spaces)"
+    except (OSError, IndexError, UnicodeDecodeError):
+        pass
+    where = f"column {mark.column + 1}"
+    if err.context and err.context_mark is not None and err.context_mark.line != mark.line:
+        where += f", {err.context} on line {err.context_mark.line + 1}"
+    return f"{path}:{mark.line + 1}: not valid YAML: {what} ({where})"
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> T:
     """Build a `schema` instance from its defaults, `base` (e.g. settings saved with a model), an
@@ -103,8 +121,8 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             raise ConfigError(f"config file not found: {path}")
         try:
             layer = OmegaConf.load(path)
-        except Exception as e:  # yaml.YAMLError carries its own line numbers
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except Exception as e:
+            raise ConfigError(_yaml_problem(path, e)) from None
         try:
             merged = OmegaConf.merge(merged, layer)
             _replace_plain_dicts(merged, layer)
