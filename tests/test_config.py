@@ -134,3 +134,32 @@ def test_malformed_yaml_names_file_and_line_in_one_line(tmp_path, text, line, wh
         load_config(Cfg, f)
     msg = str(e.value)
     assert msg.startswith(f"{f}:{line}: not valid YAML: ") and what in msg and "\n" not in msg, msg
+
+
+def test_an_unknown_key_names_the_closest_known_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer.step'; did you mean trainer.steps\?; allowed"):
+        load_config(Cfg, None, ["trainer.step=5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'lr'; did you mean trainer.lr\?"):
+        load_config(Cfg, None, ["lr=1e-5"])
+    with pytest.raises(ConfigError) as e:  # nothing close: no guess
+        load_config(Cfg, None, ["rollout.m=3"])
+    assert "did you mean" not in str(e.value)
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=rf"{f}:2: unknown key 'trainer.stepz'; did you mean trainer.steps\?"):
+        load_config(Cfg, f)
+
+
+def test_a_trl_or_verl_name_is_answered_with_tirls_key_never_taken(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'num_generations'; TRL's num_generations is tirl's rollout.n"):
+        load_config(Cfg, None, ["num_generations=8"])
+    # OmegaConf names only the first unknown part; the hint reads the whole key the user wrote
+    with pytest.raises(ConfigError, match=r"'actor_rollout_ref'; verl's actor_rollout_ref.rollout.n is tirl's rollout.n"):
+        load_config(Cfg, None, ["actor_rollout_ref.rollout.n=8"])
+    f = tmp_path / "verl.yaml"
+    f.write_text("actor_rollout_ref:\n  rollout:\n    n: 8\n")
+    with pytest.raises(ConfigError, match=r"verl's actor_rollout_ref.rollout.n is tirl's rollout.n"):
+        load_config(Cfg, f)
+    with pytest.raises(ConfigError) as e:  # a name whose tirl key this schema lacks is not suggested
+        load_config(Cfg, None, ["beta=0.1"])
+    assert "algorithm.kl_coef" not in str(e.value)

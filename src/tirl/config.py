@@ -10,6 +10,7 @@ or expected type. Configs are plain dataclasses living next to the code that use
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -31,22 +32,62 @@ class ConfigError(UserError):
     """A config that cannot be used; the message says where and why."""
 
 
+def section_type(f: dataclasses.Field) -> type | None:
+    """The dataclass a field holds when it is a section (`trainer: TrainerConfig`), else None."""
+    t: Any = f.type
+    if isinstance(t, str):  # postponed annotations: resolve through the default instance
+        t = type(f.default_factory()) if f.default_factory is not dataclasses.MISSING else None
+    return t if dataclasses.is_dataclass(t) else None
+
+
 def _schema_at(schema: type, path: list[str]) -> type | None:
     """The dataclass type found by walking `path` (field names) from `schema`, if any."""
     cur: Any = schema
     for part in path:
-        if not dataclasses.is_dataclass(cur):
+        fields = {f.name: f for f in dataclasses.fields(cur)} if dataclasses.is_dataclass(cur) else {}
+        if part not in fields:
             return None
-        hints = {f.name: f.type for f in dataclasses.fields(cur)}
-        if part not in hints:
-            return None
-        t = hints[part]
-        if isinstance(t, str):  # postponed annotations: resolve through the default instance
-            default = next(f for f in dataclasses.fields(cur) if f.name == part)
-            value = default.default_factory() if default.default_factory is not dataclasses.MISSING else None
-            t = type(value) if value is not None else None
-        cur = t
-    return cur if dataclasses.is_dataclass(cur) else None
+        cur = section_type(fields[part])
+    return cur
+
+
+def dotted_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every key of `schema` in dotted form, sections and their fields alike."""
+    out = []
+    for f in dataclasses.fields(schema):
+        out.append(prefix + f.name)
+        section = section_type(f)
+        if section is not None:
+            out += dotted_keys(section, f"{prefix}{f.name}.")
+    return out
+
+
+def _did_you_mean(schema: type, key: str, written: Sequence[str] = ()) -> str:
+    """`; did you mean X?` for a typo, or tirl's key for another framework's name; "" when nothing is close.
+
+    `written`: the full keys the user wrote under `key` (OmegaConf names only the first unknown part:
+    `actor_rollout_ref` of `actor_rollout_ref.rollout.n`). Closeness is the last part's
+    (`trainer.lr` -> `trainer.optim.lr`, `trainer.step` -> `trainer.steps` but not `trainer.seed`),
+    ties broken by the whole key's; only the best few are named.
+    """
+    from tirl.foreign_keys import foreign_key
+
+    known = dotted_keys(schema)
+    for name in [*written, key]:
+        other = foreign_key(name)
+        if other is not None and other.key in known:
+            note = f" ({other.note})" if other.note else ""
+            return f"; {other.framework}'s {other.name} is tirl's {other.key}{note}"
+    leaf = key.rsplit(".", 1)[-1]
+
+    def closeness(k: str) -> tuple[float, float]:
+        return (difflib.SequenceMatcher(None, leaf, k.rsplit(".", 1)[-1]).ratio(),
+                difflib.SequenceMatcher(None, key, k).ratio())
+
+    scored = sorted(((closeness(k), k) for k in known), reverse=True)
+    best = scored[0][0][0] if scored else 0.0
+    close = [k for (near, _), k in scored if near >= max(0.8, best - 0.1)][:3]
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def _allowed_keys(schema: type, full_key: str) -> tuple[str, list[str]]:
@@ -69,7 +110,10 @@ def _yaml_line(path: Path, key: str) -> int | None:
     return None
 
 
-def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path | None) -> ConfigError:
+def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path | None,
+             written: Sequence[str] = ()) -> ConfigError:
+    """`err` as one line naming where (file:line or the override), the key, and the fix; `written` as in
+    `_did_you_mean`."""
     key = getattr(err, "full_key", None) or ""
     where = source
     if path is not None and key:
@@ -79,7 +123,9 @@ def _explain(err: OmegaConfBaseException, schema: type, source: str, path: Path 
     if isinstance(err, ConfigKeyError) or "not in struct" in str(err) or "Key '" in str(err):
         parent, keys = _allowed_keys(schema, key)
         scope = f" under '{parent}'" if parent else ""
-        return ConfigError(f"{where}: unknown key '{key}'; allowed keys{scope}: {', '.join(keys)}")
+        hint = _did_you_mean(schema, key, [k for k in written if k == key or k.startswith(f"{key}.")])
+        return ConfigError(f"{where}: unknown key '{key}'{hint}; allowed keys{scope}: "
+                           f"{', '.join(keys)}")
     msg = str(err).split("\n")[0]
     return ConfigError(f"{where}: bad value for '{key}': {msg}")
 
@@ -127,7 +173,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             merged = OmegaConf.merge(merged, layer)
             _replace_plain_dicts(merged, layer)
         except OmegaConfBaseException as e:
-            raise _explain(e, schema, str(path), path) from None
+            raise _explain(e, schema, str(path), path, list(flatten(OmegaConf.to_container(layer)))) from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.optim.lr=1e-5)")
@@ -138,7 +184,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             if isinstance(OmegaConf.select(layer, key), DictConfig):  # `data.mix={text: 1}`, not `data.mix.text=1`
                 _replace_plain_dicts(merged, layer, only=key)
         except OmegaConfBaseException as e:
-            raise _explain(e, schema, f"override '{item}'", None) from None
+            raise _explain(e, schema, f"override '{item}'", None, [item.split("=", 1)[0].strip()]) from None
     try:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
