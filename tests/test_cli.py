@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-COMMANDS = ["demo", "recipe", "sft", "train", "eval", "sandbox", "report", "convert", "select", "serve"]
+COMMANDS = ["demo", "recipe", "sft", "train", "eval", "sandbox", "report", "convert", "select", "serve", "config"]
 
 
 def tirl(*args, timeout=120):

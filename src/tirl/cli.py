@@ -40,6 +40,8 @@ COMMANDS: dict[str, Command] = {
                       "tirl.select_command"),
     "serve": Command("OpenAI-compatible completions server around a local model",
                      "tirl.generation.serve_command"),
+    "config": Command("every key of a command's config with its type, default and meaning (docs/config.md), "
+                      "and TRL's and verl's names for them", "tirl.config_command"),
 }
 
 

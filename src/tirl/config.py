@@ -9,9 +9,14 @@ or expected type. Configs are plain dataclasses living next to the code that use
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import re
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -236,6 +241,58 @@ def _replace_plain_dicts(merged: DictConfig, layer: DictConfig, only: str | None
                 merged[key] = value
         else:
             _replace_plain_dicts(target, value, only, f"{path}.")
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One key of a config as `tirl config` shows it."""
+
+    key: str
+    """Dotted (`trainer.optim.lr`)."""
+    type: str
+    """The annotation as written in the source (`int`, `Optional[str]`, `TrainerConfig`)."""
+    default: Any
+    """The value in a default config (a section's own fields follow it as keys of their own)."""
+    doc: str
+    """The attribute docstring under the field, on one line; a section without one: its class docstring."""
+    section: bool = False
+
+
+def describe(config: Any, prefix: str = "") -> list[KeyDoc]:
+    """Every key of a config instance, in field order, sections before their fields. Defaults come from
+    the instance, not the section's class: `RLConfig().rollout.n` is 4 where `RolloutConfig().n` is not."""
+    fields, _ = _source_docs(type(config))
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        annotation, doc = fields.get(f.name, (str(f.type), ""))
+        if dataclasses.is_dataclass(value):
+            out.append(KeyDoc(prefix + f.name, annotation, None, doc or _source_docs(type(value))[1], True))
+            out += describe(value, f"{prefix}{f.name}.")
+        else:
+            out.append(KeyDoc(prefix + f.name, annotation, value, doc))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _source_docs(cls: type) -> tuple[dict[str, tuple[str, str]], str]:
+    """({field: (annotation, attribute docstring)}, the class docstring's first paragraph) of a dataclass,
+    read with `ast` from its source (and its dataclass bases'): the docstring under a field is where the
+    project documents it, once, so the reference is never a second copy to keep in step."""
+    fields: dict[str, tuple[str, str]] = {}
+    summary = ""
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        node = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        assert isinstance(node, ast.ClassDef)
+        summary = " ".join((ast.get_docstring(node) or "").split("\n\n")[0].split())
+        for stmt, after in zip(node.body, [*node.body[1:], None]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                doc = after.value.value if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                                            and isinstance(after.value.value, str)) else ""
+                fields[stmt.target.id] = (ast.unparse(stmt.annotation), " ".join(doc.split()))
+    return fields, summary
 
 
 def to_yaml(cfg: Any) -> str:
