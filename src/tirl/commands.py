@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 from tirl.config import UserError
 
 T = TypeVar("T")
-__all__ = ["UserError", "check_model_source", "command_config", "fail", "guarded", "loading",
+__all__ = ["UserError", "check_model_source", "check_port_free", "command_config", "fail", "guarded", "loading",
            "quiet_transformers", "set_threads"]
 
 
@@ -122,6 +122,23 @@ def _looks_local(path: str) -> bool:
     first = re.split(f"[{re.escape(seps)}]", path, maxsplit=1)[0]
     return (path.startswith((".", "/", "~", os.sep)) or path.endswith(".gguf") or not _HUB_ID.match(path)
             or (first != path and Path(first).is_dir()))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port that cannot be listened on before anything starts (a model loading for a minute, a
+    sandbox announcing where it serves), in one line: a bind error afterwards is a traceback."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # as the servers bind (aiohttp's reuse_address): a port in TIME_WAIT is free, one with a listener is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} is in use: choose another with --port") from None
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --host or --port") from None
 
 
 @contextlib.contextmanager

@@ -37,3 +37,15 @@ def test_config_file_overrides_and_flags(tmp_path):
     assert json.loads(out.stdout)["probe"]["status"] == "ok"
     bad = _cli("check", str(cfg), "memroy_mb=1")
     assert bad.returncode == 2 and "unknown key 'memroy_mb'" in bad.stderr and "memory_mb" in bad.stderr
+
+
+def test_serve_on_a_taken_port_is_one_line_before_anything_starts():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = _cli("serve", "--port", str(port), "--preload", "", timeout=60)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr  # no "serving on" first
+    assert out.stderr == f"tirl sandbox serve: port {port} is in use: choose another with --port\n", out.stderr

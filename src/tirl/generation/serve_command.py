@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tirl.commands import check_model_source, command_config, loading, quiet_transformers, set_threads
-    from tirl.generation.server import check_port_free, serve
+    from tirl.commands import (check_model_source, check_port_free, command_config, loading, quiet_transformers,
+                               set_threads)
+    from tirl.generation.server import serve
     from tirl.trained_settings import read_settings
 
     from tirl.models import check_device_and_precision

@@ -54,6 +54,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tirl.commands import check_port_free
 from tirl.generation.base import FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
 
 _NEUTRAL = {"echo": False, "stream": False, "best_of": 1, "suffix": None, "presence_penalty": 0,
@@ -429,19 +430,6 @@ class ServerThread:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Refuse a taken port before the model loads (a bind error after a minute of loading is unkind)."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            from tirl.config import UserError
-
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pass --port N") from None
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, gguf_file: str | None = None,

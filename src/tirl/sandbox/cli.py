@@ -70,8 +70,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return fail(f"sandbox {cmd}", e)
     if cmd == "serve":
+        from tirl.commands import UserError, check_port_free
+
         from .http import serve
 
+        try:  # before the sandbox starts and says where it serves
+            check_port_free(args.host, args.port)
+        except UserError as e:
+            return fail(f"sandbox {cmd}", e)
         serve(args.host, args.port, _config(args))
         return 0
     if cmd == "bench":
