@@ -154,7 +154,8 @@ def test_a_trl_or_verl_name_is_answered_with_tirls_key_never_taken(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown key 'num_generations'; TRL's num_generations is tirl's rollout.n"):
         load_config(Cfg, None, ["num_generations=8"])
     # OmegaConf names only the first unknown part; the hint reads the whole key the user wrote
-    with pytest.raises(ConfigError, match=r"'actor_rollout_ref'; verl's actor_rollout_ref.rollout.n is tirl's rollout.n"):
+    verl = r"'actor_rollout_ref'; verl's actor_rollout_ref.rollout.n is tirl's rollout.n"
+    with pytest.raises(ConfigError, match=verl):
         load_config(Cfg, None, ["actor_rollout_ref.rollout.n=8"])
     f = tmp_path / "verl.yaml"
     f.write_text("actor_rollout_ref:\n  rollout:\n    n: 8\n")

@@ -33,7 +33,8 @@ def test_every_command_with_a_config_is_covered_and_every_key_appears():
     for name, where in SCHEMAS.items():
         module, _, cls = where.partition(":")
         text = command_reference(name)
-        missing = [k for k in dotted_keys(getattr(importlib.import_module(module), cls)) if f"`{k}`" not in text and f"### {k}\n" not in text]
+        keys = dotted_keys(getattr(importlib.import_module(module), cls))
+        missing = [k for k in keys if f"`{k}`" not in text and f"### {k}\n" not in text]
         assert not missing, (name, missing)
 
 

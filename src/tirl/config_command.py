@@ -86,7 +86,7 @@ def foreign_table() -> str:
     from tirl.foreign_keys import FOREIGN_KEYS
 
     lines = ["## Coming from TRL or verl", "",
-             "Their names are not aliases: a config that uses one is refused, naming the tirl key below. "
+             "Their names are not aliases: a config that uses one is refused, naming the tirl key below.",
              "TRL's `output_dir` is the `--run-dir` flag.", "",
              "| framework | their name | tirl key | note |", "| --- | --- | --- | --- |"]
     lines += [f"| {f.framework} | `{f.name}` | `{f.key}` | {f.note} |" for f in FOREIGN_KEYS]
