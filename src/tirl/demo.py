@@ -207,8 +207,8 @@ def check_copying(path: str, cfg: DemoConfig, console: Any) -> float | None:
     if rate < cfg.min_copy_rate:
         console.print(f"[bold red]warning:[/] after SFT the model copies only {_pct(rate)} of the interpreter's "
                       f"outputs into its answer ({len(items)} held-out problems; {_pct(cfg.min_copy_rate)} expected): "
-                      f"RL will have little to reinforce. Try more SFT steps (sft.steps), a larger model "
-                      f"(model.hidden_size) or another seed.")
+                      f"RL will have little to reinforce. Try more SFT steps (sft.steps), answers of one length "
+                      f"(task.answer_digits), a larger model (model.hidden_size) or another seed.")
     else:
         console.print(f"copy check: the SFT model copies {_pct(rate)} of the interpreter's outputs into its answer")
     return rate
