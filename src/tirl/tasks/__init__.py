@@ -32,7 +32,7 @@ def generate_task(task: str, n: int, *, split: str, seed: int, level: int,
     kinds = tuple(kinds) or DEFAULT_KINDS[task]
     if task == "words":
         if answer_digits:
-            raise ValueError("answer_digits applies to the arithmetic task only")
+            raise ValueError("task.answer_digits applies to the arithmetic task only: set task.answer_digits=0 for words")
         return generate_words(n, split=split, seed=seed, level=level, kinds=kinds)
     return generate(n, split=split, seed=seed, level=level, kinds=kinds, answer_digits=answer_digits)
 
