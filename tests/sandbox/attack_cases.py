@@ -27,6 +27,10 @@ def _ok_out(expected):
     return lambda r, c: "" if r["status"] == "ok" and r["stdout"] == expected else f"want ok {expected!r}"
 
 
+def _refused(r, what):
+    return "" if r["status"] == "ok" and r["stdout"].startswith("refused") else f"{what} allowed: {r['stdout'][:200]!r}"
+
+
 def _no_write(r, c):
     return "" if r["status"] == "ok" and "WROTE" not in r["stdout"] else "a write outside /tmp succeeded"
 
@@ -115,6 +119,70 @@ CASES: dict[str, tuple[str, float, object]] = {
     "stdin_and_files": ("import sys\nname = input()\ndata = open('in/data.txt').read()\nopen('out.txt', 'w').write(name + data)\n"
                         "print(sys.stdin.read().strip())", 5, None),
     "cpu_fairness": ("", 0, lambda r, c: _judge_fairness(r, c)),
+    # ---- memory outside RLIMIT_AS (issue 27): what a call may hold without a memory cgroup -------------
+    # memfd pages count against no rlimit: 40 memfds of file_size_mb (16 MB) each held 640 MB.
+    "memfd_beyond_rlimit_as": ("import os\ntry:\n    fds = [os.memfd_create('hold')]\nexcept OSError as e:\n"
+                               "    print('refused', e.errno)\nelse:\n    mb = 0\n    for i in range(40):\n"
+                               "        fd = fds[-1] if i == 0 else os.memfd_create('hold')\n        fds.append(fd)\n"
+                               "        try:\n            for j in range(16):\n                os.write(fd, b'm' * 2**20)\n"
+                               "                mb += 1\n        except OSError:\n            pass\n    print('HELD', mb, 'MB')",
+                               20, lambda r, c: _refused(r, "memfd_create")),
+    "memfd_secret": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(447, 0)\n"
+                     "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
+                     lambda r, c: _refused(r, "memfd_secret")),
+    # SysV shared memory: attach, touch, detach; the segment stays (until the call's IPC namespace dies).
+    "sysv_shm_beyond_rlimit_as": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                                  "libc.shmat.restype = ctypes.c_void_p\nmb = 0\nfor i in range(6):\n"
+                                  "    sid = libc.shmget(0, 100 << 20, 0o1600)\n    if sid < 0:\n"
+                                  "        print('refused', ctypes.get_errno())\n        break\n"
+                                  "    addr = libc.shmat(sid, None, 0)\n    ctypes.memset(addr, 1, 100 << 20)\n"
+                                  "    libc.shmdt(ctypes.c_void_p(addr))\n    mb += 100\nelse:\n    print('HELD', mb, 'MB')",
+                                  20, lambda r, c: _refused(r, "shmget")),
+    # SysV message queues: kernel memory (16 KB a queue, 32000 queues in a fresh IPC namespace).
+    "sysv_msg_queues": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nq = libc.msgget(0, 0o1600)\n"
+                        "if q < 0:\n    print('refused', ctypes.get_errno())\nelse:\n    buf = ctypes.create_string_buffer(8200)\n"
+                        "    buf[0] = 1\n    n = 0\n    for i in range(2000):\n        q = libc.msgget(0, 0o1600)\n"
+                        "        while libc.msgsnd(q, buf, 8192, 0o4000) == 0:\n            n += 8\n"
+                        "    print('HELD', n // 1024, 'MB')", 20, lambda r, c: _refused(r, "msgget")),
+    # POSIX message queues are charged to the host user's RLIMIT_MSGQUEUE (800 KB), through every user namespace.
+    "posix_mqueue_budget": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                            "fd = libc.syscall(240, b'tirl', 0o102, 0o600, None)\n"  # mq_open(O_RDWR|O_CREAT)
+                            "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
+                            lambda r, c: _refused(r, "mq_open")),
+    "tmp_is_capped": ("mb = 0\ntry:\n    for i in range(20):\n        with open('/tmp/fill%d' % i, 'wb') as f:\n"
+                      "            for j in range(8):\n                f.write(b't' * 2**20)\n                mb += 1\n"
+                      "except OSError as e:\n    print('capped', e.errno, mb)", 10,
+                      # ENOSPC at tmp_size_mb (64 MB in these tests); the pages count against no rlimit
+                      lambda r, c: "" if r["status"] == "ok" and r["stdout"].startswith("capped 28 ")
+                      and int(r["stdout"].split()[2]) <= c["tmp_mb"] else f"/tmp not capped: {r['stdout']!r}"),
+    "userfaultfd": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(323, 0)\n"
+                    "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno(), os.path.exists('/dev/userfaultfd'))",
+                    5, lambda r, c: _refused(r, "userfaultfd")),
+    # The kernel must pick a call's processes before the trainer, and a call must not undo that.
+    "oom_score_adj_high": ("import os\ndef adj():\n    return open('/proc/self/oom_score_adj').read().strip()\n"
+                           "first = adj()\nfor v in ('0', '-1000'):\n    try:\n"
+                           "        open('/proc/self/oom_score_adj', 'w').write(v)\n    except OSError:\n        pass\n"
+                           "r, w = os.pipe()\nif os.fork() == 0:\n    os.write(w, adj().encode())\n    os._exit(0)\n"
+                           "os.wait()\nprint(first, adj(), os.read(r, 16).decode())", 5, _ok_out("1000 1000 1000\n")),
+    # ---- host unix sockets by path (issue 27): the network namespace does not cover the filesystem ----------
+    "unix_socket_by_path": ("import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({unix_stream!r})\n"
+                            "    print('CONNECTED')\nexcept OSError as e:\n    print('refused')", 5, _ok_out("refused\n")),
+    "unix_dgram_to_host": ("import socket\nsent = []\nfor p in ({unix_dgram!r}, '/dev/log', '/run/systemd/journal/socket'):\n"
+                           "    try:\n        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'tirl', p)\n"
+                           "        sent.append(p)\n    except OSError:\n        pass\nprint(sent)", 5, _ok_out("[]\n")),
+    # What user code does need: socketpair (asyncio's self-pipe, multiprocessing.Pipe) and pipes.
+    "socketpair_asyncio_pipe_work": ("import asyncio, multiprocessing as mp, socket\na, b = socket.socketpair()\n"
+                                     "a.send(b'x')\nasync def main():\n    await asyncio.sleep(0)\n    return b.recv(1)\n"
+                                     "r, w = mp.Pipe()\nw.send(2)\nprint(asyncio.run(main()), r.recv())", 10,
+                                     _ok_out("b'x' 2\n")),
+    # inotify instances count per host user through every user namespace (128): a call must not take them.
+    "inotify_instances": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\nfor i in range(200):\n"
+                          "    if libc.inotify_init1(0) < 0:\n        break\n    n += 1\n"
+                          "print('refused', ctypes.get_errno()) if n == 0 else print('HELD', n)", 5,
+                          lambda r, c: _refused(r, "inotify_init1")),
+    "fanotify_groups": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.fanotify_init(0x200, 0)\n"
+                        "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
+                        lambda r, c: _refused(r, "fanotify_init")),
     "remount_escape": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/root', 2),"
                        " libc.mount(None, b'/', None, 32 | 4096, None))", 5, _ok_out("-1 -1\n")),
 }
@@ -147,7 +215,7 @@ def _judge_stdin(r, c):
 
 
 FORMATTED = {"home_and_project_hidden", "supervisor_environ", "host_tmp_secret", "abstract_socket_to_host",
-             "network_namespace"}
+             "network_namespace", "unix_socket_by_path", "unix_dgram_to_host"}
 JUDGES = {"write_persists_between_calls": _judge_persist, "memory_across_children": _judge_memory,
           "stdin_and_files": _judge_stdin}
 
@@ -206,6 +274,30 @@ def cpu_fairness(sb) -> dict:
     return res
 
 
+def plant_unix_listeners(parent: str) -> tuple[str, list]:
+    """A stream and a datagram listener anyone may reach (mode 777) in a new directory under ``parent``,
+    as a host service's socket under /var/lib would be. Returns (directory, sockets to close)."""
+    top = os.path.join(parent, f"tirl-sock-{os.getpid()}")
+    os.makedirs(top, mode=0o755)
+    socks = []
+    for name, kind in (("stream", socket.SOCK_STREAM), ("dgram", socket.SOCK_DGRAM)):
+        s = socket.socket(socket.AF_UNIX, kind)
+        s.bind(os.path.join(top, name))
+        os.chmod(os.path.join(top, name), 0o777)
+        if kind == socket.SOCK_STREAM:
+            s.listen()
+        socks.append(s)
+    return top, socks
+
+
+def unplant_unix_listeners(top: str, socks: list) -> None:
+    for s in socks:
+        s.close()
+    for name in ("stream", "dgram"):
+        os.unlink(os.path.join(top, name))
+    os.rmdir(top)
+
+
 def run_all(sb, names=None) -> dict:
     """Run the cases (all by default) in ``sb``; returns name -> {"result", "verdict", "host"}."""
     import tempfile
@@ -223,8 +315,13 @@ def run_all(sb, names=None) -> dict:
         fh.write(SECRET)
     os.environ["TIRL_ROUND2_SECRET"] = SECRET
     home = os.path.expanduser("~")
+    # Host sockets planted by the caller (the test, as root, for the unprivileged run), else by us where we can.
+    socket_dir, planted = os.environ.get("TIRL_HOST_SOCKETS"), None
+    if not socket_dir:
+        socket_dir, planted = plant_unix_listeners("/var/lib" if os.access("/var/lib", os.W_OK) else secret_dir)
     ctx = {"sup_pid": os.getpid(), "secret": SECRET, "secret_path": secret_path, "abstract": abstract,
-           "port": tcp.getsockname()[1], "report": sb.isolation,
+           "port": tcp.getsockname()[1], "report": sb.isolation, "tmp_mb": sb.config.tmp_size_mb,
+           "unix_stream": os.path.join(socket_dir, "stream"), "unix_dgram": os.path.join(socket_dir, "dgram"),
            "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
                                  secret_path, *os.environ.get("TIRL_PROBE_PATHS", "").split(os.pathsep))
                      if p and os.path.isfile(p)],
@@ -256,6 +353,8 @@ def run_all(sb, names=None) -> dict:
     finally:
         listener.close()
         tcp.close()
+        if planted is not None:
+            unplant_unix_listeners(socket_dir, planted)
         os.unlink(secret_path)
         os.rmdir(secret_dir)
     return out
