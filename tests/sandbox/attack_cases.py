@@ -170,6 +170,10 @@ CASES: dict[str, tuple[str, float, object]] = {
     "unix_dgram_to_host": ("import socket\nsent = []\nfor p in ({unix_dgram!r}, '/dev/log', '/run/systemd/journal/socket'):\n"
                            "    try:\n        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'tirl', p)\n"
                            "        sent.append(p)\n    except OSError:\n        pass\nprint(sent)", 5, _ok_out("[]\n")),
+    # A datagram socketpair needs no socket(): sendto with an address still reaches a host path.
+    "unix_dgram_socketpair_to_host": ("import socket\ntry:\n    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                                      "    a.sendto(b'tirl', {unix_dgram!r})\n    print('SENT')\nexcept OSError:\n"
+                                      "    print('refused')", 5, _ok_out("refused\n")),
     # What user code does need: socketpair (asyncio's self-pipe, multiprocessing.Pipe) and pipes.
     "socketpair_asyncio_pipe_work": ("import asyncio, multiprocessing as mp, socket\na, b = socket.socketpair()\n"
                                      "a.send(b'x')\nasync def main():\n    await asyncio.sleep(0)\n    return b.recv(1)\n"
@@ -215,7 +219,8 @@ def _judge_stdin(r, c):
 
 
 FORMATTED = {"home_and_project_hidden", "supervisor_environ", "host_tmp_secret", "abstract_socket_to_host",
-             "network_namespace", "unix_socket_by_path", "unix_dgram_to_host"}
+             "network_namespace", "unix_socket_by_path", "unix_dgram_to_host",
+             "unix_dgram_socketpair_to_host"}
 JUDGES = {"write_persists_between_calls": _judge_persist, "memory_across_children": _judge_memory,
           "stdin_and_files": _judge_stdin}
 
