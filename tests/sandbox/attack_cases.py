@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import sys
 import time
@@ -101,8 +102,9 @@ CASES: dict[str, tuple[str, float, object]] = {
     "orphan_daemon_after_exit": ("import os, time\nif os.fork() == 0:\n    os.setsid() if hasattr(os, 'setsid') else None\n"
                                  "    if os.fork() == 0:\n        time.sleep(600)\n    os._exit(0)\nos.wait()\nprint('launched')",
                                  5, lambda r, c: "" if r["status"] in ("ok", "error") else "launcher failed oddly"),
-    "abstract_socket_to_host": ("import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0{abstract}')\n"
-                                "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
+    "abstract_socket_to_host": ("import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n"
+                                "    s.connect('\\0{abstract}')\n    print('CONNECTED')\n"
+                                "except OSError:\n    print('refused')", 5, _ok_out("refused\n")),
     "network_namespace": ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
                           "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
     "oom_child_survivor_is_ok": ("import os\npid = os.fork()\nif pid == 0:\n    xs = []\n    while True:\n"
@@ -119,77 +121,182 @@ CASES: dict[str, tuple[str, float, object]] = {
     "stdin_and_files": ("import sys\nname = input()\ndata = open('in/data.txt').read()\nopen('out.txt', 'w').write(name + data)\n"
                         "print(sys.stdin.read().strip())", 5, None),
     "cpu_fairness": ("", 0, lambda r, c: _judge_fairness(r, c)),
-    # ---- memory outside RLIMIT_AS (issue 27): what a call may hold without a memory cgroup -------------
-    # memfd pages count against no rlimit: 40 memfds of file_size_mb (16 MB) each held 640 MB.
-    "memfd_beyond_rlimit_as": ("import os\ntry:\n    fds = [os.memfd_create('hold')]\nexcept OSError as e:\n"
-                               "    print('refused', e.errno)\nelse:\n    mb = 0\n    for i in range(40):\n"
-                               "        fd = fds[-1] if i == 0 else os.memfd_create('hold')\n        fds.append(fd)\n"
-                               "        try:\n            for j in range(16):\n                os.write(fd, b'm' * 2**20)\n"
-                               "                mb += 1\n        except OSError:\n            pass\n    print('HELD', mb, 'MB')",
-                               20, lambda r, c: _refused(r, "memfd_create")),
-    "memfd_secret": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(447, 0)\n"
-                     "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
-                     lambda r, c: _refused(r, "memfd_secret")),
-    # SysV shared memory: attach, touch, detach; the segment stays (until the call's IPC namespace dies).
-    "sysv_shm_beyond_rlimit_as": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                                  "libc.shmat.restype = ctypes.c_void_p\nmb = 0\nfor i in range(6):\n"
-                                  "    sid = libc.shmget(0, 100 << 20, 0o1600)\n    if sid < 0:\n"
-                                  "        print('refused', ctypes.get_errno())\n        break\n"
-                                  "    addr = libc.shmat(sid, None, 0)\n    ctypes.memset(addr, 1, 100 << 20)\n"
-                                  "    libc.shmdt(ctypes.c_void_p(addr))\n    mb += 100\nelse:\n    print('HELD', mb, 'MB')",
-                                  20, lambda r, c: _refused(r, "shmget")),
-    # SysV message queues: kernel memory (16 KB a queue, 32000 queues in a fresh IPC namespace).
-    "sysv_msg_queues": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nq = libc.msgget(0, 0o1600)\n"
-                        "if q < 0:\n    print('refused', ctypes.get_errno())\nelse:\n    buf = ctypes.create_string_buffer(8200)\n"
-                        "    buf[0] = 1\n    n = 0\n    for i in range(2000):\n        q = libc.msgget(0, 0o1600)\n"
-                        "        while libc.msgsnd(q, buf, 8192, 0o4000) == 0:\n            n += 8\n"
-                        "    print('HELD', n // 1024, 'MB')", 20, lambda r, c: _refused(r, "msgget")),
-    # POSIX message queues are charged to the host user's RLIMIT_MSGQUEUE (800 KB), through every user namespace.
-    "posix_mqueue_budget": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-                            "fd = libc.syscall(240, b'tirl', 0o102, 0o600, None)\n"  # mq_open(O_RDWR|O_CREAT)
-                            "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
-                            lambda r, c: _refused(r, "mq_open")),
-    "tmp_is_capped": ("mb = 0\ntry:\n    for i in range(20):\n        with open('/tmp/fill%d' % i, 'wb') as f:\n"
-                      "            for j in range(8):\n                f.write(b't' * 2**20)\n                mb += 1\n"
-                      "except OSError as e:\n    print('capped', e.errno, mb)", 10,
-                      # ENOSPC at tmp_size_mb (64 MB in these tests); the pages count against no rlimit
-                      lambda r, c: "" if r["status"] == "ok" and r["stdout"].startswith("capped 28 ")
-                      and int(r["stdout"].split()[2]) <= c["tmp_mb"] else f"/tmp not capped: {r['stdout']!r}"),
-    "userfaultfd": ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.syscall(323, 0)\n"
-                    "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno(), os.path.exists('/dev/userfaultfd'))",
-                    5, lambda r, c: _refused(r, "userfaultfd")),
-    # The kernel must pick a call's processes before the trainer, and a call must not undo that.
-    "oom_score_adj_high": ("import os\ndef adj():\n    return open('/proc/self/oom_score_adj').read().strip()\n"
-                           "first = adj()\nfor v in ('0', '-1000'):\n    try:\n"
-                           "        open('/proc/self/oom_score_adj', 'w').write(v)\n    except OSError:\n        pass\n"
-                           "r, w = os.pipe()\nif os.fork() == 0:\n    os.write(w, adj().encode())\n    os._exit(0)\n"
-                           "os.wait()\nprint(first, adj(), os.read(r, 16).decode())", 5, _ok_out("1000 1000 1000\n")),
-    # ---- host unix sockets by path (issue 27): the network namespace does not cover the filesystem ----------
-    "unix_socket_by_path": ("import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n    s.connect({unix_stream!r})\n"
-                            "    print('CONNECTED')\nexcept OSError as e:\n    print('refused')", 5, _ok_out("refused\n")),
-    "unix_dgram_to_host": ("import socket\nsent = []\nfor p in ({unix_dgram!r}, '/dev/log', '/run/systemd/journal/socket'):\n"
-                           "    try:\n        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'tirl', p)\n"
-                           "        sent.append(p)\n    except OSError:\n        pass\nprint(sent)", 5, _ok_out("[]\n")),
-    # A datagram socketpair needs no socket(): sendto with an address still reaches a host path.
-    "unix_dgram_socketpair_to_host": ("import socket\ntry:\n    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
-                                      "    a.sendto(b'tirl', {unix_dgram!r})\n    print('SENT')\nexcept OSError:\n"
-                                      "    print('refused')", 5, _ok_out("refused\n")),
-    # What user code does need: socketpair (asyncio's self-pipe, multiprocessing.Pipe) and pipes.
-    "socketpair_asyncio_pipe_work": ("import asyncio, multiprocessing as mp, socket\na, b = socket.socketpair()\n"
-                                     "a.send(b'x')\nasync def main():\n    await asyncio.sleep(0)\n    return b.recv(1)\n"
-                                     "r, w = mp.Pipe()\nw.send(2)\nprint(asyncio.run(main()), r.recv())", 10,
-                                     _ok_out("b'x' 2\n")),
-    # inotify instances count per host user through every user namespace (128): a call must not take them.
-    "inotify_instances": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nn = 0\nfor i in range(200):\n"
-                          "    if libc.inotify_init1(0) < 0:\n        break\n    n += 1\n"
-                          "print('refused', ctypes.get_errno()) if n == 0 else print('HELD', n)", 5,
-                          lambda r, c: _refused(r, "inotify_init1")),
-    "fanotify_groups": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nfd = libc.fanotify_init(0x200, 0)\n"
-                        "print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())", 5,
-                        lambda r, c: _refused(r, "fanotify_init")),
     "remount_escape": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/root', 2),"
                        " libc.mount(None, b'/', None, 32 | 4096, None))", 5, _ok_out("-1 -1\n")),
 }
+
+
+# ---- issue 27: memory outside RLIMIT_AS, the OOM killer's choice, host unix sockets, per-user budgets -------
+# memfd pages count against no rlimit: 40 memfds of file_size_mb (16 MB) each held 640 MB under 512 MB.
+MEMFD = """\
+import os
+try:
+    fds = [os.memfd_create('hold')]
+except OSError as e:
+    print('refused', e.errno)
+else:
+    mb = 0
+    for i in range(40):
+        fd = fds[-1] if i == 0 else os.memfd_create('hold')
+        fds.append(fd)
+        try:
+            for j in range(16):
+                os.write(fd, b'm' * 2**20)
+                mb += 1
+        except OSError:
+            pass
+    print('HELD', mb, 'MB')
+"""
+# One call through libc ('syscall(NR, ...)' where glibc has no wrapper): 'GOT fd', or 'refused errno'.
+LIBC = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.{call}
+print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())
+"""
+# SysV shared memory: attach, touch, detach; the segment stays until the call's IPC namespace dies.
+SYSV_SHM = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+mb = 0
+for i in range(6):
+    sid = libc.shmget(0, 100 << 20, 0o1600)
+    if sid < 0:
+        print('refused', ctypes.get_errno())
+        break
+    addr = libc.shmat(sid, None, 0)
+    ctypes.memset(addr, 1, 100 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+    mb += 100
+else:
+    print('HELD', mb, 'MB')
+"""
+# SysV message queues: kernel memory, 16 KB a queue, 32000 queues in a fresh IPC namespace.
+SYSV_MSG = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.msgget(0, 0o1600) < 0:
+    print('refused', ctypes.get_errno())
+else:
+    buf = ctypes.create_string_buffer(8200)
+    buf[0] = 1
+    kb = 0
+    for i in range(2000):
+        q = libc.msgget(0, 0o1600)
+        while libc.msgsnd(q, buf, 8192, 0o4000) == 0:
+            kb += 8
+    print('HELD', kb // 1024, 'MB')
+"""
+TMP_FILL = """\
+mb = 0
+try:
+    for i in range(20):
+        with open('/tmp/fill%d' % i, 'wb') as f:
+            for j in range(8):
+                f.write(b't' * 2**20)
+                mb += 1
+except OSError as e:
+    print('capped', e.errno, mb)
+"""
+# The kernel must take a call's processes before the trainer, and a call must not undo that.
+OOM_ADJ = """\
+import os
+def adj():
+    return open('/proc/self/oom_score_adj').read().strip()
+first = adj()
+for v in ('0', '-1000'):
+    try:
+        open('/proc/self/oom_score_adj', 'w').write(v)
+    except OSError:
+        pass
+r, w = os.pipe()
+if os.fork() == 0:
+    os.write(w, adj().encode())
+    os._exit(0)
+os.wait()
+print(first, adj(), os.read(r, 16).decode())
+"""
+UNIX_STREAM = """\
+import socket
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({unix_stream!r})
+    print('CONNECTED')
+except OSError as e:
+    print('refused')
+"""
+UNIX_DGRAM = """\
+import socket
+sent = []
+for p in ({unix_dgram!r}, '/dev/log', '/run/systemd/journal/socket'):
+    try:
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'tirl', p)
+        sent.append(p)
+    except OSError:
+        pass
+print(sent)
+"""
+# A datagram socketpair needs no socket(): sendto with an address still reaches a host path (SOCK_RAW is
+# a datagram socket too, for AF_UNIX).
+UNIX_DGRAM_PAIR = """\
+import socket
+sent = []
+for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, kind)
+        a.sendto(b'tirl', {unix_dgram!r})
+        sent.append(kind.name)
+    except OSError:
+        pass
+print(sent)
+"""
+# What user code does need: socketpair (asyncio's self-pipe, multiprocessing.Pipe) and pipes.
+SOCKETPAIR_OK = """\
+import asyncio, multiprocessing as mp, socket
+a, b = socket.socketpair()
+a.send(b'x')
+async def main():
+    await asyncio.sleep(0)
+    return b.recv(1)
+r, w = mp.Pipe()
+w.send(2)
+print(asyncio.run(main()), r.recv())
+"""
+# inotify instances count per host user through every user namespace (128): a call must not take them all.
+INOTIFY = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+for i in range(200):
+    if libc.inotify_init1(0) < 0:
+        break
+    n += 1
+print('refused', ctypes.get_errno()) if n == 0 else print('HELD', n)
+"""
+USERFAULTFD_NR = 282 if platform.machine() == "aarch64" else 323  # glibc has no wrapper
+ISSUE27 = {
+    "memfd_beyond_rlimit_as": (MEMFD, 20, lambda r, c: _refused(r, "memfd_create")),
+    "memfd_secret": (LIBC.format(call="syscall(447, 0)"), 5, lambda r, c: _refused(r, "memfd_secret")),
+    "sysv_shm_beyond_rlimit_as": (SYSV_SHM, 20, lambda r, c: _refused(r, "shmget")),
+    "sysv_msg_queues": (SYSV_MSG, 20, lambda r, c: _refused(r, "msgget")),
+    # POSIX message queues are charged to the host user's RLIMIT_MSGQUEUE (800 KB) through every user namespace.
+    "posix_mqueue_budget": (LIBC.format(call="mq_open(b'/tirl', 0o102, 0o600, None)"), 5,  # O_RDWR | O_CREAT
+                            lambda r, c: _refused(r, "mq_open")),
+    # ENOSPC at tmp_size_mb (64 MB in these tests): tmpfs pages count against no rlimit, the cap bounds them.
+    "tmp_is_capped": (TMP_FILL, 10, lambda r, c: "" if r["status"] == "ok" and r["stdout"].startswith("capped 28 ")
+                      and int(r["stdout"].split()[2]) <= c["tmp_mb"] else f"/tmp not capped: {r['stdout']!r}"),
+    "userfaultfd": (LIBC.format(call=f"syscall({USERFAULTFD_NR}, 0)"), 5, lambda r, c: _refused(r, "userfaultfd")),
+    "oom_score_adj_high": (OOM_ADJ, 5, _ok_out("1000 1000 1000\n")),
+    "unix_socket_by_path": (UNIX_STREAM, 5, _ok_out("refused\n")),
+    "unix_dgram_to_host": (UNIX_DGRAM, 5, _ok_out("[]\n")),
+    "unix_dgram_socketpair_to_host": (UNIX_DGRAM_PAIR, 5, _ok_out("[]\n")),
+    "socketpair_asyncio_pipe_work": (SOCKETPAIR_OK, 10, _ok_out("b'x' 2\n")),
+    "inotify_instances": (INOTIFY, 5, lambda r, c: _refused(r, "inotify_init1")),
+    "fanotify_groups": (LIBC.format(call="fanotify_init(0x200, 0)"), 5,  # FAN_REPORT_FID: allowed unprivileged
+                        lambda r, c: _refused(r, "fanotify_init")),
+}
+CASES.update(ISSUE27)
 
 
 def _judge_persist(r, c):
