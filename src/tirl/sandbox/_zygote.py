@@ -83,6 +83,10 @@ class Zygote:
             except Exception as e:  # reported to the supervisor, which decides whether it matters
                 errors[mod] = repr(e)
         want = cfg["isolation"] != "none"
+        if want and cfg.get("seccomp", True) and sys.version_info >= (3, 14):
+            import multiprocessing  # its new default start method, forkserver, needs socket(): denied inside
+
+            multiprocessing.set_start_method("fork")
         caps = {"root": self.root, "preload_errors": errors, "missing": {}}
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, None, 0, 0)  # orphans come to us, not to init
         self.cg_fds = [[os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in paths] for paths in cfg.get("cgroup_slots", [])]
