@@ -142,8 +142,9 @@ def build_seccomp_bpf(deny_setsid=False):
     # its unix sockets by path (a service's socket under /var/lib, mode 777), and seccomp cannot read the
     # path connect() is given. socketpair() stays (asyncio's self-pipe, multiprocessing.Pipe), stream and
     # seqpacket only: a datagram pair (SOCK_RAW is one too, for AF_UNIX) still sends to any path with
-    # sendto(). Python 3.14 defaults multiprocessing to forkserver, which needs socket(): the zygote sets
-    # "fork" there.
+    # sendto(). What this costs: multiprocessing.Manager (a unix socket server) fails inside; Pool, Queue,
+    # Pipe, shared_memory and ProcessPoolExecutor work. Python 3.14 defaults multiprocessing to
+    # forkserver, which needs socket(): the zygote sets "fork" there.
     f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket")
     f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
     for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
