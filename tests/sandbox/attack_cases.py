@@ -263,6 +263,27 @@ r, w = mp.Pipe()
 w.send(2)
 print(asyncio.run(main()), r.recv())
 """
+# Unix socket buffers are kernel memory no rlimit counts: 100 socketpairs with 4 MB buffers (the host's
+# wmem_max) queued 1.5 GB under a 512 MB RLIMIT_AS. Default buffers hold ~0.4 MB a pair.
+SOCKBUF = """\
+import socket
+pairs, queued = [], 0
+for i in range(100):
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        except OSError:
+            pass
+        try:
+            while True:
+                queued += s.send(b'q' * 65536)
+        except BlockingIOError:
+            pass
+    pairs.append((a, b))
+print('HELD', queued >> 20, 'MB')
+"""
 # inotify instances count per host user through every user namespace (128): a call must not take them all.
 INOTIFY = """\
 import ctypes
@@ -292,6 +313,8 @@ ISSUE27 = {
     "unix_dgram_to_host": (UNIX_DGRAM, 5, _ok_out("[]\n")),
     "unix_dgram_socketpair_to_host": (UNIX_DGRAM_PAIR, 5, _ok_out("[]\n")),
     "socketpair_asyncio_pipe_work": (SOCKETPAIR_OK, 10, _ok_out("b'x' 2\n")),
+    "socket_buffers_beyond_rlimit_as": (SOCKBUF, 20, lambda r, c: "" if r["status"] == "memory" or (
+        r["status"] == "ok" and int(r["stdout"].split()[1]) < 128) else f"socket buffers: {r['stdout'][:80]!r}"),
     "inotify_instances": (INOTIFY, 5, lambda r, c: _refused(r, "inotify_init1")),
     "fanotify_groups": (LIBC.format(call="fanotify_init(0x200, 0)"), 5,  # FAN_REPORT_FID: allowed unprivileged
                         lambda r, c: _refused(r, "fanotify_init")),
