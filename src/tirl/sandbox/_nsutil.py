@@ -149,6 +149,10 @@ def build_seccomp_bpf(deny_setsid=False):
     f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
     for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
         f.add_rule(sc.ERRNO(errno.EPROTONOSUPPORT), "socketpair", sc.Arg(1, sc.MASKED_EQ, 0xF, kind))
+    # Socket buffers are kernel memory no rlimit counts: raised to the host's wmem_max (4 MB here), 100
+    # socketpairs queued 1.5 GB in one process. At the default (~0.4 MB a pair) RLIMIT_NOFILE bounds them.
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF, 32, 33):  # 32, 33: SO_SNDBUFFORCE, SO_RCVBUFFORCE
+        f.add_rule(sc.ERRNO(errno.EPERM), "setsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, opt))
     fd = os.memfd_create("bpf")
     with os.fdopen(fd, "w+b") as fh:
         f.export_bpf(fh)

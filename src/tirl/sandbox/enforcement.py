@@ -2,8 +2,9 @@
 
 Every limit the sandbox cannot hold here says ``NOT ENFORCED`` and why (``isolation.summarise`` lists
 those keys in a run's summary). The figures come from the same config the calls run under.
-Not covered: memory the kernel holds for a call outside any rlimit and any cgroup (unix socket
-buffers: a socketpair queues ~400 KB; pipes: the host's pipe-user-pages-soft, 64 MB per user).
+Not covered: kernel memory a call holds outside RLIMIT_AS where no cgroup counts it: socketpair buffers
+at their default size (~0.4 MB a pair, so ~50 MB a process under RLIMIT_NOFILE 256; raising them is
+denied) and pipe buffers (bounded by the host's pipe-user-pages-soft, 64 MB per user).
 """
 from __future__ import annotations
 
