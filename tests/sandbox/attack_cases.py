@@ -284,6 +284,19 @@ for i in range(100):
     pairs.append((a, b))
 print('HELD', queued >> 20, 'MB')
 """
+# Queued signals (each POSIX timer holds one) count against RLIMIT_SIGPENDING per host user through every
+# user namespace (~96000 here): one call took them all, and the user's own timer_create failed with EAGAIN.
+TIMERS = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class SigEvent(ctypes.Structure):
+    _fields_ = [('value', ctypes.c_void_p), ('signo', ctypes.c_int), ('notify', ctypes.c_int),
+                ('pad', ctypes.c_byte * 48)]
+ev, tid, n = SigEvent(None, 0, 1), ctypes.c_void_p(), 0  # SIGEV_NONE
+while n < 200000 and libc.timer_create(1, ctypes.byref(ev), ctypes.byref(tid)) == 0:
+    n += 1
+print('timers', n)
+"""
 # inotify instances count per host user through every user namespace (128): a call must not take them all.
 INOTIFY = """\
 import ctypes
@@ -315,6 +328,8 @@ ISSUE27 = {
     "socketpair_asyncio_pipe_work": (SOCKETPAIR_OK, 10, _ok_out("b'x' 2\n")),
     "socket_buffers_beyond_rlimit_as": (SOCKBUF, 20, lambda r, c: "" if r["status"] == "memory" or (
         r["status"] == "ok" and int(r["stdout"].split()[1]) < 128) else f"socket buffers: {r['stdout'][:80]!r}"),
+    "sigpending_budget": (TIMERS, 10, lambda r, c: "" if r["status"] == "ok" and int(r["stdout"].split()[1]) <= 1024
+                          else f"a call may queue {r['stdout'].strip()!r} signals of the host user's budget"),
     "inotify_instances": (INOTIFY, 5, lambda r, c: _refused(r, "inotify_init1")),
     "fanotify_groups": (LIBC.format(call="fanotify_init(0x200, 0)"), 5,  # FAN_REPORT_FID: allowed unprivileged
                         lambda r, c: _refused(r, "fanotify_init")),
