@@ -235,7 +235,9 @@ class Zygote:
             mount(None, "/proc", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
     def _rlimits(self, lim):
-        pairs = [(resource.RLIMIT_CORE, 0, 0)]
+        # Queued signals (a POSIX timer holds one) count per host user through every user namespace: a
+        # call must not take the trainer's user's budget. Kernel-sent signals (SIGCHLD...) are never refused.
+        pairs = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_SIGPENDING, 256, 256)]
         if lim.get("cpu_s"):
             pairs.append((resource.RLIMIT_CPU, int(lim["cpu_s"]), int(lim["cpu_s"]) + 1))
         if lim.get("fsize"):
