@@ -53,7 +53,7 @@ def test_limits_say_plainly_what_holds_memory_and_who_the_oom_killer_takes():
     assert "NOT" not in limit_report(cfg, None, "", {"root": True, "oom_score_adj": 1000}, set(), 1 << 30)["host_oom"]
     failed = limit_report(cfg, None, "", {"oom_score_adj": "[Errno 13] Permission denied"}, feats, 1 << 30)
     assert failed["host_oom"].startswith("NOT ENFORCED: oom_score_adj could not be raised ([Errno 13]")
-    assert summarise({"level": "partial", "missing": {}, "limits": failed})["not_enforced"] == ["host_oom", "memory"]
+    assert {"host_oom", "memory"} <= set(summarise({"level": "partial", "missing": {}, "limits": failed})["not_enforced"])
 
 
 def test_tirl_train_refuses_in_one_line(tmp_path):
