@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import socket
 import sys
 import time
@@ -25,6 +26,10 @@ def _r(res) -> dict:
 # ---- the cases: name -> (code, timeout, judge(result, ctx) -> "" when fine, else why) ------------------
 def _ok_out(expected):
     return lambda r, c: "" if r["status"] == "ok" and r["stdout"] == expected else f"want ok {expected!r}"
+
+
+def _refused(r, what):
+    return "" if r["status"] == "ok" and r["stdout"].startswith("refused") else f"{what} allowed: {r['stdout'][:200]!r}"
 
 
 def _no_write(r, c):
@@ -97,8 +102,9 @@ CASES: dict[str, tuple[str, float, object]] = {
     "orphan_daemon_after_exit": ("import os, time\nif os.fork() == 0:\n    os.setsid() if hasattr(os, 'setsid') else None\n"
                                  "    if os.fork() == 0:\n        time.sleep(600)\n    os._exit(0)\nos.wait()\nprint('launched')",
                                  5, lambda r, c: "" if r["status"] in ("ok", "error") else "launcher failed oddly"),
-    "abstract_socket_to_host": ("import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('\\0{abstract}')\n"
-                                "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
+    "abstract_socket_to_host": ("import socket\ntry:\n    s = socket.socket(socket.AF_UNIX)\n"
+                                "    s.connect('\\0{abstract}')\n    print('CONNECTED')\n"
+                                "except OSError:\n    print('refused')", 5, _ok_out("refused\n")),
     "network_namespace": ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
                           "    print('CONNECTED')\nexcept OSError:\n    print('refused')", 5, _ok_out("refused\n")),
     "oom_child_survivor_is_ok": ("import os\npid = os.fork()\nif pid == 0:\n    xs = []\n    while True:\n"
@@ -118,6 +124,217 @@ CASES: dict[str, tuple[str, float, object]] = {
     "remount_escape": ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.umount2(b'/root', 2),"
                        " libc.mount(None, b'/', None, 32 | 4096, None))", 5, _ok_out("-1 -1\n")),
 }
+
+
+# ---- issue 27: memory outside RLIMIT_AS, the OOM killer's choice, host unix sockets, per-user budgets -------
+# memfd pages count against no rlimit: 40 memfds of file_size_mb (16 MB) each held 640 MB under 512 MB.
+MEMFD = """\
+import os
+try:
+    fds = [os.memfd_create('hold')]
+except OSError as e:
+    print('refused', e.errno)
+else:
+    mb = 0
+    for i in range(40):
+        fd = fds[-1] if i == 0 else os.memfd_create('hold')
+        fds.append(fd)
+        try:
+            for j in range(16):
+                os.write(fd, b'm' * 2**20)
+                mb += 1
+        except OSError:
+            pass
+    print('HELD', mb, 'MB')
+"""
+# One call through libc ('syscall(NR, ...)' where glibc has no wrapper): 'GOT fd', or 'refused errno'.
+LIBC = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.{call}
+print('GOT', fd) if fd >= 0 else print('refused', ctypes.get_errno())
+"""
+# SysV shared memory: attach, touch, detach; the segment stays until the call's IPC namespace dies.
+SYSV_SHM = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+mb = 0
+for i in range(6):
+    sid = libc.shmget(0, 100 << 20, 0o1600)
+    if sid < 0:
+        print('refused', ctypes.get_errno())
+        break
+    addr = libc.shmat(sid, None, 0)
+    ctypes.memset(addr, 1, 100 << 20)
+    libc.shmdt(ctypes.c_void_p(addr))
+    mb += 100
+else:
+    print('HELD', mb, 'MB')
+"""
+# SysV message queues: kernel memory, 16 KB a queue, 32000 queues in a fresh IPC namespace.
+SYSV_MSG = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.msgget(0, 0o1600) < 0:
+    print('refused', ctypes.get_errno())
+else:
+    buf = ctypes.create_string_buffer(8200)
+    buf[0] = 1
+    kb = 0
+    for i in range(2000):
+        q = libc.msgget(0, 0o1600)
+        while libc.msgsnd(q, buf, 8192, 0o4000) == 0:
+            kb += 8
+    print('HELD', kb // 1024, 'MB')
+"""
+TMP_FILL = """\
+mb = 0
+try:
+    for i in range(20):
+        with open('/tmp/fill%d' % i, 'wb') as f:
+            for j in range(8):
+                f.write(b't' * 2**20)
+                mb += 1
+except OSError as e:
+    print('capped', e.errno, mb)
+"""
+# The kernel must take a call's processes before the trainer, and a call must not undo that.
+OOM_ADJ = """\
+import os
+def adj():
+    return open('/proc/self/oom_score_adj').read().strip()
+first = adj()
+for v in ('0', '-1000'):
+    try:
+        open('/proc/self/oom_score_adj', 'w').write(v)
+    except OSError:
+        pass
+r, w = os.pipe()
+if os.fork() == 0:
+    os.write(w, adj().encode())
+    os._exit(0)
+os.wait()
+print(first, adj(), os.read(r, 16).decode())
+"""
+UNIX_STREAM = """\
+import socket
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect({unix_stream!r})
+    print('CONNECTED')
+except OSError as e:
+    print('refused')
+"""
+UNIX_DGRAM = """\
+import socket
+sent = []
+for p in ({unix_dgram!r}, '/dev/log', '/run/systemd/journal/socket'):
+    try:
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'tirl', p)
+        sent.append(p)
+    except OSError:
+        pass
+print(sent)
+"""
+# A datagram socketpair needs no socket(): sendto with an address still reaches a host path (SOCK_RAW is
+# a datagram socket too, for AF_UNIX).
+UNIX_DGRAM_PAIR = """\
+import socket
+sent = []
+for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+    try:
+        a, b = socket.socketpair(socket.AF_UNIX, kind)
+        a.sendto(b'tirl', {unix_dgram!r})
+        sent.append(kind.name)
+    except OSError:
+        pass
+print(sent)
+"""
+# What user code does need: socketpair (asyncio's self-pipe, multiprocessing.Pipe) and pipes.
+SOCKETPAIR_OK = """\
+import asyncio, multiprocessing as mp, socket
+a, b = socket.socketpair()
+a.send(b'x')
+async def main():
+    await asyncio.sleep(0)
+    return b.recv(1)
+r, w = mp.Pipe()
+w.send(2)
+print(asyncio.run(main()), r.recv())
+"""
+# Unix socket buffers are kernel memory no rlimit counts: 100 socketpairs with 4 MB buffers (the host's
+# wmem_max) queued 1.5 GB under a 512 MB RLIMIT_AS. Default buffers hold ~0.4 MB a pair.
+SOCKBUF = """\
+import socket
+pairs, queued = [], 0
+for i in range(100):
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        except OSError:
+            pass
+        try:
+            while True:
+                queued += s.send(b'q' * 65536)
+        except BlockingIOError:
+            pass
+    pairs.append((a, b))
+print('HELD', queued >> 20, 'MB')
+"""
+# Queued signals (each POSIX timer holds one) count against RLIMIT_SIGPENDING per host user through every
+# user namespace (~96000 here): one call took them all, and the user's own timer_create failed with EAGAIN.
+TIMERS = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class SigEvent(ctypes.Structure):
+    _fields_ = [('value', ctypes.c_void_p), ('signo', ctypes.c_int), ('notify', ctypes.c_int),
+                ('pad', ctypes.c_byte * 48)]
+ev, tid, n = SigEvent(None, 0, 1), ctypes.c_void_p(), 0  # SIGEV_NONE
+while n < 200000 and libc.timer_create(1, ctypes.byref(ev), ctypes.byref(tid)) == 0:
+    n += 1
+print('timers', n)
+"""
+# inotify instances count per host user through every user namespace (128): a call must not take them all.
+INOTIFY = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+n = 0
+for i in range(200):
+    if libc.inotify_init1(0) < 0:
+        break
+    n += 1
+print('refused', ctypes.get_errno()) if n == 0 else print('HELD', n)
+"""
+USERFAULTFD_NR = 282 if platform.machine() == "aarch64" else 323  # glibc has no wrapper
+ISSUE27 = {
+    "memfd_beyond_rlimit_as": (MEMFD, 20, lambda r, c: _refused(r, "memfd_create")),
+    "memfd_secret": (LIBC.format(call="syscall(447, 0)"), 5, lambda r, c: _refused(r, "memfd_secret")),
+    "sysv_shm_beyond_rlimit_as": (SYSV_SHM, 20, lambda r, c: _refused(r, "shmget")),
+    "sysv_msg_queues": (SYSV_MSG, 20, lambda r, c: _refused(r, "msgget")),
+    # POSIX message queues are charged to the host user's RLIMIT_MSGQUEUE (800 KB) through every user namespace.
+    "posix_mqueue_budget": (LIBC.format(call="mq_open(b'/tirl', 0o102, 0o600, None)"), 5,  # O_RDWR | O_CREAT
+                            lambda r, c: _refused(r, "mq_open")),
+    # ENOSPC at tmp_size_mb (64 MB in these tests): tmpfs pages count against no rlimit, the cap bounds them.
+    "tmp_is_capped": (TMP_FILL, 10, lambda r, c: "" if r["status"] == "ok" and r["stdout"].startswith("capped 28 ")
+                      and int(r["stdout"].split()[2]) <= c["tmp_mb"] else f"/tmp not capped: {r['stdout']!r}"),
+    "userfaultfd": (LIBC.format(call=f"syscall({USERFAULTFD_NR}, 0)"), 5, lambda r, c: _refused(r, "userfaultfd")),
+    "oom_score_adj_high": (OOM_ADJ, 5, _ok_out("1000 1000 1000\n")),
+    "unix_socket_by_path": (UNIX_STREAM, 5, _ok_out("refused\n")),
+    "unix_dgram_to_host": (UNIX_DGRAM, 5, _ok_out("[]\n")),
+    "unix_dgram_socketpair_to_host": (UNIX_DGRAM_PAIR, 5, _ok_out("[]\n")),
+    "socketpair_asyncio_pipe_work": (SOCKETPAIR_OK, 10, _ok_out("b'x' 2\n")),
+    "socket_buffers_beyond_rlimit_as": (SOCKBUF, 20, lambda r, c: "" if r["status"] == "memory" or (
+        r["status"] == "ok" and int(r["stdout"].split()[1]) < 128) else f"socket buffers: {r['stdout'][:80]!r}"),
+    "sigpending_budget": (TIMERS, 10, lambda r, c: "" if r["status"] == "ok" and int(r["stdout"].split()[1]) <= 1024
+                          else f"a call may queue {r['stdout'].strip()!r} signals of the host user's budget"),
+    "inotify_instances": (INOTIFY, 5, lambda r, c: _refused(r, "inotify_init1")),
+    "fanotify_groups": (LIBC.format(call="fanotify_init(0x200, 0)"), 5,  # FAN_REPORT_FID: allowed unprivileged
+                        lambda r, c: _refused(r, "fanotify_init")),
+}
+CASES.update(ISSUE27)
 
 
 def _judge_persist(r, c):
@@ -147,7 +364,8 @@ def _judge_stdin(r, c):
 
 
 FORMATTED = {"home_and_project_hidden", "supervisor_environ", "host_tmp_secret", "abstract_socket_to_host",
-             "network_namespace"}
+             "network_namespace", "unix_socket_by_path", "unix_dgram_to_host",
+             "unix_dgram_socketpair_to_host"}
 JUDGES = {"write_persists_between_calls": _judge_persist, "memory_across_children": _judge_memory,
           "stdin_and_files": _judge_stdin}
 
@@ -206,6 +424,30 @@ def cpu_fairness(sb) -> dict:
     return res
 
 
+def plant_unix_listeners(parent: str) -> tuple[str, list]:
+    """A stream and a datagram listener anyone may reach (mode 777) in a new directory under ``parent``,
+    as a host service's socket under /var/lib would be. Returns (directory, sockets to close)."""
+    top = os.path.join(parent, f"tirl-sock-{os.getpid()}")
+    os.makedirs(top, mode=0o755)
+    socks = []
+    for name, kind in (("stream", socket.SOCK_STREAM), ("dgram", socket.SOCK_DGRAM)):
+        s = socket.socket(socket.AF_UNIX, kind)
+        s.bind(os.path.join(top, name))
+        os.chmod(os.path.join(top, name), 0o777)
+        if kind == socket.SOCK_STREAM:
+            s.listen()
+        socks.append(s)
+    return top, socks
+
+
+def unplant_unix_listeners(top: str, socks: list) -> None:
+    for s in socks:
+        s.close()
+    for name in ("stream", "dgram"):
+        os.unlink(os.path.join(top, name))
+    os.rmdir(top)
+
+
 def run_all(sb, names=None) -> dict:
     """Run the cases (all by default) in ``sb``; returns name -> {"result", "verdict", "host"}."""
     import tempfile
@@ -223,8 +465,13 @@ def run_all(sb, names=None) -> dict:
         fh.write(SECRET)
     os.environ["TIRL_ROUND2_SECRET"] = SECRET
     home = os.path.expanduser("~")
+    # Host sockets planted by the caller (the test, as root, for the unprivileged run), else by us where we can.
+    socket_dir, planted = os.environ.get("TIRL_HOST_SOCKETS"), None
+    if not socket_dir:
+        socket_dir, planted = plant_unix_listeners("/var/lib" if os.access("/var/lib", os.W_OK) else secret_dir)
     ctx = {"sup_pid": os.getpid(), "secret": SECRET, "secret_path": secret_path, "abstract": abstract,
-           "port": tcp.getsockname()[1], "report": sb.isolation,
+           "port": tcp.getsockname()[1], "report": sb.isolation, "tmp_mb": sb.config.tmp_size_mb,
+           "unix_stream": os.path.join(socket_dir, "stream"), "unix_dgram": os.path.join(socket_dir, "dgram"),
            "paths": [p for p in (os.path.abspath(__file__), os.path.join(home, ".bashrc"), os.path.join(home, ".profile"),
                                  secret_path, *os.environ.get("TIRL_PROBE_PATHS", "").split(os.pathsep))
                      if p and os.path.isfile(p)],
@@ -256,6 +503,8 @@ def run_all(sb, names=None) -> dict:
     finally:
         listener.close()
         tcp.close()
+        if planted is not None:
+            unplant_unix_listeners(socket_dir, planted)
         os.unlink(secret_path)
         os.rmdir(secret_dir)
     return out

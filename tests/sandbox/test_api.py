@@ -108,12 +108,12 @@ def test_isolation_report(sb):
 
 def test_cpu_share_says_not_enforced_when_the_host_turns_autogroups_off(sb, monkeypatch):
     # Without a cpu cgroup the fair share rests on autogroups; a host that disabled them must be told plainly.
-    from tirl.sandbox import supervisor
+    from tirl.sandbox import enforcement
 
     monkeypatch.setattr(sb._sup, "cg", None)
-    monkeypatch.setattr(supervisor, "_autogroups_on", lambda: True)
+    monkeypatch.setattr(enforcement, "autogroups_on", lambda: True)
     assert "NOT ENFORCED" not in sb._sup._limit_report({"seccomp"})["cpu_share"]
-    monkeypatch.setattr(supervisor, "_autogroups_on", lambda: False)
+    monkeypatch.setattr(enforcement, "autogroups_on", lambda: False)
     share = sb._sup._limit_report({"seccomp"})["cpu_share"]
     assert "NOT ENFORCED" in share and "sched_autogroup_enabled" in share
 

@@ -35,6 +35,27 @@ def test_summaries():
     assert describe(rep) == "isolation PARTIAL: missing cgroup; not enforced: memory"
 
 
+def test_limits_say_plainly_what_holds_memory_and_who_the_oom_killer_takes():
+    from tirl.sandbox.enforcement import limit_report
+
+    cfg, feats = SandboxConfig(), {"namespaces", "pid_namespace", "drop_privileges", "readonly_fs", "seccomp"}
+    unpriv = {"root": False, "oom_score_adj": 1000}
+    rep = limit_report(cfg, None, "v1: Permission denied", unpriv, feats, 1280 << 20)
+    assert rep["memory"].startswith("NOT ENFORCED for the call: no memory cgroup (v1: Permission denied)")
+    assert "64 x 1280 MB + 64 MB /tmp + 16 MB /dev/shm" in rep["memory"]
+    assert "memfd and SysV IPC denied" in rep["memory"]
+    assert rep["host_oom"].startswith("oom_score_adj 1000")
+    # Without the syscall filter even one process escapes RLIMIT_AS.
+    assert "escape (no seccomp)" in limit_report(cfg, None, "", unpriv, feats - {"seccomp"}, 1 << 30)["memory"]
+    # Unprivileged, only a read-only /proc inside keeps a call from lowering its score; root sets a floor.
+    lowered = limit_report(cfg, None, "", unpriv, feats - {"drop_privileges"}, 1 << 30)
+    assert lowered["host_oom"].startswith("NOT ENFORCED")
+    assert "NOT" not in limit_report(cfg, None, "", {"root": True, "oom_score_adj": 1000}, set(), 1 << 30)["host_oom"]
+    failed = limit_report(cfg, None, "", {"oom_score_adj": "[Errno 13] Permission denied"}, feats, 1 << 30)
+    assert failed["host_oom"].startswith("NOT ENFORCED: oom_score_adj could not be raised ([Errno 13]")
+    assert {"host_oom", "memory"} <= set(summarise({"level": "partial", "missing": {}, "limits": failed})["not_enforced"])
+
+
 def test_tirl_train_refuses_in_one_line(tmp_path):
     """End to end: a partial sandbox (no syscall filter) stops `tirl train` with exit 2 and one line."""
     import os

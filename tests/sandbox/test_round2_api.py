@@ -92,6 +92,17 @@ def test_stdin_files_and_fetch_local(sb):
         sb.run("1", files={"big": b"x" * ((sb.config.tmp_size_mb << 20) + 1)})
 
 
+BAD_NAMES = {"dot": {".": b"x"}, "dot_slash": {"./": b"x"}, "up_again": {"a/..": b"x"}, "long": {"x" * 256: b"x"},
+             "file_then_dir": {"a": b"", "a/b": b""}, "dir_then_file": {"a/b": b"", "a": b""}}
+
+
+@pytest.mark.parametrize("files", list(BAD_NAMES.values()), ids=list(BAD_NAMES))
+def test_a_bad_input_file_name_is_the_callers_error_never_sandbox_error(sb, files):
+    """Set-up cannot write such a file: that was ``sandbox_error``, which a caller retries in vain."""
+    with pytest.raises(ValueError, match="input file name"):
+        sb.run("print(1)", files=files)
+
+
 # ---- cgroup v2 against a fake tree ----------------------------------------------------------------
 def test_cgroup_v2_supervisor_moves_to_a_leaf_first():
     fs = FakeCgroup2()
@@ -190,6 +201,11 @@ def test_http_slow_headers_are_dropped_and_connections_capped(server):
         for c in socks:
             c.close()
     assert _post(server[0], {"code": "print(5)"})[0] == 200  # and still serves
+
+
+def test_http_bad_input_file_name_is_400(server):
+    status, text = _post(server[0], {"code": "print(1)", "files": {".": base64.b64encode(b"x").decode()}})
+    assert status == 400 and "input file name" in text, text
 
 
 def test_http_sandboxfusion_stdin_files_memory(server):

@@ -106,6 +106,16 @@ _DENY = (
 ).split()
 
 
+# Absent (ENOSYS, so a library falls back to a file in the call's capped /tmp or /dev/shm), each for a reason:
+# memory that no rlimit counts and only a memory cgroup would bound (memfd pages, SysV shared memory,
+# message queues and semaphore arrays), and budgets the kernel counts per host user through every user
+# namespace (inotify and fanotify instances, 128 each; POSIX message queues, RLIMIT_MSGQUEUE 800 KB), which
+# one call would otherwise take from the trainer's user. Numeric code needs none of them.
+_ABSENT = (
+    "memfd_create memfd_secret shmget msgget semget mq_open inotify_init inotify_init1 fanotify_init"
+).split()
+
+
 def build_seccomp_bpf(deny_setsid=False):
     """Compile the filter once (in the zygote); children load the raw BPF with one prctl.
 
@@ -121,13 +131,28 @@ def build_seccomp_bpf(deny_setsid=False):
         except Exception:  # syscall unknown on this architecture
             pass
     # clone3 passes flags in memory seccomp cannot inspect: ENOSYS makes glibc fall back to clone.
-    try:
-        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-    except Exception:
-        pass
+    for name in _ABSENT + ["clone3"]:
+        try:
+            f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+        except Exception:  # syscall unknown on this architecture
+            pass
     for flag in (CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP):
         f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    # No socket() at all: the network namespace hides the host's network and abstract sockets, but not
+    # its unix sockets by path (a service's socket under /var/lib, mode 777), and seccomp cannot read the
+    # path connect() is given. socketpair() stays (asyncio's self-pipe, multiprocessing.Pipe), stream and
+    # seqpacket only: a datagram pair (SOCK_RAW is one too, for AF_UNIX) still sends to any path with
+    # sendto(). What this costs: multiprocessing.Manager (a unix socket server) fails inside; Pool, Queue,
+    # Pipe, shared_memory and ProcessPoolExecutor work. Python 3.14 defaults multiprocessing to
+    # forkserver, which needs socket(): the zygote sets "fork" there.
+    f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socket")
+    f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), "socketpair", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_RAW):
+        f.add_rule(sc.ERRNO(errno.EPROTONOSUPPORT), "socketpair", sc.Arg(1, sc.MASKED_EQ, 0xF, kind))
+    # Socket buffers are kernel memory no rlimit counts: raised to the host's wmem_max (4 MB here), 100
+    # socketpairs queued 1.5 GB in one process. At the default (~0.4 MB a pair) RLIMIT_NOFILE bounds them.
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF, 32, 33):  # 32, 33: SO_SNDBUFFORCE, SO_RCVBUFFORCE
+        f.add_rule(sc.ERRNO(errno.EPERM), "setsockopt", sc.Arg(1, sc.EQ, socket.SOL_SOCKET), sc.Arg(2, sc.EQ, opt))
     fd = os.memfd_create("bpf")
     with os.fdopen(fd, "w+b") as fh:
         f.export_bpf(fh)

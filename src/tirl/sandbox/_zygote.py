@@ -20,15 +20,17 @@ mapping our uid to 0 (capabilities over our own namespaces only); a private moun
 every top-level entry but the system's is hidden (per call also any made since), /dev holds only
 null zero full random urandom, the interpreter is re-exposed, and then every mount is read-only; a
 PID namespace of our own (we are its init), so each call can get a fresh child PID namespace;
-PR_SET_DUMPABLE 0 (no /proc/<zygote>/mem for anyone).
+PR_SET_DUMPABLE 0 (no /proc/<zygote>/mem for anyone). First of all, oom_score_adj 1000, which every call
+inherits: the host's OOM killer takes sandboxed processes before the trainer.
 
 Per call: a new PID namespace whose init is ``sleep`` (vfork + exec, prepared while the previous call
 runs) and the call's process as pid 2, so kill(-1) and /proc reach only the call itself and killing
 the init removes every descendant. Child set-up: own process group (a session, hence a
 scheduler autogroup, when there is no cpu cgroup) -> join cgroup slot (fds opened before the
 filesystem went read-only) -> unshare(mnt, net, ipc, uts) -> /proc of its PID namespace, a fresh
-size-limited /tmp and /dev/shm -> drop privileges (root: the slot's uid; otherwise a nested user namespace and no
-capabilities) -> input files -> rlimits -> no_new_privs -> seccomp -> fds 0/1/2 only -> run the code.
+size-limited /tmp and /dev/shm -> /proc read-only, then drop privileges (root: the slot's uid;
+otherwise a nested user namespace and no capabilities) -> input files -> rlimits -> no_new_privs ->
+seccomp -> fds 0/1/2 only -> run the code.
 A step the probe showed working that then fails aborts the call through the set-up status pipe.
 Not covered: disk I/O bandwidth.
 Kernel primitives live in ``_nsutil.py``, the filesystem view (start-up and per call) in ``_fsview.py``,
@@ -48,7 +50,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ``python -I`` leaves our directory out
 from _nsutil import (  # noqa: E402
-    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_NODEV, MS_NOEXEC, MS_NOSUID,
+    CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUTS, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID,
+    MS_RDONLY, MS_REMOUNT,
     PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG, PR_SET_SECCOMP,
     SECCOMP_MODE_FILTER, SockFprog, build_seccomp_bpf, check, drop_capabilities, enter_user_namespace, libc,
     make_readonly, mount, unshare,
@@ -72,6 +75,7 @@ class Zygote:
         self.init_bin = None
         self.cg_fds = []  # per slot: fds of the slot's cgroup.procs files, opened before going read-only
         self.top_known: set[str] = set()  # top-level names at start-up (hidden or system)
+        self.own_proc = False  # (in a call) /proc is the call's own mount, ours to make read-only
 
     # ---- start-up -------------------------------------------------------------------------
     def start(self):
@@ -83,7 +87,11 @@ class Zygote:
             except Exception as e:  # reported to the supervisor, which decides whether it matters
                 errors[mod] = repr(e)
         want = cfg["isolation"] != "none"
-        caps = {"root": self.root, "preload_errors": errors, "missing": {}}
+        if want and cfg.get("seccomp", True) and sys.version_info >= (3, 14):
+            import multiprocessing  # its new default start method, forkserver, needs socket(): denied inside
+
+            multiprocessing.set_start_method("fork")
+        caps = {"root": self.root, "preload_errors": errors, "missing": {}, "oom_score_adj": _oom_first()}
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, None, 0, 0)  # orphans come to us, not to init
         self.cg_fds = [[os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in paths] for paths in cfg.get("cgroup_slots", [])]
         if want:
@@ -192,12 +200,14 @@ class Zygote:
             unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
             if self.features.get("pid_namespace"):
                 mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+                self.own_proc = True
         elif step == "tmpfs":
             if self.features.get("fs_hiding"):
                 hide_new_top_level(self.top_known)
             fresh_tmp(self.cfg["expose"], int(self.cfg.get("tmp_size_mb", 64)), int(self.cfg.get("shm_size_mb", 0)))
         elif step == "drop_privileges":
             if self.root:
+                self._seal_proc()
                 uid = req["uid"]
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
@@ -208,6 +218,9 @@ class Zygote:
                 # our own uid_map needs /proc/self to be ours, hence dumpable first.
                 libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)
                 enter_user_namespace()
+                if self.own_proc:
+                    unshare(CLONE_NEWNS)  # owned by the new user namespace: the remount below is ours to make
+                    self._seal_proc()
                 drop_capabilities()
             libc.prctl(PR_SET_DUMPABLE, 1, None, 0, 0)  # /proc/self stays readable by the call itself
         elif step == "no_new_privs":
@@ -215,8 +228,16 @@ class Zygote:
         elif step == "seccomp":
             check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog), 0, 0), "seccomp")
 
+    def _seal_proc(self):
+        """The call's /proc read-only from here on: a call must not lower the oom_score_adj it inherits
+        (unprivileged, nothing else stops it: oom_score_adj_min is set only by a privileged writer)."""
+        if self.own_proc:
+            mount(None, "/proc", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
     def _rlimits(self, lim):
-        pairs = [(resource.RLIMIT_CORE, 0, 0)]
+        # Queued signals (a POSIX timer holds one) count per host user through every user namespace: a
+        # call must not take the trainer's user's budget. Kernel-sent signals (SIGCHLD...) are never refused.
+        pairs = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_SIGPENDING, 256, 256)]
         if lim.get("cpu_s"):
             pairs.append((resource.RLIMIT_CPU, int(lim["cpu_s"]), int(lim["cpu_s"]) + 1))
         if lim.get("fsize"):
@@ -443,6 +464,18 @@ class Zygote:
                     except OSError:
                         pass
         os._exit(0)
+
+
+def _oom_first():
+    """oom_score_adj 1000 for the zygote and so every call it forks: when the host runs out of memory the
+    kernel kills sandboxed processes before the trainer. Raising it needs no privilege; as root it also
+    becomes the floor (oom_score_adj_min) no call can go below. Returns 1000, or why it failed."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+        return 1000
+    except OSError as e:
+        return str(e)
 
 
 def main():

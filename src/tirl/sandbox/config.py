@@ -54,7 +54,7 @@ class SandboxConfig:
     """"auto": strongest available, reported; "strict": refuse to start unless every primitive works
     (the error names the missing one); "none": only timeouts, output caps and rlimits (debugging)."""
     seccomp: bool = True
-    """Load the syscall filter (ptrace, mount, namespaces, non-AF_UNIX sockets, bpf... denied)."""
+    """Load the syscall filter (ptrace, mount, namespaces, socket(), memfd, SysV IPC, inotify, bpf... denied)."""
     uid_base: int = 1_500_000_000
     """Root only: first unprivileged uid. Each sandbox leases a block of 256 uids no other sandbox on
     the host holds (a lock file per block), one uid per slot. Unused by any real account."""

@@ -72,12 +72,13 @@ def check_timeout(timeout: float | None, default: float) -> float:
 
 
 def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
-    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit."""
-    out, total = {}, 0
+    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit.
+
+    Every name the call's set-up would fail to write is refused here, as the caller's mistake: there it
+    would be ``sandbox_error``, the status that means "retry", and a retry fails the same way."""
+    out, total, paths = {}, 0, set()
     for name, data in (files or {}).items():
-        if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name \
-                or os.path.normpath(name).startswith(".."):
-            raise ValueError(f"input file name must be a relative path inside /tmp: {name!r}")
+        paths.add(_check_name(name, paths))
         if isinstance(data, str):
             raw = base64.b64decode(data, validate=True)
         elif isinstance(data, (bytes, bytearray)):
@@ -89,6 +90,20 @@ def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
     if total > limit_bytes:
         raise ValueError(f"input files hold {total} bytes, over the limit of {limit_bytes} (tmp_size_mb)")
     return out
+
+
+def _check_name(name, taken: set[str]) -> str:
+    """The normalised path of one input file name; ValueError unless it names a file inside /tmp that no
+    other input file uses as a directory, or the other way round."""
+    path = os.path.normpath(name) if isinstance(name, str) and name and "\0" not in name else ""
+    if not path or path == "." or path.startswith(("/", "../")) or path == "..":
+        raise ValueError(f"input file name must be a relative path to a file inside /tmp: {name!r}")
+    if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ValueError(f"input file name too long (255 bytes a component, 4095 in all): {name[:80]!r}...")
+    parents = {path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)}
+    if path in taken or parents & taken or any(p.startswith(path + "/") for p in taken):
+        raise ValueError(f"input file name {name!r} is also another input file, or its directory")
+    return path
 
 
 def memfd(name: str, data: bytes) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .cgroups import CgroupSlots, remove_stale
 from .config import ExecResult, SandboxConfig, SandboxUnavailable
+from .enforcement import limit_report
 from .hostview import BASE_ENV, descendants, hide_and_expose, lease_uid_block
 from .outcome import Observed, classify
 from .plumbing import Drain, check_files, check_timeout, memfd, read_fetched
@@ -29,16 +30,6 @@ from .plumbing import Drain, check_files, check_timeout, memfd, read_fetched
 _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
 PRIMITIVES = ("cgroup", "namespaces", "pid_namespace", "tmpfs", "fs_hiding", "readonly_fs", "minimal_dev",
               "drop_privileges", "no_new_privs", "seccomp")
-
-
-
-def _autogroups_on() -> bool:
-    """Without a cpu cgroup, fairness between calls rests on the kernel giving each session its own autogroup."""
-    try:
-        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
-            return f.read().strip() != "0"
-    except OSError:
-        return False  # a kernel without CONFIG_SCHED_AUTOGROUP
 
 
 @dataclass
@@ -165,25 +156,7 @@ class Supervisor:
 
     def _limit_report(self, feats: set) -> dict[str, str]:
         """How each limit is enforced here, in words; 'NOT ENFORCED' where it cannot be."""
-        cg = self.cg
-        cpu_share = ("cpu cgroup per slot (equal weight)" if cg and cg.has_cpu else
-                     "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup"
-                     if "seccomp" not in feats else
-                     "NOT ENFORCED: no cpu cgroup and the host disabled scheduler autogroups "
-                     "(kernel.sched_autogroup_enabled=0)" if not _autogroups_on() else
-                     "scheduler autogroup per call (setsid denied inside)")
-        return {
-            "wall_clock": "SIGKILL of the whole call from outside",
-            "memory": "cgroup memory limit for the whole call" if cg else
-                      "per process only (RLIMIT_AS): NOT ENFORCED across the processes of one call (no cgroup)",
-            "pids": "cgroup pids limit" if cg else
-                    ("RLIMIT_NPROC per call (own uid or user namespace)" if "drop_privileges" in feats else
-                     "NOT ENFORCED (no cgroup, no per-call uid)"),
-            "cpu_share": cpu_share,
-            "cleanup": "PID namespace per call (its init takes every descendant)" if "pid_namespace" in feats else
-                       ("cgroup sweep" if cg else "per-uid sweep" if self.caps.get("root") else
-                        "process group only (setpgid/setsid denied): NOT ENFORCED for a process that escapes it"),
-        }
+        return limit_report(self.cfg, self.cg, self.cg_reason, self.caps, feats, self.limits(self.cfg.timeout_s)["as"])
 
     def _on_message(self) -> None:
         try:
