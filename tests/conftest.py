@@ -12,7 +12,7 @@ for key, value in {
     "HF_HOME": os.path.join(_TMP, "hf"),
     "MPLCONFIGDIR": os.path.join(_TMP, "mpl"),
     "WANDB_MODE": "disabled",
-    # Small ops on a 2-core box run far slower with 2 threads than with 1 (see README).
+    # Small ops on a 2-core box run far slower with 2 threads than with 1 (see docs/development.md).
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "TOKENIZERS_PARALLELISM": "false",
