@@ -187,3 +187,14 @@ def test_fetch_and_stdin_still_work_with_the_limits(server):
             "files": {"i": base64.b64encode(b"1").decode()}, "fetch_files": ["o"]}
     status, data = _post(server[0], body)
     assert status == 200 and base64.b64decode(data["files"]["o"]) == b"ABC"
+
+
+def test_a_body_of_millions_of_tiny_json_items_is_refused_unparsed(server):
+    # json.loads of it would hold the GIL, and with it the sandbox's own thread, for seconds
+    status, data = _post(server[0], {"code": "print(1)", "files": {str(i): "" for i in range(300_000)}})
+    assert status == 413 and "JSON items" in data["message"]
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="write_timeout_s"):
+        ServeLimits(write_timeout_s=0)

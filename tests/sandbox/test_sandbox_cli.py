@@ -79,3 +79,5 @@ def test_serve_beyond_loopback_with_a_token_gets_past_that_check():
         port = s.getsockname()[1]
         out = _cli("serve", "--host", "0.0.0.0", "--port", str(port), "--preload", "", timeout=30, env=env)
     assert out.returncode == 2 and "is in use" in out.stderr and "token" not in out.stderr, out.stderr
+    bad = _cli("serve", "--write-timeout", "0", "--preload", "", timeout=30)
+    assert bad.returncode == 2 and bad.stderr == "tirl sandbox serve: write_timeout_s must be above 0, not 0.0\n"

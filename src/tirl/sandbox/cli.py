@@ -100,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
         from .http import check_exposure, serve
 
         try:  # before the sandbox starts and says where it serves
+            limits = _limits(args)
             check_exposure(args.host, args.token)
             check_port_free(args.host, args.port)
         except (UserError, ValueError) as e:
             return fail(f"sandbox {cmd}", e)
-        serve(args.host, args.port, _config(args), _limits(args), args.token)
+        serve(args.host, args.port, _config(args), limits, args.token)
         return 0
     if cmd == "bench":
         from .bench import run_bench

@@ -67,6 +67,13 @@ class ServeLimits:
     max_requests: int = 0
     """Requests read, run and answered at once; 0 = the sandbox's slots (a body is read when one is free)."""
 
+    def __post_init__(self):
+        for name in ("max_connections", "read_timeout_s", "write_timeout_s", "max_body_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, not {getattr(self, name)!r}")
+        if self.max_requests < 0:
+            raise ValueError(f"max_requests must be 0 (one per sandbox slot) or more, not {self.max_requests!r}")
+
 
 class _ClientError(Exception):
     def __init__(self, status: int, message: str):
