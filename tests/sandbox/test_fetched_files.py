@@ -80,7 +80,7 @@ def test_files_asked_for_still_come_back(sb):
 
 
 @pytest.mark.parametrize("files", [{".": ""}, {"./": ""}, {"a" * 256: ""}, {"d": "", "d/x": ""},
-                                   {"..": ""}, {"/etc/x": ""}, {"\udcff\ud800": ""}])
+                                   {"..": ""}, {"/etc/x": ""}, {"a": "", "./a": ""}])
 def test_bad_input_file_names_are_the_callers_error(sb, files):
     with pytest.raises(ValueError, match="input file"):
         sb.run("print(1)", files=files)

@@ -16,7 +16,6 @@ from json.decoder import scanstring
 MAX_FILES_BYTES = 16 << 20  # fetched files, in total (base64 grows it by a third)
 FETCHED_CAP = MAX_FILES_BYTES * 4 // 3 + 4096  # the runner's JSON of them, names included
 MAX_FETCH = 1000  # names in fetch_files: parsing what comes back takes one step per name
-NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits: a longer input file name failed inside the sandbox
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -79,10 +78,13 @@ def check_timeout(timeout: float | None, default: float) -> float:
 
 
 def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
-    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit."""
-    out, total = {}, 0
+    """Input files as {relative path: base64}; raises ValueError for bad names or a total over the limit.
+
+    Every name the call's set-up would fail to write is refused here, as the caller's mistake: there it
+    would be ``sandbox_error``, the status that means "retry", and a retry fails the same way."""
+    out, total, paths = {}, 0, set()
     for name, data in (files or {}).items():
-        _check_name(name)
+        paths.add(_check_name(name, paths))
         if isinstance(data, str):
             raw = base64.b64decode(data, validate=True)
         elif isinstance(data, (bytes, bytearray)):
@@ -93,42 +95,21 @@ def check_files(files: dict | None, limit_bytes: int) -> dict[str, str]:
         out[name] = base64.b64encode(raw).decode()
     if total > limit_bytes:
         raise ValueError(f"input files hold {total} bytes, over the limit of {limit_bytes} (tmp_size_mb)")
-    _check_no_file_is_a_folder(out)
     return out
 
 
-def _check_name(name: object) -> None:
-    """A name the sandbox can create under /tmp; the caller's mistake otherwise, so caught here, where
-    it is a ValueError (a 400 over HTTP), not inside the sandbox, where it was a sandbox_error."""
+def _check_name(name, taken: set[str]) -> str:
+    """The normalised path of one input file name; ValueError unless it names a file inside /tmp that no
+    other input file uses as a directory, or the other way round."""
     path = os.path.normpath(name) if isinstance(name, str) and name and "\0" not in name else ""
-    if not path or path in (".", "..") or path.startswith(("/", "../")):
-        raise ValueError(f"input file name must be a relative path inside /tmp: {name!r}")
-    try:
-        raw = path.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise ValueError(f"input file name is not a valid file name: {name!r}") from None
-    if len(raw) >= PATH_MAX or any(len(part) > NAME_MAX for part in raw.split(b"/")):
-        raise ValueError(f"input file name too long (at most {NAME_MAX} bytes a part): {name[:80]!r}...")
-
-
-def _check_no_file_is_a_folder(files: dict[str, str]) -> None:
-    paths = {os.path.normpath(n) for n in files}
-    for path in paths:
-        parent = os.path.dirname(path)
-        while parent:
-            if parent in paths:
-                raise ValueError(f"input file {parent!r} is also a folder of input file {path!r}")
-            parent = os.path.dirname(parent)
-
-
-def check_fetch(fetch_files: list | None) -> list[str]:
-    """The names to fetch: a list of at most ``MAX_FETCH`` strings (ValueError otherwise)."""
-    fetch = list(fetch_files or [])
-    if not all(isinstance(f, str) for f in fetch):
-        raise ValueError("fetch_files must be a list of path strings")
-    if len(fetch) > MAX_FETCH:
-        raise ValueError(f"fetch_files names {len(fetch)} files, over the limit of {MAX_FETCH}")
-    return fetch
+    if not path or path == "." or path.startswith(("/", "../")) or path == "..":
+        raise ValueError(f"input file name must be a relative path to a file inside /tmp: {name!r}")
+    if len(path.encode()) >= 4096 or any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ValueError(f"input file name too long (255 bytes a component, 4095 in all): {name[:80]!r}...")
+    parents = {path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)}
+    if path in taken or parents & taken or any(p.startswith(path + "/") for p in taken):
+        raise ValueError(f"input file name {name!r} is also another input file, or its directory")
+    return path
 
 
 def memfd(name: str, data: bytes) -> int:
@@ -142,6 +123,16 @@ def memfd(name: str, data: bytes) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def check_fetch(fetch_files: list | None) -> list[str]:
+    """The names to fetch: a list of at most ``MAX_FETCH`` strings (ValueError otherwise)."""
+    fetch = list(fetch_files or [])
+    if not all(isinstance(f, str) for f in fetch):
+        raise ValueError("fetch_files must be a list of path strings")
+    if len(fetch) > MAX_FETCH:
+        raise ValueError(f"fetch_files names {len(fetch)} files, over the limit of {MAX_FETCH}")
+    return fetch
 
 
 def read_fetched(fd: int, wanted: set[str]) -> tuple[dict[str, str], str]:
