@@ -166,7 +166,8 @@ def _authorize(token: str):
 
     @web.middleware
     async def authorize(request: web.Request, handler):
-        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+        given = request.headers.get("Authorization", "").encode(errors="replace")  # any header: a mismatch, not a 500
+        if not hmac.compare_digest(given, expected):
             resp = _client_error(_ClientError(401, "this server needs its token: Authorization: Bearer <token>"))
             resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
