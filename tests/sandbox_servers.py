@@ -15,18 +15,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(concurrency: int = 2, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
+def start_server(concurrency: int = 2, timeout_s: float = 60.0,
+                 token: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "TIRL_SANDBOX_TOKEN"}  # only the token asked for
+    args = ["--token", token] if token else []
     proc = subprocess.Popen([sys.executable, "-m", "tirl.sandbox.cli", "serve", "--port", str(port),
-                             "--max-concurrency", str(concurrency), "--preload", ""],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                             "--max-concurrency", str(concurrency), "--preload", "", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
+    health = urllib.request.Request(f"{url}/health", headers={"Authorization": f"Bearer {token}"} if token else {})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"sandbox server exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            with urllib.request.urlopen(health, timeout=1) as r:
                 if r.status == 200:
                     return proc, url
         except OSError:

@@ -83,7 +83,9 @@ def test_sandbox_servers_as_actors_behind_every_workers_pool(tiny_model_dir):  #
                                          sandbox=SandboxConfig(preload=[])))
     try:
         assert len(backend.sandbox_urls) == 2  # start-up already probed each worker's pool (print(6 * 7) == 42)
-        with SandboxPool(backend.sandbox_urls, max_in_flight=2) as pool:
+        with SandboxPool(backend.sandbox_urls, max_in_flight=2, http_retries=0) as pool:  # without the run's token
+            assert "401" in pool.run("print(1)").message
+        with SandboxPool(backend.sandbox_urls, max_in_flight=2, token=backend.sandbox_token) as pool:
             res = pool.run_batch([f"print({i})" for i in range(20)] + ["1/0"])
             served = [s["served"] for s in pool.stats()["servers"].values()]
         assert [r.stdout for r in res[:20]] == [f"{i}\n" for i in range(20)] and res[20].status == "error"

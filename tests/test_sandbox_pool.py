@@ -93,3 +93,18 @@ def test_1000_mixed_calls_with_a_server_killed_half_way(two_servers):
     assert v["alive"] is False and v["dropped"] == 1
     assert v["served"] + o["served"] == 1000
     assert o["served"] >= 500  # the second half (and what was in flight on the victim) went to the other
+
+
+def test_the_workers_pool_sends_the_servers_token(monkeypatch):
+    from tirl.distributed.worker import make_sandbox_client
+
+    monkeypatch.delenv("TIRL_SANDBOX_TOKEN", raising=False)
+    proc, url = start_server(token="pool-token")
+    try:
+        with make_sandbox_client(None, [url], 2, token="pool-token") as pool:
+            assert pool.run("print(6 * 7)").stdout == "42\n"
+        with make_sandbox_client(None, [url], 2) as pool:
+            res = pool.run("print(1)")
+        assert res.status == "sandbox_error" and "401" in res.message
+    finally:
+        stop_server(proc)

@@ -1,7 +1,8 @@
 """HTTP client plumbing every tirl client shares: the retry policy and a background event loop.
 
-Connection errors, timeouts, 429 and 5xx are worth another try (a busy inference or sandbox
-server under RL load: verl#3478, SandboxFusion#33), with exponential back-off; any other 4xx is
+Connection errors, timeouts, 408, 429 and 5xx are worth another try (a busy inference or sandbox
+server under RL load: verl#3478, SandboxFusion#33; 408: the body did not arrive in time, RFC 9110
+lets the client repeat it), with exponential back-off; any other 4xx is
 the caller's mistake and raises at once with the server's message. Used by the sandbox client,
 the OpenAI-compatible generator and the conversion pipeline's chat client. `BackgroundLoop` lets
 synchronous callers (the rollout, the trainer) use one aiohttp session from any thread.
@@ -17,7 +18,7 @@ import aiohttp
 
 
 class HTTPRejected(ValueError):
-    """The server refused the request (4xx other than 429): retrying would not help."""
+    """The server refused the request (4xx other than 408 and 429): retrying would not help."""
 
     def __init__(self, url: str, status: int, body: str):
         super().__init__(f"{url} rejected the request (HTTP {status}): {body[:500]}")
@@ -25,7 +26,7 @@ class HTTPRejected(ValueError):
 
 
 class HTTPUnavailable(RuntimeError):
-    """Every attempt failed (unreachable, timed out, 429 or 5xx); `last` says how the last one did."""
+    """Every attempt failed (unreachable, timed out, 408, 429 or 5xx); `last` says how the last one did."""
 
     def __init__(self, url: str, attempts: int, last: str):
         super().__init__(f"{url} failed after {attempts} attempts; last error: {last}")
@@ -48,7 +49,7 @@ async def request_json(session: aiohttp.ClientSession, method: str, url: str, bo
             await asyncio.sleep(backoff_delay(attempt, backoff_s))
         try:
             async with session.request(method, url, json=body, timeout=timeout) as resp:
-                if resp.status == 429 or resp.status >= 500:
+                if resp.status in (408, 429) or resp.status >= 500:
                     last = f"HTTP {resp.status}: {(await resp.text())[:200]}"
                     continue
                 if resp.status >= 400:

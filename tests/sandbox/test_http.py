@@ -84,13 +84,14 @@ def test_bad_request_is_a_clear_error(server):
             client.run(None, timeout=1)  # type: ignore[arg-type]  # code must be a string
 
 
-def test_retries_on_5xx_then_succeeds(sb):
+@pytest.mark.parametrize("status", [503, 408])  # 408: the body came too late (a loaded server, a slow link)
+def test_retries_on_5xx_and_408_then_succeeds(sb, status):
     calls = {"n": 0}
 
     async def flaky(request):
         calls["n"] += 1
         if calls["n"] <= 2:
-            return web.Response(status=503, text="overloaded")
+            return web.Response(status=status, text="overloaded")
         res = await sb.arun((await request.json())["code"])
         return web.json_response({**res.to_sandboxfusion(), "tirl": res.to_dict()})
 

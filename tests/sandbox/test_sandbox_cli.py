@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "tirl.cli", "sandbox", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
 
 
 def test_help_lists_subcommands():
@@ -49,3 +49,35 @@ def test_serve_on_a_taken_port_is_one_line_before_anything_starts():
         out = _cli("serve", "--port", str(port), "--preload", "", timeout=60)
     assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr  # no "serving on" first
     assert out.stderr == f"tirl sandbox serve: port {port} is in use: choose another with --port\n", out.stderr
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_beyond_loopback_needs_a_token():
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "TIRL_SANDBOX_TOKEN"}
+    out = _cli("serve", "--host", "0.0.0.0", "--port", str(_free_port()), "--preload", "", timeout=30, env=env)
+    assert out.returncode == 2 and out.stdout == "", out.stdout + out.stderr  # refused before the sandbox starts
+    assert out.stderr.count("\n") == 1 and "--host 0.0.0.0" in out.stderr and "TIRL_SANDBOX_TOKEN" in out.stderr
+
+
+def test_serve_beyond_loopback_with_a_token_gets_past_that_check():
+    import os
+    import socket
+
+    env = {**os.environ, "TIRL_SANDBOX_TOKEN": "s3cret"}
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = _cli("serve", "--host", "0.0.0.0", "--port", str(port), "--preload", "", timeout=30, env=env)
+    assert out.returncode == 2 and "is in use" in out.stderr and "token" not in out.stderr, out.stderr
+    bad = _cli("serve", "--write-timeout", "0", "--preload", "", timeout=30)
+    assert bad.returncode == 2 and bad.stderr == "tirl sandbox serve: write_timeout_s must be above 0, not 0.0\n"

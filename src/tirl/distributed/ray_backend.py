@@ -94,13 +94,15 @@ class RayBackend:
         """Per sync: the version, the trainer's weight hash and every worker's (object-store sync)."""
         self.sandbox_servers: list[Any] = []
         self.sandbox_urls = list(cfg.sandbox_urls) if cfg.sandbox == "urls" else []
+        self.sandbox_token = os.environ.get("TIRL_SANDBOX_TOKEN")  # the driver's, for workers on other nodes
         if cfg.sandbox == "actors":
             self._start_sandbox_servers()
         if self.sandbox_urls:
             import dataclasses
 
             self.spec = dataclasses.replace(spec, sandbox_urls=self.sandbox_urls,
-                                            sandbox_concurrency=cfg.sandbox_concurrency)
+                                            sandbox_concurrency=cfg.sandbox_concurrency,
+                                            sandbox_token=self.sandbox_token)
         for i in range(W):
             self._start(i)
         self.info = self._wait([w.info.remote() for w in self.workers], "start")
@@ -131,15 +133,20 @@ class RayBackend:
         self.dead.discard(i)
 
     def _start_sandbox_servers(self) -> None:
-        """One `tirl sandbox serve` actor per worker, in the worker's bundle; their URLs feed every pool."""
+        """One `tirl sandbox serve` actor per worker, in the worker's bundle; their URLs feed every pool.
+        They listen on the node's address, so with a token of this run's own that only its workers hold."""
+        import secrets
+
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.sandbox_token = secrets.token_urlsafe(32)
 
         actor = self.ray.remote(SandboxServer)
         for i in range(self.cfg.rollout_workers):
             # num_cpus=0: it shares the worker's bundle (and node); its calls run in its own cgroup slots.
             self.sandbox_servers.append(actor.options(num_cpus=0, max_restarts=0, scheduling_strategy=
                                                       PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i))
-                                        .remote(self.spec.sandbox))
+                                        .remote(self.spec.sandbox, self.sandbox_token))
         self.sandbox_urls = self._wait([s.url.remote() for s in self.sandbox_servers], "sandbox server start")
 
     def _wait(self, refs: list[Any], what: str) -> list[Any]:
@@ -287,9 +294,10 @@ def _server_sync(cfg: Any, sync_dir: str | None) -> Any:
 
 
 class SandboxServer:
-    """`tirl sandbox serve` inside a Ray actor: a local sandbox behind the HTTP server, on the node's IP."""
+    """`tirl sandbox serve` inside a Ray actor: a local sandbox behind the HTTP server, on the node's IP,
+    answering only requests that carry `token`."""
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, token: str | None = None):
         import ray
 
         from tirl.generation.server import ServerThread
@@ -298,7 +306,7 @@ class SandboxServer:
 
         self.sandbox = Sandbox(config)
         ip = ray.util.get_node_ip_address()
-        self.thread = ServerThread(make_app(self.sandbox), host=ip, port=0)
+        self.thread = ServerThread(make_app(self.sandbox, token=token), host=ip, port=0)
 
     def url(self) -> str:
         return self.thread.url

@@ -39,14 +39,16 @@ class _Server:
 
 class SandboxPool:
     def __init__(self, urls: list[str], max_in_flight: int = 4, health_timeout_s: float = 5.0,
-                 readmit_s: float = 30.0, http_retries: int = 1, default_timeout_s: float = 10.0):
+                 readmit_s: float = 30.0, http_retries: int = 1, default_timeout_s: float = 10.0,
+                 token: str | None = None):
         from tirl.sandbox.http import HttpSandbox
 
         if not urls:
             raise ValueError("a sandbox pool needs at least one server URL")
         self.max_in_flight, self.health_timeout_s, self.readmit_s = max_in_flight, health_timeout_s, readmit_s
         self.servers = [_Server(u.rstrip("/"), HttpSandbox(u, max_concurrency=max_in_flight, retries=http_retries,
-                                                           backoff_s=0.1, default_timeout_s=default_timeout_s))
+                                                           backoff_s=0.1, default_timeout_s=default_timeout_s,
+                                                           token=token))
                         for u in urls]
         self.retried = 0
         self._bg = BackgroundLoop("tirl-sandbox-pool")

@@ -38,6 +38,9 @@ class WorkerSpec:
     """A `SandboxConfig` for a local sandbox, or None when `sandbox_urls` are given."""
     sandbox_urls: list[str] = field(default_factory=list)
     sandbox_concurrency: int = 4
+    sandbox_token: str | None = None
+    """The bearer token of the servers at `sandbox_urls` (`tirl sandbox serve --token`); None: the
+    worker's own TIRL_SANDBOX_TOKEN, if any."""
     device: str = "cpu"
 
 
@@ -65,7 +68,8 @@ class RolloutWorker:
             from tirl.generation.openai import OpenAIGenerator
 
             self.generator = OpenAIGenerator(spec.server_url, self.tokenizer, model=spec.server_model)
-        self.sandbox = make_sandbox_client(spec.sandbox, spec.sandbox_urls, spec.sandbox_concurrency)
+        self.sandbox = make_sandbox_client(spec.sandbox, spec.sandbox_urls, spec.sandbox_concurrency,
+                                           spec.sandbox_token)
         self.version = -1
         """-1 until the first sync: a fresh worker holds the base weights, not a trainer's version."""
         self.skip_weight_load = False
@@ -140,12 +144,12 @@ class RolloutWorker:
                 close()
 
 
-def make_sandbox_client(config: Any, urls: list[str], concurrency: int) -> Any:
-    """A local `Sandbox` (config), or one pool client over sandbox server URLs."""
+def make_sandbox_client(config: Any, urls: list[str], concurrency: int, token: str | None = None) -> Any:
+    """A local `Sandbox` (config), or one pool client over sandbox server URLs (sending `token`)."""
     if urls:
         from tirl.distributed.sandbox_pool import SandboxPool
 
-        return SandboxPool(urls, max_in_flight=concurrency)
+        return SandboxPool(urls, max_in_flight=concurrency, token=token)
     from tirl.sandbox import Sandbox
 
     return Sandbox(config)

@@ -21,14 +21,39 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preload", default=S, help="comma-separated modules imported once in the zygote (numpy,sympy)")
 
 
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--token", default=os.environ.get("TIRL_SANDBOX_TOKEN") or None,
+                   help="every request needs 'Authorization: Bearer TOKEN' (default: $TIRL_SANDBOX_TOKEN; prefer it, "
+                        "a flag shows in the process list). Required with a --host other than loopback")
+    p.add_argument("--max-connections", type=int, default=256, help="open connections; at the cap the one idle "
+                                                                    "longest is dropped for a new one")
+    p.add_argument("--read-timeout", type=float, default=10.0, help="seconds for a request's headers, and for its "
+                                                                    "body once its turn comes")
+    p.add_argument("--write-timeout", type=float, default=30.0, help="seconds a client has to take its response")
+    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body (413 beyond)")
+    p.add_argument("--max-requests", type=int, default=0, help="requests read, run and answered at once; the "
+                                                               "others wait holding only their headers "
+                                                               "(0 = the sandbox's slots)")
+
+
+def _limits(args):
+    from .http import ServeLimits
+
+    return ServeLimits(max_connections=args.max_connections, read_timeout_s=args.read_timeout,
+                       write_timeout_s=args.write_timeout, max_body_mb=args.max_body_mb,
+                       max_requests=args.max_requests)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="sandbox_command", required=True, metavar="{serve,bench,check}")
     p = sub.add_parser("serve", help="SandboxFusion-compatible HTTP server (POST /run_code, GET /health)",
                        description="Serve the sandbox over HTTP with SandboxFusion's /run_code request and "
                                    "response shape, so verl/ToRL can point their sandbox URL at it.")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (no authentication: keep it on loopback "
-                                                       "or behind your own proxy)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; one other machines reach needs a token")
     p.add_argument("--port", type=int, default=8080, help="TCP port")
+    _serve_args(p)
     _config_args(p)
     p = sub.add_parser("bench", help="latency, throughput, naive-subprocess ratio, output sizes, soak",
                        description="Benchmark the local sandbox (same code as benchmarks/sandbox.py). Check "
@@ -72,13 +97,15 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "serve":
         from tirl.commands import UserError, check_port_free
 
-        from .http import serve
+        from .http import check_exposure, serve
 
         try:  # before the sandbox starts and says where it serves
+            limits = _limits(args)
+            check_exposure(args.host, args.token)
             check_port_free(args.host, args.port)
-        except UserError as e:
+        except (UserError, ValueError) as e:
             return fail(f"sandbox {cmd}", e)
-        serve(args.host, args.port, _config(args))
+        serve(args.host, args.port, _config(args), limits, args.token)
         return 0
     if cmd == "bench":
         from .bench import run_bench

@@ -4,21 +4,35 @@ Server: ``POST /run_code`` takes SandboxFusion's request (``code``, ``language``
 ``compile_timeout``, ``memory_limit_MB``, ``stdin``, ``files`` {path: base64}, ``fetch_files``
 [paths]) and answers in its response shape (``files`` {path: base64}), plus a ``tirl`` key carrying
 the full ``ExecResult``. verl/ToRL users can point their sandbox URL at it. ``GET /health`` reports
-the isolation level. Bad values (non-finite or non-positive ``run_timeout``, a file name leaving
-/tmp...) are answered 400, bodies over ``MAX_BODY`` 413, a request whose headers or body do not
-arrive within ``READ_TIMEOUT_S`` is dropped (408 for a slow body), and at most ``MAX_CONNECTIONS``
-connections are served at once (more are closed on accept).
+the isolation level. The caller's mistakes are 4xx with ``{"detail", "message"}`` (FastAPI's shape,
+which SandboxFusion answers with), never a ``SandboxError``: 400 for bad values (a non-finite
+``run_timeout``, a file name the sandbox cannot create...), 401 without the token, 408 for a body
+that does not arrive in time, 413 for a body over ``max_body_mb`` (refused before it is sent when
+its length is declared).
+
+What a client can hold (``ServeLimits``): a request's body is read only when its turn comes (at most
+``max_requests`` at once, by default one per sandbox slot), and its turn lasts until the response is
+written, which must happen within ``write_timeout_s`` (then the connection is aborted and the buffer
+freed); waiting requests hold only their headers. So the server's memory is bounded by the turns
+whatever the queue. Connections are capped in ``http_conns``. With ``token`` (``--token``,
+``TIRL_SANDBOX_TOKEN``) every request needs ``Authorization: Bearer <token>``; a server bound to an
+address other machines reach refuses to start without one.
 
 Client: same API as ``Sandbox`` (run / run_batch / arun), bounded concurrency, retries with
-exponential back-off on connection errors and 5xx, a clear ``ValueError`` on 4xx.
+exponential back-off on connection errors and 5xx, a clear ``ValueError`` on 4xx; sends the token
+given, or ``TIRL_SANDBOX_TOKEN``'s.
 Not covered: languages other than Python, ``memory_limit_MB`` above the server's configured limit
-(clamped), authentication (bind to loopback or put it behind your own proxy).
+(clamped), TLS (put a proxy in front when the network between client and server is not trusted).
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import math
+import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import aiohttp
@@ -27,17 +41,50 @@ from aiohttp import web
 from tirl.http_client import BackgroundLoop, HTTPUnavailable, request_json
 
 from .config import ExecResult, SandboxConfig
+from .http_conns import mark_serving, start_server
 from .local import Sandbox
 
 MAX_TIMEOUT_S = 300.0
-MAX_BODY = 64 << 20
-READ_TIMEOUT_S = 10.0
-KEEPALIVE_S = 15.0
-MAX_CONNECTIONS = 256
+TOKEN_ENV = "TIRL_SANDBOX_TOKEN"
+MAX_JSON_ITEMS = 1 << 18  # commas and colons in a body: json.loads keeps the GIL, so millions stalled the sandbox too
+
+__all__ = ["HttpSandbox", "ServeLimits", "check_exposure", "make_app", "parse_request", "serve", "start_server"]
 
 
-def _bad(message: str, status: int = 400) -> web.Response:
-    return web.json_response({"status": "SandboxError", "message": message}, status=status)
+@dataclass
+class ServeLimits:
+    """What the clients of one server may hold of it: connections, time, memory."""
+
+    max_connections: int = 256
+    """Open connections; at the cap the one idle longest is dropped to let a new one in."""
+    read_timeout_s: float = 10.0
+    """A request's headers (from the connection's opening or its previous response), and its body once
+    its turn has come, must arrive within this."""
+    write_timeout_s: float = 30.0
+    """A response must be taken by the client within this, or its connection is aborted."""
+    max_body_mb: int = 64
+    """Largest request body: input files up to the sandbox's 64 MB /tmp, base64, need about this."""
+    max_requests: int = 0
+    """Requests read, run and answered at once; 0 = the sandbox's slots (a body is read when one is free)."""
+
+    def __post_init__(self):
+        for name in ("max_connections", "read_timeout_s", "write_timeout_s", "max_body_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be above 0, not {getattr(self, name)!r}")
+        if self.max_requests < 0:
+            raise ValueError(f"max_requests must be 0 (one per sandbox slot) or more, not {self.max_requests!r}")
+
+
+class _ClientError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _client_error(e: _ClientError) -> web.Response:
+    resp = web.json_response({"detail": str(e), "message": str(e)}, status=e.status)
+    resp.force_close()  # its body may be unread; a new connection is cheap
+    return resp
 
 
 def _number(body: dict, key: str, lo: float = 0.0) -> float | None:
@@ -78,130 +125,112 @@ def parse_request(body: object) -> dict:
             "memory_mb": max(1, int(mem)) if mem else None}
 
 
-def make_app(sandbox: Sandbox) -> web.Application:
-    max_mb = sandbox.config.memory_mb
+async def _read_request(request: web.Request, limits: ServeLimits) -> dict:
+    """The body, read now (the request's turn has come) and in time, parsed into ``arun``'s arguments."""
+    try:
+        raw = await asyncio.wait_for(request.read(), limits.read_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        raise _ClientError(413, f"body larger than {limits.max_body_mb} MB (max_body_mb)") from None
+    except asyncio.TimeoutError:
+        raise _ClientError(408, f"body not received within {limits.read_timeout_s:g} s") from None
+    except ConnectionError:
+        raise _ClientError(400, "the connection was lost before the body arrived") from None  # nobody to tell
+    if raw.count(b",") + raw.count(b":") > MAX_JSON_ITEMS:
+        raise _ClientError(413, f"body holds over {MAX_JSON_ITEMS} JSON items")
+    try:
+        return parse_request(json.loads(raw))
+    except json.JSONDecodeError:
+        raise _ClientError(400, "body must be JSON") from None
+    except (ValueError, RecursionError) as e:
+        raise _ClientError(400, str(e)) from None
 
-    async def run_code(request: web.Request) -> web.Response:
+
+async def _send(request: web.Request, resp: web.StreamResponse, timeout: float) -> web.StreamResponse:
+    """Write ``resp`` while the request still holds its turn, within ``timeout``: aiohttp's own write
+    waits as long as the client does not read, holding the whole response (6 such clients held 42 MB
+    each for 25 s and more)."""
+    async def write():
+        await resp.prepare(request)
+        await resp.write_eof()
+
+    try:
+        await asyncio.wait_for(write(), timeout)
+    except asyncio.TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+    return resp
+
+
+def _authorize(token: str):
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authorize(request: web.Request, handler):
+        given = request.headers.get("Authorization", "").encode(errors="replace")  # any header: a mismatch, not a 500
+        if not hmac.compare_digest(given, expected):
+            resp = _client_error(_ClientError(401, "this server needs its token: Authorization: Bearer <token>"))
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        return await handler(request)
+
+    return authorize
+
+
+def make_app(sandbox: Sandbox, limits: ServeLimits | None = None, token: str | None = None) -> web.Application:
+    limits = limits or ServeLimits()
+    max_mb, max_body = sandbox.config.memory_mb, limits.max_body_mb << 20
+    turns = asyncio.Semaphore(limits.max_requests or sandbox.isolation.get("max_concurrency") or os.cpu_count() or 1)
+
+    async def run_code(request: web.Request) -> web.StreamResponse:
         try:
-            raw = await asyncio.wait_for(request.read(), READ_TIMEOUT_S)
-        except web.HTTPRequestEntityTooLarge:
-            return _bad(f"body larger than {MAX_BODY} bytes", 413)
-        except asyncio.TimeoutError:
-            return _bad(f"body not received within {READ_TIMEOUT_S:g} s", 408)
-        try:
-            kw = parse_request(json.loads(raw))
-        except (ValueError, UnicodeDecodeError) as e:
-            return _bad(str(e) if not isinstance(e, json.JSONDecodeError) else "body must be JSON")
-        if kw["memory_mb"]:
-            kw["memory_mb"] = min(kw["memory_mb"], max_mb)
-        try:
-            res = await sandbox.arun(kw.pop("code"), **kw)
-        except ValueError as e:
-            return _bad(str(e))
-        return web.json_response({**res.to_sandboxfusion(), "tirl": res.to_dict()})
+            if (request.content_length or 0) > max_body:  # refused before the client sends it
+                raise _ClientError(413, f"body of {request.content_length} bytes, over {limits.max_body_mb} MB "
+                                        "(max_body_mb)")
+            async with turns:
+                kw = await _read_request(request, limits)
+                if kw["memory_mb"]:
+                    kw["memory_mb"] = min(kw["memory_mb"], max_mb)
+                try:
+                    res = await sandbox.arun(kw.pop("code"), **kw)
+                except ValueError as e:
+                    raise _ClientError(400, str(e)) from None
+                resp = web.json_response({**res.to_sandboxfusion(), "tirl": res.to_dict()})
+                return await _send(request, resp, limits.write_timeout_s)
+        except _ClientError as e:
+            return _client_error(e)
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "isolation": sandbox.isolation})
 
-    @web.middleware
-    async def read_guard(request: web.Request, handler):
-        guard = _Guard.of(request.transport)
-        if guard:
-            guard.disarm()  # headers are in; the body has its own deadline
-        try:
-            return await handler(request)
-        finally:
-            if guard:
-                guard.arm()  # next request's headers (or idle keep-alive) must come in time
-
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[read_guard])
+    middlewares = [mark_serving] + ([_authorize(token)] if token else [])
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app.router.add_post("/run_code", run_code)
     app.router.add_get("/health", health)
     return app
 
 
-class _Guard(asyncio.Protocol):
-    """Wraps aiohttp's protocol: caps connections and drops one whose headers do not arrive in time."""
-
-    by_transport: dict = {}  # id(transport) -> guard, for the middleware (all servers of this process)
-
-    def __init__(self, inner, read_timeout: float, count: list[int]):
-        self.inner, self.read_timeout, self.count = inner, read_timeout, count
-        self.transport = None
-        self.timer = None
-
-    @classmethod
-    def of(cls, transport):
-        return cls.by_transport.get(id(transport))
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.count[0] += 1
-        _Guard.by_transport[id(transport)] = self
-        self.inner.connection_made(transport)
-        self.arm()
-
-    def arm(self):
-        self.disarm()
-        self.timer = asyncio.get_running_loop().call_later(self.read_timeout, self._expired)
-
-    def disarm(self):
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _expired(self):
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data):
-        self.inner.data_received(data)
-
-    def eof_received(self):
-        return self.inner.eof_received()
-
-    def pause_writing(self):
-        self.inner.pause_writing()
-
-    def resume_writing(self):
-        self.inner.resume_writing()
-
-    def connection_lost(self, exc):
-        self.disarm()
-        if self.transport is not None:
-            self.count[0] -= 1
-            _Guard.by_transport.pop(id(self.transport), None)
-            self.transport = None
-        self.inner.connection_lost(exc)
+def check_exposure(host: str, token: str | None) -> None:
+    """A server other machines can reach must have a token: ValueError (one line) otherwise."""
+    if token or host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    raise ValueError(f"--host {host} can be reached from other machines and this server runs any code sent to "
+                     f"it: give a token (--token or {TOKEN_ENV}), or bind 127.0.0.1")
 
 
-class _Refuse(asyncio.Protocol):
-    def connection_made(self, transport):
-        transport.close()
-
-
-async def start_server(app: web.Application, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
-                       read_timeout: float = READ_TIMEOUT_S):
-    """Start serving ``app``; returns (runner, asyncio server). Close with ``server.close(); await runner.cleanup()``."""
-    runner = web.AppRunner(app, keepalive_timeout=KEEPALIVE_S, access_log=None)
-    await runner.setup()
-
-    count = [0]
-
-    def factory():
-        if count[0] >= max_connections:
-            return _Refuse()
-        return _Guard(runner.server(), read_timeout, count)
-
-    server = await asyncio.get_running_loop().create_server(factory, host, port)
-    return runner, server
-
-
-def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | None = None) -> None:
-    """Run the server until interrupted (blocking)."""
+def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | None = None,
+          limits: ServeLimits | None = None, token: str | None = None) -> None:
+    """Run the server until interrupted (blocking). ValueError before anything starts when ``host`` is
+    not loopback and there is no ``token``."""
+    check_exposure(host, token)
+    limits = limits or ServeLimits()
     with Sandbox(config) as sb:
         print(f"tirl sandbox: isolation {sb.isolation['level']} (missing: {sorted(sb.isolation['missing'])}); "
-              f"serving on http://{host}:{port}/run_code", flush=True)
+              f"serving on http://{host}:{port}/run_code{' (token required)' if token else ''}", flush=True)
 
         async def main():
             import signal
@@ -209,7 +238,8 @@ def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | Non
             stop = asyncio.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop: cgroups and zygote go too
                 asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-            runner, server = await start_server(make_app(sb), host, port)
+            runner, server = await start_server(make_app(sb, limits, token), host, port, limits.max_connections,
+                                                limits.read_timeout_s)
             try:
                 await stop.wait()
             finally:
@@ -220,15 +250,17 @@ def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | Non
 
 
 class HttpSandbox:
-    """Client with the same API as ``Sandbox``. ``url`` is the server root, e.g. http://127.0.0.1:8080."""
+    """Client with the same API as ``Sandbox``. ``url`` is the server root, e.g. http://127.0.0.1:8080;
+    ``token`` (default: ``TIRL_SANDBOX_TOKEN``) is sent as ``Authorization: Bearer``."""
 
     def __init__(self, url: str, max_concurrency: int = 8, retries: int = 4, backoff_s: float = 0.2,
-                 request_timeout_s: float | None = None, default_timeout_s: float = 10.0):
+                 request_timeout_s: float | None = None, default_timeout_s: float = 10.0, token: str | None = None):
         self.url = url.rstrip("/")
         self.retries, self.backoff_s = retries, backoff_s
         self.request_timeout_s = request_timeout_s
         self.default_timeout_s = default_timeout_s
-        self._bg = BackgroundLoop("tirl-http-sandbox")
+        token = token or os.environ.get(TOKEN_ENV)  # the one setting every caller (eval, convert, pools) shares
+        self._bg = BackgroundLoop("tirl-http-sandbox", {"Authorization": f"Bearer {token}"} if token else None)
         self._sem = asyncio.Semaphore(max_concurrency)
 
     async def _run(self, code: str, timeout: float | None, stdin: str | None = None, files: dict | None = None,

@@ -1,5 +1,6 @@
 """The descriptors and checked inputs of one call: output drains with a byte cap, memfds, request
-validation (timeout, input files) and the parsing of fetched files (program output, never trusted).
+validation (timeout, input file names, files to fetch) and the parsing of fetched files (program output,
+never trusted: size-capped before it is read, parsed in at most one step per file asked for).
 """
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import base64
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
+from json.decoder import scanstring
 
 MAX_FILES_BYTES = 16 << 20  # fetched files, in total (base64 grows it by a third)
+FETCHED_CAP = MAX_FILES_BYTES * 4 // 3 + 4096  # the runner's JSON of them, names included
+MAX_FETCH = 1000  # names in fetch_files: parsing what comes back takes one step per name
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
 @dataclass
@@ -119,15 +125,66 @@ def memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def read_fetched(fd: int, wanted: set[str]) -> dict[str, str]:
-    """Files the program left for ``fetch_files``: program output, so parsed defensively and capped."""
+def check_fetch(fetch_files: list | None) -> list[str]:
+    """The names to fetch: a list of at most ``MAX_FETCH`` strings (ValueError otherwise)."""
+    fetch = list(fetch_files or [])
+    if not all(isinstance(f, str) for f in fetch):
+        raise ValueError("fetch_files must be a list of path strings")
+    if len(fetch) > MAX_FETCH:
+        raise ValueError(f"fetch_files names {len(fetch)} files, over the limit of {MAX_FETCH}")
+    return fetch
+
+
+def read_fetched(fd: int, wanted: set[str]) -> tuple[dict[str, str], str]:
+    """Files the program left for ``fetch_files``, and why none came back when that is not the program's
+    plain absence of them (a line for the result's message). Program output: capped before it is read."""
     size = os.fstat(fd).st_size
-    if not size or size > MAX_FILES_BYTES * 4 // 3 + 4096:
-        return {}
+    if not size:
+        return {}, ""
+    if size > FETCHED_CAP:
+        return {}, f"fetch_files: {size} bytes of files, over the limit of {FETCHED_CAP}: none returned"
     try:
-        got = json.loads(os.pread(fd, size, 0))
-    except (ValueError, OSError):
-        return {}
-    if not isinstance(got, dict):
-        return {}
-    return {k: v for k, v in got.items() if k in wanted and isinstance(v, str)}
+        return parse_fetched(os.pread(fd, size, 0).decode(), wanted), ""
+    except (ValueError, OSError) as e:
+        return {}, (f"fetch_files: the files could not be read back ({e}; over file_size_mb, or the "
+                    "program wrote to their descriptor): none returned")
+
+
+def parse_fetched(text: str, wanted: set[str]) -> dict[str, str]:
+    """The runner's ``{"name": "base64", ...}``, one pair at a time, given up after more pairs than
+    names were asked for; ValueError for anything else. ``json.loads`` of 16 MB of ``{"0":"","1":"",...}``
+    held the event loop for over a second, and being C that keeps the GIL, a thread would not have helped."""
+    i, out = _after(text, 0, "{"), {}
+    if text.startswith("}", i):
+        return _end(text, i + 1, out)
+    for _ in range(len(wanted)):
+        key, i = _string(text, i)
+        value, i = _string(text, _after(text, i, ":"))
+        if key in wanted:
+            out[key] = value
+        i = _SPACE.match(text, i).end()
+        if text.startswith("}", i):
+            return _end(text, i + 1, out)
+        i = _after(text, i, ",")
+    raise ValueError("more entries than files asked for")
+
+
+def _after(text: str, i: int, char: str) -> int:
+    """The index past ``char`` at ``i`` (white space around it skipped)."""
+    i = _SPACE.match(text, i).end()
+    if not text.startswith(char, i):
+        raise ValueError(f"expected {char!r} at offset {i}")
+    return _SPACE.match(text, i + 1).end()
+
+
+def _string(text: str, i: int) -> tuple[str, int]:
+    """The JSON string at ``i`` and the index past it: one C call, linear in its length."""
+    if not text.startswith('"', i):
+        raise ValueError(f"expected a string at offset {i}")
+    return scanstring(text, i + 1)
+
+
+def _end(text: str, i: int, out: dict[str, str]) -> dict[str, str]:
+    if _SPACE.match(text, i).end() != len(text):
+        raise ValueError(f"data after the end at offset {i}")
+    return out

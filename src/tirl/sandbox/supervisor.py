@@ -25,7 +25,7 @@ from .config import ExecResult, SandboxConfig, SandboxUnavailable
 from .enforcement import limit_report
 from .hostview import BASE_ENV, descendants, hide_and_expose, lease_uid_block
 from .outcome import Observed, classify
-from .plumbing import Drain, check_files, check_timeout, memfd, read_fetched
+from .plumbing import Drain, check_fetch, check_files, check_timeout, memfd, read_fetched
 
 _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_zygote.py")
 PRIMITIVES = ("cgroup", "namespaces", "pid_namespace", "tmpfs", "fs_hiding", "readonly_fs", "minimal_dev",
@@ -219,7 +219,7 @@ class Supervisor:
         if not isinstance(code, str):
             raise ValueError(f"code must be a string, not {type(code).__name__}")
         payload = {"code": code, "files": check_files(files, self.cfg.tmp_size_mb << 20),
-                   "fetch": [str(f) for f in fetch_files or []]}
+                   "fetch": check_fetch(fetch_files)}
         if memory_mb is not None and (not isinstance(memory_mb, int) or memory_mb <= 0):
             raise ValueError(f"memory_mb must be a positive integer, not {memory_mb!r}")
         stdin_b = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
@@ -312,7 +312,8 @@ class Supervisor:
                 (self.cg.oom_kills(slot) - oom0) if self.cg else 0, ev.get("cpu_s", 0.0), limits["cpu_s"],
                 ev.get("maxrss_kb", 0)))
             if payload["fetch"] and not killed:
-                res.files = read_fetched(files_fd, set(payload["fetch"]))
+                res.files, why = read_fetched(files_fd, set(payload["fetch"]))
+                res.message = "; ".join(m for m in (res.message, why) if m)
             return res
         finally:
             for fd in mine:
