@@ -1,0 +1,65 @@
+"""The RL loop's refactors change no number: a few GRPO and PPO steps of the tiny model, from a fixed
+seed, end at exactly the weights main's loop (before the producer/learner split) ended at.
+
+The hashes were taken from main's `train_rl` on this project's CPU reference platform; float results
+can differ between CPU kernels and torch versions, so elsewhere the test is skipped (and says why)
+rather than failing on arithmetic it does not own. `test_async.py` holds the properties that hold
+everywhere (max_staleness 0 equals the plain loop step for step, the staleness bound)."""
+
+import hashlib
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from tirl.config import load_config
+from tirl.train.rl import RLConfig, train_rl
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# GRPO with an entropy bonus and a KL term (a random model earns no reward: these give every row a
+# gradient), dynamic sampling (two rounds), the fused old log-probs; PPO with its critic, warm-up and
+# the separate scoring pass.
+RUNS = {
+    "grpo": ("smoke_grpo.yaml", ["algorithm.entropy_coef=0.01", "algorithm.kl_coef=0.01",
+                                 "algorithm.dynamic_sampling=true", "algorithm.dynamic_sampling_max_rounds=2"]),
+    "ppo": ("smoke_ppo.yaml", ["algorithm.entropy_coef=0.01"]),
+}
+COMMON = ["trainer.steps=3", "trainer.save_every=0", "trainer.eval_size=1", "trainer.seed=3"]
+
+# (torch version, machine) -> run -> sha256 of the final weights (policy, then critic), from main's loop.
+REFERENCE = {
+    "2.13.0+cpu x86_64": {"grpo": "e6a4f206ef373a07b5687c9866035b32cfe3fb7e295bec104d3feeea192fd380",
+                          "ppo": "7c0f19cbf6e48fe536dff7964f53a0c78750cb250cfd77dd2ee08c4dbdf23fb1"},
+}
+
+
+def weights_hash(run_dir: Path) -> str:
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    ckpt = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    h = hashlib.sha256()
+    models = [AutoModelForCausalLM.from_pretrained(ckpt / "policy")]
+    if (ckpt / "critic").is_dir():
+        models.append(AutoModelForTokenClassification.from_pretrained(ckpt / "critic"))
+    for model in models:
+        for name, p in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_hash(tmp_path: Path, name: str, extra: list[str] = ()) -> str:
+    config, overrides = RUNS[name]
+    cfg = load_config(RLConfig, CONFIGS / config, [*overrides, *COMMON, *extra])
+    train_rl(cfg, tmp_path / name)
+    return weights_hash(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_the_loop_ends_at_main_s_weights_bit_for_bit(tmp_path, name):
+    key = f"{torch.__version__} {platform.machine()}"
+    if key not in REFERENCE:
+        pytest.skip(f"reference hashes were taken on another platform ({', '.join(REFERENCE)}), not {key}")
+    assert run_hash(tmp_path, name) == REFERENCE[key][name]
