@@ -47,7 +47,8 @@ def test_exec_penalty_applies_when_any_code_did_not_execute():
 
 
 def test_critic_and_policy_load_without_dropout(tiny_model_dir):  # noqa: F811
-    from tirl.train.rl import RLConfig, _load_critic, _load_policy
+    from tirl.train.rl import RLConfig
+    from tirl.train.rl_models import load_critic as _load_critic, load_policy as _load_policy
 
     critic = _load_critic(str(tiny_model_dir))
     assert any(isinstance(m, torch.nn.Dropout) for m in critic.modules())

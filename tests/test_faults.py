@@ -245,10 +245,11 @@ def _smoke(steps=1):
 def test_the_learner_trains_on_valid_samples_only(tmp_path, monkeypatch):
     """2 groups of 4: group 0 loses sample 0, group 1 keeps one sample (dropped). Before: the void
     samples' 0 scores entered the group baselines and their rows were trained on (8 rows)."""
+    import tirl.train.producer as producer
     import tirl.train.rl as rl
     from tirl.train.logger import read_metrics
 
-    monkeypatch.setattr(rl, "play", _voiding_play(rl.play, void={0, 4, 5, 6}))
+    monkeypatch.setattr(producer, "play", _voiding_play(producer.play, void={0, 4, 5, 6}))
     rl.train_rl(_smoke(), tmp_path / "run")
     (m,) = read_metrics(tmp_path / "run")
     assert (m["rollout/infra_failed"], m["rollout/infra_dropped_groups"], m["train/rows"]) == (4.0, 1.0, 3.0)
@@ -256,8 +257,9 @@ def test_the_learner_trains_on_valid_samples_only(tmp_path, monkeypatch):
 
 
 def test_the_learner_refuses_a_batch_from_another_weight_version(tmp_path, monkeypatch):
+    import tirl.train.producer as producer
     import tirl.train.rl as rl
 
-    monkeypatch.setattr(rl, "play", _voiding_play(rl.play, void=set(), version_shift=1))
+    monkeypatch.setattr(producer, "play", _voiding_play(producer.play, void=set(), version_shift=1))
     with pytest.raises(StaleRollout, match="version 1, the learner expected version 0"):
         rl.train_rl(_smoke(), tmp_path / "run")
