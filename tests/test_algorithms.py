@@ -421,6 +421,31 @@ def test_tis_weights_scale_each_tokens_gradient():
     assert lp.grad.tolist()[0] == pytest.approx([-2.0 / 2, -0.5 / 2])
 
 
+def test_decoupled_weights_hand_example_mask_over_the_cap_and_weigh_the_rest_in_full():
+    # proximal (the learner before the update) vs behaviour (the stale sampler), per token:
+    # 0.5 / 0.25 = 2, 0.3 / 0.3 = 1, 0.2 / 0.02 = 10 (> cap 5: masked), unknown (NaN): 1, padding: 0
+    prox = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.4, 0.1]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.3, 0.02, 0.4, 0.1]]))
+    behaviour[0, 3] = float("nan")
+    mask = torch.tensor([[1, 1, 1, 1, 0]])
+    w, m = A.decoupled_is_weights(prox, behaviour, mask, cap=5.0)
+    assert w.tolist()[0] == pytest.approx([2.0, 1.0, 0.0, 1.0, 0.0])
+    assert m["decoupled/weight_mean"] == pytest.approx(4 / 4)
+    assert m["decoupled/weight_max"] == pytest.approx(10.0)
+    assert m["decoupled/masked_frac"] == pytest.approx(1 / 4)
+    # TIS on the same tokens truncates the 10 to the cap instead of masking it
+    t, tm = A.truncated_is_weights(prox, behaviour, mask, cap=5.0)
+    assert t.tolist()[0] == pytest.approx([2.0, 1.0, 5.0, 1.0, 0.0]) and tm["tis/clipped_frac"] == pytest.approx(1 / 4)
+    # in the loss: each token's gradient scaled by its weight, the masked one's exactly 0
+    lp = prox.clone().requires_grad_(True)
+    loss, _ = A.policy_loss(lp, prox, torch.tensor([1.0]), mask, weights=w, agg="seq-sum")
+    loss.backward()
+    # -A * w / (B * T) at ratio 1 (seq-sum: B * T = 5)
+    assert lp.grad.tolist()[0] == pytest.approx([-2.0 / 5, -1.0 / 5, 0.0, -1.0 / 5, 0.0])
+    with pytest.raises(ValueError, match="cap must be positive"):
+        A.decoupled_is_weights(prox, behaviour, mask, cap=0)
+
+
 def test_adaptive_kl_controller_hand_values():
     # KL at twice the target: error clipped to +0.2; 64 samples over a horizon of 640 -> x1.02
     assert A.adaptive_kl_coef(0.1, 0.2, 0.1, 64, 640) == pytest.approx(0.1 * 1.02)

@@ -34,7 +34,8 @@ Simplifications / not covered:
     - No DAPO dynamic sampling (dropping groups whose rewards are all equal): such groups simply
       get zero GRPO advantages. The trainer may filter them.
     - No sequence-level importance ratios (GSPO). Rollout/trainer mismatch is corrected per token
-      by :func:`truncated_is_weights` (TIS), which :func:`policy_loss` takes as ``weights``.
+      by :func:`truncated_is_weights` (TIS) or :func:`decoupled_is_weights` (decoupled PPO), which
+      :func:`policy_loss` takes as ``weights``.
 """
 
 from tirl.algorithms.advantages import (
@@ -47,13 +48,13 @@ from tirl.algorithms.advantages import (
 from tirl.algorithms.aggregate import AGG_MODES, aggregate, global_normalizer
 from tirl.algorithms.kl import KL_KINDS, adaptive_kl_coef, kl_loss, kl_penalty, kl_reward_penalty
 from tirl.algorithms.logprobs import entropy_from_logits, model_token_logprobs, token_logprobs
-from tirl.algorithms.losses import entropy_loss, policy_loss, truncated_is_weights, value_loss
+from tirl.algorithms.losses import decoupled_is_weights, entropy_loss, policy_loss, truncated_is_weights, value_loss
 from tirl.algorithms.masked import masked_mean, masked_sum, masked_var, whiten
 
 __all__ = [
     "AGG_MODES", "KL_KINDS", "masked_sum", "masked_mean", "masked_var", "whiten",
     "grpo_advantages", "rloo_advantages", "expand_to_tokens", "outcome_token_rewards",
-    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "truncated_is_weights", "adaptive_kl_coef", "value_loss",
+    "gae_advantages", "aggregate", "global_normalizer", "policy_loss", "truncated_is_weights", "decoupled_is_weights", "adaptive_kl_coef", "value_loss",
     "kl_penalty", "kl_loss", "kl_reward_penalty", "entropy_from_logits", "entropy_loss",
     "model_token_logprobs", "token_logprobs",
 ]

@@ -39,6 +39,37 @@ def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, mask: T
     return w, metrics
 
 
+def decoupled_is_weights(prox_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor,
+                         cap: float) -> tuple[Tensor, dict]:
+    """Decoupled PPO's behaviour weights (Hilton et al. 2021; AReaL, Fu et al. 2025), per token, no grad.
+
+    With asynchronous rollouts the tokens were sampled by a behaviour policy up to k updates older than
+    the proximal policy the PPO ratio starts from (the learner's weights before the update). The loss
+    then weighs each token by pi_prox / pi_behav, in full; a token whose weight exceeds ``cap`` is masked
+    (weight 0: no gradient, still counted in the normaliser, like a token the clip zeroes), as AReaL's
+    ``behav_imp_weight_cap`` does, instead of truncated to the cap as :func:`truncated_is_weights` does.
+
+    A behaviour log-prob of NaN (unknown) keeps weight 1, as in :func:`truncated_is_weights`.
+
+    Returns ((B, T) weights, 0 at masked positions, and metrics over valid tokens:
+    ``decoupled/weight_mean`` (of the weights the loss gets), ``decoupled/weight_max`` (the largest raw
+    weight, masked ones included) and ``decoupled/masked_frac`` (share of tokens over the cap)).
+    """
+    check_same_shape(prox_logprobs=prox_logprobs, behaviour_logprobs=behaviour_logprobs)
+    if cap <= 0:
+        raise ValueError(f"the decoupled PPO cap must be positive, got {cap}")
+    m = check_mask(mask, prox_logprobs)
+    known = m & ~torch.isnan(behaviour_logprobs)
+    log_w = torch.where(known, prox_logprobs.detach() - behaviour_logprobs.detach(), 0.0)
+    raw = torch.exp(log_w.clamp(max=MAX_LOG_RATIO))
+    over = known & (raw > cap)
+    w = torch.where(over, 0.0, torch.where(known, raw, torch.where(m, 1.0, 0.0)))
+    metrics = {"decoupled/weight_mean": as_float(masked_mean(w, m)),
+               "decoupled/weight_max": as_float(torch.where(m, raw, 0.0).max()) if m.any() else 0.0,
+               "decoupled/masked_frac": as_float(masked_mean(over.float(), m))}
+    return w, metrics
+
+
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
                 agg: str = "token-mean", normalizer: float | None = None,

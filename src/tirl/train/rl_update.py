@@ -49,6 +49,11 @@ class AlgoConfig:
     """Truncated importance sampling: weight each token's loss by min(pi_trainer / pi_rollout, cap)
     when another engine or stale weights sampled the rollout (verl/TRL use 2); 0 = off. A token whose
     rollout log-prob is unknown (NaN: the OpenAI backend's re-tokenised output) keeps weight 1."""
+    decoupled_cap: float = 0.0
+    """Decoupled PPO (Hilton et al. 2021, AReaL): weight each token's loss by pi_trainer / pi_rollout in
+    full, the PPO ratio clipped around the trainer's weights before the update; tokens whose weight
+    exceeds this cap are masked out (AReaL's behav_imp_weight_cap, e.g. 5). 0 = off. An alternative to
+    tis_cap (which truncates instead of masking) for `trainer.max_staleness` >= 1; set one of them."""
     kl_coef: float = 0.0
     """KL to a frozen reference model; 0 (both papers) loads no reference model."""
     kl_target: float = 0.0
@@ -130,6 +135,11 @@ class AlgoConfig:
                              f"(got kl_target={self.kl_target}, kl_coef={self.kl_coef}, kl_horizon={self.kl_horizon})")
         if self.tis_cap < 0:
             raise ValueError(f"algorithm.tis_cap must be >= 0 (0 = off), not {self.tis_cap}")
+        if self.decoupled_cap < 0 or 0 < self.decoupled_cap <= 1:
+            raise ValueError(f"algorithm.decoupled_cap must be 0 (off) or > 1, not {self.decoupled_cap}")
+        if self.tis_cap > 0 and self.decoupled_cap > 0:
+            raise ValueError("algorithm.tis_cap and algorithm.decoupled_cap are two corrections for the same "
+                             "thing: set one")
         if self.kl_mode not in ("loss", "reward"):
             raise ValueError(f"algorithm.kl_mode must be 'loss' or 'reward', not {self.kl_mode!r}")
         if self.kl_kind not in A.KL_KINDS:
@@ -406,8 +416,7 @@ def policy_update(
             batch.old_logprobs[sub.row, : old.shape[1]] = old
         else:
             old = sub.need("old_logprobs")
-        weights, tm = (A.truncated_is_weights(old, sub.rollout_logprobs, sub.mask, cfg.tis_cap)
-                       if cfg.tis_cap > 0 else (None, {}))
+        weights, tm = behaviour_weights(old, sub.rollout_logprobs, sub.mask, cfg)
         loss, m = A.policy_loss(lp, old, sub.need("advantages"), sub.mask, cfg.clip_low,
                                 cfg.clip_high, cfg.dual_clip or None, cfg.agg, norm, weights)
         m.update(tm)
@@ -428,6 +437,16 @@ def policy_update(
     out = {**pooled, **_mean_metrics(steps)}
     out["train/optimizer_steps"] = float(len(steps))
     return out
+
+
+def behaviour_weights(old: Tensor, rollout: Tensor, mask: Tensor, cfg: AlgoConfig) -> tuple[Tensor | None, dict]:
+    """The per-token correction for tokens another policy sampled: TIS (`tis_cap`), decoupled PPO
+    (`decoupled_cap`) or none (None: every weight 1)."""
+    if cfg.tis_cap > 0:
+        return A.truncated_is_weights(old, rollout, mask, cfg.tis_cap)
+    if cfg.decoupled_cap > 0:
+        return A.decoupled_is_weights(old, rollout, mask, cfg.decoupled_cap)
+    return None, {}
 
 
 def no_update_metrics(batch: RLBatch, cfg: AlgoConfig) -> dict[str, float]:
