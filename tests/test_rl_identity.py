@@ -3,8 +3,8 @@ seed, end at exactly the weights main's loop (before the producer/learner split)
 
 The hashes were taken from main's `train_rl` on this project's CPU reference platform; float results
 can differ between CPU kernels and torch versions, so elsewhere the test is skipped (and says why)
-rather than failing on arithmetic it does not own. `test_async.py` holds the properties that hold
-everywhere (max_staleness 0 equals the plain loop step for step, the staleness bound)."""
+rather than failing on arithmetic it does not own. `test_async.py` holds what the asynchronous mode
+promises instead (the staleness bound, whole updates only)."""
 
 import hashlib
 import platform

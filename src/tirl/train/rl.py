@@ -35,6 +35,7 @@ from tirl.progress import progress
 from tirl.train import lora
 from tirl.train.checkpoint import latest_checkpoint, resume_point
 from tirl.train.common import ProblemStream, set_threads
+from tirl.train.feed import open_feed
 from tirl.train.learner import Learner
 from tirl.train.logger import MetricsLogger
 from tirl.train.producer import Producer
@@ -115,25 +116,29 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         if start == 0 and test_items:
             summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
         producer = Producer(cfg, stream, backend, generator, tokenizer, sandbox, style, reward_fn)
-        for step in range(start + 1, tc.steps + 1):
-            t0 = time.perf_counter()
-            scored = producer.produce(step)
-            t1 = time.perf_counter()
-            batch, rows, metrics = learner.learn(scored, step)
-            t_train = time.perf_counter() - t1
-            metrics.update(backend.sync_weights(policy, version=step))  # the rollout now holds this step's weights
-            metrics.update(step_metrics(scored, batch, rows, learner, t_train, t0, full_isolation))
-            if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
-                held_out = evaluate(generator, tokenizer, sandbox, test_items, cfg)
-                metrics.update(held_out)
-                if step == tc.steps:
-                    summary["eval_end"] = held_out
-            logger.log(step, metrics)
-            write_step(run_dir, step, scored, batch, cfg.rollout.n)
-            if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
-                checkpoint(run_dir, step, learner, scored.data_position, tokenizer, cfg)
-            bar.update(bar.task_ids[0], completed=step,
-                       info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")
+        # in turn, or a producer thread up to trainer.max_staleness updates ahead
+        with closing(open_feed(cfg, producer, backend, policy, start)) as feed:
+            for step in range(start + 1, tc.steps + 1):
+                t0 = time.perf_counter()
+                scored = feed.next(step)
+                t1 = time.perf_counter()
+                with feed.learning():
+                    batch, rows, metrics = learner.learn(scored, step)
+                    t_train = time.perf_counter() - t1
+                    metrics.update(feed.publish(policy, version=step))  # the producer may now play with these
+                metrics.update(step_metrics(scored, batch, rows, learner, t_train, t0, full_isolation))
+                if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+                    with feed.paused():
+                        held_out = evaluate(generator, tokenizer, sandbox, test_items, cfg)
+                    metrics.update(held_out)
+                    if step == tc.steps:
+                        summary["eval_end"] = held_out
+                logger.log(step, metrics)
+                write_step(run_dir, step, scored, batch, cfg.rollout.n)
+                if (tc.save_every and step % tc.save_every == 0) or step == tc.steps:
+                    checkpoint(run_dir, step, learner, scored.data_position, tokenizer, cfg)
+                bar.update(bar.task_ids[0], completed=step,
+                           info=f"reward {metrics['reward/mean']:+.2f}  code {metrics.get('tool/code_ratio', 0):.2f}")
         summary["distributed"] = backend.describe()
     logger.close()
     if cfg.model.lora.r > 0 and cfg.model.lora.merge:

@@ -56,8 +56,11 @@ class TrainerConfig:
     warn_idle_steps: int = 5
     """Warn (once per idle stretch) after this many consecutive steps without a policy update."""
     max_staleness: int = 0
-    """How many policy updates a rollout may lag the learner when it is trained on (0 = the synchronous
-    loop: every step plays with the current weights). Only 0 is supported yet."""
+    """How many policy updates a rollout may lag the learner when it is trained on. 0 = the synchronous
+    loop (every step plays with the current weights). k >= 1: rollouts run in a thread up to k steps
+    ahead of the update, generating with a second copy of the policy's weights (memory: two copies);
+    needs an off-policy correction (algorithm.tis_cap or algorithm.decoupled_cap) and
+    distributed.backend=local. See tirl.train.feed."""
 
 
 @dataclass
@@ -96,9 +99,7 @@ def validate(cfg: RLConfig) -> None:
         raise ValueError("rollout.exec_cache=reuse|replay needs distributed.backend=local (ray runs code on workers)")
     if cfg.distributed.trainer_workers > 1 and cfg.algorithm.name == "ppo":
         raise ValueError("distributed.trainer_workers > 1 covers the policy update only; PPO's critic needs 1")
-    if cfg.trainer.max_staleness != 0:
-        raise ValueError(f"trainer.max_staleness={cfg.trainer.max_staleness}: asynchronous RL (max_staleness > 0) "
-                         "is not yet supported; use 0")
+    check_staleness(cfg)
     cfg.distributed.validate()
     check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
     lora.check(cfg.model.lora)
@@ -108,3 +109,20 @@ def optimizer_steps(cfg: RLConfig) -> int:
     """Optimizer steps of the whole run (the learning-rate schedule's length)."""
     batch = cfg.trainer.prompts_per_step * cfg.rollout.n
     return cfg.trainer.steps * cfg.trainer.ppo_epochs * -(-batch // (cfg.trainer.mini_batch_size or batch))
+
+
+def check_staleness(cfg: RLConfig) -> None:
+    """Refuse asynchronous settings that cannot work (yet): each in one line."""
+    k, algo = cfg.trainer.max_staleness, cfg.algorithm
+    if k < 0:
+        raise ValueError(f"trainer.max_staleness must be >= 0 (0 = synchronous), got {k}")
+    if k == 0:
+        return
+    if algo.tis_cap <= 0 and algo.decoupled_cap <= 0:
+        raise ValueError(f"trainer.max_staleness={k} trains on rollouts from older weights: set an off-policy "
+                         "correction, algorithm.tis_cap (TIS, e.g. 2) or algorithm.decoupled_cap (decoupled PPO, e.g. 5)")
+    if cfg.distributed.backend != "local":
+        raise ValueError(f"trainer.max_staleness={k} with distributed.backend={cfg.distributed.backend} is not "
+                         "yet supported (asynchronous rollouts run in a thread of this process: backend=local)")
+    if cfg.distributed.trainer_workers > 1:
+        raise ValueError(f"trainer.max_staleness={k} with distributed.trainer_workers > 1 is not yet supported")

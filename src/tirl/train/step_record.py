@@ -3,7 +3,7 @@ step again and check it, and nothing more.
 
     {"step": 3, "exec": [FROM, TO], "n": 4, "problems": [id, ...], "prompts": [digest, ...],
      "trajs": [{"ids": [...], "mask": [runs], "finish": "answer", "calls": [[status, start, end], ...],
-                "grade": {score, correct, extracted, reference, reason}, "adv": 0.866}, ...]}
+                "grade": {score, correct, extracted, reference, reason}, "adv": 0.866, "version": 2}, ...]}
 
 - `exec`: the lines [FROM, TO) of `executions.jsonl` (`tirl.sandbox.record`) written during the step:
   every answer its programs got, in order.
@@ -14,7 +14,8 @@ step again and check it, and nothing more.
   tokens), its loss mask as run lengths (1s first: `[12, 30, 8]` = 12 sampled, 30 interpreter, 8
   sampled), its finish reason, each tool call's status and token span (its code and output are in the
   ids), its grade, and its advantage (GRPO / RLOO: one number; PPO's per-token GAE advantages need the
-  critic and are not kept: null).
+  critic and are not kept: null), and the weight version that sampled it (`Trajectory.weight_version`:
+  the step's own minus one in the synchronous loop, up to `trainer.max_staleness` older otherwise).
 Sampling log-probs are not kept: nothing a replay recomputes reads them.
 
 Written with the other per-step files (`tirl.jsonl.append_rows`, cut back on resume like them).
@@ -64,7 +65,8 @@ def step_row(step: int, problems: Sequence[Any], trajs: Sequence[Any], grades: S
 
 def trajectory_row(t: Any, grade: Any, advantage: float | None) -> dict[str, Any]:
     return {"ids": t.response_ids, "mask": mask_runs(t.loss_mask), "finish": t.finish_reason,
-            "calls": tool_calls_row(t), "grade": grade.to_dict(), "adv": advantage}
+            "calls": tool_calls_row(t), "grade": grade.to_dict(), "adv": advantage,
+            "version": t.weight_version}
 
 
 def tool_calls_row(t: Any) -> list[list]:
