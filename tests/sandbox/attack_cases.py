@@ -2,6 +2,8 @@
 and, re-launched through ``setpriv``, as a throwaway unprivileged uid. Each case is data (code,
 timeout) plus a judge; ``run_all`` runs every case in one sandbox and checks the host after each.
 
+Session attacks live in ``session_attacks.py`` and run here too, after the one-shot cases.
+
 Runs standalone too (``python attack_cases.py [NAMES...]``): prints one JSON object name -> outcome.
 """
 from __future__ import annotations
@@ -14,6 +16,9 @@ import sys
 import time
 
 from tirl.sandbox.hostview import descendants
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # standalone: the sibling case file
+import session_attacks  # noqa: E402
 
 SECRET = "tirl-round2-secret-51c0"
 
@@ -481,7 +486,14 @@ def run_all(sb, names=None) -> dict:
            "preexisting": {p for p in LEFT_BEHIND if os.path.exists(p)}}
     out = {}
     try:
-        for name in names or CASES:
+        for name in names or [*CASES, *session_attacks.CASES]:
+            if name in session_attacks.CASES:
+                try:
+                    res, verdict = session_attacks.run(name, sb)
+                except Exception as e:  # noqa: BLE001 - reported per case, the others still run
+                    res, verdict = {}, f"raised {e!r}"
+                out[name] = {"result": res, "verdict": verdict, "host": host_check(sb, ctx)}
+                continue
             code, timeout, judge = CASES[name]
             judge = judge or JUDGES[name]
             extras = {}

@@ -19,6 +19,7 @@ import sys
 import pytest
 
 import attack_cases
+import session_attacks
 
 SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,7 +122,7 @@ def _uid_of(pid):
         return None
 
 
-@pytest.mark.parametrize("name", list(attack_cases.CASES))
+@pytest.mark.parametrize("name", [*attack_cases.CASES, *session_attacks.CASES])
 @pytest.mark.parametrize("who", ["self", "unprivileged"])
 def test_attack(request, who, name):
     results = request.getfixturevalue("self_results" if who == "self" else "unpriv_results")
