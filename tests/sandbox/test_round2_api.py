@@ -20,20 +20,30 @@ from fake_cgroupfs import FakeCgroup2, kernel_rules_trace
 FIND_CTL = ("import os, socket, stat\nctl = []\nfor f in os.listdir('/proc/self/fd'):\n    try:\n"
             "        if int(f) > 2 and stat.S_ISSOCK(os.fstat(int(f)).st_mode):\n            ctl.append(int(f))\n"
             "    except OSError:\n        pass\ns = socket.socket(fileno=ctl[0])\n")
+# The command's status pipe: the one pipe beyond stdout and stderr open for writing.
+FIND_STATUS = ("import os, stat\ndef w(fd):\n    try:\n        info = open(f'/proc/self/fdinfo/{fd}').read()\n"
+               "        return stat.S_ISFIFO(os.fstat(fd).st_mode) and int(info.split('flags:')[1].split()[0], 8) & 3 == 1\n"
+               "    except OSError:\n        return False\nst = [fd for fd in range(3, 256) if w(fd)][0]\n")
 
 
-@pytest.mark.parametrize("forgery", [
-    "s.send(b'\\xff\\xfe')",
-    "s.send(b'{\"nonce\": \"x\", \"rc\": 0, \"end\": false, \"threads\": 1}')",
-    "s.send(b'[1, 2]')",
-], ids=["invalid_utf8", "wrong_nonce", "not_an_object"])
+@pytest.mark.parametrize("forgery", [b"\xff\xfe", b'{"nonce": "x", "rc": 0, "end": false, "threads": 1}', b"1 2\n",
+                                     b"0 0 0\n", b"x" * 200],
+                         ids=["invalid_utf8", "json_reply", "bad_end", "extra_field", "long"])
 def test_session_garbage_is_sandbox_error_never_an_exception(sb, forgery):
     with sb.session() as s:
         s.run("y = 1")
-        res = s.run(FIND_CTL + forgery + "\nimport time\ntime.sleep(0.2)")
+        res = s.run(FIND_STATUS + f"os.write(st, {forgery!r})\nimport time\ntime.sleep(0.2)")
         assert res.status == "sandbox_error" and res.session_lost, res
         after = s.run("print(40 + 2)")  # a fresh interpreter, replies in step again
         assert after.ok and after.stdout == "42\n" and not after.session_lost
+
+
+def test_session_control_socket_is_one_way(sb):
+    with sb.session() as s:
+        s.run("y = 1")
+        res = s.run(FIND_CTL + "s.send(b'0 0\\n')")
+        assert res.status == "error" and "BrokenPipeError" in res.stderr and not res.session_lost, res
+        assert s.run("print(y)").stdout == "1\n"
 
 
 def test_session_background_thread_cannot_answer_for_the_next_command(sb):

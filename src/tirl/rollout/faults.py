@@ -28,8 +28,8 @@ model fed error after error writes on for thousands of tokens. So:
   other weights than the learner expects.
 
 Not covered: a hung generation (a server's own request timeout bounds it), cancelling the work of an
-abandoned sandbox call on the server (its HTTP deadline ends it), and sessions (a program can forge a
-session's control reply and so cause a `sandbox_error` itself; rollouts use one-shot calls).
+abandoned sandbox call on the server (its HTTP deadline ends it), and sessions (a program can garble its
+session's status reply and so cause a `sandbox_error` itself; rollouts use one-shot calls).
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Runs the snippet inside the sandboxed child, the way ``python -c`` would: one-shot
 (``run_user_code``) or as a session (``session_loop``). Standalone (stdlib only), like the zygote.
 """
+import _thread
 import base64
+import contextvars
 import io
 import json
 import os
-import signal
 import socket
 import sys
 import traceback
@@ -26,51 +27,79 @@ def write_inputs(files):
 
 
 def session_loop(ctl, env):
-    """Session mode: keep one ``__main__`` alive; each packet on ``ctl`` is ``{"nonce"}`` with fds
-    [code memfd, stdout w, stderr w]; the reply ``{"nonce", "rc", "end", "threads"}`` comes after
-    every other process of the call is killed, so nothing of one command can answer for the next.
-    The program can still forge its own ok/error (time, memory, output, signals are judged outside)."""
+    """Session mode: keep one ``__main__`` alive and run each command in a thread of its own.
+
+    Each packet on ``ctl`` (read-only here) is one request with fds [code memfd, stdout w, stderr w,
+    status w]; once the command's thread is done, the status pipe gets ``b"<rc> <end>\\n"``, the
+    program's own verdict (like an exit code). Why a thread per command: its end is the end of a
+    thread, which the supervisor checks from outside (/proc), and user code never runs on this
+    loop's thread, so it cannot stay in the loop's place and take the next request (session.py).
+    The loop calls only C functions bound here before any user code runs: a program can rebind
+    ``os.dup2`` or ``builtins.int``, not these locals."""
     main = _prepare(env)
-    sock = socket.socket(fileno=ctl)
+    ctx = contextvars.copy_context()  # decimal's context and other context variables carry over
+    recvmsg = socket.socket(fileno=ctl).recvmsg
+    space, wnohang = socket.CMSG_SPACE(4 * 4), os.WNOHANG
+    dup2, close, write, pread, fstat, waitpid, exit_ = os.dup2, os.close, os.write, os.pread, os.fstat, \
+        os.waitpid, os._exit
+    from_bytes, order, type_, int_, tuple_, len_ = int.from_bytes, sys.byteorder, type, int, tuple, len
+    child_error, start, lock, command = ChildProcessError, _thread.start_new_thread, _thread.allocate_lock(), \
+        _command
     null = os.open("/dev/null", os.O_WRONLY)
     while True:
-        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+        try:
+            while waitpid(-1, wnohang)[0]:  # children the supervisor killed after the last command
+                pass
+        except child_error:
+            pass
+        msg, anc, _, _ = recvmsg(64, space)
         if not msg:
-            os._exit(0)
-        fds = []
-        for _, _, data in anc:
-            fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data), 4))
-        nonce = json.loads(msg)["nonce"]
-        code_fd, out_w, err_w = fds[:3]
-        code = os.pread(code_fd, os.fstat(code_fd).st_size, 0).decode("utf-8", errors="replace")
-        os.close(code_fd)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.close(out_w)
-        os.close(err_w)
-        rc, end = 0, False
+            exit_(0)
+        data = anc[0][2] if anc else b""
+        fds = [from_bytes(data[i:i + 4], order) for i in (0, 4, 8, 12)] if len_(data) == 16 else []
+        if not fds:
+            exit_(123)
+        code = pread(fds[0], fstat(fds[0]).st_size, 0).decode("utf-8", "replace")
+        close(fds[0])
+        dup2(fds[1], 1)
+        dup2(fds[2], 2)
+        close(fds[1])
+        close(fds[2])
+        box = []
+        lock.acquire()
+        start(command, (code, main, ctx, box, lock))
+        lock.acquire()  # released by the command's thread once its code is done
+        lock.release()
+        dup2(null, 1)  # the supervisor sees EOF on this command's pipes
+        dup2(null, 2)
+        got = box[0] if len_(box) == 1 and type_(box[0]) is tuple_ and len_(box[0]) == 2 else (1, 0)
+        rc, end = (got[0], got[1]) if type_(got[0]) is int_ and type_(got[1]) is int_ else (1, 0)
         try:
-            exec(compile(code, "<string>", "exec"), main.__dict__)
-        except SystemExit as e:
-            rc, end = _exit_code(e), True
-        except BaseException as e:
-            _print_user_traceback(e)
-            rc = 1
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                rc = rc or 120
-        os.dup2(null, 1)  # the supervisor sees EOF on this command's pipes
-        os.dup2(null, 2)
-        try:
-            os.kill(-1, signal.SIGKILL)  # every other process this command started (never ourselves)
+            write(fds[3], b"%d %d\n" % (rc, end))
         except OSError:
             pass
-        threads = len(os.listdir("/proc/self/task"))
-        sock.send(json.dumps({"nonce": nonce, "rc": rc, "end": end, "threads": threads}).encode())
+        close(fds[3])
         if end:
-            os._exit(rc)
+            exit_(rc)
+
+
+def _command(code, main, ctx, box, lock):
+    """One command, on its own thread: run ``code`` in ``main``, then tell the loop (rc, end)."""
+    rc, end = 0, 0
+    try:
+        ctx.run(exec, compile(code, "<string>", "exec"), main.__dict__)
+    except SystemExit as e:
+        rc, end = _exit_code(e), 1
+    except BaseException as e:
+        _print_user_traceback(e)
+        rc = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            rc = rc or 120
+    box.append((rc, end))
+    lock.release()
 
 
 def _prepare(env):

@@ -10,7 +10,7 @@ Protocol (one JSON object per packet):
   "env", "session"}`` with fds attached [payload memfd, stdin fd, stdout w, stderr w, set-up status w,
   files-out memfd, (session control socket)], ``{"op": "kill", "id"}``, or (root without a PID
   namespace or cgroup) ``{"op": "killuid", "uid", "id"}``.
-  zygote -> supervisor: ``{"event": "ready", "caps"}``, ``{"event": "started", "id"}``,
+  zygote -> supervisor: ``{"event": "ready", "caps"}``, ``{"event": "started", "id", "pid", "init"}``,
   ``{"event": "exit", "id", "status", "cpu_s", "maxrss_kb"}`` (the call's process exited and its PID
   namespace's init is killed: the kernel removes whatever the call left behind),
   ``{"event": "killed", "id"}`` (after killuid).
@@ -414,7 +414,7 @@ class Zygote:
         self.by_pid[pid] = req["id"]
         if init:
             self.by_pid[init] = req["id"]
-        self.send({"event": "started", "id": req["id"]})
+        self.send({"event": "started", "id": req["id"], "pid": pid, "init": init or 0})  # pids in our namespace
         if init:
             try:
                 self.spare_init = self._new_pid_namespace()

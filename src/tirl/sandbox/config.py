@@ -64,6 +64,12 @@ class SandboxConfig:
     What stays visible is read-only."""
     max_sessions: int = 8
     """Stateful sessions alive at once (each holds one sandboxed process and one slot)."""
+    session_idle_s: float = 300.0
+    """A session that runs no command for this long is closed (its process and slot reclaimed; later
+    calls on it answer ``sandbox_error``); 0 = never. Nothing runs while a session waits."""
+    session_cpu_s: float = 600.0
+    """CPU time one session may use over its life, its children's included; past it the session is
+    ended (``timeout``, ``session_lost``). Each command also has its own wall clock (``timeout_s``)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for the snippet (the trainer's environment is never passed)."""
 

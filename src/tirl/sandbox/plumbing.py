@@ -46,6 +46,24 @@ class Drain:
         if not chunk:
             self.close()
             return
+        self._take(chunk)
+
+    def finish(self) -> None:
+        """Take what the pipe holds now and close it: for writers that are stopped or dead but whose
+        EOF may never come (a stopped session process still holds a copy of the write end)."""
+        while self.fd >= 0 and not self.overflow:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self._take(chunk)
+        self.close()
+
+    def _take(self, chunk: bytes) -> None:
         room = self.cap - len(self.buf)
         if len(chunk) > room:
             self.buf += chunk[:max(room, 0)]

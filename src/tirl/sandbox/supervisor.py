@@ -40,6 +40,10 @@ class Proc:
     slot: int
     started: asyncio.Future
     exited: asyncio.Future
+    pid: int = 0
+    """The process's pid in the zygote's PID namespace (0 until started)."""
+    init: int = 0
+    """Its PID namespace's init, in the zygote's namespace (0: no namespace of its own)."""
 
 
 class Supervisor:
@@ -173,6 +177,7 @@ class Supervisor:
         if proc is None:
             return
         if ev["event"] == "started":
+            proc.pid, proc.init = int(ev.get("pid") or 0), int(ev.get("init") or 0)
             if not proc.started.done():
                 proc.started.set_result(None)
         elif ev["event"] in ("exit", "killed") and not proc.exited.done():
@@ -378,6 +383,10 @@ class Supervisor:
             return 0
         expected = 2 if "pid_namespace" in self.caps.get("features", []) else 0
         return max(len(descendants(self._proc.pid)) - expected, 0)
+
+    def zygote_pid(self) -> int:
+        """The zygote's process as the host sees it (0 while none runs): every sandboxed process is below it."""
+        return self._proc.pid if self._proc is not None else 0
 
     def oom_kills(self, slot: int) -> int:
         return self.cg.oom_kills(slot) if self.cg else 0
