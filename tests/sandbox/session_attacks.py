@@ -87,8 +87,12 @@ BLIND = ("import os\nos.kill = lambda *a, **k: None\n_ld = os.listdir\n"
          "os.listdir = lambda p='.': ['1'] if 'task' in str(p) else _ld(p)\n")
 DAEMON_WRITER = BLIND + ("import threading, time\ndef later():\n    time.sleep(0.3)\n    os.write(1, b'FORGED\\n')\n"
                          "threading.Thread(target=later, daemon=True).start()\n")
+# Twenty busy children, and one made with CLONE_PARENT: the zygote's child, not the interpreter's.
 BUSY_CHILDREN = BLIND + ("for i in range(20):\n    if os.fork() == 0:\n        try:\n            os.setsid()\n"
-                         "        except OSError:\n            pass\n        while True:\n            pass\nprint('spawned')\n")
+                         "        except OSError:\n            pass\n        while True:\n            pass\n"
+                         "import ctypes\nnr = {'x86_64': 56, 'aarch64': 220}.get(os.uname().machine)\n"
+                         "if nr and ctypes.CDLL(None).syscall(nr, 0x8000 | 17, 0, 0, 0, 0) == 0:\n"
+                         "    while True:\n        pass\nprint('spawned')\n")
 CPU_HOG = ("import os, time\nfor i in range(2):\n    if os.fork() == 0:\n        while True:\n            pass\n"
            "time.sleep(1.0)\n")
 REAL = "import time\ntime.sleep(0.8)\nprint('real')"

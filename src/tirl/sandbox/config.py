@@ -68,8 +68,9 @@ class SandboxConfig:
     """A session that runs no command for this long is closed (its process and slot reclaimed; later
     calls on it answer ``sandbox_error``); 0 = never. Nothing runs while a session waits."""
     session_cpu_s: float = 600.0
-    """CPU time one session may use over its life, its children's included; past it the session is
-    ended (``timeout``, ``session_lost``). Each command also has its own wall clock (``timeout_s``)."""
+    """CPU time a session's interpreter may use over its life, its children's included; past it the
+    session is ended (``timeout``, ``session_lost``; the next call starts a fresh interpreter with a
+    fresh budget); 0 = unbounded. Each command also has its own wall clock (``timeout_s``)."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables for the snippet (the trainer's environment is never passed)."""
 

@@ -87,7 +87,8 @@ class Session:
                os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)]
         os.write(fds[0], b'{"code": ""}')
         limits = sup.limits(sup.cfg.timeout_s)
-        limits["cpu_s"] = int(sup.cfg.session_cpu_s or 0) + 1  # RLIMIT_CPU: the session's whole life
+        budget = sup.cfg.session_cpu_s
+        limits["cpu_s"] = int(budget) + 1 if budget > 0 else 0  # RLIMIT_CPU over the interpreter's life
         st = Drain(st_r, 4096, self._loop)
         try:
             proc = await sup.spawn(self.slot, limits, [fds[0], fds[1], fds[2], fds[2], st_w, fds[2], theirs.fileno()],

@@ -31,6 +31,14 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def _pid_ns(pid: int) -> int:
+    """The PID namespace of ``pid`` (inode of /proc/PID/ns/pid), 0 when unreadable."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def _ns_pids(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/status") as fh:
@@ -48,6 +56,10 @@ class SessionProcs:
 
     pid: int
     init: int
+    zygote: int = 0
+    ns: int = 0
+    """The session's PID namespace: a process made with CLONE_PARENT is the zygote's child, not the
+    interpreter's, and is found by its namespace instead."""
     pidfd: int = -1
 
     @classmethod
@@ -61,7 +73,8 @@ class SessionProcs:
                 found[ns[level]] = p
         if pid not in found:
             return None
-        procs = cls(found[pid], found.get(init, 0) if init else 0)
+        procs = cls(found[pid], found.get(init, 0) if init else 0, zygote)
+        procs.ns = _pid_ns(procs.pid) if procs.init else 0
         try:
             procs.pidfd = os.pidfd_open(procs.pid)  # signals reach this process even if its pid is reused
         except OSError:
@@ -100,12 +113,19 @@ class SessionProcs:
             if name.isdigit() and (st := _stat(int(name))) is not None:
                 stats[int(name)] = st
                 kids.setdefault(int(st[1]), []).append(int(name))
-        out, todo = {}, [p for p in (self.pid, self.init) if p in stats]
-        while todo:
-            p = todo.pop()
-            out[p] = stats[p]
-            todo += kids.get(p, [])
-        return out
+
+        def below(roots):
+            out, todo = {}, [p for p in roots if p in stats]
+            while todo:
+                p = todo.pop()
+                out[p] = stats[p]
+                todo += kids.get(p, [])
+            return out
+
+        roots = {self.pid, self.init}
+        if self.ns:
+            roots |= {p for p in below([self.zygote]) if _pid_ns(p) == self.ns}
+        return below(roots)
 
     async def kill_others(self, deadline_s: float = 5.0) -> dict[int, list[str]]:
         """SIGKILL every live process of the session but the interpreter and the init, until none is
