@@ -55,6 +55,7 @@ from .supervisor import Proc, Supervisor
 
 _STATUS = re.compile(rb"(\d{1,3}) ([01])\n")
 _THREAD_GRACE_S = 0.25  # a command's thread is gone microseconds after it hands over its status
+_RESUME_TICK_S = 0.01  # how often a running command's interpreter is checked for a stop
 
 
 class Session:
@@ -200,8 +201,7 @@ class Session:
         out.start()
         err.start()
         status = _read_line(st_r, self._loop)
-        done, _ = await asyncio.wait({status, proc.exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        timed_out = not done
+        timed_out = not await self._wait(status, proc, t0 + timeout)
         line = status.result() if status.done() else b""
         status.cancel()
         m = _STATUS.fullmatch(line)
@@ -244,6 +244,19 @@ class Session:
             notes.append("session state lost; the next call starts fresh")
         res.message = "; ".join(notes)
         return res
+
+    async def _wait(self, status: asyncio.Future, proc: Proc, deadline: float) -> bool:
+        """Until the status or the exit (True) or the deadline (False); resumes the interpreter when it
+        is found stopped (its own late stop after the last command, or the program's)."""
+        while True:
+            left = deadline - time.monotonic()
+            done, _ = await asyncio.wait({status, proc.exited}, timeout=min(max(left, 0), _RESUME_TICK_S),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return True
+            if left <= _RESUME_TICK_S:
+                return False
+            self._host.resume_if_stopped()
 
     async def _settle(self) -> tuple[str, float]:
         """After a command's status: its thread is gone, the interpreter is stopped, every other process

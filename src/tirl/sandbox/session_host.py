@@ -1,13 +1,19 @@
-"""A session's processes as the host's /proc shows them: what the supervisor checks between commands.
+"""A session's processes as the kernel shows them from outside: what the supervisor checks between commands.
 
 Why from outside: the session's interpreter has run user code, so whatever it says about itself
 (its thread count, its children, the result of its own ``os.kill``) is the program's to patch; the
-host's /proc is not. The session is its interpreter (the state holder), everything below it, and
-everything below its PID namespace's init (orphans are re-parented there).
+kernel's /proc, read by the supervisor, is not. The session is its interpreter (the state holder)
+and every other process of its PID namespace.
 
-Not covered: without a PID namespace (a machine where the probe found none), an orphan whose parent
-died is re-parented to the zygote and is no longer seen as the session's; the slot's cgroup sweep
-and per-uid sweep of ``Supervisor.empty_slot`` still take it when the session ends.
+Where the session has a PID namespace and a /proc of its own (full isolation), its members are read
+from that /proc (``/proc/<interpreter>/root/proc``, checked to be that namespace's): a few entries,
+orphans and processes made with CLONE_PARENT included. Otherwise the host's /proc is scanned for the
+interpreter's descendants (~2 ms). Processes are signalled through descriptors of their /proc
+directories, so a pid reused meanwhile is never hit.
+
+Not covered: without a PID namespace, an orphan whose parent died is re-parented to the zygote and no
+longer seen as the session's; the slot's cgroup sweep and per-uid sweep of ``Supervisor.empty_slot``
+still take it when the session ends.
 """
 from __future__ import annotations
 
@@ -22,19 +28,19 @@ from .hostview import descendants
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name: [state, ppid, ...]; None once it is gone."""
+def _stat(path: str) -> list[str] | None:
+    """The fields of PATH/stat after the command name: [state, ppid, ...]; None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as fh:
+        with open(f"{path}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
-def _pid_ns(pid: int) -> int:
-    """The PID namespace of ``pid`` (inode of /proc/PID/ns/pid), 0 when unreadable."""
+def _pid_ns(path: str) -> int:
+    """The PID namespace of the process at PATH (inode of PATH/ns/pid), 0 when unreadable."""
     try:
-        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+        return os.stat(f"{path}/ns/pid").st_ino
     except OSError:
         return 0
 
@@ -50,16 +56,31 @@ def _ns_pids(pid: int) -> list[int]:
     return []
 
 
+def _signal(path: str, sig: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        signal.pidfd_send_signal(fd, sig)  # a /proc/<pid> directory is a pidfd
+    except (ProcessLookupError, PermissionError):
+        pass
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class SessionProcs:
-    """Host pids of a session's interpreter and of its PID namespace's init (0 when it has none)."""
+    """A session's interpreter and init (as /proc paths) and where its other processes are listed."""
 
-    pid: int
-    init: int
-    zygote: int = 0
-    ns: int = 0
-    """The session's PID namespace: a process made with CLONE_PARENT is the zygote's child, not the
-    interpreter's, and is found by its namespace instead."""
+    me: str
+    """/proc/<interpreter> on the host."""
+    init: str
+    """/proc/<init of its PID namespace> on the host; "" when it has none."""
+    view: str = ""
+    """The session's own /proc as seen from the host; "" = scan the host's /proc below ``me`` and ``init``."""
+    ns_me: str = ""
+    """The interpreter in ``view`` (its pid in its own namespace)."""
     pidfd: int = -1
 
     @classmethod
@@ -73,26 +94,32 @@ class SessionProcs:
                 found[ns[level]] = p
         if pid not in found:
             return None
-        procs = cls(found[pid], found.get(init, 0) if init else 0, zygote)
-        procs.ns = _pid_ns(procs.pid) if procs.init else 0
+        me = f"/proc/{found[pid]}"
+        procs = cls(me, f"/proc/{found[init]}" if init in found else "")
+        if procs.init:
+            view, ns = f"{me}/root/proc", _pid_ns(me)
+            if ns and _pid_ns(f"{view}/1") == ns:  # that namespace's own /proc, not the host's
+                procs.view, procs.ns_me = view, f"{view}/{_ns_pids(found[pid])[-1]}"
         try:
-            procs.pidfd = os.pidfd_open(procs.pid)  # signals reach this process even if its pid is reused
+            procs.pidfd = os.open(me, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
-            pass
+            return None
         return procs
 
     def signal(self, sig: int) -> None:
         try:
-            if self.pidfd >= 0:
-                signal.pidfd_send_signal(self.pidfd, sig)
-            else:
-                os.kill(self.pid, sig)
+            signal.pidfd_send_signal(self.pidfd, sig)
         except ProcessLookupError:
             pass
 
+    def resume_if_stopped(self) -> None:
+        st = _stat(self.me)
+        if st is not None and st[0] in "Tt":
+            self.signal(signal.SIGCONT)
+
     def threads(self) -> int:
         try:
-            return len(os.listdir(f"/proc/{self.pid}/task"))
+            return len(os.listdir(f"{self.me}/task"))
         except OSError:
             return 0
 
@@ -101,53 +128,53 @@ class SessionProcs:
         self.signal(signal.SIGSTOP)
         end = time.monotonic() + wait_s
         while time.monotonic() < end:
-            st = _stat(self.pid)
-            if st is None or st[0] in "TtZX":
-                return
+            for _ in range(100):
+                st = _stat(self.me)
+                if st is None or st[0] in "TtZX":
+                    return
+                os.sched_yield()
             await asyncio.sleep(0.0005)
 
-    def tree(self) -> dict[int, list[str]]:
-        """Every process of the session, zombies included, with its stat fields (one pass over /proc)."""
+    def members(self) -> dict[str, list[str]]:
+        """Every process of the session (as a /proc path), zombies included, with its stat fields."""
+        if self.view:
+            try:
+                names = [n for n in os.listdir(self.view) if n.isdigit()]
+            except OSError:
+                names = []
+            out = {f"{self.view}/{n}": _stat(f"{self.view}/{n}") for n in names}
+            return {p: st for p, st in out.items() if st is not None}
         stats, kids = {}, {}
         for name in os.listdir("/proc"):
-            if name.isdigit() and (st := _stat(int(name))) is not None:
+            if name.isdigit() and (st := _stat(f"/proc/{name}")) is not None:
                 stats[int(name)] = st
                 kids.setdefault(int(st[1]), []).append(int(name))
+        out, todo = {}, [int(p[6:]) for p in (self.me, self.init) if p and int(p[6:]) in stats]
+        while todo:
+            p = todo.pop()
+            out[f"/proc/{p}"] = stats[p]
+            todo += kids.get(p, [])
+        return out
 
-        def below(roots):
-            out, todo = {}, [p for p in roots if p in stats]
-            while todo:
-                p = todo.pop()
-                out[p] = stats[p]
-                todo += kids.get(p, [])
-            return out
-
-        roots = {self.pid, self.init}
-        if self.ns:
-            roots |= {p for p in below([self.zygote]) if _pid_ns(p) == self.ns}
-        return below(roots)
-
-    async def kill_others(self, deadline_s: float = 5.0) -> dict[int, list[str]]:
+    async def kill_others(self, deadline_s: float = 5.0) -> dict[str, list[str]]:
         """SIGKILL every live process of the session but the interpreter and the init, until none is
-        left (a fork bomb's new children show in the next pass); returns the last look at the tree."""
+        left (a fork bomb's new children show in the next pass); returns the last look at it."""
+        keep = {self.me, self.init, self.ns_me, f"{self.view}/1" if self.view else ""}
         end = time.monotonic() + deadline_s
         while True:
-            tree = self.tree()
-            live = [p for p, st in tree.items() if p not in (self.pid, self.init) and st[0] not in "ZX"]
+            procs = self.members()
+            live = [p for p, st in procs.items() if p not in keep and st[0] not in "ZX"]
             if not live or time.monotonic() > end:
-                return tree
+                return procs
             for p in live:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _signal(p, signal.SIGKILL)
             await asyncio.sleep(0.001)
 
     @staticmethod
-    def cpu_s(tree: dict[int, list[str]]) -> float:
+    def cpu_s(procs: dict[str, list[str]]) -> float:
         """CPU time of everything the session ran: each process's own time and that of the children it
         reaped (utime, stime, cutime, cstime); a zombie still shows its own."""
-        return sum(sum(int(v) for v in st[11:15]) for st in tree.values()) / _TICK
+        return sum(sum(int(v) for v in st[11:15]) for st in procs.values()) / _TICK
 
     def close(self) -> None:
         if self.pidfd >= 0:
