@@ -11,9 +11,10 @@ orphans and processes made with CLONE_PARENT included. Otherwise the host's /pro
 interpreter's descendants (~2 ms). Processes are signalled through descriptors of their /proc
 directories, so a pid reused meanwhile is never hit.
 
-Not covered: without a PID namespace, an orphan whose parent died is re-parented to the zygote and no
-longer seen as the session's; the slot's cgroup sweep and per-uid sweep of ``Supervisor.empty_slot``
-still take it when the session ends.
+Not covered: without a /proc of its own, a process made with CLONE_PARENT (the zygote's child, not the
+interpreter's) and, without a PID namespace, an orphan re-parented to the zygote are not seen as the
+session's; the session's end still takes them (its PID namespace's init, or the slot's cgroup and
+per-uid sweeps of ``Supervisor.empty_slot``).
 """
 from __future__ import annotations
 

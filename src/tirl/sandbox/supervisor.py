@@ -40,10 +40,8 @@ class Proc:
     slot: int
     started: asyncio.Future
     exited: asyncio.Future
-    pid: int = 0
-    """The process's pid in the zygote's PID namespace (0 until started)."""
-    init: int = 0
-    """Its PID namespace's init, in the zygote's namespace (0: no namespace of its own)."""
+    pid: int = 0  # in the zygote's PID namespace (0 until started)
+    init: int = 0  # its own PID namespace's init, seen from the zygote's (0: none)
 
 
 class Supervisor:
