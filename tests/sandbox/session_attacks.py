@@ -99,7 +99,7 @@ REAL = "import time\ntime.sleep(0.8)\nprint('real')"
 
 
 def _r(res) -> dict:
-    return {k: getattr(res, k, None) for k in ("status", "stdout", "stderr", "message", "session_lost")}
+    return {k: getattr(res, k, None) for k in ("status", "stdout", "stderr", "message", "session_lost", "cpu_s")}
 
 
 def _live(pid: int) -> int:
@@ -161,21 +161,24 @@ def idle_session_is_closed():
         idle = _live(zyg)
         s = box.session()
         first = s.run("x = 1")
-        busy = _live(zyg)
-        time.sleep(2.5)
-        left = _live(zyg)
+        t0, busy = time.monotonic(), _live(zyg)
+        time.sleep(1.5)
+        while (left := _live(zyg)) > idle and time.monotonic() < t0 + 6:  # a loaded machine is slow
+            time.sleep(0.1)
+        gone_s = round(time.monotonic() - t0, 2)
         after = s.run("print(x)")
         s.close()
-    res = {"first": _r(first), "after": _r(after), "idle": idle, "busy": busy, "left": left}
-    ok = busy > idle and left == idle and after.status != "ok" and after.session_lost
-    return res, "" if ok else "an idle session outlived its deadline"
+    res = {"first": _r(first), "after": _r(after), "idle": idle, "busy": busy, "left": left, "gone_s": gone_s}
+    ok = busy > idle and left <= idle and after.status != "ok" and after.session_lost
+    return res, "" if ok else f"an idle session outlived its deadline: {res}"
 
 
 def session_cpu_is_bounded():
+    """Commands whose children spin; on a loaded machine they get less CPU, so up to 20 commands."""
     with _small(session_cpu_s=2.0) as box:
         s = box.session()
         seen = []
-        for _ in range(8):
+        for _ in range(20):
             r = s.run(CPU_HOG, timeout=5)
             seen.append(_r(r))
             if r.session_lost:
