@@ -174,11 +174,7 @@ class Session:
             err = await self._start()
             if err:
                 return ExecResult("sandbox_error", message=err)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        st_r, st_w = os.pipe2(os.O_CLOEXEC)
-        memfd = os.memfd_create("code", os.MFD_CLOEXEC)
-        lost, proc, host = False, self._proc, self._host
+        lost, proc = False, self._proc
 
         def kill():
             nonlocal lost
@@ -186,18 +182,9 @@ class Session:
             sup.kill(proc)
 
         cap = sup.cfg.max_output_bytes
-        out, err = Drain(out_r, cap, self._loop, kill), Drain(err_r, cap, self._loop, kill)
         oom0 = sup.oom_kills(self.slot)
-        try:
-            os.write(memfd, code.encode("utf-8", errors="replace"))
-            self._sock.sendmsg([b"run"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           array.array("i", [memfd, out_w, err_w, st_w]))])
-        except OSError:
-            pass  # a dead session: no status comes and the exit is classified below
-        finally:
-            for fd in (memfd, out_w, err_w, st_w):
-                os.close(fd)
-        host.signal(signal.SIGCONT)  # stopped since the last command; the request is waiting
+        out_r, err_r, st_r = self._hand_over(code)
+        out, err = Drain(out_r, cap, self._loop, kill), Drain(err_r, cap, self._loop, kill)
         out.start()
         err.start()
         status = _read_line(st_r, self._loop)
@@ -240,10 +227,31 @@ class Session:
             notes.append("the command left threads running")
         if why == "cpu":
             notes.append(f"session CPU budget of {sup.cfg.session_cpu_s:g} s used up")
+        if why == "stop":
+            notes.append("the interpreter could not be stopped after the command")
         if lost:
             notes.append("session state lost; the next call starts fresh")
         res.message = "; ".join(notes)
         return res
+
+    def _hand_over(self, code: str) -> tuple[int, int, int]:
+        """Send the request (code, and fresh stdout, stderr and status pipes) and resume the interpreter;
+        returns the read ends."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        st_r, st_w = os.pipe2(os.O_CLOEXEC)
+        memfd = os.memfd_create("code", os.MFD_CLOEXEC)
+        try:
+            os.write(memfd, code.encode("utf-8", errors="replace"))
+            self._sock.sendmsg([b"run"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                           array.array("i", [memfd, out_w, err_w, st_w]))])
+        except OSError:
+            pass  # a dead session: no status comes and the exit is classified
+        finally:
+            for fd in (memfd, out_w, err_w, st_w):
+                os.close(fd)
+        self._host.signal(signal.SIGCONT)  # stopped since the last command; the request is waiting
+        return out_r, err_r, st_r
 
     async def _wait(self, status: asyncio.Future, proc: Proc, deadline: float) -> bool:
         """Until the status or the exit (True) or the deadline (False); resumes the interpreter when it
@@ -260,16 +268,19 @@ class Session:
 
     async def _settle(self) -> tuple[str, float]:
         """After a command's status: its thread is gone, the interpreter is stopped, every other process
-        of the session is killed. Returns (why the session must end: "threads" | "cpu" | "", CPU used)."""
+        of the session is killed. Returns (why the session must end: "threads" | "stop" | "cpu" | "",
+        the CPU time the session has used)."""
         host = self._host
         end = time.monotonic() + _THREAD_GRACE_S
         while host.threads() > 1 and time.monotonic() < end:
             await asyncio.sleep(0.001)
-        await host.stop()
+        stopped = await host.stop()
         tree = await host.kill_others()
         cpu = host.cpu_s(tree)
         if host.threads() > 1:
             return "threads", cpu
+        if not stopped:
+            return "stop", cpu
         budget = self._sup.cfg.session_cpu_s
         return ("cpu" if budget and cpu >= budget else ""), cpu
 

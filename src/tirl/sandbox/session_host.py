@@ -124,17 +124,18 @@ class SessionProcs:
         except OSError:
             return 0
 
-    async def stop(self, wait_s: float = 1.0) -> None:
-        """SIGSTOP the interpreter and wait until the kernel shows it stopped."""
+    async def stop(self, wait_s: float = 1.0) -> bool:
+        """SIGSTOP the interpreter and wait until the kernel shows it stopped (False: it did not)."""
         self.signal(signal.SIGSTOP)
         end = time.monotonic() + wait_s
         while time.monotonic() < end:
             for _ in range(100):
                 st = _stat(self.me)
                 if st is None or st[0] in "TtZX":
-                    return
+                    return True
                 os.sched_yield()
             await asyncio.sleep(0.0005)
+        return False
 
     def members(self) -> dict[str, list[str]]:
         """Every process of the session (as a /proc path), zombies included, with its stat fields."""
