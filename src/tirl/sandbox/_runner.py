@@ -73,8 +73,10 @@ def session_loop(ctl, env):
         start(command, (code, main, ctx, box, lock))
         lock.acquire()  # released by the command's thread once its code is done
         lock.release()
+        alone = False
         for _ in range_(1000):  # ... and gone a moment later: answer once it is (the supervisor checks)
             if len_(listdir("/proc/self/task")) == 1:
+                alone = True
                 break
             yield_()
         dup2(null, 1)  # the supervisor sees EOF on this command's pipes
@@ -90,8 +92,10 @@ def session_loop(ctl, env):
             exit_(rc)
         # The supervisor stops us anyway and waits until we are: stopping ourselves spares it waiting
         # for a turn on a busy CPU. Stopped by it before this line, we stop again once resumed for
-        # the next command; it sees that and resumes us again.
-        kill(me, sigstop)
+        # the next command; it sees that and resumes us again. Not while the command's thread is still
+        # on its way out: stopped with it, it would stay and read as a thread left running.
+        if alone:
+            kill(me, sigstop)
 
 
 def _command(code, main, ctx, box, lock):
