@@ -109,6 +109,9 @@ def test_the_runner_runs_the_stage_commands_in_order_and_skips_what_is_done(tmp_
     assert eval_code[eval_code.index("--model") + 1] == str(tmp_path / "code_rl" / "checkpoints" / "step-100" / "policy")
     assert eval_code[eval_code.index("--tool") + 1] == "both" and eval_text[eval_text.index("--tool") + 1] == "off"
     assert eval_code[eval_code.index("--benchmark") + 1] == "svamp"
+    times = json.loads((tmp_path / "stage_times.json").read_text())
+    assert set(times) == {"code_sft", "text_sft", "code_rl", "text_rl", "eval/base", "eval/code_sft",
+                          "eval/text_sft", "eval/code_rl", "eval/text_rl"}
     calls.clear()
     run_recipe(cfg, tmp_path, call=call, say=lambda _: None)
     assert calls == []  # every stage is done
@@ -127,7 +130,7 @@ def test_bad_recipe_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="convert.rules must be set"):
         load_config(RecipeConfig, None, ['convert.rules=""']).validate()
     with pytest.raises(ValueError, match="unknown stage"):
-        load_config(RecipeConfig, None, ["stages=[data,report]"]).validate()
+        load_config(RecipeConfig, None, ["stages=[data,plots]"]).validate()
     with pytest.raises(RuntimeError, match="no finished RL run"):
         run_recipe(load_config(RecipeConfig, None, ["stages=[eval]"]), tmp_path, call=lambda a: 0, say=lambda _: None)
 
@@ -159,3 +162,10 @@ def test_svamp_recipe_smoke(tmp_path):
                             "stages=[sft,rl,eval]", "--run-dir", str(run)], capture_output=True, text=True,
                            timeout=300, env=os.environ.copy(), cwd=CONFIGS.parent)
     assert again.returncode == 0 and again.stdout.count("is done, skipped") == 9, again.stdout + again.stderr
+    results = json.loads((run / "results.json").read_text())
+    greedy = results["scorings"]["greedy"]
+    assert set(greedy["rows"]) == {"base/on", "code_sft/on", "code_sft/off", "text_sft/off", "code_rl/on",
+                                   "code_rl/off", "text_rl/off"}
+    assert greedy["comparisons"]["tool arm vs text arm, after RL"]["n"] == 4
+    assert {"code_sft", "code_rl", "eval/base"} <= set(results["stage_times_s"])
+    assert "| tool arm vs text arm, after RL |" in (run / "report.md").read_text()

@@ -17,6 +17,9 @@
                on the dev problems.
 4. ``eval/``   the test benchmark, seen here for the first time: the tool arm with and without the tool
                (`tirl eval --tool both`, `comparison.json` side by side), the text arm without it.
+5. ``report.md``, ``results.json``  every model in one table with its tool use, the differences that
+               answer the recipe's question with paired 95% intervals, each stage's time
+               (`tirl.recipe_report`; cheap, re-written on every run).
 
 Stages 2-4 are ordinary tirl commands in a child process, printed before they run (anyone can re-run
 one by hand); the stage configs name the paths of a `runs/<recipe>` run directory and the runner
@@ -24,7 +27,8 @@ overrides them with `--run-dir`'s. A stage whose `summary.json` (eval: `comparis
 `summary.json`) exists is skipped, so re-running the same command continues after a failure; `stages`
 picks some (`stages=[data]` writes only the data).
 
-Not covered: several seeds, a final report page (`tirl report DIR/code_rl DIR/text_rl` makes one).
+Not covered: several seeds (the intervals are over test problems, not over training seeds), an HTML page
+(`tirl report DIR/code_rl DIR/text_rl` makes one).
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tirl.convert.config import ConvertConfig
 from tirl.jsonl import atomic_write, dumps, read_rows, write_json
 
-STAGES = ("data", "sft", "rl", "eval")
+STAGES = ("data", "sft", "rl", "eval", "report")
 
 
 def _svamp_convert() -> ConvertConfig:
@@ -208,9 +214,12 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, call: Callable[[list[str]
     run_dir = Path(run_dir)
     call = call or _tirl
     done: dict[str, Any] = {}
-    if "data" in cfg.stages:
+    if "data" in cfg.stages and (run_dir / "data" / "summary.json").exists():
+        say(f"== data: {run_dir / 'data'} is done, skipped")
+    elif "data" in cfg.stages:
         say(f"== data: {cfg.convert.input} -> {run_dir / 'data'}")
-        done["data"] = prepare_data(cfg, run_dir / "data")
+        with timed(run_dir, "data"):
+            done["data"] = prepare_data(cfg, run_dir / "data")
     for stage in ("sft", "rl", "eval"):
         if stage not in cfg.stages:
             continue
@@ -221,10 +230,30 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, call: Callable[[list[str]
                 continue
             argv = [*step.argv, "--run-dir", str(step.out)]
             say(f"== {stage}: tirl {' '.join(argv)}")
-            if call(argv) != 0:
-                raise RuntimeError(f"stage {stage} failed: tirl {' '.join(argv)}")
+            with timed(run_dir, step.out.name if stage != "eval" else f"eval/{step.out.name}"):
+                if call(argv) != 0:
+                    raise RuntimeError(f"stage {stage} failed: tirl {' '.join(argv)}")
             done[str(step.out)] = "ran"
+    if "report" in cfg.stages:
+        from tirl.recipe_report import markdown, write_report
+
+        say(f"== report: {run_dir / 'report.md'}")
+        say(markdown(write_report(run_dir, cfg.benchmark)))
     return done
+
+
+@contextmanager
+def timed(run_dir: Path, name: str) -> Iterator[None]:
+    """Adds a finished stage's wall time to `stage_times.json` (a failed one is not recorded)."""
+    from tirl.recipe_report import TIMES_FILE
+
+    t = time.perf_counter()
+    yield
+    path = run_dir / TIMES_FILE
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[name] = round(time.perf_counter() - t, 1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(path, times)
 
 
 def _tirl(argv: list[str]) -> int:
