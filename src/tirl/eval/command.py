@@ -94,14 +94,14 @@ def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
     for name in [b.strip() for b in args.benchmark.split(",") if b.strip()]:
         out[name] = load_benchmark(name, args.data_dir, limit=args.limit, skip_invalid=args.skip_invalid)
     for f in [x for d in args.data for x in d.split(",") if x.strip()]:
-        name = Path(f).stem
-        if name in out:
-            raise DataError(f"two benchmarks named {name!r}; rename {f}")
         problems = load_benchmark_file(f, limit=args.limit, problem_field=args.problem_field,
                                        answer_field=args.answer_field, id_field=args.id_field,
                                        skip_invalid=args.skip_invalid)
         # rows skipped with --skip-invalid are counted by the loader's warning (tirl.data.rows.collect)
-        out.update(split_by_source(name, problems))  # verl's data_source: one score row per source
+        groups = split_by_source(Path(f).stem, problems)  # verl's data_source: one score row per source
+        for name in groups.keys() & out.keys():
+            raise DataError(f"two benchmarks named {name!r}; rename {f} (or its data_source)")
+        out.update(groups)
     if not out:
         raise DataError("nothing to evaluate: give --benchmark NAME[,NAME] and/or --data FILE")
     return out
