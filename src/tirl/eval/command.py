@@ -41,11 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500, gsm8k, svamp "
                       "(the last two ship with tirl)")
     data.add_argument("--data", action="append", default=[],
-                      help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its stem")
+                      help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its "
+                      "stem, or by its rows' data_source (verl)")
     data.add_argument("--data-dir", help="directory holding <benchmark>.jsonl files (default: the dataset hub)")
-    data.add_argument("--problem-field", default="problem", help="problem field of --data files")
-    data.add_argument("--answer-field", default="answer", help="answer field of --data files")
-    data.add_argument("--id-field", default="id", help="id field of --data files (default: id; row index if absent)")
+    data.add_argument("--problem-field", default="problem",
+                      help="problem field of --data files (default: problem, else TRL's / verl's prompt)")
+    data.add_argument("--answer-field", default="answer", help="answer field of --data files (default: answer, "
+                      "else solution, ground_truth or verl's reward_model.ground_truth)")
+    data.add_argument("--id-field", default="id",
+                      help="id field of --data files (default: id, else unique_id, else the row index)")
     data.add_argument("--limit", type=int, default=S, help="only the first N problems of each benchmark")
     data.add_argument("--skip-invalid", action="store_true", default=S,
                       help="skip malformed rows of --data files (their count is printed) instead of refusing the file")
