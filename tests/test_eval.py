@@ -346,3 +346,27 @@ def test_verl_parquet_rows_load_without_field_mapping(tmp_path):
     problems = load_benchmark_file(path)
     assert [(p.problem, p.answer, p.data_source) for p in problems] == [
         ("What is 2+2?", "4", "aime"), ("What is 3+3?", "6", "math")]
+
+
+def test_eval_names_a_one_source_verl_file_by_its_data_source_and_keeps_unique_ids(tmp_path):
+    """`tirl eval --data test.parquet` of verl rows scores them under their data_source, not the file name;
+    MATH-500's `unique_id` is the id in every file shape; two files landing on one name are refused."""
+    import argparse
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tirl.data import DataError
+    from tirl.eval.command import load_all
+
+    rows = [{"data_source": "aime24", "unique_id": f"aime/{i}", "prompt": [{"role": "user", "content": f"{i}+1?"}],
+             "reward_model": {"ground_truth": str(i + 1)}} for i in range(3)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test.parquet")
+    (tmp_path / "test.json").write_text(json.dumps(rows))
+    args = argparse.Namespace(benchmark="", data=[str(tmp_path / "test.parquet")], data_dir=None, limit=None,
+                              skip_invalid=False, problem_field="problem", answer_field="answer", id_field="id")
+    got = load_all(args)
+    assert list(got) == ["aime24"] and [p.id for p in got["aime24"]] == ["aime/0", "aime/1", "aime/2"]
+    args.data.append(str(tmp_path / "test.json"))
+    with pytest.raises(DataError, match="two benchmarks named 'aime24'"):
+        load_all(args)

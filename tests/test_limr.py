@@ -145,7 +145,7 @@ def test_select_limr_counts_the_problems_trained_on_not_the_rows_skip_invalid_dr
     # Before: the file's 4 rows were counted, the run trained on the 3 valid ones, so its last epoch
     # never looked complete (2 epochs played, 1 scored).
     from tirl.config import load_config, save_config
-    from tirl.select_command import select_limr
+    from tirl.train.select_command import select_limr
     from tirl.train.rl import RLConfig
 
     data = tmp_path / "train.jsonl"

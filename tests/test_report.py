@@ -262,3 +262,76 @@ def test_readable_names_for_known_nested_and_unknown_keys():
     assert readable("eval_end.eval/reward_mean") == "held-out mean reward (end)"
     assert readable("eval/pass_rate") == "held-out code pass rate"
     assert readable("rollout/gen_time_s") == "rollout: gen time s"  # a new metric is never blank
+
+
+def _timed_run(path: Path) -> Path:
+    """An RL run that logs reward components, the learning rate, throughput and the time split."""
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for s in range(1, 5):
+            f.write(json.dumps({"step": s, "reward/accuracy": 0.2 * s, "reward/mean": 0.1 * s, "reward/std": 0.5,
+                                "reward/correctness": 0.2 * s, "reward/format": 1.0, "train/lr": 1e-4 * s,
+                                "throughput/tokens_per_s": 300.0 + s, "time/generation_s": 2.0,
+                                "time/sandbox_s": 0.5, "time/train_s": 1.0, "time/step_s": 4.0}) + "\n")
+    return path
+
+
+def test_the_page_lays_plots_out_in_a_grid_that_fits_1280px(tmp_path):
+    page = write_report([make_run(tmp_path / "run")], tmp_path / "out").read_text()
+    css = page.split("<style>")[1].split("</style>")[0]
+    assert ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(370px,1fr))" in css
+    # 3 x 370 px and the gaps fit the 1240 px page; tables scroll in their own box, never the page
+    assert "max-width:1240px" in css and ".wide{max-width:100%;overflow-x:auto}" in css
+    grid = page.split('<div class="grid">')[1].split("</div>")[0]
+    assert grid.count("<figure>") == page.split("<h2>What the code is for")[0].count("<figure>") >= 5
+    assert "<table>" not in page.replace('<div class="wide"><table>', "")
+
+
+def test_reward_lr_throughput_and_time_plots_exist_only_with_their_metrics(tmp_path):
+    page = write_report([_timed_run(tmp_path / "timed")], tmp_path / "out").read_text()
+    names = {p.stem for p in (tmp_path / "out" / "plots").glob("*.png")}
+    assert {"reward", "lr", "throughput", "time_split"} <= names
+    assert "Reward and its components" in page and 'alt="Time split of a training step' in page
+    assert len(_pngs_in(page)) == len(names)
+    # a run without them: no such figure (not an empty one), the page says which were left out
+    page = write_report([make_run(tmp_path / "plain")], tmp_path / "out2").read_text()
+    names = {p.stem for p in (tmp_path / "out2" / "plots").glob("*.png")}
+    assert not names & {"lr", "throughput", "time_split"} and "reward" in names  # make_run logs reward/mean
+    assert "Reward and its components" not in page and 'alt="Reward"' in page
+    assert re.search(r"Not drawn \(no data in any run\):[^<]*learning rate[^<]*throughput[^<]*time split", page)
+
+
+def test_samples_carry_their_prompt_decoded_with_the_runs_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    run = make_run(tmp_path / "run")
+    words = ["<unk>", "What", "is", "123", "*", "456", "?"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    (run / "base_model").mkdir()
+    tok.save(str(run / "base_model" / "tokenizer.json"))
+    rows = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    rows += [{**rows[0], "step": 5}, {**rows[1], "step": 5}, {**rows[0], "step": 5}]
+    for r in rows:
+        r["prompt_ids"] = tok.encode("What is 123 * 456 ?").ids
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report([run], tmp_path / "out").read_text()
+    assert page.count('class="sample"') == 6  # more samples than the first and last step's
+    assert page.count('<pre class="prompt">What is 123 * 456 ?</pre>') == 6
+    assert "Prompt omitted" not in page
+
+
+def test_report_keeps_another_commands_page_unless_told_to_replace_it(tmp_path):
+    from tirl.report.command import page_name
+
+    run = make_run(tmp_path / "run")
+    demo_page = '<html><head><meta name="generator" content="tirl demo"></head><body>the demo</body></html>'
+    (run / "report.html").write_text(demo_page)
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "report", str(run)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(run / "report_runs.html") and "--replace" in r.stderr
+    assert (run / "report.html").read_text() == demo_page  # untouched
+    assert page_name(run, replace=True) == "report.html"
+    (run / "report.html").write_text((run / "report_runs.html").read_text())  # a page tirl report wrote
+    assert page_name(run, replace=False) == "report.html"  # its own page is simply rewritten

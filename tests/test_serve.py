@@ -113,7 +113,7 @@ def test_stop_strings_are_trimmed_unless_asked_to_keep_them(served, tiny_tokeniz
 
 @pytest.mark.parametrize("body, status, message", [
     ({"prompt": "hi", "echo": True}, 400, "echo=True is not supported"),
-    ({"prompt": "hi", "stream": True}, 400, "stream=True is not supported"),
+    ({"prompt": "hi", "stream": "yes"}, 400, "stream must be true or false"),
     ({"prompt": []}, 400, "prompt must be"),
     ({"prompt": "hi", "max_tokens": 0}, 400, "max_tokens=0 is out of range"),
     ({"prompt": "hi", "max_tokens": 10 ** 6}, 400, "maximum context length"),
@@ -254,3 +254,34 @@ def test_cli_eval_through_a_server_equals_in_process(tiny_model, tiny_model_dir,
     summary = json.loads((tmp_path / "remote" / "summary.json").read_text())
     modes = summary["backend_modes"]  # token ids both ways, never text
     assert set(modes) == {"prompt:tokens", "output:token_ids"} and modes["prompt:tokens"] >= 3
+
+
+def _events(url: str, body: dict, path: str) -> tuple[str, list]:
+    """(content type, the `data:` payloads of a server-sent event stream, `[DONE]` kept as a string)."""
+    req = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        kind, raw = resp.headers["Content-Type"], resp.read().decode()
+    assert raw.endswith("\n\n") and all(e.startswith("data: ") for e in raw.strip().split("\n\n"))
+    return kind, [e[6:] if e == "data: [DONE]" else json.loads(e[6:]) for e in raw.strip().split("\n\n")]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_stream_true_answers_with_server_sent_events_of_the_same_text(served, path):
+    """As OpenAI's API streams: `data: {chunk}` events, each choice ending in its finish_reason, the usage
+    when asked for, then `data: [DONE]`; the text put together equals the answer without streaming."""
+    _, url = served
+    chat = path.endswith("chat/completions")
+    ask = {"messages": [{"role": "user", "content": "What is 12 times 34?"}]} if chat else {"prompt": "What is"}
+    body = {**ask, "max_tokens": 6, "temperature": 0, "n": 2}
+    _, whole = _post(url, body, path)
+    kind, events = _events(url, {**body, "stream": True, "stream_options": {"include_usage": True}}, path)
+    assert kind.startswith("text/event-stream") and events[-1] == "[DONE]"
+    chunks, usage = events[:-2], events[-2]
+    assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk" if chat else "text_completion"}
+    for i, choice in enumerate(whole["choices"]):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i]
+        text = "".join(m["delta"].get("content", "") if chat else m["text"] for m in mine)
+        assert text == (choice["message"]["content"] if chat else choice["text"])
+        assert [m["finish_reason"] for m in mine][-1] == choice["finish_reason"]
+        assert all(m["finish_reason"] is None for m in mine[:-1])

@@ -37,7 +37,7 @@ COMMANDS: dict[str, Command] = {
     "convert": Command("rewrite text solutions into verified code-integrated SFT traces",
                        "tirl.convert.command"),
     "select": Command("choose training problems from earlier RL runs (LIMR learning-impact scores)",
-                      "tirl.select_command"),
+                      "tirl.train.select_command"),
     "serve": Command("OpenAI-compatible completions server around a local model",
                      "tirl.generation.serve_command"),
     "config": Command("every key of a command's config with its type, default and meaning (docs/config.md), "

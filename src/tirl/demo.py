@@ -320,7 +320,8 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> Path:
     samples = read_rows(run_dir / "heldout_samples.jsonl") if (run_dir / "heldout_samples.jsonl").exists() else []
     return write_report([run_dir / "rl", run_dir / "text_rl"], run_dir, title="tirl demo",
                         labels=["GRPO with the tool", "GRPO without the tool"], extra=headline,
-                        samples=samples, samples_title="Held-out samples after GRPO with the tool")
+                        samples=samples, samples_title="Held-out samples after GRPO with the tool",
+                        generator="tirl demo")
 
 
 def _print_summary(console: Any, s: dict[str, Any], run_dir: Path) -> None:

@@ -77,8 +77,10 @@ def test_saved_datasets_directory_with_split(tmp_path):
 
 
 @pytest.mark.parametrize("line, reason", [
-    ({"id": 1, "question": "q"}, "missing field 'problem' (fields present: id, question)"),
-    ({"problem": "q", "solution": "s"}, "missing field 'answer' (fields present: problem, solution)"),
+    ({"id": 1, "question": "q"}, "missing field 'problem' (fields present: id, question); name the column with "
+                                 "data.problem_field (tirl eval: --problem-field)"),
+    ({"problem": "q", "sol": "s"}, "missing field 'answer' (fields present: problem, sol); name the column with "
+                                   "data.answer_field (tirl eval: --answer-field)"),
     ({"problem": "q", "answer": None}, "field 'answer' is null"),
     ({"problem": "q", "answer": ""}, "field 'answer' is empty"),
     ({"problem": "q", "answer": [1, 2]}, "field 'answer' must be a string or number, got list"),
@@ -112,7 +114,8 @@ def test_skip_invalid_counts_and_logs_and_never_drops_silently(tmp_path, caplog)
     with pytest.raises(DataError) as e:
         load_problems(p)
     # one line: the first bad row's file:line and reason, how many more, and the way out
-    assert str(e.value) == (f"{p}:2: missing field 'answer' (fields present: problem) (and 1 more invalid row(s)); "
+    assert str(e.value) == (f"{p}:2: missing field 'answer' (fields present: problem); name the column with "
+                            "data.answer_field (tirl eval: --answer-field) (and 1 more invalid row(s)); "
                             "fix the data, or pass --skip-invalid to skip invalid rows")
     with caplog.at_level(logging.WARNING, logger="tirl.data"):
         got = load_problems(p, skip_invalid=True)
@@ -183,3 +186,24 @@ def test_shipped_data_by_name():
     assert problems[0].extra["equation"] == "56 * 9" and problems[0].answer == "504"
     with pytest.raises(DataError, match="tirl:nope: no such shipped data file; shipped: tirl:gsm8k_test"):
         load_problems("tirl:nope")
+
+
+@pytest.mark.parametrize("row,expected", [
+    ({"unique_id": "u/1", "problem": "6*7?", "solution": "We multiply: $6 \\cdot 7 = \\boxed{42}$."},
+     ("u/1", "6*7?", "42")),  # TRL / MATH: a worked solution, its boxed answer; MATH-500's unique_id
+    ({"id": 9, "prompt": "6*7?", "solution": "42"}, ("9", "6*7?", "42")),  # TRL's standard prompt, a bare solution
+    ({"prompt": [{"role": "user", "content": "6*7?"}], "ground_truth": 42}, ("data-0", "6*7?", "42")),
+    ({"prompt": [{"role": "user", "content": "6*7?"}], "reward_model": {"ground_truth": "42"}},
+     ("data-0", "6*7?", "42")),  # verl
+])
+def test_trl_and_verl_answer_and_id_columns_need_no_field_mapping(tmp_path, row, expected):
+    (p,) = load_problems(write_jsonl(tmp_path / "data.jsonl", [row]))
+    assert (p.id, p.problem, p.answer) == expected
+
+
+def test_a_named_field_wins_over_the_known_columns(tmp_path):
+    row = {"id": "a", "unique_id": "b", "problem": "q", "answer": "1", "solution": "2", "final": "3"}
+    (p,) = load_problems(write_jsonl(tmp_path / "data.jsonl", [row]))
+    assert (p.id, p.answer) == ("a", "1")
+    (p,) = load_problems(write_jsonl(tmp_path / "data.jsonl", [row]), answer_field="final", id_field="unique_id")
+    assert (p.id, p.answer) == ("b", "3")

@@ -146,3 +146,14 @@ def test_joined_text_would_tokenise_differently_at_a_boundary(tok):
     assert tok.decode(per_segment) == tok.decode(joined)
     assert per_segment != joined
     assert enc(tok, "\n\n")[-1] in per_segment and enc(tok, "\n\n")[-1] not in joined
+
+
+def test_a_text_row_gets_no_prompt_and_trains_all_but_the_interpreter_output(tok):
+    """TRL's language-modeling rows: the style's prompt is not added; every token of the text is trained
+    except the interpreter's output, which the harness writes."""
+    trace = trace_from_row({"text": PROBLEM + "\n" + retool_row()["messages"][-1]["content"]}, RETOOL, id="t")
+    ex = tokenize_trace(trace, tok, RETOOL)
+    assert ex["num_prompt_tokens"] == 0 and ex["loss_mask"][0] == 1
+    masked = [i for i, m in zip(ex["input_ids"], ex["loss_mask"]) if not m]
+    assert tok.decode(masked) == "".join(s.text for s in trace.segments if not s.trainable)
+    assert tok.decode(ex["input_ids"][:-1]) == trace.response and trace.response.startswith(PROBLEM + "\n")

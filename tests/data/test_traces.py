@@ -61,6 +61,12 @@ SHAPES = {
     "torl_messages": {"messages": [user(), {"role": "assistant", "content": torl_text()}]},
     "torl_prompt_response": {"prompt": PROBLEM, "response": torl_text()},
     "retool_prompt_completion": {"prompt": [user()], "completion": retool_text()},
+    "trl_conversational_prompt_completion": {"prompt": [user()],
+                                             "completion": [{"role": "assistant", "content": retool_text()}]},
+    "trl_conversational_completion_with_tool": {"prompt": [user()], "completion": [
+        {"role": "assistant", "content": "Let me compute it.\n```python\nprint(123 * 456)\n```\n"},
+        {"role": "tool", "content": "56088"},
+        {"role": "assistant", "content": "The product is 56088.\n<answer>\n\\boxed{56088}\n</answer>"}]},
 }
 
 
@@ -146,7 +152,10 @@ BAD = {
     "empty assistant": ({"messages": [user(), {"role": "assistant", "content": "  "}]},
                         "the assistant turn is empty"),
     "unknown shape": ({"question": "q", "solution": "s"},
-                      "no 'messages' and no 'prompt'+'response' fields (fields present: question, solution)"),
+                      "no SFT shape fits the fields present (question, solution): give 'messages', 'prompt' + "
+                      "'completion' (or 'response'), or 'text' (docs/data-formats.md)"),
+    "conversational completion, text prompt": ({"prompt": "q", "completion": [{"role": "assistant", "content": "a"}]},
+                                               "field 'completion' is a message list, so 'prompt' must be one too"),
     "assistant error names message": ({"messages": [user(), {"role": "assistant", "content": "<code>x"}]},
                                       "message 1 (assistant): unclosed '<code>'"),
 }
@@ -203,3 +212,11 @@ def test_tool_messages_are_matched_to_calls_by_id():
     segs = trace_from_row(row, TORL, id="t").segments
     assert segs[0] == Segment(TORL.wrap_code("print(2)"), True) and segs[1] == Segment(TORL.wrap_output("2"), False)
     assert segs[2] == Segment(TORL.wrap_code("print(1)"), True) and segs[3] == Segment(TORL.wrap_output("1"), False)
+
+
+def test_text_rows_are_read_whole_with_the_interpreter_output_apart():
+    """TRL's language-modeling shape: no prompt; the text's own code and output still split the segments."""
+    trace = trace_from_row({"text": "Question: " + PROBLEM + "\n" + retool_text()}, RETOOL, id="t")
+    assert trace.prompt_messages == [] and trace.prompt_text == ""
+    assert trace.answer == "56088" and [s.trainable for s in trace.segments] == [True, False, True]
+    assert trace.segments[0].text.startswith("Question: " + PROBLEM)

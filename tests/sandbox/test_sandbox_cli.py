@@ -81,3 +81,18 @@ def test_serve_beyond_loopback_with_a_token_gets_past_that_check():
     assert out.returncode == 2 and "is in use" in out.stderr and "token" not in out.stderr, out.stderr
     bad = _cli("serve", "--write-timeout", "0", "--preload", "", timeout=30)
     assert bad.returncode == 2 and bad.stderr == "tirl sandbox serve: write_timeout_s must be above 0, not 0.0\n"
+
+
+def test_bench_json_writes_an_undefined_figure_as_null(tmp_path, monkeypatch):
+    """A figure with nothing to measure (NaN) must not make the file invalid JSON (`NaN` is not JSON)."""
+    import argparse
+
+    from tirl.sandbox import bench, cli
+
+    monkeypatch.setattr(bench, "run_bench", lambda cfg, **kw: {"latency_ms_median": float("nan"), "cores": 2})
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "b.json"
+    assert cli.run(parser.parse_args(["bench", "--json", str(out)])) == 0
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text) == {"latency_ms_median": None, "cores": 2}

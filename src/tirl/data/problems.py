@@ -7,10 +7,14 @@ Sources: a JSONL, JSON (a list of objects, or `{"data": [...]}`) or Parquet file
 with `datasets.save_to_disk`, or a Hugging Face dataset name (`datasets.load_dataset`; offline runs
 load only what is cached). Field names are mapped by the `*_field` arguments (dotted paths reach nested fields,
 e.g. verl's `reward_model.ground_truth`); a problem field holding a chat message list (verl's
-`prompt`) gives the content of its last user message.
+`prompt`) gives the content of its last user message. A field left at its default name and absent
+from a row is looked for under TRL's and verl's names (`_known_fields`): the problem in `prompt`
+(text, or chat messages), the answer in `solution` (its last `\\boxed{}` when it is a worked
+solution), `ground_truth` or `reward_model.ground_truth`, the id in `unique_id`.
 
 Every bad row is refused with its place and reason (`data.jsonl:17: missing field 'answer' (fields
-present: id, question)`); `skip_invalid=True` skips such rows, logs the count, and lists the reasons
+present: id, question); name the column with data.answer_field (tirl eval: --answer-field)`);
+`skip_invalid=True` skips such rows, logs the count, and lists the reasons
 in the returned list's `.skipped`. Numeric answers become strings (`42`, `0.5`; `3.0` stays `3.0`,
 the grader compares values). Ids default to `{file stem}-{row index}` and must be unique.
 
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tirl.data.rows import DataError, Loaded, collect, is_local_source, iter_rows, packaged
-from tirl.formats import TagStyle, plain_prompt, problem_prompt
+from tirl.formats import TagStyle, extract_boxed, plain_prompt, problem_prompt
 
 
 @dataclass
@@ -70,14 +74,14 @@ def load_problems(
     seen: dict[str, str] = {}
 
     def parse(where: str, index: int, row: dict[str, Any]) -> Problem:
-        pf, af = _verl_fields(row, problem_field, answer_field)
+        pf, af, idf = _known_fields(row, problem_field, answer_field, id_field)
         problem = _text_field(row, pf, allow_messages=True)
         answer = _answer_field(row, af)
-        pid = _problem_id(row, id_field, stem, index)
+        pid = _problem_id(row, idf, stem, index)
         if pid in seen:
             raise DataError(f"duplicate id {pid!r} (first at {seen[pid]})")
         seen[pid] = where
-        used = {pf.split(".")[0], af.split(".")[0], id_field.split(".")[0]}
+        used = {pf.split(".")[0], af.split(".")[0], idf.split(".")[0]}
         extra = {k: v for k, v in row.items() if k not in used}
         return Problem(pid, problem, answer, extra)
 
@@ -89,14 +93,29 @@ def load_problems(
     return loaded
 
 
-def _verl_fields(row: dict[str, Any], problem_field: str, answer_field: str) -> tuple[str, str]:
-    """verl / ToRL parquet rows (`prompt`: chat messages, `reward_model.ground_truth`) need no field
-    mapping: when the default field is absent and theirs is present, theirs is read."""
-    if problem_field == "problem" and "problem" not in row and isinstance(row.get("prompt"), list):
+# The columns TRL's and verl's datasets use, read when the default column is absent (in this order).
+ANSWER_COLUMNS = ("answer", "solution", "ground_truth", "reward_model.ground_truth")
+ID_COLUMNS = ("id", "unique_id")
+SET_KEY = {"problem": "data.problem_field (tirl eval: --problem-field)",
+           "answer": "data.answer_field (tirl eval: --answer-field)"}
+
+
+def _known_fields(row: dict[str, Any], problem_field: str, answer_field: str, id_field: str) -> tuple[str, str, str]:
+    """The columns to read: the ones named, or, for a name left at its default and absent from the row,
+    the first of TRL's / verl's usual columns the row has (`prompt` as text or chat messages, `solution`,
+    `ground_truth`, verl's `reward_model.ground_truth`, `unique_id`); none found, the default (whose
+    absence the caller reports)."""
+    if problem_field == "problem" and "problem" not in row and isinstance(row.get("prompt"), (str, list)):
         problem_field = "prompt"
-    if answer_field == "answer" and "answer" not in row and _get(row, "reward_model.ground_truth") is not _MISSING:
-        answer_field = "reward_model.ground_truth"
-    return problem_field, answer_field
+    if answer_field == "answer":
+        answer_field = next((c for c in ANSWER_COLUMNS if _get(row, c) is not _MISSING), "answer")
+    return problem_field, answer_field, _id_column(row, id_field)
+
+
+def _id_column(row: dict[str, Any], id_field: str) -> str:
+    if id_field != "id":
+        return id_field
+    return next((c for c in ID_COLUMNS if _get(row, c) is not _MISSING), "id")
 
 
 def raw_rows_by_id(source: str | os.PathLike, *, id_field: str = "id", split: str = "train",
@@ -119,6 +138,7 @@ def _stem(source: str | os.PathLike) -> str:
 
 
 def _problem_id(row: dict[str, Any], id_field: str, stem: str, index: int) -> str:
+    id_field = _id_column(row, id_field)
     raw_id = _get(row, id_field)
     return f"{stem}-{index}" if raw_id is _MISSING or raw_id is None else _scalar_str(raw_id, id_field)
 
@@ -140,17 +160,18 @@ def _present(row: dict[str, Any]) -> str:
     return ", ".join(map(str, row)) or "none"
 
 
-def _require(row: dict[str, Any], name: str) -> Any:
+def _require(row: dict[str, Any], name: str, role: str = "") -> Any:
     value = _get(row, name)
     if value is _MISSING:
-        raise DataError(f"missing field {name!r} (fields present: {_present(row)})")
+        key = f"; name the column with {SET_KEY[role]}" if role in SET_KEY else ""
+        raise DataError(f"missing field {name!r} (fields present: {_present(row)}){key}")
     if value is None:
         raise DataError(f"field {name!r} is null")
     return value
 
 
 def _text_field(row: dict[str, Any], name: str, allow_messages: bool = False) -> str:
-    value = _require(row, name)
+    value = _require(row, name, "problem")
     if allow_messages and isinstance(value, list):
         users = [m for m in value if isinstance(m, dict) and m.get("role") == "user"]
         if not users or not isinstance(users[-1].get("content"), str):
@@ -171,7 +192,9 @@ def _scalar_str(value: Any, name: str) -> str:
 
 
 def _answer_field(row: dict[str, Any], name: str) -> str:
-    answer = _scalar_str(_require(row, name), name).strip()
+    answer = _scalar_str(_require(row, name, "answer"), name).strip()
+    if name == "solution" and "\\boxed" in answer:  # TRL's datasets: a worked solution ending in its answer
+        answer = (extract_boxed(answer) or answer).strip()
     if not answer:
         raise DataError(f"field {name!r} is empty")
     return answer

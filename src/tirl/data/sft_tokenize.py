@@ -18,7 +18,7 @@ to stop (ChatML models' eos, `<|im_end|>`, is also their end-of-turn marker).
 Prompt: with `style` given, the prompt is rebuilt from the trace's problem with
 `tirl.formats.problem_prompt` (the exact prompt RL will use); without, the trace's own prompt messages
 (through the chat template when `use_chat_template`, else their contents joined by blank lines) or
-its text prompt.
+its text prompt. A `text` row has none: its text is the whole sequence.
 
 Truncation: a sequence longer than `max_length` is cut at the end (the prompt is kept whole, it is
 what later tokens are conditioned on); `num_truncated` says how many tokens were cut, and
@@ -42,7 +42,10 @@ IGNORE_INDEX = -100  # label value the HF/PyTorch cross-entropy ignores
 
 def trace_prompt(trace: Trace, tokenizer: Any, style: TagStyle | None = None, use_chat_template: bool | None = False) -> str:
     """The prompt text the trace is trained under (see the module docstring): the one prompt rule
-    (`tirl.formats.render_messages`) applied to the style's messages, or to the trace's own."""
+    (`tirl.formats.render_messages`) applied to the style's messages, or to the trace's own; none for a
+    `text` row (TRL's language-modeling shape), which is trained as written."""
+    if trace.prompt_text == "" and not trace.prompt_messages:
+        return ""
     if style is not None:
         return problem_prompt(tokenizer, trace.problem, style, use_chat_template)
     if not use_chat_template and trace.prompt_text is not None:

@@ -19,6 +19,11 @@ Shapes (one row each; `id` and `answer` fields are optional):
 (c) ToRL fences (```` ```python ```` ... ```` ``` ```` then ```` ```output ```` ... ```` ``` ````) in a `messages`
     list or in a `{"prompt", "response"}` (or `"completion"`) pair; `prompt` may be text (used verbatim)
     or a message list.
+(d) TRL's conversational prompt-completion: `prompt` and `completion` both message lists (the
+    completion's assistant and tool messages read as in (a) and (b)).
+(e) TRL's language-modeling `{"text": ...}`: no prompt; the whole text is trained as written (the
+    interpreter output inside it excepted), as TRL trains it. The style's RL prompt is not applied to
+    such rows, so a model trained on them sees another prompt in RL: prefer (a)-(d) when the data has one.
 
 The assistant text of any shape is read in the training style when it uses that style's tags, else in
 whichever known style (ReTool, ToRL) it does use; code of a different style is re-written with
@@ -299,40 +304,59 @@ def _prompt_message(msg: Any, n: int) -> dict[str, str]:
     return {"role": msg["role"], "content": _content(msg, n)}
 
 
+def _from_messages(messages: Any, name: str) -> tuple[list[dict[str, str]], list[tuple[int, dict[str, Any]]]]:
+    """A conversation -> (the messages before the first assistant message, the assistant turn)."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"field {name!r} must be a non-empty list of messages")
+    first = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"), None)
+    if first is None:
+        roles = [m.get("role") if isinstance(m, dict) else type(m).__name__ for m in messages]
+        raise DataError(f"no assistant message (roles: {', '.join(map(str, roles))})")
+    prompt = [_prompt_message(m, i) for i, m in enumerate(messages[:first])]
+    bad = [m["role"] for m in prompt if m["role"] not in PROMPT_ROLES]
+    if bad:
+        raise DataError(f"{bad[0]!r} message before the first assistant message")
+    return prompt, list(enumerate(messages))[first:]
+
+
+def _text_prompt(value: Any) -> tuple[list[dict[str, str]], str | None]:
+    """A prompt given as text (used verbatim) or as a message list."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}], value
+    if isinstance(value, list):
+        return [_prompt_message(m, i) for i, m in enumerate(value)], None
+    raise DataError(f"field 'prompt' must be a string or a message list, got {type(value).__name__}")
+
+
+def _row_events(row: dict[str, Any], style: TagStyle) -> tuple[list[dict[str, str]], str | None, list[tuple]]:
+    """(prompt messages, text prompt or None, events) of a row in any supported shape."""
+    key = "response" if "response" in row else "completion"
+    if "messages" in row:
+        prompt, turn = _from_messages(row["messages"], "messages")
+        return prompt, None, _assistant_events(turn, style)
+    if "prompt" in row and isinstance(row.get(key), list):  # TRL's conversational prompt-completion
+        if not isinstance(row["prompt"], list):
+            raise DataError(f"field {key!r} is a message list, so 'prompt' must be one too, "
+                            f"got {type(row['prompt']).__name__}")
+        prompt, turn = _from_messages(row["prompt"] + row[key], f"prompt + {key}")
+        return prompt, None, _assistant_events(turn, style)
+    if "prompt" in row and key in row:
+        if not isinstance(row[key], str):
+            raise DataError(f"field {key!r} must be a string or a message list, got {type(row[key]).__name__}")
+        prompt, prompt_text = _text_prompt(row["prompt"])
+        return prompt, prompt_text, parse_events(row[key], detect_style(row[key], style), style)
+    if "text" in row:  # TRL's language-modeling shape: no prompt, the whole text is trained
+        if not isinstance(row["text"], str):
+            raise DataError(f"field 'text' must be a string, got {type(row['text']).__name__}")
+        return [], "", parse_events(row["text"], detect_style(row["text"], style), style)
+    raise DataError(f"no SFT shape fits the fields present ({', '.join(map(str, row)) or 'none'}): give 'messages', "
+                    "'prompt' + 'completion' (or 'response'), or 'text' (docs/data-formats.md)")
+
+
 def trace_from_row(row: dict[str, Any], style: TagStyle, *, id: str, where: str = "") -> Trace:
     """One row of any supported shape -> `Trace` in `style`; `DataError` says what is wrong."""
-    prompt_text = None
-    if "messages" in row:
-        messages = row["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise DataError("field 'messages' must be a non-empty list of messages")
-        first = next((i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-                     None)
-        if first is None:
-            roles = [m.get("role") if isinstance(m, dict) else type(m).__name__ for m in messages]
-            raise DataError(f"no assistant message (roles: {', '.join(map(str, roles))})")
-        prompt = [_prompt_message(m, i) for i, m in enumerate(messages[:first])]
-        bad = [m["role"] for m in prompt if m["role"] not in PROMPT_ROLES]
-        if bad:
-            raise DataError(f"{bad[0]!r} message before the first assistant message")
-        events = _assistant_events(list(enumerate(messages))[first:], style)
-    elif "prompt" in row and ("response" in row or "completion" in row):
-        key = "response" if "response" in row else "completion"
-        response = row[key]
-        if not isinstance(response, str):
-            raise DataError(f"field {key!r} must be a string, got {type(response).__name__}")
-        if isinstance(row["prompt"], str):
-            prompt_text = row["prompt"]
-            prompt = [{"role": "user", "content": prompt_text}]
-        elif isinstance(row["prompt"], list):
-            prompt = [_prompt_message(m, i) for i, m in enumerate(row["prompt"])]
-        else:
-            raise DataError(f"field 'prompt' must be a string or a message list, got {type(row['prompt']).__name__}")
-        events = parse_events(response, detect_style(response, style), style)
-    else:
-        raise DataError(f"no 'messages' and no 'prompt'+'response' fields (fields present: "
-                        f"{', '.join(map(str, row)) or 'none'})")
-    if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+    prompt, prompt_text, events = _row_events(row, style)
+    if prompt_text != "" and not any(m["role"] == "user" and m["content"].strip() for m in prompt):
         raise DataError("no user message with content before the assistant turn")
     segments = render_events(events, style)
     if not any(s.trainable for s in segments):
@@ -342,7 +366,8 @@ def trace_from_row(row: dict[str, Any], style: TagStyle, *, id: str, where: str 
         raise DataError(f"field 'answer' must be a string or number, got {type(answer).__name__}")
     text = "".join(s.text for s in segments if s.trainable)
     answer = str(answer) if answer is not None else extract_boxed(text)
-    extra = {k: v for k, v in row.items() if k not in ("messages", "prompt", "response", "completion", "id", "answer")}
+    extra = {k: v for k, v in row.items()
+             if k not in ("messages", "prompt", "response", "completion", "text", "id", "answer")}
     return Trace(id, prompt, segments, prompt_text, answer, style.name, where, extra)
 
 

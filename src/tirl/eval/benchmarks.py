@@ -79,9 +79,12 @@ def load_benchmark_file(path: str | os.PathLike, limit: int | None = None, **fie
 
 
 def split_by_source(name: str, problems: Sequence[Problem]) -> dict[str, list[Problem]]:
-    """One benchmark per verl `data_source` (`name/source`) when a file mixes several, else `{name: all}`;
-    the overall row still covers them all."""
+    """One benchmark per verl `data_source` (`name/source`) when a file mixes several; a file of one
+    source is named by it (verl's `test.parquet` of `aime24` rows is `aime24`), else `{name: all}`. The
+    overall row still covers them all."""
     sources = sorted({p.data_source for p in problems if getattr(p, "data_source", None)})
+    if len(sources) == 1 and all(p.data_source for p in problems):
+        return {sources[0]: list(problems)}
     if len(sources) <= 1:
         return {name: list(problems)}
     out = {f"{name}/{src}": [p for p in problems if p.data_source == src] for src in sources}

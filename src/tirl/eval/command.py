@@ -41,11 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--benchmark", default="", help="comma-separated names: aime24, aime25, math500, gsm8k, svamp "
                       "(the last two ship with tirl)")
     data.add_argument("--data", action="append", default=[],
-                      help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its stem")
+                      help="JSONL/JSON/Parquet file with problem and answer fields (repeatable); named by its "
+                      "stem, or by its rows' data_source (verl)")
     data.add_argument("--data-dir", help="directory holding <benchmark>.jsonl files (default: the dataset hub)")
-    data.add_argument("--problem-field", default="problem", help="problem field of --data files")
-    data.add_argument("--answer-field", default="answer", help="answer field of --data files")
-    data.add_argument("--id-field", default="id", help="id field of --data files (default: id; row index if absent)")
+    data.add_argument("--problem-field", default="problem",
+                      help="problem field of --data files (default: problem, else TRL's / verl's prompt)")
+    data.add_argument("--answer-field", default="answer", help="answer field of --data files (default: answer, "
+                      "else solution, ground_truth or verl's reward_model.ground_truth)")
+    data.add_argument("--id-field", default="id",
+                      help="id field of --data files (default: id, else unique_id, else the row index)")
     data.add_argument("--limit", type=int, default=S, help="only the first N problems of each benchmark")
     data.add_argument("--skip-invalid", action="store_true", default=S,
                       help="skip malformed rows of --data files (their count is printed) instead of refusing the file")
@@ -94,14 +98,14 @@ def load_all(args: argparse.Namespace) -> dict[str, list[Any]]:
     for name in [b.strip() for b in args.benchmark.split(",") if b.strip()]:
         out[name] = load_benchmark(name, args.data_dir, limit=args.limit, skip_invalid=args.skip_invalid)
     for f in [x for d in args.data for x in d.split(",") if x.strip()]:
-        name = Path(f).stem
-        if name in out:
-            raise DataError(f"two benchmarks named {name!r}; rename {f}")
         problems = load_benchmark_file(f, limit=args.limit, problem_field=args.problem_field,
                                        answer_field=args.answer_field, id_field=args.id_field,
                                        skip_invalid=args.skip_invalid)
         # rows skipped with --skip-invalid are counted by the loader's warning (tirl.data.rows.collect)
-        out.update(split_by_source(name, problems))  # verl's data_source: one score row per source
+        groups = split_by_source(Path(f).stem, problems)  # verl's data_source: one score row per source
+        for name in groups.keys() & out.keys():
+            raise DataError(f"two benchmarks named {name!r}; rename {f} (or its data_source)")
+        out.update(groups)
     if not out:
         raise DataError("nothing to evaluate: give --benchmark NAME[,NAME] and/or --data FILE")
     return out

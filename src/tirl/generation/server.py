@@ -9,8 +9,10 @@ Endpoints
   `stop`, `seed`, `n`, `logprobs`, plus vLLM's `return_tokens_as_token_ids`,
   `include_stop_str_in_output`, `skip_special_tokens` and `add_special_tokens` (for string prompts;
   default true, as vLLM). Each choice carries `finish_reason` (`stop` | `length`) and vLLM's
-  `stop_reason` (the matched stop string, or null for EOS). Unsupported options (`echo`, `stream`,
-  `best_of`, `suffix`, penalties other than their neutral value) are refused with 400, never ignored.
+  `stop_reason` (the matched stop string, or null for EOS). `stream: true` answers with server-sent
+  events as OpenAI's API does (`tirl.generation.sse`; sent once generation ends). Unsupported options
+  (`echo`, `best_of`, `suffix`, penalties other than their neutral value) are refused with 400, never
+  ignored.
 * `POST /v1/chat/completions` — the same options with `messages` instead of `prompt`; the messages
   become the prompt through the one prompt rule (`tirl.formats.render_messages`) under the model's
   saved prompt settings (`tirl.json`: chat template or plain text; the style's system prompt is added
@@ -33,7 +35,7 @@ sequences are released beyond `cache_slots`.
 
 Log-probs: of the sampled token only (`top_logprobs` lists just that token), under the protocol's
 `log_softmax(logits / T)` (see `tirl.generation.base`).
-Not covered: tool-call messages in chat completions, streaming, authentication (bind to loopback or put it behind a proxy),
+Not covered: tool-call messages in chat completions, tokens streamed as they are sampled, authentication (bind to loopback or put it behind a proxy),
 several models per server.
 
 A little over the usual size: most of it is one class, `CompletionServer`, whose endpoints share the
@@ -57,7 +59,7 @@ from aiohttp import web
 from tirl.commands import check_port_free
 from tirl.generation.base import FINISH_LENGTH, FINISH_STOP, GenerationRequest, SamplingParams
 
-_NEUTRAL = {"echo": False, "stream": False, "best_of": 1, "suffix": None, "presence_penalty": 0,
+_NEUTRAL = {"echo": False, "best_of": 1, "suffix": None, "presence_penalty": 0,
             "frequency_penalty": 0, "repetition_penalty": 1, "logit_bias": None}
 
 
@@ -219,6 +221,11 @@ class CompletionServer:
         n_prompt = sum(len(it.ids) for it in items)
         n_out = sum(len(o.token_ids) for o in outs)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        if opts["stream"]:
+            from tirl.generation.sse import send_events, stream_chunks
+
+            return await send_events(request, stream_chunks(choices, chat=chat, model=self.model_name,
+                                                            usage=usage if opts["stream_usage"] else None))
         if chat:
             return web.json_response({
                 "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -256,7 +263,11 @@ class CompletionServer:
         logprobs = body.get("logprobs")
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
             raise BadRequest("logprobs must be a non-negative integer or null")
-        opts = {"n": _number(body, "n", 1, int, lo=1, hi=64), "logprobs": logprobs,
+        stream, stream_options = body.get("stream") or False, body.get("stream_options") or {}
+        if not isinstance(stream, bool) or not isinstance(stream_options, dict):
+            raise BadRequest("stream must be true or false, stream_options an object")
+        opts = {"n": _number(body, "n", 1, int, lo=1, hi=64), "logprobs": logprobs, "stream": stream,
+                "stream_usage": bool(stream_options.get("include_usage", False)),
                 "as_ids": bool(body.get("return_tokens_as_token_ids", False)),
                 "include_stop": bool(body.get("include_stop_str_in_output", False)),
                 "skip_special": bool(body.get("skip_special_tokens", True))}

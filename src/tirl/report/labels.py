@@ -26,6 +26,10 @@ LABELS = {
     "train/grad_norm": "model gradient norm (policy / SFT)",
     "critic/grad_norm": "critic gradient norm",
     "train/lr": "learning rate",
+    "throughput/tokens_per_s": "tokens per second",
+    "time/generation_s": "generation",
+    "time/sandbox_s": "sandbox",
+    "time/train_s": "update",
     "response/length_mean": "response length (tokens)",
     "tool/code_ratio": "share of responses with code",
     "tool/pass_rate": "code pass rate",
@@ -70,6 +74,8 @@ PANELS = [
      [("policy/clipfrac", False), ("policy/clipfrac_low", False), ("policy/clipfrac_high", False)]),
     ("grad_norm", "Gradient norm (before clipping)", "L2 norm", None,
      [("train/grad_norm", False), ("critic/grad_norm", False)]),
+    ("lr", "Learning rate", "learning rate", None, [("train/lr", False)]),
+    ("throughput", "Throughput", "tokens per second (whole step)", None, [("throughput/tokens_per_s", False)]),
     ("length", "Response length", "tokens (model + interpreter)", None, [("response/length_mean", False)]),
     ("code_ratio", "Share of responses with code", "share", (0.0, 1.0), [("tool/code_ratio", False)]),
     ("pass_rate", "Code pass rate (executed calls that ran cleanly)", "share", (0.0, 1.0),
@@ -83,3 +89,20 @@ PANELS = [
 
 # Columns of the evaluation table, after the benchmark's own avg@n / pass@k / maj@k.
 EVAL_COLUMNS = ("no_answer_ratio", "response/length_mean", "tool/code_ratio", "tool/pass_rate", "tool/calls_mean")
+
+# reward/* keys that describe the batch's rewards rather than being one reward function's value.
+REWARD_STATISTICS = ("reward/mean", "reward/accuracy", "reward/std", "reward/frac_zero_std", "reward/no_answer_ratio")
+
+# The time split of a step: (metric key, name); the rest of the step (grading, logging, ...) is "other".
+TIME_PARTS = (("time/generation_s", "generation"), ("time/sandbox_s", "sandbox"), ("time/train_s", "update"))
+
+
+def reward_panel(keys: set[str]) -> tuple | None:
+    """The reward panel over the keys the runs log: the mean reward and every `reward/<name>` component
+    (one per reward function); None when there is no reward at all."""
+    components = sorted(k for k in keys if k.startswith("reward/") and k not in REWARD_STATISTICS)
+    shown = [k for k in ("reward/mean", *components) if k in keys]
+    if not shown:
+        return None
+    title = "Reward and its components" if components else "Reward"
+    return ("reward", title, "reward per response", None, [(k, False) for k in shown])

@@ -1,18 +1,20 @@
 """The HTML report of one or more run directories: what training changed, in plots, figures and samples.
 
-`write_report(run_dirs, out_dir, title=..., labels=None, extra=None) -> Path` writes
-`out_dir/report.html` (self-contained: CSS inline, PNGs embedded as base64) and the same PNGs under
+`write_report(run_dirs, out_dir, title=..., labels=None, extra=None, name="report.html") -> Path` writes
+`out_dir/name` (self-contained: CSS inline, PNGs embedded as base64) and the same PNGs under
 `out_dir/plots/`, over the run directories `tirl.report.runs` reads (a demo's directory expands into
 its sub-runs).
 
-The page: headline figures (`extra`), curves over steps with the runs overlaid (train and held-out
-accuracy, SFT train and held-out loss, policy and value loss, KL, entropy, clip fraction, gradient norm,
+The page: headline figures (`extra`), curves over steps with the runs overlaid, in a grid of two or
+three a row that fits a 1280 px window (train and held-out accuracy, the mean reward and each
+`reward/<name>` component, SFT train and held-out loss, policy and value loss, KL, entropy, clip fraction, gradient norm,
 response length, share of responses with code, code pass rate, calls per response, first call position,
-self-correction; `tirl.report.labels.PANELS`), code purposes early vs late in training (first vs last third of the
+self-correction, learning rate, throughput; `tirl.report.labels.PANELS`), the time split of a step
+(generation / sandbox / update / other, mean seconds, one bar per run), code purposes early vs late in training (first vs last third of the
 steps, from `purpose/*` metrics weighted by executed calls, or classified from `samples.jsonl` when the
-metrics lack them), the `summary.json` figures side by side, and sample trajectories (first and last
-step, a correct and a wrong one where there are both) with model text, code and interpreter output in
-distinct CSS classes; `tirl eval` directories as a table of scores per benchmark. Metric keys are shown by
+metrics lack them), the `summary.json` figures side by side, and up to six sample trajectories per run
+(first, middle and last step, a correct and a wrong one where there are both), each under its prompt
+(`tirl.report.prompts`), with model text, code and interpreter output in distinct CSS classes; `tirl eval` directories as a table of scores per benchmark. Metric keys are shown by
 their readable names (`tirl.report.labels`). A panel with no finite value in any run is not drawn; one
 line names the panels left out.
 
@@ -27,13 +29,15 @@ import base64
 import datetime
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from tirl.analysis.code_purpose import PURPOSES
 from tirl.jsonl import dumps
-from tirl.report.labels import EVAL_COLUMNS, PANELS, readable
-from tirl.report.plots import COLORS, Curve, line_plot, purpose_plot
+from tirl.report.labels import EVAL_COLUMNS, PANELS, TIME_PARTS, readable, reward_panel
+from tirl.report.plots import COLORS, Curve, line_plot, purpose_plot, time_split_plot
+from tirl.report.prompts import prompt_text
 from tirl.report.runs import Run, default_labels, expand_run_dirs, finite, load_run, pick_samples, purpose_split
 
 # ---- sample trajectories -----------------------------------------------------------------------
@@ -63,7 +67,9 @@ def segments(text: str, calls: list[dict[str, Any]]) -> tuple[list[tuple[str, st
     return [(k, p) for k, p in out if p], missing
 
 
-def render_sample(s: dict[str, Any]) -> str:
+def render_sample(s: dict[str, Any], prompt: str | None = None) -> str:
+    """One sample: its head (step, grade, answer), its prompt when known, then the response with code and
+    interpreter output marked."""
     g = s.get("grade") or {}
     ok = bool(g.get("correct"))
     head = (f"step {s.get('step')} · <b class=\"{'right' if ok else 'wrong'}\">{'correct' if ok else 'wrong'}"
@@ -78,7 +84,12 @@ def render_sample(s: dict[str, Any]) -> str:
             f'<pre class="traj"><span class="seg-code">{html.escape(c.get("code") or "")}</span>\n'
             f'<span class="seg-{"output" if c.get("status") == "ok" else "error"}">'
             f'{html.escape(c.get("output") or "")}</span></pre>' for c in missing)
-    return f'<div class="sample"><div class="sample-head">{head}</div><pre class="traj">{body}</pre>{extra}</div>'
+    n_prompt = len(s.get("prompt_ids") or [])
+    shown = (f'<pre class="prompt">{html.escape(prompt)}</pre>' if prompt is not None else
+             f'<p class="note">prompt: {n_prompt} tokens (no tokenizer in the run directory to show it)</p>'
+             if n_prompt else "")
+    return (f'<div class="sample"><div class="sample-head">{head}</div>{shown}<pre class="traj">{body}</pre>'
+            f"{extra}</div>")
 
 
 # ---- page ----------------------------------------------------------------------------------------
@@ -113,8 +124,8 @@ def _img(path: Path, caption: str) -> str:
             f'<figcaption>{html.escape(caption)} · <code>plots/{html.escape(path.name)}</code></figcaption></figure>')
 
 
-def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
-    """The curve panels that have data; one note naming those that have none in any run (not drawn)."""
+def _plots(runs: list[Run], plot_dir: Path) -> tuple[list[str], list[str]]:
+    """(the figures of the panels that have data, the names of those that have none in any run)."""
     parts, empty = [], []
     curves = []
     for i, r in enumerate(runs):
@@ -131,7 +142,9 @@ def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
         parts.append(_img(path, "Accuracy: sampled training rollouts (line) and held-out evaluations (points)"))
     else:
         empty.append("accuracy")
-    for stem, title, ylabel, ylim, keys in PANELS:
+    logged = {k for r in runs for m in r.metrics for k in m}
+    panels = [p for p in (reward_panel(logged),) if p is not None] + PANELS
+    for stem, title, ylabel, ylim, keys in panels:
         present = [(k, pts) for k, pts in keys if any(r.series(k)[0] for r in runs)]
         having = [r for r in runs if any(r.series(k)[0] for k, _ in present)]
         curves = []
@@ -150,9 +163,31 @@ def _plots(runs: list[Run], plot_dir: Path) -> list[str]:
             parts.append(_img(path, title))
         else:
             empty.append(title.lower())
-    if empty:
-        parts.append(f'<p class="note">Not drawn (no data in any run): {html.escape(", ".join(empty))}.</p>')
-    return parts
+    split = _time_split(runs, plot_dir)
+    parts += split or []
+    if split is None:
+        empty.append("time split")
+    return parts, empty
+
+
+def _time_split(runs: list[Run], plot_dir: Path) -> list[str] | None:
+    """Mean seconds per step in generation, sandbox, update and the rest, one bar per run; None if no run
+    logs the split (SFT runs do not)."""
+    rows = []
+    for r in runs:
+        having = [m for m in r.metrics if all(finite(m.get(k, math.nan)) for k, _ in TIME_PARTS)]
+        if not having:
+            continue
+        split = {name: sum(m[k] for m in having) / len(having) for k, name in TIME_PARTS}
+        steps = [m["time/step_s"] for m in having if finite(m.get("time/step_s", math.nan))]
+        if len(steps) == len(having):
+            split["other"] = max(0.0, sum(steps) / len(steps) - sum(split.values()))
+        rows.append((r.label, split))
+    path = plot_dir / "time_split.png"
+    parts = [name for _, name in TIME_PARTS] + ["other"]
+    if not time_split_plot(rows, parts, path, title="Time per step: generation / sandbox / update"):
+        return None
+    return [_img(path, "Time split of a training step (mean over steps)")]
 
 
 def _evaluations(runs: list[Run]) -> list[str]:
@@ -175,7 +210,7 @@ def _evaluations(runs: list[Run]) -> list[str]:
                    for label, name, scores in rows)
     return ['<p class="note">avg@n: mean correctness over all samples; pass@k: some of k samples correct '
             "(unbiased estimate); maj@k: the majority answer of k samples is correct.</p>",
-            f"<table><tr><th>run</th><th>benchmark</th>{head}</tr>{body}</table>"]
+            f'<div class="wide"><table><tr><th>run</th><th>benchmark</th>{head}</tr>{body}</table></div>']
 
 
 def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
@@ -197,8 +232,8 @@ def _purposes(runs: list[Run], plot_dir: Path) -> list[str]:
             f"<tr><td>{html.escape(label)}</td><td>{html.escape(src)}</td>"
             + "".join(f"<td>{_fmt(e.get(p))} → {_fmt(l.get(p))}</td>" for p in seen) + "</tr>"
             for label, _, (e, l, src) in have)
-        parts.append("<table><tr><th>run</th><th>source</th>"
-                     + "".join(f"<th>{p} (early → late)</th>" for p in seen) + f"</tr>{rows}</table>")
+        parts.append('<div class="wide"><table><tr><th>run</th><th>source</th>'
+                     + "".join(f"<th>{p} (early → late)</th>" for p in seen) + f"</tr>{rows}</table></div>")
     return parts
 
 
@@ -210,13 +245,21 @@ def _summary_table(runs: list[Run]) -> str:
     head = "".join(f"<th>{html.escape(r.label)}</th>" for r in runs)
     rows = "".join(f'<tr><td>{html.escape(readable(k))} <code class="key">{html.escape(k)}</code></td>' + "".join(f"<td>{_fmt(f.get(k))}</td>" for f in flat)
                    + "</tr>" for k in keys)
-    return f"<table><tr><th>figure</th>{head}</tr>{rows}</table>"
+    return f'<div class="wide"><table><tr><th>figure</th>{head}</tr>{rows}</table></div>'
 
 
+# A grid of two or three plots a row (three from about 1,200 px); nothing is wider than the page, so a
+# 1280 px window never scrolls sideways: wide tables scroll inside their own box.
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1240px;margin:2em auto;padding:0 1em;
+color:#222;overflow-wrap:anywhere}
 h1{margin-bottom:.2em} .meta{color:#666;font-size:.9em}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(370px,1fr));gap:.8em 1.2em;align-items:start}
+.grid figure{margin:0;min-width:0}
+.wide{max-width:100%;overflow-x:auto}
+pre.prompt{white-space:pre-wrap;word-break:break-word;margin:0;padding:.5em .8em;font-size:.8em;color:#555;
+background:#fbfaf5;border-bottom:1px dashed #ddd;max-height:14em;overflow-y:auto}
+.prompt-key{color:#555;background:#fbfaf5;border:1px dashed #ccc;padding:0 .3em}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:9em;background:#fafafa}
 .card .k{font-size:.8em;color:#666} .card .v{font-size:1.4em;font-weight:600}
@@ -239,8 +282,10 @@ pre.traj{white-space:pre-wrap;word-break:break-word;margin:0;padding:.6em .8em;f
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str = "tirl report",
                  labels: Sequence[str] | None = None, extra: dict[str, Any] | None = None,
-                 samples: Sequence[dict[str, Any]] = (), samples_title: str = "More samples") -> Path:
-    """Write out_dir/report.html and out_dir/plots/*.png over the runs; returns the HTML path.
+                 samples: Sequence[dict[str, Any]] = (), samples_title: str = "More samples",
+                 name: str = "report.html", generator: str = "tirl report") -> Path:
+    """Write out_dir/`name` and out_dir/plots/*.png over the runs; returns the HTML path. `generator`
+    (the page's `<meta name="generator">`) tells which command wrote a page (`page_generator`).
 
     Raises FileNotFoundError when a path holds no run, ValueError when `labels` does not match the
     number of runs after expansion. `samples` (rows in `samples.jsonl`'s shape, e.g. held-out
@@ -268,25 +313,39 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, title: str
             body.append(f'<p class="skip">{html.escape(r.label)}: {html.escape(p)}</p>')
     evals, runs = [r for r in runs if r.kind == "eval"], [r for r in runs if r.kind != "eval"]
     if runs:
-        body += ["<h2>Training curves</h2>", *_plots(runs, plot_dir)]
+        figures, empty = _plots(runs, plot_dir)
+        body += ["<h2>Training curves</h2>", '<div class="grid">', *figures, "</div>"]
+        if empty:
+            body.append(f'<p class="note">Not drawn (no data in any run): {html.escape(", ".join(empty))}.</p>')
         body += _purposes(runs, plot_dir)
         body += ["<h2>Run summaries</h2>", _summary_table(runs)]
     if evals:
         body += ["<h2>Evaluations (tirl eval)</h2>", *_evaluations(evals)]
     body.append("<h2>Sample trajectories</h2>"
-                '<p class="note">Prompt omitted. <span class="seg-code">code</span> '
+                '<p class="note"><span class="prompt-key">prompt</span> <span class="seg-code">code</span> '
                 '<span class="seg-output">interpreter output</span> '
                 '<span class="seg-error">interpreter error</span></p>')
     for r in runs:
         picked = pick_samples(r)
         body.append(f"<h3>{html.escape(r.label)}</h3>")
-        body += [render_sample(s) for s in picked] or ['<p class="skip">no samples.jsonl entries.</p>']
+        body += [render_sample(s, prompt_text(r.path, s)) for s in picked] or [
+            '<p class="skip">no samples.jsonl entries.</p>']
     if samples:
         body.append(f"<h3>{html.escape(samples_title)}</h3>")
-        body += [render_sample(s) for s in samples]
+        body += [render_sample(s, s.get("prompt") if isinstance(s.get("prompt"), str) else None) for s in samples]
 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="generator" content="{html.escape(generator)}">'
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    out = out_dir / "report.html"
+    out = out_dir / name
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def page_generator(path: Path) -> str | None:
+    """The command that wrote the HTML page at `path` (its `<meta name="generator">`), or None for a page
+    without one (written before pages said so, or not by tirl)."""
+    head = path.read_text(encoding="utf-8", errors="replace")[:4000]
+    m = re.search(r'<meta name="generator" content="([^"]*)">', head)
+    return html.unescape(m.group(1)) if m else None

@@ -52,8 +52,8 @@ def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
     curves = [c for c in curves if c.x]
     if not curves:
         return False
-    outside = len(curves) > 2  # more entries than fit in a corner without hiding data
-    fig = _figure(width=9.5 if outside else 7.0)
+    below = len(curves) > 2  # more entries than fit in a corner without hiding data: a legend under the axes
+    fig = _figure(width=6.4, height=3.6 + (0.18 * ((len(curves) + 1) // 2) if below else 0.0))
     ax = fig.add_subplot(1, 1, 1)
     for c in curves:
         if c.points:
@@ -78,8 +78,8 @@ def line_plot(curves: list[Curve], path: Path, *, title: str, ylabel: str,
         pad = (hi - lo) * 0.04
         ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
-    if outside:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if below:  # two columns under the plot, so a figure stays one grid cell wide
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     else:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     fig.tight_layout()
@@ -119,3 +119,32 @@ def purpose_plot(shares: list[tuple[str, str, dict[str, float], dict[str, float]
     fig.savefig(path, format="png")
     return True
 
+
+
+def time_split_plot(rows: list[tuple[str, dict[str, float]]], parts: Sequence[str], path: Path, *,
+                    title: str) -> bool:
+    """One horizontal bar per run: its mean seconds per step, split into `parts` (stacked, in order).
+
+    `rows`: (run label, {part: mean seconds per step}); a run with no part above zero is left out.
+    """
+    rows = [(label, split) for label, split in rows if any(split.get(p, 0.0) > 0 for p in parts)]
+    if not rows:
+        return False
+    fig = _figure(height=1.4 + 0.5 * len(rows))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = list(range(len(rows)))
+    left = [0.0] * len(rows)
+    for i, part in enumerate(parts):
+        widths = [split.get(part, 0.0) for _, split in rows]
+        ax.barh(ys, widths, left=left, color=COLORS[i % len(COLORS)], label=part, height=0.6)
+        left = [a + b for a, b in zip(left, widths)]
+    ax.set_yticks(ys)
+    ax.set_yticklabels([label for label, _ in rows], fontsize=8)
+    ax.invert_yaxis()  # the first run on top, as in the legend of the other plots
+    ax.set_xlabel("seconds per step (mean over steps)")
+    ax.set_title(title, fontsize=11)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, ncol=len(parts), loc="upper center", bbox_to_anchor=(0.5, -0.35), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return True

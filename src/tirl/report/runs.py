@@ -162,14 +162,20 @@ def purpose_split(run: Run) -> tuple[dict[str, float], dict[str, float], str] | 
     return shares[0], shares[1], "samples.jsonl (the metrics have no purpose/* keys)"
 
 
-def pick_samples(run: Run) -> list[dict[str, Any]]:
-    """From the first and the last step: one correct and one wrong sample where there are both."""
+def pick_samples(run: Run, k: int = 6) -> list[dict[str, Any]]:
+    """Up to `k` samples from the first, middle and last steps: at each, one correct and one wrong where
+    there are both (ones that used code first), then more from the same steps until `k`."""
     steps = sorted({s.get("step") for s in run.samples if isinstance(s.get("step"), (int, float))})
-    picked = []
-    for step in dict.fromkeys([steps[0], steps[-1]] if steps else []):
+    chosen = list(dict.fromkeys([steps[0], steps[len(steps) // 2], steps[-1]] if steps else []))
+    picked: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = []
+    for step in chosen:
         at = [s for s in run.samples if s.get("step") == step]
         at.sort(key=lambda s: not s.get("tool_calls"))  # stable: ones that used code first
         right = next((s for s in at if (s.get("grade") or {}).get("correct")), None)
         wrong = next((s for s in at if not (s.get("grade") or {}).get("correct")), None)
         picked += [s for s in (right, wrong) if s is not None]
-    return picked
+        rest += [s for s in at if s is not right and s is not wrong]
+    picked += rest[:max(0, k - len(picked))]
+    picked = picked[:k]
+    return sorted(picked, key=lambda s: s.get("step", 0))  # stable: the page reads in step order

@@ -28,7 +28,9 @@ class RolloutConfig:
     temperature: float = 1.0
     """Both papers sample RL rollouts at 1.0."""
     top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 = off (both papers)."""
     top_k: int = 0
+    """Sample among the k likeliest tokens; 0 = off."""
     seed: int | None = None
     """Seed of each turn's sampler (turn t uses seed + t); None = not reproducible."""
     on_tool_cap: str = "message"

@@ -5,7 +5,6 @@ Heavy imports (aiohttp, the supervisor) happen inside ``run`` so ``tirl --help``
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -113,8 +112,9 @@ def run(args: argparse.Namespace) -> int:
         res = run_bench(_config(args), latency_n=args.latency_n, throughput_n=args.throughput_n,
                         naive_n=args.naive_n, soak_n=args.soak)
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(res, fh, indent=1)
+            from tirl.jsonl import atomic_write, pretty
+
+            atomic_write(args.json, pretty(res) + "\n")  # an undefined figure is null: NaN is not JSON
         return 0
     if cmd == "check":
         from . import SandboxUnavailable, check
@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
         except SandboxUnavailable as e:
             return fail(f"sandbox {cmd}", f"sandbox unavailable: {e}")
         if args.json:
-            print(json.dumps(rep, indent=1))
+            from tirl.jsonl import pretty
+
+            print(pretty(rep))
         else:
             print(f"isolation level: {rep['level']} (cgroup {rep['cgroup']}, root {rep['root']})")
             print(f"present: {', '.join(rep['present']) or '-'}")

@@ -18,6 +18,7 @@ class AlgoConfig:
     scale_by_std: bool = True
     """GRPO divides by the group's std; False is Dr. GRPO."""
     clip_low: float = 0.2
+    """PPO clip range below: the ratio is clipped at 1 - clip_low."""
     clip_high: float = 0.28
     """> clip_low is DAPO's clip-higher (ReTool 0.28)."""
     dual_clip: float = 0.0
@@ -49,11 +50,13 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     """Entropy bonus (ToRL: 0)."""
     gamma: float = 1.0
+    """PPO: the GAE discount."""
     lam: float = 1.0
     """GAE discount and lambda (ReTool's PPO: 1 and 1)."""
     whiten_advantages: bool = True
     """PPO: whiten GAE advantages over valid tokens of the batch."""
     value_clip: float = 0.2
+    """PPO: clip the critic's new values to within this of its old ones; 0 = off."""
     critic_lr: float = 2e-6
     """ReTool's critic learning rate."""
     critic_warmup_steps: int = 0

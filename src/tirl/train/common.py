@@ -42,7 +42,9 @@ class OptimConfig:
     schedule: str = "constant"
     """`constant` (after warm-up) or `cosine` (to 0 at the last step)."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's moment decay rates (beta1, beta2)."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip; 0 disables it."""
 

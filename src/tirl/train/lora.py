@@ -25,6 +25,7 @@ class LoraConfig:
     r: int = 0
     """Adapter rank; 0 = no LoRA (full fine-tuning)."""
     alpha: int = 16
+    """Scale of the adapters' update (alpha / r), as in peft."""
     dropout: float = 0.0
     """Dropout on the adapters' input (SFT). RL turns it off, like every dropout: its update runs in
     train mode and its old log-probs in eval mode, and the two must see the same policy."""

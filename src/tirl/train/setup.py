@@ -33,8 +33,12 @@ class DataConfig:
     skip_invalid: bool = False
     """Skip malformed rows of data files (counted and logged) instead of refusing the file."""
     problem_field: str = "problem"
+    """Column holding the question (a string, or a chat message list: its last user message is read)."""
     answer_field: str = "answer"
+    """Column holding the reference answer; when it is absent, `solution`, `ground_truth` and verl's
+    `reward_model.ground_truth` are tried in that order."""
     id_field: str = "id"
+    """Column holding the problem id; when absent, `unique_id`, then `{file stem}-{row index}`."""
     task: str = "arithmetic"
     """Built-in task when train/test is `builtin`: arithmetic (bare sums and products, for tiny models) or
     words (multi-step word problems in real language, for small pretrained models)."""
@@ -49,8 +53,11 @@ class DataConfig:
     """Built-in arithmetic task: only problems whose answer has this many digits (0 = any). One length
     puts the interpreter's output at one fixed distance from the answer that copies it."""
     train_size: int = 2000
+    """Built-in task: problems generated for training."""
     test_size: int = 50
+    """Built-in task: held-out problems generated (disjoint from the training ones)."""
     seed: int = 0
+    """Seed of the built-in task's generator (and of builtin:tiny's fresh weights)."""
 
 
 @dataclass
@@ -58,10 +65,13 @@ class ModelConfig:
     path: str = TINY
     """A Hugging Face name, a local directory (e.g. an SFT run's `model/`), or builtin:tiny."""
     gguf_file: Optional[str] = None
+    """A .gguf file inside `path` (or an absolute path to one); transformers de-quantises it."""
     dtype: str = "float32"
+    """Weight dtype the model is loaded in: float32 (the default master weights), bfloat16, float16 or auto."""
     critic_path: Optional[str] = None
     """PPO critic initialisation; None = a copy of the policy with a fresh value head."""
     hidden_size: int = 64
+    """Width of builtin:tiny."""
     layers: int = 2
     """Size of builtin:tiny (ignored for real models)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
