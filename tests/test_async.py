@@ -98,7 +98,7 @@ def test_too_old_samples_are_left_out_and_counted_newer_ones_stop_the_run():
 @pytest.mark.parametrize("overrides,needle", [
     (["trainer.max_staleness=1"], "set an off-policy correction, algorithm.tis_cap"),
     (["trainer.max_staleness=-1"], "trainer.max_staleness must be >= 0"),
-    (["trainer.max_staleness=1", "algorithm.tis_cap=2", "distributed.backend=ray"], "is not yet supported"),
+    (["trainer.max_staleness=1", "algorithm.tis_cap=2", "distributed.trainer_workers=2"], "is not yet supported"),
     (["algorithm.tis_cap=2", "algorithm.decoupled_cap=5"], "set one"),
     (["algorithm.decoupled_cap=0.5"], "algorithm.decoupled_cap must be 0 (off) or > 1"),
 ])
