@@ -82,19 +82,19 @@ def test_the_feed_hands_a_rollout_new_weights_between_turns_but_never_half_an_up
     with torch.no_grad():
         policy.weight.fill_(0.0)
     producer = _Producer(copy)
-    feed = AsyncFeed(producer, policy, copy, 1, start=0, last=1, partial=True)
+    feed = AsyncFeed(producer, policy, copy, 1, start=0, last=2, partial=True)
     try:
-        feed.next(1)  # the producer played step 1 with version 0 and stopped (last=1)
+        feed.next(1), feed.next(2)  # the producer played steps 1 and 2 with version 0 and stopped (last=2)
         hook = producer.backend.weights
         assert hook == feed.newest_weights and hook() == 0
         with feed.learning():
             with torch.no_grad():
                 policy.weight.fill_(0.5)  # half an update
-            assert hook() == 0 and float(copy.weight[0, 0]) == 0.0  # plays on with what it holds, no wait
+            assert hook() == 0 and float(copy.weight.detach()[0, 0]) == 0.0  # plays on with what it holds, no wait
             with torch.no_grad():
                 policy.weight.fill_(1.0)
             feed.publish(policy, version=1)
-        assert hook() == 1 and float(copy.weight[0, 0]) == 1.0
+        assert hook() == 1 and float(copy.weight.detach()[0, 0]) == 1.0
     finally:
         feed.close()
 

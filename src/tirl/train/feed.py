@@ -7,7 +7,10 @@
 The producer plays with its own copy of the policy (the learner updates the other), refreshed from the
 learner's weights before each batch: a batch for step s starts only once the learner has published
 version s - 1 - k, so every sample is at most k updates old when trained on (the learner checks it
-again, `tirl.train.staleness`). Memory: two copies of the policy's weights (no optimizer state for the
+again, `tirl.train.staleness`). The first k steps after the start (or a resume from step c: steps
+c+1..c+k, the groups that were in flight when the checkpoint was written) play the start's weights
+whatever the learner's pace, so a resume re-plays them deterministically: the same problems (the
+checkpoint's data position is the last trained batch's), the same seeds, the checkpoint's weights. Memory: two copies of the policy's weights (no optimizer state for the
 second); on a CPU that is the price of overlapping generation with the update. On Ray
 (`distributed.backend: ray`) the rollout workers hold the producer's copies: before a batch they are
 synced to the learner's latest version through the backend's own sync (versioned, hashed), so the
@@ -73,6 +76,9 @@ class AsyncFeed:
         if partial:
             producer.backend.weights = self.newest_weights
         self.version = start  # the learner's published version
+        self.hold = start + max_staleness
+        """Steps up to here play the weights of `start` (see `_run`)."""
+        self.playing = start  # the step the producer is playing
         self.weights = threading.Lock()  # held while the learner changes `policy`, and while it is copied
         self.play = threading.Lock()  # held while a batch is played, and by the held-out evaluation
         self.published = threading.Condition()
@@ -86,7 +92,11 @@ class AsyncFeed:
             for step in range(first, last + 1):
                 if not self._wait_for_version(step - 1 - self.k):
                     return
-                self._refresh(step - 1 - self.k)
+                # The first k steps play the start's weights, whatever the learner's pace: after a resume
+                # they are the groups that were in flight at the checkpoint, re-played deterministically.
+                self.playing = step
+                if step == first or step > self.hold:
+                    self._refresh(step - 1 - self.k)
                 with self.play:
                     scored = self.producer.produce(step)
                 if not self._put(scored):
@@ -124,7 +134,8 @@ class AsyncFeed:
         """Partial rollouts' hook, called by the producer's rollout between turns: the newest published
         weights, unless the learner is changing them (then those held, already within the bound)."""
         backend = self.producer.backend
-        self._refresh(oldest=backend.version)
+        if self.playing > self.hold:
+            self._refresh(oldest=backend.version)
         return backend.version
 
     def _put(self, item: Any) -> bool:
