@@ -2,6 +2,7 @@
 with half an update, and bad settings are refused in one line."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def test_too_old_samples_are_left_out_and_counted_newer_ones_stop_the_run():
 @pytest.mark.parametrize("overrides,needle", [
     (["trainer.max_staleness=1"], "set an off-policy correction, algorithm.tis_cap"),
     (["trainer.max_staleness=-1"], "trainer.max_staleness must be >= 0"),
-    (["trainer.max_staleness=1", "algorithm.tis_cap=2", "distributed.backend=ray"], "is not yet supported"),
+    (["trainer.max_staleness=1", "algorithm.tis_cap=2", "distributed.trainer_workers=2"], "is not yet supported"),
     (["algorithm.tis_cap=2", "algorithm.decoupled_cap=5"], "set one"),
     (["algorithm.decoupled_cap=0.5"], "algorithm.decoupled_cap must be 0 (off) or > 1"),
 ])
@@ -127,3 +128,27 @@ def test_a_run_at_max_staleness_1_never_trains_on_a_sample_older_than_1(tmp_path
     weight = "decoupled/weight_mean" if "decoupled" in correction else "tis/weight_mean"
     assert all(abs(m[weight] - 1.0) < 0.5 for m in metrics)
     assert (tmp_path / "run" / "checkpoints" / "step-000004" / "COMPLETE").is_file()
+
+
+def test_a_resume_at_k_2_re_plays_the_groups_in_flight_deterministically_and_trains_nothing_twice(tmp_path):
+    """Steps 3 and 4 were in flight (played ahead) when step 2's checkpoint was written: two resumes from
+    that checkpoint re-play them alike, from the checkpoint's weights, and continue the data after step 2."""
+    def cfg(steps):
+        return load_config(RLConfig, CONFIGS / "smoke_grpo.yaml", [
+            f"trainer.steps={steps}", "trainer.max_staleness=2", "algorithm.decoupled_cap=5",
+            "algorithm.entropy_coef=0.01", "trainer.eval_size=1", "trainer.save_every=2"])
+
+    train_rl(cfg(2), tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    runs = []
+    for name in ("a", "b"):
+        train_rl(cfg(5), tmp_path / name, resume=True)
+        runs.append([json.loads(line) for line in (tmp_path / name / STEP_FILE).read_text().splitlines()])
+    a, b = runs
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]  # each step trained once
+    for step in (3, 4):  # re-played: with the checkpoint's weights (version 2), alike in both resumes
+        assert a[step - 1] == b[step - 1] and {t["version"] for t in a[step - 1]["trajs"]} == {2}
+    trained = {p for r in a[:2] for p in r["problems"]}
+    assert not trained & {p for r in a[2:] for p in r["problems"]}  # the data continues after step 2
+    rewards = [json.loads(line)["step"] for line in (tmp_path / "a" / "rewards.jsonl").read_text().splitlines()]
+    assert rewards == [s for s in range(1, 6) for _ in range(2)]  # 2 problems a step, each step logged once

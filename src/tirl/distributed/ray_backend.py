@@ -22,11 +22,14 @@ holding another refuses it.
 
 Faults: a worker that dies mid-step (its process killed, its node lost) has its shards re-run on the
 surviving workers; they hold the same weights and a shard's seed is fixed, so the result is the same.
-A replacement actor is started, and given the weights, at the next sync. A step that does not finish
+A replacement actor is started, and given the weights, at the next sync; a worker found dead by a
+sync (lost between steps) is replaced there and then. A step that does not finish
 within `timeout_s` fails with the workers and shards still outstanding.
 
-Simplifications: synchronous (the trainer waits for the whole step; no rollout/update overlap);
-weights are sent whole (no deltas).
+Asynchronous runs (`trainer.max_staleness` >= 1, `tirl.train.feed`) call `sync_weights` and `rollout`
+from the producer's thread only, so the actors still see one call at a time.
+
+Simplifications: weights are sent whole (no deltas); a worker takes new weights only between shards.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ class RayBackend:
             arrays = weight_arrays(model)
             ref = self.ray.put(arrays)
             verify = self.cfg.verify_weights
-            answers = self._wait([w.load_weights.remote(version, ref, verify) for w in self.workers], "load_weights")
+            answers = self._load_everywhere(version, ref, verify)
             del ref  # the store frees the copy once the workers have loaded it
             want = arrays_hash(arrays) if verify else None
             check_held([{"target": self._label(i), "version": v, "hash": d} for i, (v, d) in enumerate(answers)],
@@ -212,6 +215,25 @@ class RayBackend:
             self.syncs.append({"version": version, "trainer_hash": want, "worker_hashes": [d for _, d in answers]})
         self.version = version
         return {"time/weight_sync_s": time.perf_counter() - t0}
+
+    def _load_everywhere(self, version: int, ref: Any, verify: bool) -> list[Any]:
+        """Every worker's answer to `load_weights`; a worker found dead here (lost between steps, or while
+        an asynchronous producer waited) is replaced once and the replacement loaded."""
+        for _ in range(2):
+            refs = [w.load_weights.remote(version, ref, verify) for w in self.workers]
+            answers, lost = [], []
+            for i, r in enumerate(refs):
+                try:
+                    answers.append(self._wait([r], "load_weights")[0])
+                except self.ray.exceptions.RayActorError:
+                    lost.append(i)
+            if not lost:
+                return answers
+            for i in lost:
+                self._start(i)
+                self.info[i] = self._wait([self.workers[i].info.remote()], "start")[0]
+        raise RolloutFailed(f"rollout workers died twice while loading weights version {version}: "
+                            + ", ".join(self._label(i) for i in lost))
 
     # --- rollout -----------------------------------------------------------------------------------
     def rollout(self, prompts: Sequence[Sequence[int]], cfg: Any, shards: int = 1) -> Any:

@@ -62,6 +62,14 @@ class RolloutConfig:
     (the transformers backend; others play turn by turn). The batch's make-up then depends on sandbox
     timing, so sampled tokens are not reproducible run to run for a fixed seed (greedy decoding gives
     the same trajectories as turn by turn, up to float rounding); off by default for that reason."""
+    partial: bool = False
+    """Training with trainer.max_staleness >= 1 (local backend): partial rollouts. A rollout in flight when
+    the learner publishes new weights goes on with them from its next turn (after its tool calls), instead
+    of finishing with the weights it started with; each token keeps the version that sampled it
+    (`Trajectory.version_runs`), the staleness bound is read from the oldest, and the KV caches computed
+    with the old weights are dropped (the next turn prefills again). Needs the turn-by-turn loop
+    (continuous: false). Refused at max_staleness 0 (no weights arrive during a rollout) and on Ray
+    (a worker takes weights only between shards)."""
     shards: int = 1
     """Training rollouts: the step's prompts are cut into this many shards of whole groups, each with a
     fixed seed (`tirl.distributed.shards`; `rollout` itself plays what it is given). Results depend on

@@ -51,6 +51,13 @@ failure.
 Who wrote what: `Trajectory.segments` holds the response as (`model` | `interpreter`, text) runs, and
 `model_text` the model's runs joined: grading and reward functions read those, never interpreter output.
 
+Partial rollouts (`weights`, a training hook; `RolloutConfig.partial`): before every turn after the
+first, `weights()` brings the generator's weights up to the newest published and returns their version.
+When it changed, the live trajectories' KV caches are dropped (keys and values computed with the old
+weights would mix two policies in one token; AReaL recomputes them too) and the next tokens are stamped
+with the new version (`Trajectory.version_runs`); their sampling log-probs are the new weights', so the
+learner's off-policy correction stays exact per token. Turn by turn only: the continuous loop refuses it.
+
 Simplifications: each code block runs as a fresh script (both papers do so).
 """
 
@@ -59,7 +66,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from tirl.formats import (
     TagStyle,
@@ -105,11 +112,13 @@ def rollout(
     sandbox: SandboxLike,
     style: TagStyle | str = "retool",
     config: RolloutConfig | None = None,
+    weights: Callable[[], int] | None = None,
     **overrides: Any,
 ) -> RolloutResult:
     """Run `config.n` samples of each prompt to completion. `overrides` replace config fields
     (`rollout(..., n=4, max_tool_calls=1)`). Prompts are text (encoded as is, no special tokens) or ids.
-    Trajectories are ordered prompt-major: index = group_index * n + sample_index."""
+    Trajectories are ordered prompt-major: index = group_index * n + sample_index. `weights`: partial
+    rollouts' hook (see the module); each trajectory's `weight_version` is then its oldest token's."""
     from tirl.analysis.tool_stats import tool_metrics
 
     cfg = dataclasses.replace(config or RolloutConfig(), **overrides)
@@ -125,6 +134,10 @@ def rollout(
     answer_stop = style.answer_close.strip()
     stops = (style.stop,) + ((answer_stop,) if cfg.stop_at_answer and answer_stop else ())
     play = _Play(tokenizer, sandbox, style, cfg, prompt_texts, keys, stops)
+    if weights is not None:
+        if cfg.continuous:
+            raise ValueError("partial rollouts take new weights between turns: they need continuous=false")
+        play.version = weights()
     live = list(trajs)
     if cfg.max_new_tokens <= 0:
         for t in trajs:
@@ -135,9 +148,11 @@ def rollout(
 
         gen_time, exec_time = play_continuous(play, generator, live)
     else:
-        gen_time, exec_time = _play_turns(play, generator, live)
+        gen_time, exec_time = _play_turns(play, generator, live, weights)
     counts = play.counts
     for t in trajs:
+        if weights is not None:
+            t.weight_version = t.version_runs[0][1] if t.version_runs else play.version
         t.text = tokenizer.decode(t.response_ids)
         t.segments = _segments(t, tokenizer)
         t.model_text = "".join(text for who, text in t.segments if who == MODEL)
@@ -157,6 +172,7 @@ def rollout(
         "rollout/gen_time_s": gen_time,
         "rollout/exec_time_s": exec_time,
         "rollout/exec_retries": float(play.guard.retries),
+        **({"rollout/weight_updates": float(play.counts["weights"])} if weights is not None else {}),
     })
     for t in trajs:
         t.__dict__.pop("_fed_upto", None)
@@ -172,7 +188,9 @@ class _Play:
                  prompt_texts: list[str], keys: dict[int, tuple], stops: tuple[str, ...]):
         self.tokenizer, self.sandbox, self.style, self.cfg = tokenizer, sandbox, style, cfg
         self.prompt_texts, self.keys, self.stops = prompt_texts, keys, stops
-        self.counts = dict.fromkeys(("prefill", "decode"), 0)
+        self.counts = dict.fromkeys(("prefill", "decode", "weights"), 0)
+        self.version: int | None = None
+        """The generator's weight version, when a partial rollout tracks it (`rollout(weights=...)`)."""
         # retries, the step deadline (it starts now), the down check
         self.guard = ExecGuard(lambda codes: _run_codes(sandbox, codes, cfg.exec_timeout), cfg,
                                where=getattr(sandbox, "url", None))
@@ -188,10 +206,19 @@ class _Play:
     def request(self, t: Trajectory) -> GenerationRequest:
         return GenerationRequest(t.prompt_ids + t.response_ids, self.key(t), self.cfg.max_new_tokens - len(t.response_ids))
 
+    def take_weights(self, version: int, generator: Any, live: list[Trajectory]) -> None:
+        """The generator now holds `version`: caches computed with older weights are dropped."""
+        if version != self.version:
+            generator.release([self.key(t) for t in live])
+            self.version = version
+            self.counts["weights"] += 1
+
     def absorb(self, t: Trajectory, o: Any, pending: list) -> None:
         """Append one generation output to `t`; a closed code block goes to `pending` (or is answered at
         once: empty block, tool cap)."""
         cfg, style, tokenizer = self.cfg, self.style, self.tokenizer
+        if self.version is not None and o.token_ids and (not t.version_runs or t.version_runs[-1][1] != self.version):
+            t.version_runs.append((len(t.response_ids), self.version))
         t.response_ids += o.token_ids
         t.loss_mask += [1] * len(o.token_ids)
         t.logprobs += [float(x) for x in o.logprobs]
@@ -222,12 +249,16 @@ class _Play:
             mark_infra(t, failure_message(res))
 
 
-def _play_turns(play: _Play, generator: Any, live: list[Trajectory]) -> tuple[float, float]:
+def _play_turns(play: _Play, generator: Any, live: list[Trajectory],
+                weights: Callable[[], int] | None = None) -> tuple[float, float]:
     """The turn-synchronous loop: generate for every live trajectory until each stops, run all the code
-    they closed in one `run_batch`, repeat. Returns (generation seconds, execution seconds)."""
+    they closed in one `run_batch`, repeat (with `weights`, taking the newest weights between turns).
+    Returns (generation seconds, execution seconds)."""
     gen_time = exec_time = 0.0
     turn = 0
     while live:
+        if weights is not None and turn > 0:
+            play.take_weights(weights(), generator, live)
         seed = None if play.cfg.seed is None else play.cfg.seed + turn
         t0 = time.perf_counter()
         outs = generator.generate([play.request(t) for t in live], play.params(seed))

@@ -72,7 +72,11 @@ class Trajectory:
     infra_error: str = ""
     """What failed, when `infra_failed` (the sandbox's or server's message)."""
     weight_version: int | None = None
-    """Version of the policy weights that sampled it (set by the rollout backend; None outside training)."""
+    """Version of the policy weights that sampled it (set by the rollout backend; None outside training);
+    with partial rollouts the oldest of `version_runs`, what the staleness bound reads."""
+    version_runs: list[tuple[int, int]] = field(default_factory=list)
+    """Partial rollouts (`RolloutConfig.partial`): (first response token, version) of each run of tokens
+    sampled with one weight version, in order, versions increasing. Empty: every token is `weight_version`'s."""
 
     @property
     def num_calls(self) -> int:
@@ -95,6 +99,7 @@ class Trajectory:
         d = dict(d)
         d["tool_calls"] = [ToolCall(**{**c, "span": tuple(c["span"])}) for c in d.get("tool_calls", [])]
         d["segments"] = [tuple(s) for s in d.get("segments", [])]
+        d["version_runs"] = [tuple(r) for r in d.get("version_runs", [])]
         return cls(**d)
 
 

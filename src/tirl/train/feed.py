@@ -7,17 +7,24 @@
 The producer plays with its own copy of the policy (the learner updates the other), refreshed from the
 learner's weights before each batch: a batch for step s starts only once the learner has published
 version s - 1 - k, so every sample is at most k updates old when trained on (the learner checks it
-again, `tirl.train.staleness`). Memory: two copies of the policy's weights (no optimizer state for the
-second); on a CPU that is the price of overlapping generation with the update.
+again, `tirl.train.staleness`). The first k steps after the start (or a resume from step c: steps
+c+1..c+k, the groups that were in flight when the checkpoint was written) play the start's weights
+whatever the learner's pace, so a resume re-plays them deterministically: the same problems (the
+checkpoint's data position is the last trained batch's), the same seeds, the checkpoint's weights. Memory: two copies of the policy's weights (no optimizer state for the
+second); on a CPU that is the price of overlapping generation with the update. On Ray
+(`distributed.backend: ray`) the rollout workers hold the producer's copies: before a batch they are
+synced to the learner's latest version through the backend's own sync (versioned, hashed), so the
+batches in the queue may hold up to k older versions while the workers play the newest.
 
 The learner holds `learning()` while it changes the weights and publishes their version, so the
-producer never copies half an update nor stamps weights with the wrong version; the held-out
+producer never copies half an update nor stamps weights with the wrong version (a producer whose
+weights are within the bound does not wait for an update in progress: it plays on with them); the held-out
 evaluation holds `paused()`, so it never shares the sandbox and the grader with a batch being played.
 
-Not covered (follow-ups): Ray rollout workers running ahead (`distributed.backend: ray`), the trainer
-group (`distributed.trainer_workers` > 1), a bitwise reproducible asynchronous run (which weights a
-batch starts from depends on timing, within the bound), and per-token versions (weights change only
-between batches, never inside a response).
+Not covered (follow-ups): the trainer group (`distributed.trainer_workers` > 1), a bitwise reproducible asynchronous run (which weights a
+batch starts from depends on timing, within the bound), and partial rollouts on Ray (a worker takes
+weights between shards only). With `rollout.partial` (local) a rollout takes the newest weights between
+its turns too (`newest_weights`), so one response may hold several versions, each token its own.
 """
 
 from __future__ import annotations
@@ -60,10 +67,18 @@ class SyncFeed:
 class AsyncFeed:
     """The producer in a thread, at most `max_staleness` updates ahead of the learner (see the module)."""
 
-    def __init__(self, producer: Producer, policy: Any, copy_: Any, max_staleness: int, start: int, last: int):
-        """`producer` plays on a backend whose generator holds `copy_`, the producer's own copy of `policy`."""
+    def __init__(self, producer: Producer, policy: Any, copy_: Any, max_staleness: int, start: int, last: int,
+                 partial: bool = False):
+        """`producer` plays on a backend whose generator holds `copy_`, the producer's own copy of `policy`,
+        or (`copy_` None) on rollout workers that hold their own copies, synced from `policy`. `partial`:
+        the backend's rollouts take the newest weights between turns (`newest_weights`)."""
         self.producer, self.policy, self.copy, self.k = producer, policy, copy_, max_staleness
+        if partial:
+            producer.backend.weights = self.newest_weights
         self.version = start  # the learner's published version
+        self.hold = start + max_staleness
+        """Steps up to here play the weights of `start` (see `_run`)."""
+        self.playing = start  # the step the producer is playing
         self.weights = threading.Lock()  # held while the learner changes `policy`, and while it is copied
         self.play = threading.Lock()  # held while a batch is played, and by the held-out evaluation
         self.published = threading.Condition()
@@ -77,7 +92,11 @@ class AsyncFeed:
             for step in range(first, last + 1):
                 if not self._wait_for_version(step - 1 - self.k):
                     return
-                self._refresh()
+                # The first k steps play the start's weights, whatever the learner's pace: after a resume
+                # they are the groups that were in flight at the checkpoint, re-played deterministically.
+                self.playing = step
+                if step == first or step > self.hold:
+                    self._refresh(step - 1 - self.k)
                 with self.play:
                     scored = self.producer.produce(step)
                 if not self._put(scored):
@@ -91,12 +110,33 @@ class AsyncFeed:
                 self.published.wait(timeout=1.0)
         return not self.stop.is_set()
 
-    def _refresh(self) -> None:
-        """The producer's copy takes the learner's weights, stamped with their version."""
-        with self.weights, torch.no_grad():
-            for mine, theirs in zip(self.copy.state_dict().values(), self.policy.state_dict().values()):
-                mine.copy_(theirs)
-            self.producer.backend.sync_weights(self.copy, version=self.version)
+    def _refresh(self, oldest: int) -> None:
+        """The producer's backend takes the learner's weights, stamped with their version: into the
+        producer's copy (locally), or synced to the rollout workers (Ray; the learner's next update waits
+        for the sync to read them). Nothing is copied when it holds that version already, and nothing
+        waits for an update in progress when what it holds is version `oldest` or newer: the producer
+        plays on, within the bound, while the learner updates."""
+        backend = self.producer.backend
+        if not self.weights.acquire(blocking=backend.version is None or backend.version < oldest):
+            return
+        try:
+            if backend.version == self.version:
+                return
+            with torch.no_grad():
+                if self.copy is not None:
+                    for mine, theirs in zip(self.copy.state_dict().values(), self.policy.state_dict().values()):
+                        mine.copy_(theirs)
+                backend.sync_weights(self.policy if self.copy is None else self.copy, version=self.version)
+        finally:
+            self.weights.release()
+
+    def newest_weights(self) -> int:
+        """Partial rollouts' hook, called by the producer's rollout between turns: the newest published
+        weights, unless the learner is changing them (then those held, already within the bound)."""
+        backend = self.producer.backend
+        if self.playing > self.hold:
+            self._refresh(oldest=backend.version)
+        return backend.version
 
     def _put(self, item: Any) -> bool:
         while not self.stop.is_set():
@@ -140,10 +180,13 @@ class AsyncFeed:
 
 
 def open_feed(cfg: Any, producer: Producer, backend: Any, policy: Any, start: int) -> Any:
-    """`SyncFeed` at `trainer.max_staleness: 0`; otherwise an `AsyncFeed` whose producer plays with its own
-    copy of the policy on its own local backend (same sandbox and tokenizer)."""
+    """`SyncFeed` at `trainer.max_staleness: 0`; otherwise an `AsyncFeed` whose producer plays on the Ray
+    workers (`distributed.backend: ray`, their weights synced from the learner's before a batch), or with
+    its own copy of the policy on its own local backend (same sandbox and tokenizer)."""
     if cfg.trainer.max_staleness == 0:
         return SyncFeed(producer, backend)
+    if backend.name != "local":
+        return AsyncFeed(producer, policy, None, cfg.trainer.max_staleness, start, cfg.trainer.steps)
     from tirl.distributed.local import LocalBackend
     from tirl.generation.hf import HFGenerator
 
@@ -152,4 +195,4 @@ def open_feed(cfg: Any, producer: Producer, backend: Any, policy: Any, start: in
     generator = HFGenerator(mine, producer.tokenizer, precision=cfg.trainer.precision)
     own = Producer(cfg, producer.stream, LocalBackend(generator, producer.tokenizer, producer.sandbox, producer.style),
                    generator, producer.tokenizer, producer.sandbox, producer.style, producer.reward_fn)
-    return AsyncFeed(own, policy, mine, cfg.trainer.max_staleness, start, cfg.trainer.steps)
+    return AsyncFeed(own, policy, mine, cfg.trainer.max_staleness, start, cfg.trainer.steps, cfg.rollout.partial)

@@ -59,8 +59,9 @@ class TrainerConfig:
     """How many policy updates a rollout may lag the learner when it is trained on. 0 = the synchronous
     loop (every step plays with the current weights). k >= 1: rollouts run in a thread up to k steps
     ahead of the update, generating with a second copy of the policy's weights (memory: two copies);
-    needs an off-policy correction (algorithm.tis_cap or algorithm.decoupled_cap) and
-    distributed.backend=local. See tirl.train.feed."""
+    needs an off-policy correction (algorithm.tis_cap or algorithm.decoupled_cap). With
+    distributed.backend=ray the rollout workers play ahead instead (no second copy here), synced to the
+    learner's newest weights before each batch. See tirl.train.feed."""
 
 
 @dataclass
@@ -117,12 +118,17 @@ def check_staleness(cfg: RLConfig) -> None:
     if k < 0:
         raise ValueError(f"trainer.max_staleness must be >= 0 (0 = synchronous), got {k}")
     if k == 0:
+        if cfg.rollout.partial:
+            raise ValueError("rollout.partial=true needs trainer.max_staleness >= 1 (at 0 no new weights arrive "
+                             "while a rollout plays)")
         return
     if algo.tis_cap <= 0 and algo.decoupled_cap <= 0:
         raise ValueError(f"trainer.max_staleness={k} trains on rollouts from older weights: set an off-policy "
                          "correction, algorithm.tis_cap (TIS, e.g. 2) or algorithm.decoupled_cap (decoupled PPO, e.g. 5)")
-    if cfg.distributed.backend != "local":
-        raise ValueError(f"trainer.max_staleness={k} with distributed.backend={cfg.distributed.backend} is not "
-                         "yet supported (asynchronous rollouts run in a thread of this process: backend=local)")
     if cfg.distributed.trainer_workers > 1:
         raise ValueError(f"trainer.max_staleness={k} with distributed.trainer_workers > 1 is not yet supported")
+    if cfg.rollout.partial and cfg.distributed.backend != "local":
+        raise ValueError("rollout.partial=true needs distributed.backend=local (a Ray worker takes new weights "
+                         "only between shards)")
+    if cfg.rollout.partial and cfg.rollout.continuous:
+        raise ValueError("rollout.partial=true takes new weights between turns: it needs rollout.continuous=false")

@@ -11,8 +11,9 @@ version is the number of updates its weights have had. A sample's age is their d
   never trained on (left out of the update like an infrastructure failure, and counted), and one
   from a version the learner has not reached yet stops the run.
 
-Not covered: per-token versions (a response is sampled with one version here: the producer takes new
-weights only between batches, never inside a response, so a trajectory's version is its every token's).
+A partial rollout (`rollout.partial`) holds several versions, each token its own
+(`Trajectory.version_runs`); its `weight_version` is the oldest, so the bound holds for every token.
+`async/partial_share` is the share of samples with more than one version.
 """
 
 from __future__ import annotations
@@ -38,4 +39,5 @@ def fresh_enough(trajs: Sequence[Any], learner_version: int, max_staleness: int)
     metrics = {"async/age_mean": sum(ages) / n, "async/age_max": float(max(ages, default=0)),
                "async/stale_dropped": float(len(ages) - sum(fresh))}
     metrics.update({f"async/age_{a}": sum(x == a for x in ages) / n for a in range(max_staleness + 1)})
+    metrics["async/partial_share"] = sum(len({v for _, v in t.version_runs}) > 1 for t in trajs) / n
     return fresh, metrics

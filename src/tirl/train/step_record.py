@@ -15,7 +15,9 @@ step again and check it, and nothing more.
   sampled), its finish reason, each tool call's status and token span (its code and output are in the
   ids), its grade, and its advantage (GRPO / RLOO: one number; PPO's per-token GAE advantages need the
   critic and are not kept: null), and the weight version that sampled it (`Trajectory.weight_version`:
-  the step's own minus one in the synchronous loop, up to `trainer.max_staleness` older otherwise).
+  the step's own minus one in the synchronous loop, up to `trainer.max_staleness` older otherwise; with
+  partial rollouts the oldest, and `versions`: [[first token, version], ...] of each run of tokens one
+  version sampled).
 Sampling log-probs are not kept: nothing a replay recomputes reads them.
 
 Written with the other per-step files (`tirl.jsonl.append_rows`, cut back on resume like them).
@@ -66,7 +68,7 @@ def step_row(step: int, problems: Sequence[Any], trajs: Sequence[Any], grades: S
 def trajectory_row(t: Any, grade: Any, advantage: float | None) -> dict[str, Any]:
     return {"ids": t.response_ids, "mask": mask_runs(t.loss_mask), "finish": t.finish_reason,
             "calls": tool_calls_row(t), "grade": grade.to_dict(), "adv": advantage,
-            "version": t.weight_version}
+            "version": t.weight_version, **({"versions": [list(r) for r in t.version_runs]} if t.version_runs else {})}
 
 
 def tool_calls_row(t: Any) -> list[list]:
