@@ -116,7 +116,7 @@ def test_skip_invalid_counts_and_logs_and_never_drops_silently(tmp_path, caplog)
     # one line: the first bad row's file:line and reason, how many more, and the way out
     assert str(e.value) == (f"{p}:2: missing field 'answer' (fields present: problem); name the column with "
                             "data.answer_field (tirl eval: --answer-field) (and 1 more invalid row(s)); "
-                            "fix the data, or pass --skip-invalid to skip invalid rows")
+                            "fix the data, or skip invalid rows (tirl eval --skip-invalid; tirl train / sft: data.skip_invalid=true)")
     with caplog.at_level(logging.WARNING, logger="tirl.data"):
         got = load_problems(p, skip_invalid=True)
     assert [x.problem for x in got] == ["q0", "q2", "q4"]

@@ -218,7 +218,8 @@ def collect(
     if errors and not skip_invalid:
         # One line: the first bad row names file and line; the count says whether there are more.
         more = f" (and {len(errors) - 1} more invalid row(s))" if len(errors) > 1 else ""
-        raise DataError(f"{errors[0]}{more}; fix the data, or pass --skip-invalid to skip invalid rows")
+        raise DataError(f"{errors[0]}{more}; fix the data, or skip invalid rows (tirl eval --skip-invalid; "
+                        "tirl train / sft: data.skip_invalid=true)")
     if errors:
         log.warning("skipped %d invalid row(s) of %s; first: %s", len(errors), source, errors[0])
     return Loaded(items, errors)

@@ -19,6 +19,7 @@ from tirl.train.setup import DataConfig, ModelConfig, PromptConfig
 @dataclass
 class TrainerConfig:
     steps: int = 20
+    """RL steps: each plays a batch and updates the policy on it (TRL: max_steps; verl: total_training_steps)."""
     prompts_per_step: int = 4
     """Prompts per step; the batch is prompts_per_step x rollout.n trajectories (ToRL: 128 x 16)."""
     mini_batch_size: int = 0
@@ -26,16 +27,21 @@ class TrainerConfig:
     micro_batch_size: int = 8
     """Trajectories per forward/backward; gradients accumulate exactly up to the mini-batch."""
     ppo_epochs: int = 1
+    """Passes over each step's batch (1 = on-policy; more reuse it with the clipped ratio; TRL: num_iterations)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    """The policy's optimizer: AdamW's learning rate, betas, weight decay, warm-up, schedule, clipping."""
     save_every: int = 10
     """Checkpoint every N steps and at the last step; 0 = only at the last step."""
     keep_checkpoints: int = 2
+    """Checkpoints kept on disk (the newest); 0 keeps them all."""
     eval_every: int = 0
     """Held-out evaluation every N steps; 0 = at the start and the end only."""
     eval_size: int = 50
+    """Held-out problems evaluated (the first N of data.test)."""
     eval_temperature: float = 0.0
     """0 = greedy; report sampled figures with a positive value (greedy and sampled can differ a lot)."""
     seed: int = 0
+    """Seeds problem order, sampling and initial weights of new heads: a run is repeatable at a given seed."""
     threads: int = 1
     """Torch threads; 1 suits tiny models on small CPUs, 0 keeps torch's default."""
     device: str = "auto"
