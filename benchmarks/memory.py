@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -74,6 +75,8 @@ def main() -> None:
     mask = torch.zeros_like(ids)
     mask[:, args.prompt_len:] = 1
     model.train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def update() -> None:
