@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test test-realmodel test-ray clean
+.PHONY: setup demo test test-realmodel test-ray gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,21 @@ test-realmodel: setup
 test-ray: setup
 	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
 	$(BIN)/python -m pytest -m ray $(PYTEST_ARGS)
+
+# The one-call GPU check (benchmarks/gpu_check.py). Here: `make gpu-wheels` puts tirl and the pure-Python
+# wheels it needs beyond torch and transformers (~6 MB) into GPU_WHEELS, for GPU_PYVER. There (only torch and
+# transformers installed, no network): `make gpu-check` installs them --no-index and runs the check, <= 8 min.
+GPU_WHEELS ?= dist/gpu-wheels
+GPU_PYVER ?= $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+GPU_PYTHON ?= python3
+GPU_OUT ?= runs/gpu-check-$(shell date +%Y%m%d-%H%M%S)
+
+gpu-wheels: setup
+	$(BIN)/python benchmarks/gpu_wheels.py --out $(GPU_WHEELS) --python-version $(GPU_PYVER)
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install --quiet --no-index --no-deps $(GPU_WHEELS)/*.whl
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -146,3 +146,19 @@ def test_bf16_generation_uses_a_copy_refreshed_after_every_weight_update(tiny_mo
     # and it stays near autocast (both round to bf16; the copy also keeps activations in bf16)
     auto = HFGenerator(model, tok, precision="bf16", half_copy=False).generate(reqs(), params)[0]
     assert max(abs(a - b) for a, b in zip(after.logprobs, auto.logprobs)) < 0.3
+
+
+def test_bf16_copy_holds_the_weights_rounded_once_and_keeps_tied_ones_tied(tiny_model_dir, tiny_tokenizer):
+    from tirl.models import load_model
+
+    model = load_model(tiny_model_dir, device="cpu")
+    copy = HFGenerator(model, tiny_tokenizer, precision="bf16")._sampling_model()
+    src, dst = dict(model.named_parameters()), dict(copy.named_parameters())
+    assert src.keys() == dst.keys()
+    for name, p in src.items():
+        assert torch.equal(dst[name], p.detach().to(torch.bfloat16)) and not dst[name].requires_grad
+    # tie_word_embeddings: the output layer is the embedding, in the copy as in the model
+    assert copy.get_output_embeddings().weight is copy.get_input_embeddings().weight
+    assert copy.get_output_embeddings().weight.dtype == torch.bfloat16
+    buffers = dict(copy.named_buffers())
+    assert all(b.dtype == dict(model.named_buffers())[n].dtype for n, b in buffers.items())  # rotary stays float32

@@ -39,7 +39,11 @@ def test_smoke_sft_then_rl_from_its_model(tmp_path):
     r = _tirl("train", str(CONFIGS / "smoke_grpo.yaml"), f"model.path={run / 'model'}", "trainer.steps=1",
               "--run-dir", str(rl))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert json.loads((rl / "summary.json").read_text())["steps"] == 1
+    rl_summary = json.loads((rl / "summary.json").read_text())
+    assert rl_summary["steps"] == 1
+    # each stage records its own peak resident memory: at least the model and torch it loaded
+    for summary in (json.loads((run / "summary.json").read_text()), rl_summary):
+        assert summary["memory"]["peak_rss_mb"] > 100 and summary["memory"]["scope"] == "stage"
 
 
 def _cfg(steps):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tirl.jsonl import append_rows, atomic_write, dumps, read_rows, write_json
+from tirl.resources import stage_peak
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train.common import OptimConfig
@@ -237,12 +238,15 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
                                                     for p in load_split(cfg.task, "test")[: cfg.eval_size]))
     t0 = time.perf_counter()
     times: dict[str, float] = {}
+    peaks: dict[str, float | None] = {}
 
     def stage(name: str, fn: Any) -> Any:
         console.rule(f"[bold]{name}")
         t = time.perf_counter()
-        result = fn()
+        with stage_peak() as mem:
+            result = fn()
         times[name] = round(time.perf_counter() - t, 1)
+        peaks[name] = mem.as_dict()["peak_rss_mb"]
         return result
 
     sft = stage("1/5 cold-start SFT (code, text, fix and check traces)",
@@ -286,6 +290,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
         "pass_rate_start": _mean_of(metrics, "tool/pass_rate", list(range(k))),
         "pass_rate_end": _mean_of(metrics, "tool/pass_rate", list(range(len(metrics) - k, len(metrics)))),
         "stage_seconds": times,
+        "stage_peak_rss_mb": peaks,  # each stage's own peak resident memory (tirl.resources)
     }
     # Held-out trajectories of the tool-RL model worth reading (self-corrections first), for the report.
     append_rows(run_dir / "heldout_samples.jsonl", evals["rl"]["samples"])

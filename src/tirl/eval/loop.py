@@ -27,6 +27,7 @@ from tirl.data import Problem
 from tirl.eval.config import EvalConfig
 from tirl.eval.store import SampleStore, check_settings, infra_failed
 from tirl.formats import make_style
+from tirl.resources import stage_peak
 from tirl.rollout import encode_prompt, rollout
 from tirl.rollout.episodes import grade_all, grade_trajectory
 from tirl.sandbox.protocol import SandboxLike
@@ -72,7 +73,7 @@ def evaluate(
     started = time.perf_counter()
     prompt_cache: dict[str, list[int]] = {}
     seed = cfg.rollout.seed
-    with progress("eval", total, disable=show if show is None else not show) as bar:
+    with progress("eval", total, disable=show if show is None else not show) as bar, stage_peak() as mem:
         bar.update(0, advance=total - len(todo), info=_acc(counted))
         for start in range(0, len(todo), cfg.batch_size):
             chunk = todo[start: start + cfg.batch_size]
@@ -94,6 +95,7 @@ def evaluate(
                         f"scored; last error: {failed[-1].get('infra_error', '')}")
     summary = summarise(problems, store.records, n)
     summary["elapsed_s"] = round(time.perf_counter() - started, 2)
+    summary["memory"] = mem.as_dict()  # peak resident memory while sampling and grading
     summary["resumed_samples"] = total - len(todo)
     summary["settings"] = {"model": model_id, **dataclasses.asdict(cfg)}
     summary["sandbox"] = summarise_isolation(getattr(sandbox, "isolation", None))

@@ -237,10 +237,11 @@ class HFGenerator:
             if self._copy is None:
                 import copy
 
-                self._copy = copy.deepcopy(self.model).eval()
-                for p in self._copy.parameters():
-                    p.requires_grad_(False)
-                    p.data = p.data.to(dtype)
+                # The memo hands deepcopy each parameter already in half precision (tied ones stay tied):
+                # copying float32 weights first and casting after held a float32 copy at its peak
+                # and left its freed pages resident.
+                memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in params}
+                self._copy = copy.deepcopy(self.model, memo).eval()
             elif stamp != self._stamp:
                 for dst, src in zip(self._copy.parameters(), params):
                     dst.copy_(src)

@@ -32,6 +32,7 @@ from tirl.config import check_resume, save_config
 from tirl.custom_reward import UserReward
 from tirl.jsonl import write_json
 from tirl.progress import progress
+from tirl.resources import stage_peak
 from tirl.train import lora
 from tirl.train.checkpoint import latest_checkpoint, resume_point
 from tirl.train.common import ProblemStream, set_threads
@@ -67,6 +68,15 @@ def rollout_backend(cfg: RLConfig, generator: Any, tokenizer: Any, sandbox: Any,
 
 
 def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train and write `summary.json` (with the run's peak resident memory, `memory`)."""
+    with stage_peak() as mem:
+        summary = _train_rl(cfg, run_dir, resume, force)
+    summary["memory"] = mem.as_dict()
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary
+
+
+def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_tokenizer, resolve_device
     from tirl.sandbox.isolation import summarise
@@ -145,7 +155,6 @@ def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bo
         summary["merged_model"] = str(lora.save_merged(policy, tokenizer, run_dir / "merged"))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, run_dir=str(run_dir),
                    checkpoint=str(latest_checkpoint(run_dir)))
-    write_json(run_dir / "summary.json", summary)
     return summary
 
 

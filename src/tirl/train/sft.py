@@ -35,6 +35,7 @@ from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, backward, build_optimizer, check_device_and_precision, clip_and_step,
                                grad_scaler, set_threads)
 from tirl.progress import progress
+from tirl.resources import stage_peak
 from tirl.train.logger import LogConfig, MetricsLogger
 from tirl.trained_settings import settings_of, write_settings
 from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
@@ -187,6 +188,15 @@ def eval_loss(model: Any, examples: list[dict[str, Any]], pad_id: int, micro: in
 
 
 def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train, save the model and write `summary.json` (with the run's peak resident memory, `memory`)."""
+    with stage_peak() as mem:
+        summary = _train_sft(cfg, run_dir, resume, force)
+    summary["memory"] = mem.as_dict()
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary
+
+
+def _train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool, force: bool) -> dict[str, Any]:
     from tirl.data import tokenize_traces
     from tirl.models import load_model, load_tokenizer
 
@@ -281,5 +291,4 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
         tokenizer.save_pretrained(out)
     write_settings(out, settings_of(cfg.prompt))
     summary.update(steps=tc.steps, wall_s=time.perf_counter() - t_start, model=str(out), run_dir=str(run_dir))
-    write_json(run_dir / "summary.json", summary)
     return summary

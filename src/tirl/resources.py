@@ -1,0 +1,90 @@
+"""Peak resident memory of a stage of this process (SFT, RL, evaluation), for `summary.json`.
+
+Linux keeps a process's high-water mark of resident memory (`VmHWM` in /proc/self/status) and lets the
+process reset it to the current size (writing 5 to /proc/self/clear_refs), so a stage's own peak is the
+mark read at its end after a reset at its start. Stages nest (the demo's RL stage holds `train_rl`,
+which may evaluate): an inner stage's reset would hide what the outer stage reached before it, so each
+reset first hands the mark so far to every open outer stage.
+
+Not covered: other systems (no `VmHWM` to reset; `peak_rss_mb` is then the process's peak so far from
+`getrusage`, and `scope` says so), child processes (the sandbox's interpreters are not counted), and
+stages on other threads (the peak is the process's, whichever thread allocated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float | None:
+    """Resident memory now, MB (None where /proc is missing)."""
+    kb = _status_kb("VmRSS")
+    return None if kb is None else kb / 1024
+
+
+def _process_peak_mb() -> float:
+    """The process's peak since it started (ru_maxrss: KB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _reset_mark() -> bool:
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class StagePeak:
+    """A stage's peak resident memory, filled in when its `stage_peak` block ends."""
+    peak_rss_mb: float | None = None
+    scope: str = "stage"
+    """"stage" (reset at its start) or "process" (no reset possible: the process's peak so far)."""
+    _seen_kb: int = 0
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        mb = None if self.peak_rss_mb is None else round(self.peak_rss_mb, 1)
+        return {"peak_rss_mb": mb, "scope": self.scope}
+
+
+_open: list[StagePeak] = []
+
+
+@contextlib.contextmanager
+def stage_peak() -> Iterator[StagePeak]:
+    """`with stage_peak() as p: ...` then `p.peak_rss_mb` is the block's peak resident memory (MB)."""
+    mark = _status_kb("VmHWM")
+    for outer in _open:  # the mark is about to be reset: outer stages keep what it held
+        outer._seen_kb = max(outer._seen_kb, mark or 0)
+    p = StagePeak(scope="stage" if mark is not None and _reset_mark() else "process")
+    _open.append(p)
+    try:
+        yield p
+    finally:
+        _open.remove(p)
+        end = _status_kb("VmHWM")
+        if p.scope == "stage" and end is not None:
+            p.peak_rss_mb = max(p._seen_kb, end) / 1024
+        else:
+            p.peak_rss_mb = _process_peak_mb()
