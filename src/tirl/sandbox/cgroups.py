@@ -5,12 +5,11 @@ by every call that runs in it. The child joins its slot itself (through a descri
 before the filesystem went read-only); the supervisor reads the slot's members to kill stragglers and
 its OOM-kill counter to classify a call as ``memory``.
 
-CPU: a slot weighs as much as one nice-0 process (``SLOT_SHARES``), however many processes the call
-forks, so a fork-hog takes one process's share, not twenty. On v1 the cpu slots sit beside the
-supervisor (``<own>/tirl-sandbox-PID-X-s<i>``), not in a group of their own: a group holding every slot
-weighed as one process altogether, and a hog in one slot halved its neighbour's share whenever the
-host was busy (here: the neighbour 1.8-2.2x slower with a 20-process hog before, ~1.5x now, as with
-one busy process; docs/sandbox.md). On v2 the slots
+CPU: a slot weighs as much as one process of the supervisor's niceness (``slot_weight``), however many
+processes the call forks, so a fork-hog takes one process's share, not twenty. On v1 the cpu slots sit
+beside the supervisor (``<own>/tirl-sandbox-PID-X-s<i>``), not in a group of their own: a group holding
+every slot would weigh as one process altogether, and a hog in one slot would halve its neighbour's
+share whenever the host is busy (measured here: 1.9x slower with the hog, 1.2x flat). On v2 the slots
 and the supervisor's leaf are equal siblings, and their group weighs as many processes as it holds.
 
 Detection, not assumption: ``CgroupSlots.create`` returns (None, reason) when no hierarchy is
@@ -41,9 +40,11 @@ _V1_ROOT = "/sys/fs/cgroup"
 _V2_CTRLS = ("memory", "pids", "cpu")
 
 
-SLOT_SHARES = 1024
-"""v1 cpu.shares of a slot: one nice-0 process. Not the trainer's own niceness: calls of a niced trainer on
-a busy host then got so little CPU that their wall clocks ran out (tried; the attack tests timed out)."""
+def slot_weight(nice: int | None = None) -> int:
+    """v1 cpu.shares of one process at ``nice`` (default: ours): 1024 at nice 0, ~1.25x less per step
+    (the kernel's sched_prio_to_weight, within a few percent), so a niced trainer's calls stay niced."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0) if nice is None else nice
+    return max(2, round(1024 / 1.25 ** nice))
 
 
 def v2_weight(shares: int) -> int:
@@ -205,7 +206,7 @@ class CgroupSlots:
                 fs.mkdir(os.path.join(base, f"s{i}"))
             if slots.has_cpu:  # the group weighs as many processes as it holds (the leaf is one)
                 held = n + fs.exists(os.path.join(base, "supervisor"))
-                fs.write(os.path.join(base, "cpu.weight"), str(v2_weight(SLOT_SHARES * held)))
+                fs.write(os.path.join(base, "cpu.weight"), str(v2_weight(slot_weight() * held)))
         except OSError:
             slots.close()
             raise
@@ -218,7 +219,7 @@ class CgroupSlots:
             fs.write(os.path.join(self._dir("pids", i), "pids.max"), str(max_pids))
             if self.has_cpu:
                 d = self._dir("cpu", i)
-                fs.write(os.path.join(d, "cpu.shares"), str(SLOT_SHARES))
+                fs.write(os.path.join(d, "cpu.shares"), str(slot_weight()))
                 if cpu_quota > 0:
                     fs.write(os.path.join(d, "cpu.cfs_period_us"), "100000")
                     fs.write(os.path.join(d, "cpu.cfs_quota_us"), str(int(cpu_quota * 100000)))
@@ -228,7 +229,7 @@ class CgroupSlots:
                 fs.write(os.path.join(d, "memory.swap.max"), "0")
             fs.write(os.path.join(d, "pids.max"), str(max_pids))
             if self.has_cpu:
-                fs.write(os.path.join(d, "cpu.weight"), str(v2_weight(SLOT_SHARES)))
+                fs.write(os.path.join(d, "cpu.weight"), str(v2_weight(slot_weight())))
                 if cpu_quota > 0:
                     fs.write(os.path.join(d, "cpu.max"), f"{int(cpu_quota * 100000)} 100000")
 

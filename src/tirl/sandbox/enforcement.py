@@ -8,7 +8,7 @@ denied) and pipe buffers (bounded by the host's pipe-user-pages-soft, 64 MB per 
 """
 from __future__ import annotations
 
-from .cgroups import SLOT_SHARES, v2_weight
+from .cgroups import slot_weight, v2_weight
 from .config import SandboxConfig
 
 
@@ -24,8 +24,8 @@ def autogroups_on() -> bool:
 def limit_report(cfg: SandboxConfig, cg, cg_reason: str, caps: dict, feats: set, as_bytes: int) -> dict[str, str]:
     """``cg``: the slot cgroups (None without), ``caps``: what the zygote reported, ``feats``: the
     primitives that work, ``as_bytes``: RLIMIT_AS of one process of a call."""
-    cpu_share = (f"cpu cgroup per slot: a call weighs as one nice-0 process ({_weight(cg)}), however "
-                 "many it forks" if cg and cg.has_cpu else
+    cpu_share = (f"cpu cgroup per slot: a call weighs as one process of the supervisor's niceness "
+                 f"({_weight(cg)}), however many it forks" if cg and cg.has_cpu else
                  "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup"
                  if "seccomp" not in feats else
                  "NOT ENFORCED: no cpu cgroup and the host disabled scheduler autogroups "
@@ -47,7 +47,7 @@ def limit_report(cfg: SandboxConfig, cg, cg_reason: str, caps: dict, feats: set,
 
 
 def _weight(cg) -> str:
-    return f"cpu.shares {SLOT_SHARES}" if cg.version == "v1" else f"cpu.weight {v2_weight(SLOT_SHARES)}"
+    return f"cpu.shares {slot_weight()}" if cg.version == "v1" else f"cpu.weight {v2_weight(slot_weight())}"
 
 
 def _memory_without_cgroup(cfg: SandboxConfig, cg_reason: str, feats: set, as_mb: int) -> str:
