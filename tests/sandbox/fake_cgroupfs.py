@@ -31,7 +31,6 @@ class FakeCgroup2:
             self.nodes[parent]["sub"] = set(avail)
             self.nodes[path] = {"procs": set(), "sub": set()}
         self.own = path
-        self.values = {}  # limit file -> what was last written (cpu.weight, memory.max...)
         self.nodes[path]["procs"] = {os.getpid()} | {10_000 + i for i in range(others)}
 
     def avail(self, path):  # like the kernel: what the parent enabled for its children, read live
@@ -57,7 +56,7 @@ class FakeCgroup2:
             raise FileNotFoundError(errno.ENOENT, "no such cgroup", path)
         n = self.nodes[d]
         return {"cgroup.controllers": " ".join(sorted(self.avail(d))), "cgroup.subtree_control": " ".join(sorted(n["sub"])),
-                "cgroup.procs": "\n".join(map(str, sorted(n["procs"]))), "memory.events": "oom_kill 0\n"}.get(f, self.values.get(path, ""))
+                "cgroup.procs": "\n".join(map(str, sorted(n["procs"]))), "memory.events": "oom_kill 0\n"}.get(f, "")
 
     def write(self, path, value):
         d, f = os.path.split(path)
@@ -77,10 +76,8 @@ class FakeCgroup2:
             for other in self.nodes.values():
                 other["procs"].discard(pid)
             n["procs"].add(pid)
-        elif not self.exists(path) or (d == self.root and not f.startswith("cgroup.")):  # the root has no limits
+        elif not self.exists(path):
             raise OSError(errno.ENOENT, "no such file", path)
-        else:
-            self.values[path] = value
 
     def mkdir(self, path):
         self.nodes[path] = {"procs": set(), "sub": set()}

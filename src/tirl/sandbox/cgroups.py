@@ -3,14 +3,8 @@
 A slot is one concurrency lane of the sandbox: it gets a cgroup created once at start-up and reused
 by every call that runs in it. The child joins its slot itself (through a descriptor the zygote opened
 before the filesystem went read-only); the supervisor reads the slot's members to kill stragglers and
-its OOM-kill counter to classify a call as ``memory``.
-
-CPU: a slot weighs as much as one process of the supervisor's niceness (``slot_weight``), however many
-processes the call forks, so a fork-hog takes one process's share, not twenty. On v1 the cpu slots sit
-beside the supervisor (``<own>/tirl-sandbox-PID-X-s<i>``), not in a group of their own: a group holding
-every slot would weigh as one process altogether, and a hog in one slot would halve its neighbour's
-share whenever the host is busy (measured here: 1.9x slower with the hog, 1.2x flat). On v2 the slots
-and the supervisor's leaf are equal siblings, and their group weighs as many processes as it holds.
+its OOM-kill counter to classify a call as ``memory``. Equal cpu weight per slot keeps a call that
+forks busy processes from starving its neighbours.
 
 Detection, not assumption: ``CgroupSlots.create`` returns (None, reason) when no hierarchy is
 writable; the sandbox then reports which limits are not enforced.
@@ -38,18 +32,6 @@ import time
 
 _V1_ROOT = "/sys/fs/cgroup"
 _V2_CTRLS = ("memory", "pids", "cpu")
-
-
-def slot_weight(nice: int | None = None) -> int:
-    """v1 cpu.shares of one process at ``nice`` (default: ours): 1024 at nice 0, ~1.25x less per step
-    (the kernel's sched_prio_to_weight, within a few percent), so a niced trainer's calls stay niced."""
-    nice = os.getpriority(os.PRIO_PROCESS, 0) if nice is None else nice
-    return max(2, round(1024 / 1.25 ** nice))
-
-
-def v2_weight(shares: int) -> int:
-    """cpu.weight for v1 ``shares`` (the kernel maps 100 to 1024), within v2's 1..10000."""
-    return min(10_000, max(1, round(shares * 100 / 1024)))
 
 
 class RealFS:
@@ -107,14 +89,12 @@ def _v2_mount(fs) -> str | None:
 class CgroupSlots:
     """``n`` slot cgroups with memory, pids and (when available) cpu limits. ``close()`` removes them."""
 
-    def __init__(self, version: str, bases: dict[str, str], n: int, fs=None,
-                 flat: dict[str, tuple[str, str]] | None = None):
+    def __init__(self, version: str, bases: dict[str, str], n: int, fs=None):
         self.version = version
-        self.bases = bases  # controller ("memory"/"pids" for v1, "" for v2) -> the dir we made for its slots
-        self.flat = flat or {}  # controller -> (parent, name): slots "<name>-s<i>" beside the supervisor
+        self.bases = bases  # controller ("memory"/"pids"/"cpu" for v1, "" for v2) -> base dir
         self.n = n
         self.fs = fs or RealFS()
-        self.has_cpu = "cpu" in self.flat if version == "v1" else True
+        self.has_cpu = "cpu" in bases if version == "v1" else True
 
     # ---- creation --------------------------------------------------------------------------
     @classmethod
@@ -149,25 +129,23 @@ class CgroupSlots:
         usable = {c: r for c, r in roots.items() if fs.exists(os.path.join(r, "cgroup.procs")) and c in own}
         if not {"memory", "pids"} <= set(usable):
             return None
-        bases, flat = {}, {}
+        bases = {}
         try:
-            for c in ("memory", "pids"):
-                bases[c] = os.path.join(usable[c] + own[c], name)
-                fs.mkdir(bases[c])
+            for c, r in usable.items():
+                base = os.path.join(r + own[c], name)
+                try:
+                    fs.mkdir(base)
+                except OSError:
+                    if c == "cpu":  # a cpu share is a bonus on v1; memory and pids are not
+                        continue
+                    raise
+                bases[c] = base
                 for i in range(n):
-                    fs.mkdir(os.path.join(bases[c], f"s{i}"))
+                    fs.mkdir(os.path.join(base, f"s{i}"))
         except OSError:
             cls("v1", bases, n, fs).close()
             raise
-        if "cpu" in usable:
-            flat["cpu"] = (usable["cpu"] + own["cpu"], name)
-            try:
-                for i in range(n):
-                    fs.mkdir(os.path.join(usable["cpu"] + own["cpu"], f"{name}-s{i}"))
-            except OSError:  # a cpu share is a bonus on v1; memory and pids are not
-                cls("v1", {}, n, fs, flat).close()
-                flat = {}
-        return cls("v1", bases, n, fs, flat)
+        return cls("v1", bases, n, fs)
 
     @classmethod
     def _create_v2(cls, fs, name: str, n: int) -> CgroupSlots | None:
@@ -204,9 +182,6 @@ class CgroupSlots:
             fs.write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"+{c}" for c in want))
             for i in range(n):
                 fs.mkdir(os.path.join(base, f"s{i}"))
-            if slots.has_cpu:  # the group weighs as many processes as it holds (the leaf is one)
-                held = n + fs.exists(os.path.join(base, "supervisor"))
-                fs.write(os.path.join(base, "cpu.weight"), str(v2_weight(slot_weight() * held)))
         except OSError:
             slots.close()
             raise
@@ -217,9 +192,9 @@ class CgroupSlots:
         fs = self.fs
         if self.version == "v1":
             fs.write(os.path.join(self._dir("pids", i), "pids.max"), str(max_pids))
-            if self.has_cpu:
+            if "cpu" in self.bases:
                 d = self._dir("cpu", i)
-                fs.write(os.path.join(d, "cpu.shares"), str(slot_weight()))
+                fs.write(os.path.join(d, "cpu.shares"), "1024")
                 if cpu_quota > 0:
                     fs.write(os.path.join(d, "cpu.cfs_period_us"), "100000")
                     fs.write(os.path.join(d, "cpu.cfs_quota_us"), str(int(cpu_quota * 100000)))
@@ -229,7 +204,7 @@ class CgroupSlots:
                 fs.write(os.path.join(d, "memory.swap.max"), "0")
             fs.write(os.path.join(d, "pids.max"), str(max_pids))
             if self.has_cpu:
-                fs.write(os.path.join(d, "cpu.weight"), str(v2_weight(slot_weight())))
+                fs.write(os.path.join(d, "cpu.weight"), "100")
                 if cpu_quota > 0:
                     fs.write(os.path.join(d, "cpu.max"), f"{int(cpu_quota * 100000)} 100000")
 
@@ -251,18 +226,11 @@ class CgroupSlots:
 
     # ---- per-call use ----------------------------------------------------------------------
     def _dir(self, ctrl: str, i: int) -> str:
-        if ctrl in self.flat:
-            parent, name = self.flat[ctrl]
-            return os.path.join(parent, f"{name}-s{i}")
         return os.path.join(self.bases[ctrl], f"s{i}")
-
-    def slot_dirs(self) -> list[str]:
-        """Every slot cgroup directory, of every controller."""
-        return [self._dir(c, i) for c in (*self.bases, *self.flat) for i in range(self.n)]
 
     def procs_files(self, i: int) -> list[str]:
         """Files a process writes "0" into to join slot ``i``."""
-        return [os.path.join(self._dir(c, i), "cgroup.procs") for c in (*self.bases, *self.flat)]
+        return [os.path.join(self._dir(c, i), "cgroup.procs") for c in self.bases]
 
     def members(self, i: int) -> list[int]:
         ctrl = "pids" if self.version == "v1" else ""
@@ -312,29 +280,24 @@ class CgroupSlots:
 
     def close(self) -> None:
         fs = self.fs
-        for ctrl in self.flat:
+        for base in self.bases.values():
             for i in range(self.n):
-                self._remove_slot(ctrl, i)
-        for ctrl, base in self.bases.items():
-            for i in range(self.n):
-                self._remove_slot(ctrl, i)
+                d = os.path.join(base, f"s{i}")
+                for _ in range(200):
+                    try:
+                        fs.rmdir(d)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:  # still has (dying) members
+                        self.kill_pass(i)
+                        time.sleep(0.005)
             if self.version == "v2":
                 self._leave_leaf(base)
             try:
                 fs.rmdir(base)
             except OSError:
                 pass
-
-    def _remove_slot(self, ctrl: str, i: int) -> None:
-        for _ in range(200):
-            try:
-                self.fs.rmdir(self._dir(ctrl, i))
-                return
-            except FileNotFoundError:
-                return
-            except OSError:  # still has (dying) members
-                self.kill_pass(i)
-                time.sleep(0.005)
 
     def _leave_leaf(self, base: str) -> None:
         """Our own leaf cannot be removed while we are in it: move back up when the parent allows

@@ -8,7 +8,6 @@ denied) and pipe buffers (bounded by the host's pipe-user-pages-soft, 64 MB per 
 """
 from __future__ import annotations
 
-from .cgroups import slot_weight, v2_weight
 from .config import SandboxConfig
 
 
@@ -24,8 +23,7 @@ def autogroups_on() -> bool:
 def limit_report(cfg: SandboxConfig, cg, cg_reason: str, caps: dict, feats: set, as_bytes: int) -> dict[str, str]:
     """``cg``: the slot cgroups (None without), ``caps``: what the zygote reported, ``feats``: the
     primitives that work, ``as_bytes``: RLIMIT_AS of one process of a call."""
-    cpu_share = (f"cpu cgroup per slot: a call weighs as one process of the supervisor's niceness "
-                 f"({_weight(cg)}), however many it forks" if cg and cg.has_cpu else
+    cpu_share = ("cpu cgroup per slot (equal weight)" if cg and cg.has_cpu else
                  "NOT ENFORCED: no cpu cgroup and no seccomp to keep a call in one autogroup"
                  if "seccomp" not in feats else
                  "NOT ENFORCED: no cpu cgroup and the host disabled scheduler autogroups "
@@ -44,10 +42,6 @@ def limit_report(cfg: SandboxConfig, cg, cg_reason: str, caps: dict, feats: set,
                    ("cgroup sweep" if cg else "per-uid sweep" if caps.get("root") else
                     "process group only (setpgid/setsid denied): NOT ENFORCED for a process that escapes it"),
     }
-
-
-def _weight(cg) -> str:
-    return f"cpu.shares {slot_weight()}" if cg.version == "v1" else f"cpu.weight {v2_weight(slot_weight())}"
 
 
 def _memory_without_cgroup(cfg: SandboxConfig, cg_reason: str, feats: set, as_mb: int) -> str:
