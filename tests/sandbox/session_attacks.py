@@ -114,6 +114,11 @@ def _live(pid: int) -> int:
     return n
 
 
+def _zombies(pid: int) -> int:
+    """Processes below ``pid`` that exited and nobody reaped."""
+    return len(descendants(pid)) - _live(pid)
+
+
 def _small(**session) -> Sandbox:
     return Sandbox(SandboxConfig(timeout_s=5, memory_mb=256, preload=[], max_concurrency=1, max_sessions=1,
                                  **session))
@@ -189,6 +194,27 @@ def session_cpu_is_bounded():
     return {"results": seen}, "" if ok else f"{len(seen)} commands of busy children and no CPU bound"
 
 
+FORK_EXIT = "import os\nif os.fork() == 0:\n    os._exit(0)\n"  # a child nobody waits for
+ORPHAN_EXIT = ("import os\npid = os.fork()\nif pid == 0:\n    if os.fork() == 0:\n        os._exit(0)\n"
+               "    os._exit(0)\nos.waitpid(pid, 0)\n")  # a grandchild orphaned before it exits
+
+
+def exited_children_are_reaped(sb):
+    """200 commands whose children and orphaned grandchildren exit unwaited: zombies under the session's
+    PID-namespace init held one of its pids each, until the session could fork no more."""
+    with sb.session() as s:
+        for i in range(200):
+            r = s.run(ORPHAN_EXIT if i % 2 else FORK_EXIT, timeout=5)
+            if not r.ok:
+                return {"command": i, "result": _r(r)}, f"command {i} failed: {r.status} {r.stderr[-200:]!r}"
+        last = s.run("import os\npid = os.fork()\nif pid == 0:\n    os._exit(7)\n"
+                     "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))", timeout=5)
+        zombies = _zombies(sb._sup.zygote_pid())
+    res = {"last": _r(last), "zombies": zombies}
+    ok = last.ok and last.stdout == "7\n" and zombies <= 2  # the last command's own may wait for the next
+    return res, "" if ok else f"exited processes pile up unreaped: {res}"
+
+
 def ordinary_use(sb):
     """Not an attack: what a session is for still works."""
     with sb.session() as s:
@@ -224,9 +250,10 @@ CASES = {
     "session_idle_deadline": idle_session_is_closed,
     "session_cpu_bound": session_cpu_is_bounded,
     "session_ordinary_use": ordinary_use,
+    "session_exited_children_reaped": exited_children_are_reaped,
 }
 NEEDS_SANDBOX = {"session_reply_forged_by_frame_walk", "session_daemon_thread_writes_next_output",
-                 "session_busy_children_outlive_command", "session_ordinary_use"}
+                 "session_busy_children_outlive_command", "session_ordinary_use", "session_exited_children_reaped"}
 
 
 def run(name: str, sb):

@@ -12,7 +12,7 @@ import time
 import aiohttp
 import pytest
 
-from tirl.sandbox.http import HttpSandbox, ServeLimits, make_app, start_server
+from tirl.sandbox.http import BackgroundServer, HttpSandbox, ServeLimits
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,25 +21,9 @@ LIMITS = ServeLimits(max_connections=8, read_timeout_s=4.0, write_timeout_s=1.0,
 
 @pytest.fixture(scope="module")
 def server(sb):
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, daemon=True)
-    t.start()
-    app = make_app(sb, LIMITS, token=TOKEN)
-    runner, srv = asyncio.run_coroutine_threadsafe(
-        start_server(app, "127.0.0.1", 0, LIMITS.max_connections, LIMITS.read_timeout_s), loop).result()
-    port = srv.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", port
-
-    async def stop():
-        srv.close()
-        await runner.cleanup()
-        for task in asyncio.all_tasks() - {asyncio.current_task()}:
-            task.cancel()  # aiohttp lingers up to 10 s reading the unread body of a request answered 413
-
-    asyncio.run_coroutine_threadsafe(stop(), loop).result()
-    loop.call_soon_threadsafe(loop.stop)
-    t.join(5)
-    loop.close()
+    # The server `tirl sandbox serve` and the Ray actors run (make_app behind start_server).
+    with BackgroundServer(sb, "127.0.0.1", 0, LIMITS, token=TOKEN) as srv:
+        yield srv.url, srv.port
 
 
 def _post(url, body, headers=AUTH, timeout=20.0, path="/run_code"):
@@ -198,3 +182,29 @@ def test_a_body_of_millions_of_tiny_json_items_is_refused_unparsed(server):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="write_timeout_s"):
         ServeLimits(write_timeout_s=0)
+
+
+def test_the_ray_actors_server_has_the_same_limits():
+    """`sandbox: actors` serves through the same server: at its cap an idle connection makes room."""
+    from tirl.distributed.ray_backend import SandboxServer
+    from tirl.sandbox import SandboxConfig
+
+    limits = ServeLimits(max_connections=2, read_timeout_s=30.0)
+    actor = SandboxServer(SandboxConfig(preload=[], max_concurrency=1, max_sessions=0), TOKEN, "127.0.0.1", limits)
+    idle = []
+    try:
+        port = int(actor.url().rsplit(":", 1)[1])
+        idle += [socket.create_connection(("127.0.0.1", port)) for _ in range(limits.max_connections)]
+        time.sleep(0.2)
+        status, data = _post(actor.url(), {"code": "print('in')"}, timeout=10.0)
+        assert status == 200 and data["run_result"]["stdout"] == "in\n"
+        idle[0].settimeout(5)
+        try:
+            assert idle[0].recv(1) == b""  # dropped for the real client, long before its 30 s deadline
+        except ConnectionResetError:
+            pass
+        assert _post(actor.url(), {"code": "1"}, headers={})[0] == 401
+    finally:
+        for c in idle:
+            c.close()
+        actor.close()

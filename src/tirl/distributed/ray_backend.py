@@ -316,23 +316,28 @@ def _server_sync(cfg: Any, sync_dir: str | None) -> Any:
 
 
 class SandboxServer:
-    """`tirl sandbox serve` inside a Ray actor: a local sandbox behind the HTTP server, on the node's IP,
-    answering only requests that carry `token`."""
+    """`tirl sandbox serve` inside a Ray actor: a local sandbox behind the same HTTP server and limits
+    (connection cap, deadlines, body limits: `tirl.sandbox.http.BackgroundServer`), on the node's IP
+    unless `host` is given, answering only requests that carry `token`."""
 
-    def __init__(self, config: Any, token: str | None = None):
-        import ray
-
-        from tirl.generation.server import ServerThread
+    def __init__(self, config: Any, token: str | None = None, host: str | None = None, limits: Any = None):
         from tirl.sandbox import Sandbox
-        from tirl.sandbox.http import make_app
+        from tirl.sandbox.http import BackgroundServer
 
+        if host is None:
+            import ray
+
+            host = ray.util.get_node_ip_address()
         self.sandbox = Sandbox(config)
-        ip = ray.util.get_node_ip_address()
-        self.thread = ServerThread(make_app(self.sandbox, token=token), host=ip, port=0)
+        try:
+            self.server = BackgroundServer(self.sandbox, host, 0, limits, token)
+        except BaseException:
+            self.sandbox.close()
+            raise
 
     def url(self) -> str:
-        return self.thread.url
+        return self.server.url
 
     def close(self) -> None:
-        self.thread.close()
+        self.server.close()
         self.sandbox.close()

@@ -51,7 +51,7 @@ def session_loop(ctl, env):
     null = os.open("/dev/null", os.O_WRONLY)
     while True:
         try:
-            while waitpid(-1, wnohang)[0]:  # children the supervisor killed after the last command
+            while waitpid(-1, wnohang)[0]:  # children and orphans (we are their subreaper) that exited or were killed
                 pass
         except child_error:
             pass

@@ -284,6 +284,11 @@ class Zygote:
                 self._step("drop_privileges", req)
             write_inputs(payload.get("files") or {})
             self._rlimits(req["limits"])
+            if ctl >= 0:
+                # A session's orphans come to its interpreter, whose loop reaps them between commands:
+                # under the PID namespace's init (``sleep``) they would stay zombies for the session's
+                # life, each holding one of its pids (pids.max counts them).
+                check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, None, 0, 0), "session subreaper")
             for step in ("no_new_privs", "seccomp"):
                 if feats.get(step):
                     self._step(step, req)

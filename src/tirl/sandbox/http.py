@@ -32,6 +32,7 @@ import ipaddress
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,7 +49,8 @@ MAX_TIMEOUT_S = 300.0
 TOKEN_ENV = "TIRL_SANDBOX_TOKEN"
 MAX_JSON_ITEMS = 1 << 18  # commas and colons in a body: json.loads keeps the GIL, so millions stalled the sandbox too
 
-__all__ = ["HttpSandbox", "ServeLimits", "check_exposure", "make_app", "parse_request", "serve", "start_server"]
+__all__ = ["BackgroundServer", "HttpSandbox", "ServeLimits", "check_exposure", "make_app", "parse_request", "serve",
+           "start_server"]
 
 
 @dataclass
@@ -224,29 +226,66 @@ def check_exposure(host: str, token: str | None) -> None:
 
 def serve(host: str = "127.0.0.1", port: int = 8080, config: SandboxConfig | None = None,
           limits: ServeLimits | None = None, token: str | None = None) -> None:
-    """Run the server until interrupted (blocking). ValueError before anything starts when ``host`` is
-    not loopback and there is no ``token``."""
+    """Run the server until SIGINT or SIGTERM (blocking). ValueError before anything starts when ``host``
+    is not loopback and there is no ``token``."""
+    import signal
+
     check_exposure(host, token)
-    limits = limits or ServeLimits()
-    with Sandbox(config) as sb:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop: cgroups and zygote go too
+        signal.signal(sig, lambda *_: stop.set())
+    with Sandbox(config) as sb, BackgroundServer(sb, host, port, limits, token):
         print(f"tirl sandbox: isolation {sb.isolation['level']} (missing: {sorted(sb.isolation['missing'])}); "
               f"serving on http://{host}:{port}/run_code{' (token required)' if token else ''}", flush=True)
+        while not stop.wait(1.0):
+            pass
 
-        async def main():
-            import signal
 
-            stop = asyncio.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):  # a clean stop: cgroups and zygote go too
-                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-            runner, server = await start_server(make_app(sb, limits, token), host, port, limits.max_connections,
-                                                limits.read_timeout_s)
-            try:
-                await stop.wait()
-            finally:
-                server.close()
-                await runner.cleanup()
+class BackgroundServer:
+    """``tirl sandbox serve``'s server (``make_app`` behind ``start_server``: the same connection cap,
+    deadlines, turns and body limits) for ``sandbox``, on an event loop in a thread of its own: for a
+    process whose main thread does other work (a Ray actor). ``url`` is its root; port 0 = any free one."""
 
-        asyncio.run(main())
+    def __init__(self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0, limits: ServeLimits | None = None,
+                 token: str | None = None):
+        check_exposure(host, token)
+        limits = limits or ServeLimits()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tirl-sandbox-serve", daemon=True)
+        self._thread.start()
+        try:
+            self._runner, self._server = asyncio.run_coroutine_threadsafe(start_server(
+                make_app(sandbox, limits, token), host, port, limits.max_connections, limits.read_timeout_s),
+                self._loop).result(60)
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def stop():
+            self._server.close()
+            await self._runner.cleanup()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()  # aiohttp lingers up to 10 s reading the unread body of a request answered 413
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(60)
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class HttpSandbox:
