@@ -39,3 +39,13 @@ def test_an_inner_stage_does_not_hide_the_outer_peak():
     assert inner.peak_rss_mb < base + 100
     assert outer.peak_rss_mb >= base + 190
     assert outer.as_dict()["peak_rss_mb"] == round(outer.peak_rss_mb, 1)
+
+
+def test_three_nested_stages_close_in_order():
+    # the demo's stage holds train_rl's, which holds an evaluation's: the two outer ones end up with the same
+    # figures when the innermost opens, and must still be told apart when they close
+    with stage_peak() as demo:
+        with stage_peak() as train:
+            with stage_peak() as evaluation:
+                pass
+    assert None not in (demo.peak_rss_mb, train.peak_rss_mb, evaluation.peak_rss_mb)

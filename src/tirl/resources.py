@@ -55,7 +55,7 @@ def _reset_mark() -> bool:
         return False
 
 
-@dataclass
+@dataclass(eq=False)  # the open stages are told apart by identity: two fresh ones compare equal by value
 class StagePeak:
     """A stage's peak resident memory, filled in when its `stage_peak` block ends."""
     peak_rss_mb: float | None = None
