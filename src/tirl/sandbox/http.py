@@ -270,8 +270,11 @@ class BackgroundServer:
         async def stop():
             self._server.close()
             await self._runner.cleanup()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            pending = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in pending:
                 task.cancel()  # aiohttp lingers up to 10 s reading the unread body of a request answered 413
+            # let them finish cancelling, so their connections close now and not when the loop is collected
+            await asyncio.wait(pending, timeout=5) if pending else None
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(60)
         self._stop_loop()
