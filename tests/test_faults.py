@@ -18,7 +18,7 @@ from tirl import algorithms as A
 from tirl.data import Problem
 from tirl.formats import RETOOL
 from tirl.generation import FINISH_ERROR, GenerationOutput
-from tirl.reward import INFRA_FAILED
+from tirl.rewards import INFRA_FAILED
 from tirl.rollout import Trajectory, rollout
 from tirl.rollout.config import RolloutConfig
 from tirl.rollout.episodes import grade_trajectory, play
@@ -128,8 +128,8 @@ def test_play_never_penalises_or_scores_an_infra_failure(tiny_tokenizer):
     problems = [Problem("a", "p", "1"), Problem("b", "q", "2")]
     trajs, grades, m = play(gen, tok, sb, problems, RETOOL, RolloutConfig(n=2, max_new_tokens=300, exec_retries=0,
                                                                           **FAST), exec_penalty=0.5,
-                            reward_fn=lambda p, r, t, g: pytest.fail("a user reward ran on a void sample")
-                            if t.infra_failed else g)
+                            reward_fn=lambda ps, ts, gs: [pytest.fail("a reward function ran on a void sample")
+                                                          if t.infra_failed else g for t, g in zip(ts, gs)])
     assert [t.infra_failed for t in trajs] == [False, True, True, False]
     assert [g.reason for g in grades][1:3] == [INFRA_FAILED] * 2 and [g.score for g in grades] == [1.0, 0.0, 0.0, -1.0]
     assert m["reward/mean"] == 0.0 and m["reward/accuracy"] == 0.5  # over the two graded samples
@@ -219,7 +219,7 @@ def test_the_worker_stamps_its_version(tiny_tokenizer, monkeypatch):
 def _voiding_play(real_play, void, version_shift=0):
     """`play` whose samples `void` come back infra-failed, with alternating +1/-1 rewards for the others
     (so every group has something to learn)."""
-    from tirl.reward import Grade
+    from tirl.rewards import Grade
 
     def fake(*args, **kwargs):
         trajs, grades, metrics = real_play(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""User reward functions: loading by module or file, composing with the math grade, errors that name the culprit."""
+"""Reward functions: loading by module or file, composing with the math grade, errors that name the culprit."""
 
 import sys
 from types import SimpleNamespace
@@ -6,19 +6,18 @@ from types import SimpleNamespace
 import pytest
 from fixtures_models import tiny_model_dir, tiny_tokenizer  # noqa: F401 (fixtures)
 
-from tirl.custom_reward import RewardConfig, RewardFunctionError, UserReward, load_reward_function
-from tirl.reward import Grade
+from tirl.rewards import Grade, RewardConfig, RewardFunctionError, Rewards, load_reward_function
 
 MATH_RIGHT = Grade(score=1.0, correct=True, extracted="42", reference="42", reason="match")
 MATH_WRONG = Grade(score=-1.0, correct=False, extracted="41", reference="42", reason="mismatch")
 PROBLEM = SimpleNamespace(id="p-7", problem="6 * 7?", answer="42", extra={"data_source": "toy"})
-TRAJ = SimpleNamespace(tool_calls=[SimpleNamespace(status="ok")])
+TRAJ = SimpleNamespace(tool_calls=[SimpleNamespace(status="ok")], model_text="", infra_failed=False)
 
 
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(
-        "from tirl.reward import Grade\n"
+        "from tirl.reward import Grade\n"  # the old import path, as users wrote it
         "def tool_bonus(problem, response, trajectory, reference):\n"
         "    return 0.25 if trajectory.tool_calls else 0.0\n"
         "def judge(problem, response, trajectory, reference):\n"
@@ -35,37 +34,44 @@ def user_module(tmp_path, monkeypatch):
     sys.modules.pop("my_rewards", None)
 
 
+def score(cfg, problem, response, traj, grade):
+    """The rewards of one sample whose model wrote `response`."""
+    traj = SimpleNamespace(**{**vars(traj), "model_text": response})
+    rewards = Rewards.of(cfg)
+    return grade if rewards is None else rewards([problem], [traj], [grade])[0]
+
+
 def test_add_shapes_the_math_score_and_keeps_its_verdict(user_module):
-    r = UserReward(RewardConfig(function="my_rewards:tool_bonus"))
-    g = r(PROBLEM, "the answer is 42", TRAJ, MATH_WRONG)
+    cfg = RewardConfig(function="my_rewards:tool_bonus")
+    g = score(cfg, PROBLEM, "the answer is 42", TRAJ, MATH_WRONG)
     assert (g.score, g.correct, g.reason) == (-0.75, False, "mismatch")
-    assert r(PROBLEM, "x", SimpleNamespace(tool_calls=[]), MATH_RIGHT).score == 1.0
+    assert score(cfg, PROBLEM, "x", SimpleNamespace(tool_calls=[], infra_failed=False), MATH_RIGHT).score == 1.0
 
 
 def test_replace_uses_the_user_grade_or_its_sign(user_module):
-    g = UserReward(RewardConfig(function="my_rewards:judge", combine="replace"))(PROBLEM, "it is 42", TRAJ, MATH_WRONG)
+    g = score(RewardConfig(function="my_rewards:judge", combine="replace"), PROBLEM, "it is 42", TRAJ, MATH_WRONG)
     assert (g.score, g.correct, g.reason) == (2.0, True, "judge")
-    g = UserReward(RewardConfig(function="my_rewards:tool_bonus", combine="replace"))(PROBLEM, "", TRAJ, MATH_WRONG)
+    g = score(RewardConfig(function="my_rewards:tool_bonus", combine="replace"), PROBLEM, "", TRAJ, MATH_WRONG)
     assert (g.score, g.correct, g.reason) == (0.25, True, "custom")
 
 
 def test_a_file_path_loads_without_being_importable(tmp_path):
     (tmp_path / "r.py").write_text("def f(problem, response, trajectory, reference):\n    return len(problem.id)\n")
-    assert UserReward(RewardConfig(function=f"{tmp_path}/r.py:f"))(PROBLEM, "", TRAJ, MATH_RIGHT).score == 4.0
+    assert score(RewardConfig(function=f"{tmp_path}/r.py:f"), PROBLEM, "", TRAJ, MATH_RIGHT).score == 4.0
 
 
 def test_no_function_is_the_math_grade_itself():
-    assert UserReward(RewardConfig())(PROBLEM, "", TRAJ, MATH_RIGHT) is MATH_RIGHT
+    assert score(RewardConfig(), PROBLEM, "", TRAJ, MATH_RIGHT) is MATH_RIGHT
 
 
 @pytest.mark.parametrize("fn,needle", [
-    ("my_rewards:boom", "reward.function my_rewards:boom failed on problem p-7: KeyError: 'difficulty'"),
+    ("my_rewards:boom", "reward function boom failed on problem p-7: KeyError: 'difficulty'"),
     ("my_rewards:nan", "returned nan on problem p-7: expected a finite number or a Grade"),
     ("my_rewards:text", "returned 'good' on problem p-7"),
 ])
 def test_errors_in_user_code_name_the_function_and_the_problem(user_module, fn, needle):
     with pytest.raises(RewardFunctionError) as e:
-        UserReward(RewardConfig(function=fn))(PROBLEM, "", TRAJ, MATH_RIGHT)
+        score(RewardConfig(function=fn), PROBLEM, "", TRAJ, MATH_RIGHT)
     assert needle in str(e.value)
 
 
@@ -107,7 +113,7 @@ def test_an_answer_only_the_interpreter_printed_scores_nothing(tmp_path, tiny_to
     code = "<code>\n```python\nprint(answer)\n```\n</code>"
     texts = [[code + "Done.", code + "So:\n" + printed]]  # hack: only the interpreter boxed it; honest
     sandbox = FixedResults(Result("ok", printed + "\n"))
-    reward = UserReward(RewardConfig(function=f"{tmp_path}/fmt.py:boxed_format"))
+    reward = Rewards(RewardConfig(function=f"{tmp_path}/fmt.py:boxed_format"))
     trajs, grades, _ = play(scripted(tiny_tokenizer, texts), tiny_tokenizer, sandbox, [Problem("p", "6*7?", "42")],
                             RETOOL, RolloutConfig(n=2, max_new_tokens=200, max_tool_calls=1), reward_fn=reward)
     hack, honest = trajs
