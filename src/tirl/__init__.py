@@ -4,16 +4,15 @@ From Python, `tirl.sft`, `tirl.train` and `tirl.evaluate` do what `tirl sft`, `t
 do (`tirl.api`); they are imported on first use, so `import tirl` loads no torch.
 """
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.1.0"
 __all__ = ["__version__", "evaluate", "sft", "train"]
 
+TYPE_CHECKING = False  # not `typing`'s: importing typing is most of what `import tirl` would cost
 if TYPE_CHECKING:  # for editors and type checkers; at run time `__getattr__` imports them when asked
     from tirl.api import evaluate, sft, train
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in ("sft", "train", "evaluate"):
         from tirl import api
 
