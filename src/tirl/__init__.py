@@ -13,7 +13,11 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time `__getattr__` im
 
 
 def __getattr__(name: str) -> object:
-    if name in ("sft", "train", "evaluate"):
+    if name == "train":  # the trainer package, made callable: Python binds `tirl.train` to it on any import
+        import tirl.train
+
+        return tirl.train
+    if name in ("sft", "evaluate"):
         from tirl import api
 
         return getattr(api, name)
