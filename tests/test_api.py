@@ -2,6 +2,7 @@
 the README's snippet as written, the same run directory as the commands, and `import tirl` staying cheap."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def _rows(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def test_trl_style_weighted_functions_and_a_dataset_log_each_reward_and_train_on_their_sum(tmp_path, tiny_model_dir):  # noqa: F811
+def test_trl_style_weighted_functions_and_a_dataset_log_each_reward_and_train_on_the_sum(
+        tmp_path, tiny_model_dir):  # noqa: F811
     from datasets import Dataset
 
     from tirl.train.rl import RLConfig
@@ -73,7 +75,9 @@ def test_the_readme_python_snippet_runs_as_written(tmp_path):
     section = text.split("## Use it from Python", 1)[1].split("\n## ", 1)[0]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "configs").symlink_to(CONFIGS)
-    r = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = [p for p in (tmp_path / "runs").iterdir() if (p / "metrics.jsonl").is_file()]
     assert runs, "the snippet wrote no run"
@@ -95,10 +99,12 @@ def test_sft_then_evaluate_from_python_write_the_commands_run_directories(tmp_pa
 
 
 @pytest.mark.parametrize("call,needle", [
-    (lambda run: tirl.train(run_dir=run, trainer={"stepz": 2}), "unknown key 'trainer.stepz'; did you mean trainer.steps"),
+    (lambda run: tirl.train(run_dir=run, trainer={"stepz": 2}),
+     "unknown key 'trainer.stepz'; did you mean trainer.steps"),
     (lambda run: tirl.train(run_dir=run, reward_funcs=[constant], reward_weights=[1, 2]),
      "2 reward_weights for 1 reward_funcs"),
-    (lambda run: tirl.train(run_dir=run, train_dataset=42), "must be a file path, a list of dicts or a datasets.Dataset"),
+    (lambda run: tirl.train(run_dir=run, train_dataset=42),
+     "must be a file path, a list of dicts or a datasets.Dataset"),
     (lambda run: tirl.train(run_dir=run, reward_funcs=[constant, constant]), "both named 'constant'"),
     (lambda run: tirl.train(run_dir=run, train_dataset=ROWS, reward_funcs=["nomodule_xyz:f"]),
      "importing nomodule_xyz failed"),
@@ -111,6 +117,7 @@ def test_bad_input_is_one_error_naming_it_and_leaves_no_run_directory(tmp_path, 
 
 
 def test_import_tirl_loads_no_torch_and_no_config_machinery():
-    code = "import sys, tirl; print(sorted(m for m in ('torch', 'transformers', 'omegaconf', 'typing') if m in sys.modules))"
+    code = ("import sys, tirl; "
+            "print(sorted(m for m in ('torch', 'transformers', 'omegaconf', 'typing') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -229,3 +229,12 @@ def test_a_python_callable_missing_from_the_hand_over_is_named():
         Rewards(_entries(("python:short", 1.0)))
     rewards = Rewards(_entries(("python:short", 2.0)), {"short": lambda prompts, completions: [1.0] * len(completions)})
     assert rewards(*zip(_sample("a", "x")), [MATH_RIGHT])[0].score == 2.0
+
+
+def test_a_built_in_task_problem_without_columns_reaches_a_batched_function(funcs):
+    """The held-out split of `data.test: builtin` holds task items, with no `extra` columns (the README's
+    snippet trains on rows and evaluates on those)."""
+    item = SimpleNamespace(id="t-0", problem="12 * 34?", answer="408")
+    (g,) = Rewards(_entries(("several:short", 1.0), ("several:compute_score", 1.0)))(
+        [item], [SimpleNamespace(tool_calls=[], model_text="408", infra_failed=False)], [MATH_RIGHT])
+    assert g.rewards == {"short": -0.3, "compute_score": 0.0}

@@ -104,9 +104,8 @@ def scores(fn: Callable[..., Any], style: str, name: str, problems: Sequence[Any
     values = []
     for p, t, g in zip(problems, trajs, grades):
         if style == "verl":
-            extra = p.extra.get("extra_info")
-            v = _call(name, p, lambda: fn(data_source=p.data_source, solution_str=t.model_text,
-                                          ground_truth=g.reference, extra_info=extra))
+            v = _call(name, p, lambda: fn(data_source=getattr(p, "data_source", None), solution_str=t.model_text,
+                                          ground_truth=g.reference, extra_info=_extra(p).get("extra_info")))
             v = v.get("score") if isinstance(v, dict) else v  # verl's dict: the reward is under "score"
         else:
             v = _call(name, p, lambda: fn(p, t.model_text, t, g.reference))
@@ -116,14 +115,19 @@ def scores(fn: Callable[..., Any], style: str, name: str, problems: Sequence[Any
 
 def _batch_arguments(fn: Callable[..., Any], problems: Sequence[Any], trajs: Sequence[Any],
                      grades: Sequence[Grade]) -> dict[str, Any]:
-    columns = sorted({k for p in problems for k in p.extra})
-    kwargs = {k: [p.extra.get(k) for p in problems] for k in columns}
+    columns = sorted({k for p in problems for k in _extra(p)})
+    kwargs = {k: [_extra(p).get(k) for p in problems] for k in columns}
     kwargs.update(prompts=[p.problem for p in problems], completions=[t.model_text for t in trajs],
                   answer=[g.reference for g in grades], trajectories=list(trajs))
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _extra(problem: Any) -> dict[str, Any]:
+    """The row's other columns; none for a built-in task's problem."""
+    return getattr(problem, "extra", None) or {}
 
 
 def _call(name: str, problem: Any, call: Callable[[], Any]) -> Any:
