@@ -119,7 +119,7 @@ def run_trl(a: dict, out: mp.Queue) -> None:
     from transformers.utils import logging
     from trl import GRPOTrainer
 
-    from tirl.reward import grade
+    from tirl.rewards import grade
 
     logging.set_verbosity_error()
     tok = AutoTokenizer.from_pretrained(a["model"])
@@ -320,7 +320,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reward", default="grade", choices=["grade", "boxed"],
-                    help="grade: the math grader (tirl.reward.grade); boxed: +1 for a \\boxed{} answer, a format "
+                    help="grade: the math grader (tirl.rewards.grade); boxed: +1 for a \\boxed{} answer, a format "
                          "reward that varies within groups where the grade does not")
     ap.add_argument("--level", type=int, default=2, choices=[1, 2, 3],
                     help="products of 2-, 3- or 4-digit numbers (2: the demo's task)")

@@ -24,7 +24,7 @@ tool-call turn; tirl stops at `</tool_call>` and injects it with the tool result
 fewer per call, and that token is out of tirl's loss).
 
 Both: GRPO, n samples of each of `--prompts` problems per step, temperature 1, one optimizer step per batch,
-no KL, the math grade (`tirl.reward.grade`, +1/-1) of the whole response as the reward, at most
+no KL, the math grade (`tirl.rewards.grade`, +1/-1) of the whole response as the reward, at most
 `--tool-calls` tool calls per sample (TRL `max_tool_calling_iterations`, tirl `rollout.max_tool_calls`), and
 one token budget for the whole response, tool tokens included (TRL: completion + tool suffix + post-tool
 completion <= `max_completion_length`; tirl: `rollout.max_new_tokens` counts interpreter tokens). Code: TRL
@@ -226,7 +226,7 @@ def run_trl(a: dict, out) -> None:
     from transformers.utils import logging
     from trl import GRPOTrainer
 
-    from tirl.reward import grade
+    from tirl.rewards import grade
     from vs_trl import _problems
 
     logging.set_verbosity_error()

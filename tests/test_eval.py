@@ -207,7 +207,7 @@ def test_benchmarks_resolve_to_data_dir_files(tmp_path):
 
 def test_gsm8k_and_svamp_ship_with_tirl_and_a_data_dir_file_replaces_them(tmp_path):
     from tirl.data.rows import PACKAGED_DIR
-    from tirl.reward import stated_number
+    from tirl.rewards import stated_number
 
     gsm8k, svamp = load_benchmark("gsm8k"), load_benchmark("svamp")
     assert (len(gsm8k), len(svamp)) == (1319, 1000)

@@ -18,7 +18,7 @@ from tirl import algorithms as A
 from tirl.data import Problem
 from tirl.formats import RETOOL
 from tirl.generation import FINISH_ERROR, GenerationOutput
-from tirl.reward import INFRA_FAILED
+from tirl.rewards import INFRA_FAILED, RewardConfig, Rewards
 from tirl.rollout import Trajectory, rollout
 from tirl.rollout.config import RolloutConfig
 from tirl.rollout.episodes import grade_trajectory, play
@@ -118,6 +118,10 @@ def test_a_generation_the_server_could_not_make_is_infra_failed(tiny_tokenizer):
     assert "gen/v1/completions" in failed.infra_error
 
 
+def _never_void(problem, response, trajectory, reference):
+    return pytest.fail("a reward function ran on a void sample") if trajectory.infra_failed else 0.0
+
+
 def test_play_never_penalises_or_scores_an_infra_failure(tiny_tokenizer):
     """exec_penalty 0.5, no retries: the injected failures' samples are void, not -1.5; the reward
     figures are over the others. Before: those samples scored -1.5 (wrong, and 'code never ran')."""
@@ -128,8 +132,9 @@ def test_play_never_penalises_or_scores_an_infra_failure(tiny_tokenizer):
     problems = [Problem("a", "p", "1"), Problem("b", "q", "2")]
     trajs, grades, m = play(gen, tok, sb, problems, RETOOL, RolloutConfig(n=2, max_new_tokens=300, exec_retries=0,
                                                                           **FAST), exec_penalty=0.5,
-                            reward_fn=lambda p, r, t, g: pytest.fail("a user reward ran on a void sample")
-                            if t.infra_failed else g)
+                            reward_fn=Rewards(RewardConfig(functions=[{"function": "correct"},
+                                                                      {"function": "python:probe"}]),
+                                              {"probe": _never_void}))
     assert [t.infra_failed for t in trajs] == [False, True, True, False]
     assert [g.reason for g in grades][1:3] == [INFRA_FAILED] * 2 and [g.score for g in grades] == [1.0, 0.0, 0.0, -1.0]
     assert m["reward/mean"] == 0.0 and m["reward/accuracy"] == 0.5  # over the two graded samples
@@ -219,7 +224,7 @@ def test_the_worker_stamps_its_version(tiny_tokenizer, monkeypatch):
 def _voiding_play(real_play, void, version_shift=0):
     """`play` whose samples `void` come back infra-failed, with alternating +1/-1 rewards for the others
     (so every group has something to learn)."""
-    from tirl.reward import Grade
+    from tirl.rewards import Grade
 
     def fake(*args, **kwargs):
         trajs, grades, metrics = real_play(*args, **kwargs)

@@ -219,7 +219,7 @@ def test_mask_runs_round_trip():
 def test_step_row_keeps_advantages_only_when_there_is_one_per_trajectory(tiny_tokenizer):
     import torch
 
-    from tirl.reward import Grade
+    from tirl.rewards import Grade
     from tirl.rollout import Trajectory
 
     class P:

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tirl.reward import grade, grade_detailed
+from tirl.rewards import grade, grade_detailed
 
 # (model's boxed answer, reference, correct?) drawn from MATH-500 / AIME / GSM8K answer styles.
 CASES = [
@@ -159,7 +159,7 @@ INTEGER_PAIRS = [("283644", "283644"), ("283645", "283644"), ("007", "7"), ("-0"
 @pytest.mark.parametrize("answer,reference", INTEGER_PAIRS)
 def test_integer_answers_skip_math_verify_and_agree_with_it(answer, reference, monkeypatch):
     """Two integer literals are compared as integers (no grading process), with math-verify's verdict."""
-    import tirl.reward as reward
+    import tirl.rewards.math_grade as reward
 
     expected = reward._verify(reference, answer)
     monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: pytest.fail("math-verify was asked"))
@@ -169,7 +169,7 @@ def test_integer_answers_skip_math_verify_and_agree_with_it(answer, reference, m
 
 
 def test_non_integer_answers_still_reach_math_verify(monkeypatch):
-    import tirl.reward as reward
+    import tirl.rewards.math_grade as reward
 
     asked = []
     real = reward._bounded_verify
@@ -191,7 +191,7 @@ NUMERIC_DIFFERENT = [("18 dollars", "19"), ("1,234", "1.234"), ("12", "1.2"), ("
 
 @pytest.mark.parametrize("answer,reference", NUMERIC_SAME)
 def test_a_stated_number_equals_a_numeric_reference_without_math_verify(answer, reference, monkeypatch):
-    import tirl.reward as reward
+    import tirl.rewards.math_grade as reward
 
     monkeypatch.setattr(reward, "_bounded_verify", lambda *a, **k: pytest.fail("math-verify was asked"))
     g = grade_detailed(f"<answer>\\boxed{{{answer}}}</answer>", reference)
@@ -221,7 +221,7 @@ def test_grade_all_keeps_order_and_equals_one_by_one():
 def test_a_fresh_grading_process_is_warm_before_its_first_timed_comparison():
     """The first comparison of a new worker used to pay for its start (an interpreter and math-verify's
     imports, ~0.6 s idle and several seconds on a loaded machine) within `timeout_s`: graded a timeout."""
-    import tirl.reward as reward
+    import tirl.rewards.math_grade as reward
 
     reward.shutdown()  # a fresh pool: the next comparison starts a worker
     g = grade_detailed("<answer>\\boxed{0.833333333333}</answer>", "0.8333333333333334", timeout_s=0.5)

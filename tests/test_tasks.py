@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tirl.formats import RETOOL, TORL, extract_boxed, find_closed_code
-from tirl.reward import grade
+from tirl.rewards import grade
 from tirl.tasks import KINDS, generate, make_traces
 
 

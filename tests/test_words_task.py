@@ -6,7 +6,7 @@ import re
 import pytest
 
 from tirl.formats import RETOOL, extract_boxed
-from tirl.reward import grade
+from tirl.rewards import grade
 from tirl.sandbox import Sandbox
 from tirl.tasks import WORD_KINDS, generate_task, task_traces
 from tirl.tasks.word_traces import make_word_traces

@@ -29,7 +29,7 @@ from tirl.config import UserError
 
 T = TypeVar("T")
 __all__ = ["UserError", "check_model_source", "check_port_free", "command_config", "fail", "guarded", "loading",
-           "quiet_transformers", "set_threads"]
+           "quiet_transformers", "removed_if_failed", "set_threads"]
 
 
 def command_config(schema: type[T], args: argparse.Namespace, flags: Mapping[str, str] = (),
@@ -70,7 +70,7 @@ def guarded(command: str, body: Callable[[], int | None], run_dir: str | os.Path
             extra: tuple[type[BaseException], ...] = ()) -> int:
     """Run `body`; a user error becomes one stderr line and exit 2 (see the module docstring)."""
     try:
-        with _clean_if_failed(run_dir):
+        with removed_if_failed(run_dir):
             return int(body() or 0)
     except user_errors() + extra as e:
         if os.environ.get("TIRL_DEBUG"):
@@ -86,7 +86,7 @@ def _describe(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _clean_if_failed(run_dir: str | os.PathLike | None) -> Iterator[None]:
+def removed_if_failed(run_dir: str | os.PathLike | None) -> Iterator[None]:
     """Remove `run_dir` when this command created it and failed before its first checkpoint."""
     path = Path(run_dir) if run_dir is not None else None
     fresh = path is not None and not path.exists()

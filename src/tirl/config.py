@@ -156,13 +156,21 @@ def _yaml_problem(path: Path, err: Exception) -> str:
 def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: dict[str, Any] | None = None) -> T:
     """Build a `schema` instance from its defaults, `base` (e.g. settings saved with a model), an
-    optional YAML file and dotted overrides, in that order."""
+    optional YAML file (or a `schema` instance, every value of it: `tirl.train(RLConfig(...))`) and
+    dotted overrides, in that order."""
     merged = OmegaConf.structured(schema)
     if base:
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(base))
         except OmegaConfBaseException as e:
             raise _explain(e, schema, "saved settings (tirl.json)", None) from None
+    if dataclasses.is_dataclass(path) and not isinstance(path, type):
+        if not isinstance(path, schema):
+            raise ConfigError(f"a {type(path).__name__} was given where a {schema.__name__} is expected")
+        layer = OmegaConf.structured(path)
+        merged = OmegaConf.merge(merged, layer)
+        _replace_plain_dicts(merged, layer)
+        path = None
     if path is not None and "=" in str(path) and not Path(path).exists():
         # `tirl cmd key=value`: the optional CONFIG positional caught the first override.
         overrides, path = [str(path), *overrides], None

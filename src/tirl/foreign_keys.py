@@ -59,6 +59,9 @@ FOREIGN_KEYS: tuple[ForeignKey, ...] = (
     ForeignKey("TRL", "save_total_limit", "trainer.keep_checkpoints"),
     ForeignKey("TRL", "eval_steps", "trainer.eval_every"),
     ForeignKey("TRL", "seed", "trainer.seed"),
+    ForeignKey("TRL", "reward_funcs", "reward.functions", "a list of {function, weight}; from Python, "
+               "tirl.train(reward_funcs=..., reward_weights=...)"),
+    ForeignKey("TRL", "reward_weights", "reward.functions", "each entry's weight"),
     ForeignKey("TRL", "gradient_checkpointing", "trainer.gradient_checkpointing"),
     ForeignKey("TRL", "bf16", "trainer.precision", "bf16: true is trainer.precision=bf16 (autocast; "
                "weights stay float32)"),
@@ -86,8 +89,9 @@ FOREIGN_KEYS: tuple[ForeignKey, ...] = (
     ForeignKey("verl", "algorithm.norm_adv_by_std_in_grpo", "algorithm.scale_by_std"),
     ForeignKey("verl", "algorithm.kl_ctrl.kl_coef", "algorithm.kl_coef", "with algorithm.kl_mode=reward"),
     ForeignKey("verl", "critic.optim.lr", "algorithm.critic_lr"),
-    ForeignKey("verl", "custom_reward_function.path", "reward.function",
-               "FILE.py:NAME in one key (verl's custom_reward_function.name)"),
+    ForeignKey("verl", "custom_reward_function.path", "reward.functions",
+               "{function: FILE.py:NAME} in one key (verl's custom_reward_function.name); compute_score's "
+               "signature is read as verl's"),
     ForeignKey("verl", "trainer.total_training_steps", "trainer.steps"),
     ForeignKey("verl", "trainer.save_freq", "trainer.save_every"),
     ForeignKey("verl", "trainer.test_freq", "trainer.eval_every"),

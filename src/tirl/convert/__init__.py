@@ -33,7 +33,7 @@ Checks, in order; the first that fails is the rejection `reason` (short code) wi
   hold the same numbers in the same order, equal up to float noise (relative 1e-9), so `24` matches
   `24.0` but a rounded `33.33` does not match `33.333333333333336`. Rule `exact`: whitespace-normalised
   text must be equal. Rule `none`: always replace. A block with no written output gets the real one inserted (nothing to compare).
-* `wrong_answer` — the final answer does not match the reference (`tirl.reward.grade_detailed`).
+* `wrong_answer` — the final answer does not match the reference (`tirl.rewards.grade_detailed`).
 
 Execution (`exec_mode`): `fresh` (default) runs every block as a separate program, as `tirl.rollout`
 and both papers do at RL time, so accepted traces only teach blocks that work there (a block that

@@ -46,7 +46,7 @@ TWINS_FILE = "accepted_text.jsonl"
 
 def _check_twin(row: dict[str, Any], style: Any, reference: str) -> Verdict | None:
     """Why a text twin cannot stand next to its accepted trace (it must load and be right), or None."""
-    from tirl.reward import grade_detailed
+    from tirl.rewards import grade_detailed
 
     try:
         trace_from_row(row, style, id=row["id"])

@@ -185,7 +185,7 @@ async def verify(text: str, finish: str, reference: str, style: TagStyle, cfg: C
 
 
 def _grade(text: str, reference: str) -> Any:
-    from tirl.reward import grade_detailed
+    from tirl.rewards import grade_detailed
 
     return grade_detailed(text, reference)
 

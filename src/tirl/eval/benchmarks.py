@@ -3,7 +3,7 @@
 `datasets` (offline, only a cached copy loads; the error says every place that was tried). `gsm8k`
 (GSM8K's 1,319 test problems) and `svamp` (SVAMP's 1,000) ship with tirl (`tirl:gsm8k_test`,
 `tirl:svamp`; licences in `tirl/data/benchmarks/NOTICE.md`): a `<data_dir>/<name>.jsonl` replaces
-them, nothing else is needed. Their answers are numbers, graded by value (`tirl.reward.stated_number`:
+them, nothing else is needed. Their answers are numbers, graded by value (`tirl.rewards.stated_number`:
 `$1,234.00` is 1234). Any JSONL, JSON or Parquet file with problem and answer fields works too
 (`load_benchmark_file`).
 """

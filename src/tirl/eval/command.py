@@ -170,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    run_evaluation(args)
+    return 0
+
+
+def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
+    """What `tirl eval` does with its arguments: {"on" / "off": summary} (and "comparison" for --tool
+    both); the tables are printed, the files written. `tirl.evaluate` calls it too."""
     from tirl.commands import (UserError, check_model_source, command_config, loading, quiet_transformers,
                                set_threads)
     from tirl.eval import EvalConfig, evaluate
@@ -225,7 +232,8 @@ def _run(args: argparse.Namespace) -> int:
         write_json(Path(args.run_dir) / "comparison.json", comparison)
         render_comparison(comparison)
         print(f"comparison: {Path(args.run_dir) / 'comparison.json'}")
-    return 0
+        summaries["comparison"] = comparison
+    return summaries
 
 
 def tool_runs(tool: str, cfg: Any, run_dir: Path) -> dict[str, tuple[Any, Path]]:

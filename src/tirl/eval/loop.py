@@ -43,12 +43,15 @@ def evaluate(
     *,
     model_id: str = "",
     show: bool | None = None,
+    rewards: Any = None,
 ) -> dict[str, Any]:
     """Sample, grade and score every (benchmark, problem, sample index) not yet in `run_dir`.
 
     The one evaluation path: `tirl eval`, the trainer's held-out evaluation and `tirl demo` all call
     it. `run_dir=None` keeps the records in memory and writes nothing (the trainer's periodic checks).
     `model_id` names the model or server in `eval_config.json` (a resumed run must match it).
+    `rewards` (`tirl.rewards.Rewards`): reward functions that make each record's `score` (and its
+    `rewards`, `reward/<name>` in the summary), as in training; None = the grade's +1/-1.
     Returns the summary (also written to `summary.json`); see `tirl.eval.summary.summarise`.
     """
     from tirl.eval.summary import summarise, write_outputs
@@ -82,6 +85,8 @@ def evaluate(
             trajs, _ = rollout(generator, prompts, tokenizer, sandbox, style, rcfg,
                                seed=seed + start if seed is not None else None)
             grades = grade_all(trajs, [p.answer for _, p, _ in chunk], style, lenient=cfg.lenient)
+            if rewards is not None:
+                grades = rewards([p for _, p, _ in chunk], trajs, grades)
             records = [make_record(name, p, i, t, style, cfg.lenient, grade=g)
                        for (name, p, i), t, g in zip(chunk, trajs, grades)]
             store.append(records)
@@ -126,6 +131,8 @@ def make_record(benchmark: str, problem: Problem, sample_index: int, traj: Any, 
         "response_tokens": len(traj.response_ids), "sampled_tokens": int(sum(traj.loss_mask)),
         "response": traj.text,
     }
+    if g.rewards is not None:
+        rec["rewards"] = g.rewards
     source = getattr(problem, "data_source", None)
     if source:
         rec["data_source"] = source

@@ -13,6 +13,8 @@ Per benchmark (P problems, the first n samples of each):
   calls per purpose, `tirl.analysis.code_purpose`);
 * `tool/calls_per_correct` — code calls per correct sample (the cost of a solved problem in calls);
   NaN when no sample is correct.
+* `reward_mean` — the mean score; with reward functions (the trainer's held-out evaluation) the weighted
+  reward the run trains on, and `reward/<name>` each function's mean value.
 
 `tool_comparison` puts a run with the tool and one without side by side (`tirl eval --tool both`):
 accuracy, share of responses with code, share that wrote a block the cap refused, tool error rate
@@ -35,6 +37,7 @@ from typing import Any, Iterable, Sequence
 from tirl.analysis.scores import avg_at_k, maj_at_k, majority_answer, pass_at_k
 from tirl.eval.store import infra_failed
 from tirl.jsonl import atomic_write, dumps, write_json
+from tirl.rewards import component_means
 
 NAN = float("nan")
 
@@ -71,6 +74,7 @@ def score_rows(rows: Sequence[Sequence[dict[str, Any]]], n: int) -> dict[str, fl
     scores = [r["score"] for r in flat if "score" in r]  # records before issue 11 have none
     if scores:
         out["reward_mean"] = sum(scores) / len(scores)
+    out.update({f"reward/{name}": v for name, v in component_means(r.get("rewards") for r in flat).items()})
     out.update(tool_metrics(metrics_view(flat)))
     solved = [r for r in flat if r["correct"]]
     out["tool/calls_per_correct"] = (sum(r["num_tool_calls"] for r in solved) / len(solved)) if solved else NAN

@@ -5,7 +5,7 @@ an evaluation score judge a response the same way. DAPO's soft overlong term (`o
 applied here too, as a reward term; the rest of DAPO is the trainer's (`tirl.train.dapo`).
 
 A sample the infrastructure failed (`Trajectory.infra_failed`, `tirl.rollout.faults`) is not graded:
-its grade has reason `infra_failed` and score 0 (no `exec_penalty`, no user reward, no overlong term),
+its grade has reason `infra_failed` and score 0 (no `exec_penalty`, no reward function, no overlong term),
 and the `reward/*` figures are over the other samples; the learner leaves it out of the loss.
 """
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from tirl.formats import TagStyle
-from tirl.reward import INFRA_FAILED, Grade, grade_detailed
+from tirl.rewards import INFRA_FAILED, Grade, component_means, grade_detailed
 from tirl.rollout.config import RolloutConfig
 from tirl.rollout.loop import encode_prompt, rollout
 from tirl.rollout.trajectory import Trajectory
@@ -39,8 +39,9 @@ def play(
     backend: Any = None,
     **overrides: Any,
 ) -> tuple[list[Trajectory], list[Grade], dict[str, float]]:
-    """Roll out every problem (`rollout_cfg.n` samples each) and grade each trajectory; then the
-    user's reward function (`tirl.custom_reward.UserReward`), then DAPO's overlong term, if set.
+    """Roll out every problem (`rollout_cfg.n` samples each) and grade each trajectory; then the run's
+    reward functions (`reward_fn`: `tirl.rewards.Rewards`, called on the whole batch), then DAPO's
+    overlong term, if set.
 
     With a rollout `backend` (`tirl.distributed`), it plays the prompts in `cfg.shards` shards, here or
     on workers; the grading stays here."""
@@ -52,8 +53,7 @@ def play(
         trajs, metrics = rollout(generator, prompts, tokenizer, sandbox, style, cfg)
     grades = grade_all(trajs, [problems[t.group_index].answer for t in trajs], style, exec_penalty=exec_penalty)
     if reward_fn is not None:
-        grades = [g if t.infra_failed else reward_fn(problems[t.group_index], t.model_text, t, g)
-                  for t, g in zip(trajs, grades)]
+        grades = reward_fn([problems[t.group_index] for t in trajs], trajs, grades)
     if overlong_buffer:
         grades = [g if t.infra_failed else with_overlong_penalty(g, len(t.response_ids), cfg.max_new_tokens,
                                                                  overlong_buffer)
@@ -63,17 +63,20 @@ def play(
 
 
 def reward_metrics(grades: Sequence[Grade], n: int) -> dict[str, float]:
-    """`reward/*` over the graded samples (infra-failed ones left out); groups of `n` consecutive grades."""
+    """`reward/*` over the graded samples (infra-failed ones left out); groups of `n` consecutive grades.
+    With reward functions, `reward/<name>` is each one's mean value (before its weight)."""
     valid = [g for g in grades if g.reason != INFRA_FAILED]
     k = max(len(valid), 1)
     scores = [g.score for g in valid]
     mean = sum(scores) / k
     groups = [[g.score for g in grades[i:i + n] if g.reason != INFRA_FAILED] for i in range(0, len(grades), n)]
     groups = [g for g in groups if g]
-    return {"reward/mean": mean, "reward/std": (sum((x - mean) ** 2 for x in scores) / k) ** 0.5,
-            "reward/accuracy": sum(g.correct for g in valid) / k,
-            "reward/no_answer_ratio": sum(g.reason == "no_answer" for g in valid) / k,
-            "reward/frac_zero_std": sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)}
+    out = {"reward/mean": mean, "reward/std": (sum((x - mean) ** 2 for x in scores) / k) ** 0.5,
+           "reward/accuracy": sum(g.correct for g in valid) / k,
+           "reward/no_answer_ratio": sum(g.reason == "no_answer" for g in valid) / k,
+           "reward/frac_zero_std": sum(len(set(g)) <= 1 for g in groups) / max(len(groups), 1)}
+    out.update({f"reward/{name}": v for name, v in component_means(g.rewards for g in valid).items()})
+    return out
 
 
 def code_ran(t: Trajectory) -> bool | None:

@@ -71,8 +71,16 @@ class TrainingCommand:
         return guarded(self.name, lambda: self._run(args), run_dir=args.run_dir)
 
     def _run(self, args: argparse.Namespace) -> int:
-        from tirl.commands import UserError, quiet_transformers
         from tirl.jsonl import pretty
+
+        print(pretty(self.execute(args)))  # strict JSON: an undefined figure is null, never NaN
+        return 0
+
+    def execute(self, args: argparse.Namespace, **train_kwargs: Any) -> dict[str, Any]:
+        """Build the config from `args` (config, overrides, run_dir, resume, force and the flags), refuse a
+        bad one, train; the summary. `tirl.sft` / `tirl.train` call this too (`train_kwargs`: what only
+        Python can hand over, e.g. reward callables)."""
+        from tirl.commands import UserError, quiet_transformers
 
         module, config, validate, train = self.trainer.split(":")
         trainer = importlib.import_module(module)
@@ -82,9 +90,7 @@ class TrainingCommand:
         except ValueError as e:
             raise UserError(str(e)) from None
         quiet_transformers()
-        summary = getattr(trainer, train)(cfg, args.run_dir, resume=args.resume, force=args.force)
-        print(pretty(summary))  # strict JSON: an undefined figure is null, never NaN
-        return 0
+        return getattr(trainer, train)(cfg, args.run_dir, resume=args.resume, force=args.force, **train_kwargs)
 
 
 sft = TrainingCommand(

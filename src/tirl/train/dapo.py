@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from tirl.reward import INFRA_FAILED, Grade
+from tirl.rewards import INFRA_FAILED, Grade
 
 
 METRICS = ("acc", "score")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tirl.reward import Grade
+from tirl.rewards import Grade
 from tirl.rollout import Trajectory
 from tirl.rollout.episodes import play
 from tirl.train import dapo

@@ -94,10 +94,10 @@ def _step_row(run_dir: Path, step: int) -> dict[str, Any]:
 
 def _play(run_dir: Path, cfg: Any, row: dict[str, Any]) -> tuple[list, list]:
     from tirl.commands import loading
-    from tirl.custom_reward import UserReward
     from tirl.distributed.local import LocalBackend
     from tirl.generation.recorded import RecordedGenerator
     from tirl.models import load_tokenizer
+    from tirl.rewards import Rewards
     from tirl.rollout.episodes import play
     from tirl.sandbox.record import ExecRecord, ReplaySandbox, exec_settings
     from tirl.train.setup import load_split, make_style, resolve_model
@@ -116,7 +116,7 @@ def _play(run_dir: Path, cfg: Any, row: dict[str, Any]) -> tuple[list, list]:
     algo = cfg.algorithm
     trajs, grades, _ = play(generator, tokenizer, sandbox, problems, style, cfg.rollout, chat=cfg.prompt.chat,
                             exec_penalty=algo.exec_penalty, overlong_buffer=algo.overlong_buffer,
-                            reward_fn=UserReward(cfg.reward) if cfg.reward.function else None,
+                            reward_fn=Rewards.of(cfg.reward),
                             backend=LocalBackend(generator, tokenizer, sandbox, style))
     return trajs, grades
 
@@ -146,12 +146,20 @@ def first_difference(recorded: list[dict[str, Any]], trajs: list, grades: list) 
                  ("loss_mask", mask_from_runs(rec["mask"]), t.loss_mask),
                  ("finish_reason", rec["finish"], t.finish_reason),
                  ("tool_calls", rec["calls"], tool_calls_row(t)),
-                 ("grade", rec["grade"], g.to_dict()))
+                 ("grade", rec["grade"], _grade_as_recorded(rec["grade"], g)))
         for field, want, got in pairs:
             got = _plain(got)
             if want != got:
                 return f"trajectory {i}: {field} ({_where(want, got)})"
     return None
+
+
+def _grade_as_recorded(recorded: dict[str, Any], g: Any) -> dict[str, Any]:
+    """The replayed grade in the recorded one's fields: a run from before reward functions kept no values."""
+    d = g.to_dict()
+    if "rewards" not in recorded:
+        d.pop("rewards", None)
+    return d
 
 
 def _where(want: Any, got: Any) -> str:

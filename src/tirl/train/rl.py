@@ -29,10 +29,10 @@ import torch
 
 from tirl.commands import check_model_source, loading
 from tirl.config import check_resume, save_config
-from tirl.custom_reward import UserReward
 from tirl.jsonl import write_json
 from tirl.progress import progress
 from tirl.resources import stage_peak
+from tirl.rewards import Rewards
 from tirl.train import lora
 from tirl.train.checkpoint import latest_checkpoint, resume_point
 from tirl.train.common import ProblemStream, set_threads
@@ -67,16 +67,19 @@ def rollout_backend(cfg: RLConfig, generator: Any, tokenizer: Any, sandbox: Any,
     return RayBackend(d, spec, sync_dir=str(run_dir / "weight_sync"))
 
 
-def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Train and write `summary.json` (with the run's peak resident memory, `memory`)."""
+def train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool = False, force: bool = False,
+             reward_callables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and write `summary.json` (with the run's peak resident memory, `memory`); `reward_callables`:
+    the functions `reward.functions` names `python:NAME` (from `tirl.train`)."""
     with stage_peak() as mem:
-        summary = _train_rl(cfg, run_dir, resume, force)
+        summary = _train_rl(cfg, run_dir, resume, force, reward_callables)
     summary["memory"] = mem.as_dict()
     write_json(Path(run_dir) / "summary.json", summary)
     return summary
 
 
-def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool) -> dict[str, Any]:
+def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool,
+              reward_callables: dict[str, Any] | None) -> dict[str, Any]:
     from tirl.generation.hf import HFGenerator
     from tirl.models import load_tokenizer, resolve_device
     from tirl.sandbox.isolation import summarise
@@ -96,7 +99,7 @@ def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool) -> 
     train_items, test_items = load_split(cfg.data, "train"), load_split(cfg.data, "test")[: tc.eval_size]
     check_model_source(cfg.model.path)
     check_model_source(cfg.model.critic_path, "model.critic_path")
-    reward_fn = UserReward(cfg.reward) if cfg.reward.function else None
+    reward_fn = Rewards.of(cfg.reward, reward_callables)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
 
@@ -124,7 +127,7 @@ def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool) -> 
         backend.sync_weights(policy, version=start)
         bar.update(0, completed=start)
         if start == 0 and test_items:
-            summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg)
+            summary["eval_start"] = evaluate(generator, tokenizer, sandbox, test_items, cfg, reward_fn)
         producer = Producer(cfg, stream, backend, generator, tokenizer, sandbox, style, reward_fn)
         # in turn, or a producer thread up to trainer.max_staleness updates ahead
         with closing(open_feed(cfg, producer, backend, policy, start)) as feed:
@@ -139,7 +142,7 @@ def _train_rl(cfg: RLConfig, run_dir: str | Path, resume: bool, force: bool) -> 
                 metrics.update(step_metrics(scored, batch, rows, learner, t_train, t0, full_isolation))
                 if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
                     with feed.paused():
-                        held_out = evaluate(generator, tokenizer, sandbox, test_items, cfg)
+                        held_out = evaluate(generator, tokenizer, sandbox, test_items, cfg, reward_fn)
                     metrics.update(held_out)
                     if step == tc.steps:
                         summary["eval_end"] = held_out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tirl.custom_reward import RewardConfig
+from tirl.rewards import RewardConfig
 from tirl.distributed.config import DistributedConfig
 from tirl.rollout import RolloutConfig, check_prompt_and_rollout
 from tirl.sandbox import SandboxConfig

@@ -25,16 +25,20 @@ EVAL_KEYS = {"avg@1": "eval/accuracy", "reward_mean": "eval/reward_mean", "tool/
              "response/length_mean": "eval/length_mean"}
 
 
-def evaluate(generator: Any, tokenizer: Any, sandbox: SandboxLike, items: list, cfg: RLConfig) -> dict:
-    """Held-out figures through `tirl.eval.evaluate`, the one evaluation path (nothing written)."""
+def evaluate(generator: Any, tokenizer: Any, sandbox: SandboxLike, items: list, cfg: RLConfig,
+             rewards: Any = None) -> dict:
+    """Held-out figures through `tirl.eval.evaluate`, the one evaluation path (nothing written).
+    `rewards`: the run's reward functions (`tirl.rewards.Rewards`), so `eval/reward_mean` is the reward
+    the run trains on, and each function's mean is `eval/reward/<name>`."""
     from tirl.eval import evaluate as run_eval, split_by_source
 
     if not items:
         return {}
     groups = split_by_source("heldout", items)
-    summary = run_eval(generator, tokenizer, sandbox, groups, eval_config(cfg), None, show=False)
+    summary = run_eval(generator, tokenizer, sandbox, groups, eval_config(cfg), None, show=False, rewards=rewards)
     overall = summary["overall"]
     out = {new: overall[old] for old, new in EVAL_KEYS.items() if old in overall}
+    out.update({f"eval/{k}": v for k, v in overall.items() if k.startswith("reward/")})
     if len(groups) > 1:  # verl's data_source: accuracy per source as well
         out.update({f"eval/{name.split('/', 1)[-1]}/accuracy": s["avg@1"]
                     for name, s in summary["benchmarks"].items() if "avg@1" in s})
