@@ -67,7 +67,7 @@ def test_trl_style_weighted_functions_and_a_dataset_log_each_reward_and_train_on
             assert t["grade"]["rewards"] == {"constant": 0.25, "level_bonus": float(level[pid])}
             assert t["grade"]["score"] == pytest.approx(0.5 + 0.5 * level[pid])
     saved = (run / "config.yaml").read_text()  # the run names its data and functions: it can be run again
-    assert f"train: {run}/data/train.jsonl" in saved and "function: test_api:level_bonus" in saved
+    assert f"train: {run}/data/train.jsonl" in saved and f"function: {level_bonus.__module__}:level_bonus" in saved
 
 
 def test_the_readme_python_snippet_runs_as_written(tmp_path):
