@@ -274,7 +274,8 @@ class BackgroundServer:
             for task in pending:
                 task.cancel()  # aiohttp lingers up to 10 s reading the unread body of a request answered 413
             # let them finish cancelling, so their connections close now and not when the loop is collected
-            await asyncio.wait(pending, timeout=5) if pending else None
+            if pending:
+                await asyncio.wait(pending, timeout=5)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(60)
         self._stop_loop()
