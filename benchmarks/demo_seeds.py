@@ -1,15 +1,16 @@
 """`tirl demo` on several seeds: does the headline hold on every seed, not just a lucky one?
 
-    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0-9, 2 at a time
+    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0-9, one at a time
     python benchmarks/demo_seeds.py --variant ppo         # ReTool's PPO with a critic
     python benchmarks/demo_seeds.py --variant torl        # ToRL's ```python / ```output fences
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds --table-only   # re-print
 
 Each seed is one ordinary `tirl demo seed=S [variant overrides] --run-dir OUT/VARIANT/seed-S` in a
-subprocess (as a user would run it), `--jobs` of them side by side (default: one per two cores; with
-more than one job each demo's SFT keeps to one thread, so they do not fight over cores; the weights do
-not depend on the thread count); a seed whose `summary.json` exists is not run again, so an interrupted
+subprocess (as a user would run it), `--jobs` of them side by side (default 1: each demo's SFT then
+runs on two threads, as `make demo` does; with more jobs each SFT keeps to one thread so they do not
+fight over cores, and under the demo's bf16 SFT the weights then differ from `make demo`'s: a different
+draw of the same seeds, still a fair test of "any seed"); a seed whose `summary.json` exists is not run again, so an interrupted
 sweep resumes. `seed=S` sets every seed of the run (problems, the tiny model's
 initial weights, SFT batch order, RL problem order and sampling). Prints one markdown row per seed
 (accuracy greedy / sampled on the held-out problems, the SFT model's copy rate, code use during RL, wall
@@ -119,8 +120,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="grpo", choices=[*VARIANTS, "all"])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                    help="demos side by side (default: one per two cores)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="demos side by side (default 1: two SFT threads each, as make demo)")
     ap.add_argument("--out", default="runs/demo_seeds", help="one run directory per variant and seed")
     ap.add_argument("--table-only", action="store_true", help="print the tables of finished runs, run nothing")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for every run (e.g. rl.steps=80)")

@@ -13,7 +13,7 @@ from tirl.train import lora
 from tirl.train import rl_update as U
 from tirl.train.common import OptimConfig, check_device_and_precision
 from tirl.train.logger import LogConfig
-from tirl.train.setup import DataConfig, ModelConfig, PromptConfig
+from tirl.train.setup import DataConfig, ModelConfig, PromptConfig, check_attention
 
 
 @dataclass
@@ -110,6 +110,7 @@ def validate(cfg: RLConfig) -> None:
     cfg.distributed.validate()
     check_device_and_precision(cfg.trainer.device, cfg.trainer.precision)
     lora.check(cfg.model.lora)
+    check_attention(cfg.model.attn_implementation)
 
 
 def optimizer_steps(cfg: RLConfig) -> int:

@@ -68,6 +68,9 @@ class ModelConfig:
     """A .gguf file inside `path` (or an absolute path to one); transformers de-quantises it."""
     dtype: str = "float32"
     """Weight dtype the model is loaded in: float32 (the default master weights), bfloat16, float16 or auto."""
+    attn_implementation: Optional[str] = None
+    """Attention kernel: None = transformers' default (sdpa), or eager, sdpa, flash_attention_2. On a CPU,
+    eager is the faster one for short sequences and small heads under bf16 (the demo: 1.5x per SFT step)."""
     critic_path: Optional[str] = None
     """PPO critic initialisation; None = a copy of the policy with a fresh value head."""
     hidden_size: int = 64
@@ -76,6 +79,18 @@ class ModelConfig:
     """Size of builtin:tiny (ignored for real models)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters (needs `tirl[peft]`); `lora.r: 0` (the default) trains every weight."""
+
+
+ATTENTION_KERNELS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_attention(name: Optional[str]) -> None:
+    """Refuse an unknown `model.attn_implementation` before anything is written (a Hub kernel, `org/repo`,
+    is passed on to transformers as it is)."""
+    if name is None or name in ATTENTION_KERNELS or "/" in name:
+        return
+    raise ValueError(f"model.attn_implementation must be one of {', '.join(ATTENTION_KERNELS)} "
+                     f"(or a Hub kernel org/repo), got {name!r}")
 
 
 def load_split(cfg: DataConfig, split: str) -> list[Any]:

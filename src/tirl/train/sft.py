@@ -38,7 +38,8 @@ from tirl.progress import progress
 from tirl.resources import stage_peak
 from tirl.train.logger import LogConfig, MetricsLogger
 from tirl.trained_settings import settings_of, write_settings
-from tirl.train.setup import BUILTIN, DataConfig, ModelConfig, PromptConfig, make_style, resolve_model
+from tirl.train.setup import (BUILTIN, DataConfig, ModelConfig, PromptConfig, check_attention, make_style,
+                              resolve_model)
 
 
 @dataclass
@@ -108,6 +109,7 @@ def validate_sft(cfg: SFTConfig) -> None:
         raise ValueError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     check_device_and_precision(t.device, t.precision)
     lora.check(cfg.model.lora)
+    check_attention(cfg.model.attn_implementation)
 
 
 def load_sft_traces(cfg: SFTDataConfig, style: Any) -> tuple[list, list]:
@@ -233,7 +235,8 @@ def _train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool, force: bool) -
     from_ckpt = ckpt is not None and not lora_on
     with loading("model", base):
         model = load_model(str(ckpt / "model") if from_ckpt else base,
-                           gguf_file=None if from_ckpt else cfg.model.gguf_file, dtype=cfg.model.dtype, device=tc.device)
+                           gguf_file=None if from_ckpt else cfg.model.gguf_file, dtype=cfg.model.dtype, device=tc.device,
+                           attn_implementation=cfg.model.attn_implementation)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = lora.apply(model, cfg.model.lora, adapter_dir=ckpt / "model" if ckpt and lora_on else None)
