@@ -2,10 +2,12 @@
 the workers play ahead of the learner, no group older than k is trained on (read from the logged
 versions), every sync reached both workers; and k = 0 on Ray still ends at main's weights bit for bit.
 
-The issue's acceptance run is 20 steps; 8 keep this test within a few minutes on a 2-core machine and
-already run ahead (step 2 is always played before the learner's first update lands)."""
+The issue's acceptance run is 20 steps (`TIRL_RAY_ASYNC_STEPS=20 make test-ray`); 8, the default, keep
+this test within a few minutes on a 2-core machine and already run ahead (step 2 is always played
+before the learner's first update lands)."""
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from tirl.train.step_record import STEP_FILE  # noqa: E402
 pytestmark = pytest.mark.ray
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RAY = ["distributed.backend=ray", "distributed.rollout_workers=2"]
-STEPS, K = 8, 2
+STEPS, K = int(os.environ.get("TIRL_RAY_ASYNC_STEPS", "8")), 2
 
 
 def test_two_workers_at_k_2_run_ahead_and_no_group_older_than_k_is_trained(tmp_path):
