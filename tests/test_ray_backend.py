@@ -164,6 +164,21 @@ def test_a_worker_killed_mid_step_has_its_shard_rerun_with_the_same_result(backe
     assert _ids(backend.rollout(prompts, CFG, 4)) == expect
 
 
+def test_a_worker_lost_between_steps_is_replaced_at_the_next_sync(backend, trainer, tiny_tokenizer):
+    backend.sync_weights(trainer, version=9)
+    prompts = _prompts(tiny_tokenizer) * 4
+    expect = _ids(backend.rollout(prompts, CFG, 4))
+    victim = backend.info[0]["pid"]
+    os.kill(victim, signal.SIGKILL)  # dies while idle: nothing has noticed it yet
+    deadline = time.monotonic() + backend.cfg.timeout_s
+    while _alive(victim) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    backend.sync_weights(trainer, version=10)  # finds it dead, starts a replacement and loads it
+    assert not backend.dead and backend.info[0]["pid"] != victim
+    assert backend.weight_hashes() == [model_hash(trainer)] * 2
+    assert _ids(backend.rollout(prompts, CFG, 4)) == expect
+
+
 def test_a_step_past_the_timeout_fails_naming_the_worker(backend, tiny_tokenizer, tmp_path):
     _hold(backend, tmp_path)
     saved = backend.cfg.timeout_s
