@@ -1,16 +1,16 @@
 """`tirl demo` on several seeds: does the headline hold on every seed, not just a lucky one?
 
-    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0-9, one at a time
+    python benchmarks/demo_seeds.py                       # GRPO, ReTool tags, seeds 0-9, one per two cores
     python benchmarks/demo_seeds.py --variant ppo         # ReTool's PPO with a critic
     python benchmarks/demo_seeds.py --variant torl        # ToRL's ```python / ```output fences
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds
     python benchmarks/demo_seeds.py --variant all --out runs/demo_seeds --table-only   # re-print
 
 Each seed is one ordinary `tirl demo seed=S [variant overrides] --run-dir OUT/VARIANT/seed-S` in a
-subprocess (as a user would run it), `--jobs` of them side by side (default 1: each demo's SFT then
-runs on two threads, as `make demo` does; with more jobs each SFT keeps to one thread so they do not
-fight over cores, and under the demo's bf16 SFT the weights then differ from `make demo`'s: a different
-draw of the same seeds, still a fair test of "any seed"); a seed whose `summary.json` exists is not run again, so an interrupted
+subprocess (as a user would run it), `--jobs` of them side by side (default: one per two cores, so each
+demo's SFT runs on two threads as `make demo` does; when the jobs need more than two cores each, each SFT
+keeps to one thread so they do not fight over cores, and under the demo's bf16 SFT the weights then differ
+from `make demo`'s: a different draw of the same seeds, still a fair test of "any seed"); a seed whose `summary.json` exists is not run again, so an interrupted
 sweep resumes. `seed=S` sets every seed of the run (problems, the tiny model's
 initial weights, SFT batch order, RL problem order and sampling). Prints one markdown row per seed
 (accuracy greedy / sampled on the held-out problems, the SFT model's copy rate, code use during RL, wall
@@ -42,6 +42,7 @@ TITLES = {"grpo": "GRPO, ReTool tags (the default)", "ppo": "PPO with a critic (
 TARGET = {"grpo": 0.90, "ppo": 0.85, "torl": 0.85}
 """Tool-RL greedy accuracy each seed must reach (issue 17); GRPO must also beat SFT and text-RL by 30 points."""
 MARGIN = 0.30
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_seed(out: Path, variant: str, seed: int, extra: list[str]) -> dict[str, Any]:
@@ -120,8 +121,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="grpo", choices=[*VARIANTS, "all"])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="demos side by side (default 1: two SFT threads each, as make demo)")
+    ap.add_argument("--jobs", type=int, default=max(1, CORES // 2),
+                    help="demos side by side (default: one per two cores, two SFT threads each, as make demo)")
     ap.add_argument("--out", default="runs/demo_seeds", help="one run directory per variant and seed")
     ap.add_argument("--table-only", action="store_true", help="print the tables of finished runs, run nothing")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for every run (e.g. rl.steps=80)")
@@ -130,7 +131,7 @@ def main() -> None:
     for variant in VARIANTS if args.variant == "all" else [args.variant]:
         seeds = [s for s in args.seeds
                  if not args.table_only or (out / variant / f"seed-{s}" / "summary.json").exists()]
-        extra = args.overrides + (["sft.threads=1"] if args.jobs > 1 else [])
+        extra = args.overrides + (["sft.threads=1"] if 2 * args.jobs > CORES else [])
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             summaries = list(pool.map(lambda s: run_seed(out, variant, s, extra), seeds))
         if not summaries:
