@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the update")
+    ap.add_argument("--no-trim", action="store_true",
+                    help="keep what the allocator frees resident (the trainer trims after every step)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -94,9 +96,27 @@ def main() -> None:
                                              mask[s:s + args.micro_batch, 1:])
             (-lp.sum() / mask.sum()).backward()
 
+    from tirl.resources import release_free_memory
+
+    def step() -> None:  # the learner's update and optimizer step, then its trim
+        update()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if not args.no_trim:
+            release_free_memory()
+
     measure(f"update fwd+bwd, micro-batch {args.micro_batch} x {ids.shape[1]}", update)
     measure("AdamW step (its state)", opt.step)
-    measure(f"second update fwd+bwd", update)
+    opt.zero_grad(set_to_none=True)
+    if not args.no_trim:
+        release_free_memory()
+    def decode() -> None:  # the next step's rollout (its tokens are not trained on here)
+        gen.generate([GenerationRequest(p) for p in prompts], params)
+        gen.release(gen.cached_keys())
+
+    for i in range(2, 5):
+        measure("decode again", decode)
+        measure(f"update {i} + AdamW step", step)
     if args.json:
         print(json.dumps({"model": "tiny" if args.tiny else args.model, "rows": ROWS}))
 

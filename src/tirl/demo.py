@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tirl.jsonl import append_rows, atomic_write, dumps, read_rows, write_json
-from tirl.resources import stage_peak
+from tirl.resources import release_free_memory, stage_peak
 from tirl.rollout import RolloutConfig
 from tirl.sandbox import SandboxConfig
 from tirl.train.common import OptimConfig
@@ -250,6 +250,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, console: Any = None) -> dict[
         t = time.perf_counter()
         with stage_peak() as mem:
             result = fn()
+        release_free_memory()  # what the stage freed stays resident otherwise, under the next stage's peak
         times[name] = round(time.perf_counter() - t, 1)
         peaks[name] = mem.as_dict()["peak_rss_mb"]
         return result
