@@ -12,8 +12,20 @@ autocast) and AdamW's first step. Memory figures are exact under any load; times
 Measured 2026-12-06 (SmolLM2-135M, `--batch 8 --prompt-len 496 --new-tokens 16`, resident MB):
 import 269; GGUF load peak 1170, 937 after; bf16 copy +246 (it was +453, peak +558, when the copy
 went through float32); prefill + decode of 8 x 512 peak 1798; one update of a micro-batch of
-8 x 512 tokens peak 6029 (+4.7 GB: ~1.1 MB of activations per token under bf16 autocast), and 4527
-after it, ~2.6 GB more than the gradients explain (freed activations glibc keeps resident).
+8 x 512 tokens peak 6029 (+4.7 GB: ~1.1 MB of activations per token under bf16 autocast).
+
+Measured 2026-12-07 (`--batch 8 --prompt-len 128 --new-tokens 256 --threads 1`, rows of 384 tokens,
+peak MB of each step's update + AdamW step, steps 2-4):
+- micro-batch 8, `--no-trim`: the first update 5206, the second 7327 and 6259 resident after it:
+  freed activations and decode caches kept by glibc beside each other, climbing step after step
+  (how the SmolLM2 recipe once reached 13.5 GB, we think). With the trim (the trainer's default): 6866, 6835,
+  6841, and 2251 resident after every step (weights, bf16 copy, AdamW state).
+- micro-batch 2: 4757, 4716, 4746.
+- `--checkpointing`, micro-batch 8: 4623, 4714, 4225; micro-batch 4: 4470, 4786 (checkpointing
+  frees the body's activations but not the rest below).
+What stays at any micro-batch: 2.25 GB between steps (fp32 weights 0.54, AdamW state 1.08, bf16
+sampling copy 0.25, torch and transformers 0.27), the fp32 gradients 0.54, autocast's bf16 weight
+copies 0.27 and the output layer's (chunk, vocabulary) logits in the loss, ~0.5.
 """
 
 from __future__ import annotations
