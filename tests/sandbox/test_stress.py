@@ -45,3 +45,16 @@ def test_thousand_mixed_calls(sb):
     uids = sandbox_uids(sb)
     assert not [n for n in os.listdir("/tmp") if os.lstat(os.path.join("/tmp", n)).st_uid in uids]
     assert_host_unharmed(sb)
+
+
+def test_the_bench_soak_mixes_sessions_and_counts_a_wrong_session_answer(sb, monkeypatch):
+    """`tirl sandbox bench`'s soak runs session commands beside the one-shot calls, checks the state they
+    carry, and a session answer that is wrong is counted (not lost in the one-shot figures)."""
+    from tirl.sandbox import bench
+
+    rep = bench._soak(sb, 40, log=lambda _: None)
+    assert rep["session_calls"] == 100 and rep["calls"] == 140
+    assert rep["wrong"] == 0 and rep["leaked_procs"] == 0
+
+    monkeypatch.setattr(bench, "_session_round", lambda s, start: (5, 2))  # two wrong answers in a round
+    assert bench._soak(sb, 40, log=lambda _: None)["wrong"] == 2

@@ -93,7 +93,7 @@ def run_bench(cfg: SandboxConfig | None = None, latency_n: int = 200, throughput
 def _soak(sb: Sandbox, n: int, log) -> dict:
     fds0 = len(os.listdir("/proc/self/fd"))
     rss = [_rss_mb()]
-    wrong, chunk = 0, 1000
+    wrong, chunk, calls = 0, 1000, 0
     t = time.perf_counter()
     for start in range(0, n, chunk):
         plan = []
@@ -112,11 +112,32 @@ def _soak(sb: Sandbox, n: int, log) -> dict:
         for (code, _, st, outp), r in zip(quick + slow, res):
             if r.status != st or (outp is not None and r.stdout != outp):
                 wrong += 1
+        session_calls, session_wrong = _session_round(sb, start)
+        calls += len(plan) + session_calls
+        wrong += session_wrong
         rss.append(_rss_mb())
     dt = time.perf_counter() - t
-    rep = {"calls": n, "wrong": wrong, "s": round(dt, 1), "calls_s": round(n / dt, 1),
+    rep = {"calls": calls, "session_calls": calls - n, "wrong": wrong, "s": round(dt, 1),
+           "calls_s": round(calls / dt, 1),
            "leaked_procs": sb.leftovers(),
            "leaked_fds": len(os.listdir("/proc/self/fd")) - fds0,
            "supervisor_rss_mb_first_last": [round(rss[1], 1), round(rss[-1], 1)]}
     log(f"soak: {rep}")
     return rep
+
+
+def _session_round(sb: Sandbox, start: int, commands: int = 100) -> tuple[int, int]:
+    """A stateful session beside the one-shot calls (when the sandbox has sessions): state carried
+    between commands, an error and a timeout in the middle that must not lose it, then closed.
+    Returns (calls, wrong)."""
+    if not getattr(getattr(sb, "config", None), "max_sessions", 0):
+        return 0, 0
+    wrong = 0
+    with sb.session() as s:
+        wrong += s.run(f"total = {start}").status != "ok"
+        for i in range(commands - 3):
+            r = s.run(f"total += {i}\nprint(total)")
+            wrong += r.status != "ok" or r.stdout != f"{start + i * (i + 1) // 2}\n"
+        wrong += s.run("raise ValueError('kept?')").status != "error"
+        wrong += s.run("while True: pass", timeout=0.2).status != "timeout"
+    return commands, wrong
