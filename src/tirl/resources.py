@@ -14,6 +14,7 @@ stages on other threads (the peak is the process's, whichever thread allocated).
 from __future__ import annotations
 
 import contextlib
+import functools
 import resource
 import sys
 from dataclasses import dataclass
@@ -96,23 +97,18 @@ def release_free_memory() -> bool:
     step alternates two allocation patterns (decoding's caches, then the update's activations and the
     optimizer's state), so freed pages of one phase sit resident beside the next phase's fresh ones and
     the resident peak climbs step after step (SmolLM2, micro-batch 8 x 384: 5.2 GB at the first update,
-    7.3 GB at the second; benchmarks/memory.py). Once a step costs page faults on the pages it touches
+    7.3 GB at the second; benchmarks/memory.py). The cost: page faults on the pages the next step touches
     again (~0.1 s per GB)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        _malloc_trim = _find_malloc_trim()
-    return bool(_malloc_trim and _malloc_trim(0) >= 0)
+    trim = _malloc_trim()
+    return bool(trim and trim(0) >= 0)
 
 
-_malloc_trim: Any = None
-
-
-def _find_malloc_trim() -> Any:
+@functools.cache
+def _malloc_trim() -> Any:
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return False
+        return None

@@ -127,8 +127,8 @@ def _soak(sb: Sandbox, n: int, log) -> dict:
 
 
 def _session_round(sb: Sandbox, start: int, commands: int = 100) -> tuple[int, int]:
-    """A stateful session beside the one-shot calls (when the sandbox has sessions): state carried
-    between commands, an error and a timeout in the middle that must not lose it, then closed.
+    """A stateful session beside the one-shot calls (when the sandbox has sessions): state carried and
+    checked on every command, then an error, then a timeout (it ends the interpreter), then closed.
     Returns (calls, wrong)."""
     if not getattr(getattr(sb, "config", None), "max_sessions", 0):
         return 0, 0
