@@ -148,7 +148,7 @@ def device_limits(path: Path, device: torch.device, tiny: bool) -> dict[str, Any
     args = argparse.Namespace(model=str(path), tiny=False, device=str(device), threads=0,
                               decode_batches=[16, 64], decode_steps=4 if tiny else 16, prompt_len=64 if tiny else 256,
                               update_rows=8 if tiny else 32, update_new=16 if tiny else 256, micro_batch=8,
-                              update_reps=1 if tiny else 3)
+                              update_reps=1 if tiny else 3, no_update=False)
     r = limits.measure(args)
     return {"limits": r["limits"], "decode": r["decode"], "update": r["update"]}
 
@@ -164,7 +164,7 @@ def show(results: dict[str, Any]) -> None:
     if lim.get("status") == "ok":
         print(f"bf16 matmul peak {lim['limits']['matmul_bf16_gflops']:.0f} GFLOP/s, copy {lim['limits']['copy_gb_s']:.0f} GB/s")
         for d in lim["decode"]:
-            print(f"decode batch {d['batch']}: {d['step_ms']:.2f} ms/step, {d['tokens_per_s']:.0f} tokens/s, "
+            print(f"decode ({d['path']}) batch {d['batch']}: {d['step_ms']:.2f} ms/step, {d['tokens_per_s']:.0f} tokens/s, "
                   f"{100 * d['fraction']:.0f}% of its bound")
         print(f"update: MFU {100 * lim['update']['mfu']:.1f}% of the measured bf16 peak")
     print(f"peak memory: device {_fmt(results.get('device_peak_mb'))} MB, process resident "

@@ -10,7 +10,9 @@ The limits (measured, not from a data sheet): matmul throughput, 2048^3 `torch.m
 
 Decode: one step of `HFGenerator`'s decode loop (`DecodeBatch.step`: sample from the last logits, feed
 the tokens, one forward over the KV cache) at batch 16 and 64, from the bf16 sampling copy, after a
-prefill of `--prompt-len` random tokens, no row finishing. Its bound is the larger of two times: the
+prefill of `--prompt-len` random tokens (rows up to 3 shorter, so the batch is padded as in a rollout),
+no row finishing; once with the lean decode step (`tirl.generation.lean_decode`, the default for Llama
+and Qwen2 models) and once with transformers' forward. Its bound is the larger of two times: the
 step's FLOPs (2 x matmul weights x batch, plus attention over the cache) at the bf16 matmul peak, and
 the bytes it must read (every bf16 matmul weight once, plus the cache) at the measured bandwidth.
 `fraction` = bound / measured: 1.0 is the machine's limit.
@@ -105,7 +107,9 @@ def decode_step_s(gen: Any, batch: int, prompt_len: int, steps: int, vocab: int)
     from tirl.generation.base import GenerationRequest, SamplingParams
 
     torch.manual_seed(0)
-    reqs = [GenerationRequest(torch.randint(0, vocab, (prompt_len,)).tolist()) for _ in range(batch)]
+    # Rows of slightly different lengths, as in a rollout: the batch is left-padded and the mask has zeros
+    # (transformers' SDPA takes a slower grouped-query path when it has none).
+    reqs = [GenerationRequest(torch.randint(0, vocab, (prompt_len - i % 4,)).tolist()) for i in range(batch)]
     gen.eos_ids = set()  # no row finishes: every step runs the full batch
     run = gen.decode_batch(SamplingParams(temperature=1.0, max_new_tokens=steps + 4, seed=0))
     run.add(reqs)
@@ -178,16 +182,21 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     model, tok, name = load(args, device)
     s = shape(model)
     out["model"] = {"name": name, **s}
-    gen = HFGenerator(model, tok, precision="bf16")
     out["decode"] = []
-    for batch in args.decode_batches:
-        t, ctx = decode_step_s(gen, batch, args.prompt_len, args.decode_steps, model.config.vocab_size)
-        b = decode_bound(s, batch, ctx, peak16, bw)
-        bound = max(b["flop_bound_s"], b["byte_bound_s"])
-        out["decode"].append({"batch": batch, "cached_positions": ctx, "step_ms": 1e3 * t, "bound_ms": 1e3 * bound,
-                              "flop_bound_ms": 1e3 * b["flop_bound_s"], "byte_bound_ms": 1e3 * b["byte_bound_s"],
-                              "tokens_per_s": batch / t, "fraction": bound / t})
-    gen._copy = None  # the sampling copy is not needed for the update
+    for lean in (True, False):
+        gen = HFGenerator(model, tok, precision="bf16", lean_decode=lean)
+        for batch in args.decode_batches:
+            t, ctx = decode_step_s(gen, batch, args.prompt_len, args.decode_steps, model.config.vocab_size)
+            b = decode_bound(s, batch, ctx, peak16, bw)
+            bound = max(b["flop_bound_s"], b["byte_bound_s"])
+            path = "lean" if lean and any(gen._lean.values()) else "transformers"
+            out["decode"].append({"path": path, "batch": batch, "cached_positions": ctx, "step_ms": 1e3 * t,
+                                  "bound_ms": 1e3 * bound, "flop_bound_ms": 1e3 * b["flop_bound_s"],
+                                  "byte_bound_ms": 1e3 * b["byte_bound_s"], "tokens_per_s": batch / t,
+                                  "fraction": bound / t})
+        gen._copy = None  # the sampling copy is not needed for the update
+    if args.no_update:
+        return out
     rows, new = args.update_rows, args.update_new
     t = timed(update_step(model, rows, args.prompt_len, new, args.micro_batch, device), device, args.update_reps)
     flops = update_flops(s, rows, args.prompt_len + new, rows * new)
@@ -204,10 +213,12 @@ def show(r: dict[str, Any]) -> None:
     m = r["model"]
     print(f"model {m['name']}: {m['body'] / 1e6:.1f}M body + {m['head'] / 1e6:.1f}M output-layer matmul weights")
     for d in r["decode"]:
-        print(f"decode batch {d['batch']:3d}: {d['step_ms']:7.1f} ms/step, bound {d['bound_ms']:6.1f} ms "
+        print(f"decode ({d['path']:12s}) batch {d['batch']:3d}: {d['step_ms']:7.1f} ms/step, bound {d['bound_ms']:6.1f} ms "
               f"(FLOPs {d['flop_bound_ms']:.1f}, bytes {d['byte_bound_ms']:.1f}) -> {100 * d['fraction']:.0f}% of the "
               f"limit, {d['tokens_per_s']:.0f} tokens/s")
-    u = r["update"]
+    u = r.get("update")
+    if u is None:
+        return
     print(f"update {u['rows']} x {u['length']} (micro {u['micro_batch']}): {u['step_s']:.2f} s, "
           f"{u['model_tflop']:.2f} TFLOP -> MFU {100 * u['mfu']:.0f}% of the measured bf16 peak")
 
@@ -225,6 +236,7 @@ def main() -> None:
     ap.add_argument("--update-new", type=int, default=128, help="scored (response) tokens per row")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--update-reps", type=int, default=2)
+    ap.add_argument("--no-update", action="store_true", help="decode only")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args()
     r = measure(args)

@@ -26,7 +26,8 @@ def test_dry_run_passes_every_phase_and_writes_its_figures(tmp_path):
     assert res["logprob_agreement"]["logprob_mean"] < 0
     assert res["grpo"]["steps"] == 2 and res["grpo"]["throughput/tokens_per_s"] > 0
     lim = res["limits"]
-    assert [d["batch"] for d in lim["decode"]] == [16, 64]
+    assert [(d["path"], d["batch"]) for d in lim["decode"]] == [("lean", 16), ("lean", 64),
+                                                                ("transformers", 16), ("transformers", 64)]
     assert all(0 < d["fraction"] and d["bound_ms"] > 0 for d in lim["decode"])
     assert lim["update"]["mfu"] > 0 and lim["limits"]["matmul_bf16_gflops"] > 0
     assert res["process_peak_rss_mb"] > 100

@@ -211,9 +211,6 @@ class DecodeBatch:
         alive_t = torch.tensor(alive, device=dev)
         feed = torch.where(alive_t, tok, torch.full_like(tok, g.pad_id))
         self.mask = torch.cat([self.mask, alive_t.long()[:, None]], dim=1)
-        out = g._run(input_ids=feed[:, None], attention_mask=self.mask, position_ids=self.next_pos[:, None],
-                     use_cache=True, **{g._cache_kw: self.cache})
-        self.cache = out.past_key_values
-        self.logits = out.logits[:, -1, :].float()
+        self.logits, self.cache = g.decode_logits(feed, self.mask, self.next_pos, self.cache)
         self.next_pos = self.next_pos + 1
         return done

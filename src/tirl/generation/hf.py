@@ -45,6 +45,11 @@ steps until every row has finished; `decode_batch()` hands out a running batch t
 any step (continuous batching: the rollout adds a row back as soon as its code has run, while the
 others keep decoding; `RolloutConfig.continuous`).
 
+Decode steps of Llama- and Qwen2-family models from the bf16/fp16 sampling copy run
+`tirl.generation.lean_decode` (the same weights and cache, transformers' eager attention bit for bit
+without its per-module overhead; on a CPU with the weights reordered once for oneDNN); float32, other
+models, and `lean_decode=False` run transformers' forward.
+
 Not covered: sliding-window or hybrid caches (these get transformers' own layers, no preallocation), tensor
 parallelism, CUDA graphs.
 """
@@ -64,6 +69,7 @@ from tirl.generation.base import (
     SamplingParams,
 )
 from tirl.generation.decode_batch import DecodeBatch
+from tirl.generation.lean_decode import Linears, lean_decoder, lean_step
 from tirl.generation.kv_cache import new_cache
 
 
@@ -142,6 +148,7 @@ class HFGenerator:
         drop_finished_at: float = 0.0,
         preallocate: bool = True,
         half_copy: bool = True,
+        lean_decode: bool = True,
     ):
         from tirl.models import check_precision, eos_token_ids as _eos
 
@@ -167,6 +174,12 @@ class HFGenerator:
         """With bf16/fp16: sample from a half-precision copy of the weights (refreshed when they change)
         instead of autocasting: autocast re-casts every weight at every decode step, which on a CPU
         costs more than the half-precision matmuls save. Buffers (rotary frequencies) stay float32."""
+        self.lean_decode = lean_decode
+        """Decode steps of Llama- and Qwen2-family models from the bf16/fp16 sampling copy run
+        `tirl.generation.lean_decode` (transformers' eager attention, bit for bit, without its per-module
+        overhead); False, float32, or another model runs transformers' forward."""
+        self._lean: dict[int, bool] = {}
+        self._linears: Linears | None = None
         self._run: Any = model
         self._copy: Any = None
         self._stamp: tuple[int, ...] = ()
@@ -247,6 +260,30 @@ class HFGenerator:
                     dst.copy_(src)
         self._stamp = stamp
         return self._copy
+
+    def decode_logits(self, tokens: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor,
+                      cache: Any) -> tuple[torch.Tensor, Any]:
+        """(float32 logits `(B, V)`, the cache) of one decode step of the sampling model: `tokens` `(B,)`
+        fed at positions `pos` `(B,)`, `mask` `(B, L)` including them; the cache gains their keys/values."""
+        run = self._run
+        # Only the half-precision copy: there the lean step is transformers' eager attention bit for bit;
+        # in float32 its packed-heads matmuls round differently (~3e-6 on logits).
+        if self.lean_decode and run is self._copy:
+            if id(run) not in self._lean:
+                self._lean[id(run)] = lean_decoder(run)
+            if self._lean[id(run)]:
+                return lean_step(run, tokens, mask, pos, cache, self._linears_of(run)).float(), cache
+        out = run(input_ids=tokens[:, None], attention_mask=mask, position_ids=pos[:, None],
+                  use_cache=True, **{self._cache_kw: cache})
+        return out.logits[:, -1, :].float(), out.past_key_values
+
+    def _linears_of(self, run: Any) -> Linears:
+        """The lean step's matmuls for the half-precision copy `run`, whose refresh (`_half_model`) is the
+        one place its weights change: made again after each refresh."""
+        if self._linears is None or self._linears.stamp != self._stamp:
+            self._linears = None  # the old reordered weights go before the new ones are made
+            self._linears = Linears(run, self._stamp)
+        return self._linears
 
     # --- one batch ---------------------------------------------------------------------------------
     def _lookup(self, r: GenerationRequest) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
