@@ -71,3 +71,20 @@ def test_real_pretrained_gguf_model_answers():
     out = HFGenerator(model, tok).generate([GenerationRequest(tok.encode(text, add_special_tokens=False))],
                                            SamplingParams(max_new_tokens=20, temperature=0))[0]
     assert "Paris" in tok.decode(out.token_ids)
+
+
+def test_a_training_checkpoint_directory_loads_as_its_policy(tiny_model_dir, tmp_path):
+    """`tirl eval --model RUN/checkpoints/step-N` (model in policy/, optimizer state beside it) loads the
+    model, its tokenizer and its saved prompt settings, as `.../step-N/policy` would."""
+    import shutil
+
+    from tirl.trained_settings import read_settings, write_settings
+
+    ckpt = tmp_path / "checkpoints" / "step-000003"
+    shutil.copytree(tiny_model_dir, ckpt / "policy")
+    (ckpt / "state.pt").write_bytes(b"")
+    write_settings(ckpt / "policy", {"prompt": {"style": "torl"}})
+    assert load_tokenizer(ckpt).get_vocab() == load_tokenizer(tiny_model_dir).get_vocab()
+    a, b = load_model(ckpt), load_model(tiny_model_dir)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert read_settings(ckpt) == {"prompt": {"style": "torl"}}

@@ -28,6 +28,8 @@ from typing import Any, Iterable
 
 import torch
 
+from tirl.trained_settings import model_dir
+
 # Special tokens of the tiny model: ChatML-like turn markers; eos ends the assistant turn.
 PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
@@ -223,7 +225,8 @@ def gguf_in_distribution(name: str) -> str | None:
 
 
 def _split_gguf(path_or_name: str | os.PathLike, gguf_file: str | None) -> tuple[str, str | None]:
-    """(directory or name, gguf file name) — an absolute .gguf path is split into both."""
+    """(directory or name, gguf file name) — an absolute .gguf path is split into both; a training
+    checkpoint directory stands for its `policy/`."""
     p = str(path_or_name)
     if p.startswith(PIP_PREFIX):
         found = gguf_in_distribution(p[len(PIP_PREFIX):])
@@ -233,6 +236,7 @@ def _split_gguf(path_or_name: str | os.PathLike, gguf_file: str | None) -> tuple
         p = found
     if gguf_file is None and p.endswith(".gguf"):
         return str(Path(p).parent), Path(p).name
+    p = model_dir(p)
     if gguf_file is not None and os.path.isabs(gguf_file):
         return str(Path(gguf_file).parent), Path(gguf_file).name
     return p, gguf_file

@@ -40,11 +40,20 @@ def write_settings(model_dir: str | os.PathLike, settings: dict[str, Any]) -> No
     os.replace(tmp, path)
 
 
+def model_dir(path: str | os.PathLike) -> str:
+    """`path`, or its `policy/` when `path` is a training checkpoint (`RUN/checkpoints/step-N`, which
+    holds the model there beside the optimizer state): `tirl eval --model` accepts either."""
+    p = str(path)
+    if not os.path.isfile(os.path.join(p, "config.json")) and os.path.isfile(os.path.join(p, "policy", "config.json")):
+        return os.path.join(p, "policy")
+    return p
+
+
 def read_settings(model: str | os.PathLike | None) -> dict[str, Any]:
     """The saved settings of a model directory; {} for a hub name, a file, or a model without any."""
     if not model:
         return {}
-    path = Path(model) / FILE
+    path = Path(model_dir(model)) / FILE
     if not path.is_file():
         return {}
     try:
