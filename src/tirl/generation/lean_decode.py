@@ -1,17 +1,20 @@
 """One decode step (one new token per row over the KV cache) of a Llama- or Qwen2-family model, written
 as the bare tensor operations transformers' modules run, over the same weights and the same cache.
 
-Why: on a CPU, transformers' forward for one token spends most of its time outside the matmuls. At
-batch 16 on SmolLM2-135M (2 cores, `benchmarks/decode_profile.py`): 35% in SDPA's flash kernel, which
-for a single query per row costs ~1 ms a layer with `enable_gqa` (no padding) and 0.3 ms with its
-packed-heads path, and 12% in Python and dispatch (module calls, mask building, 6,500 operator calls a
-step). Here attention is transformers' eager attention on packed heads — scores `q k^T * scale` plus
-the padding bias, float32 softmax, `p v` — 0.18 ms a layer, and the layers are a plain loop.
+Why: on a CPU, transformers' forward for one token spends much of its time around the matmuls: module
+calls, mask building and SDPA's flash kernel, which for one query per row costs 0.3 ms a layer at batch
+16 (~1 ms with `enable_gqa`, its path when no row is padded). Here attention is transformers' eager
+attention on packed heads (scores `q k^T * scale` plus the padding bias, float32 softmax, `p v`: 0.18 ms
+a layer), the layers are a plain loop, and on a CPU in bf16 the matmuls use weights reordered once for
+oneDNN (`Linears`). SmolLM2-135M, 2 cores, batch 16 / 64: 46.1 / 121.2 ms a step against 60.7 / 141.0
+(`benchmarks/limits.py`, docs/speed.md).
 
-Exactness: the step computes what transformers computes with `attn_implementation="eager"`, operation
-for operation and bit for bit (tested on Llama and Qwen2 configs, padded batches, several steps). Against
-SDPA it differs by the rounding of the attention's reduction order (bf16: ~1e-2 on logits; tested
-close, and greedy tokens equal). Prefill (many tokens per row) stays transformers' forward.
+Exactness: in bf16/fp16 (the sampling copy `HFGenerator` decodes with) the step computes what
+transformers computes with `attn_implementation="eager"`, bit for bit (tested on Llama and Qwen2
+configs, padded batches, resumption from its cache, weight updates; checked on SmolLM2). A model loaded
+with SDPA gets eager's arithmetic at decode: bf16 scores where SDPA accumulates in float32, a rounding
+difference. In float32 the packed-heads score matmul rounds differently from eager's (~3e-6 on logits),
+so `HFGenerator` keeps transformers' forward there. Prefill (many tokens per row) stays transformers'.
 
 `lean_decoder(model)` says whether a model qualifies: Llama or Qwen2 (no sliding window), default,
 linear or llama3 rotary scaling (fixed frequencies), SiLU MLP, plain `nn.Linear` projections (a LoRA-
