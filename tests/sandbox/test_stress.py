@@ -3,6 +3,7 @@
 ~1,000 calls here (a few seconds); the 10,000-call soak with supervisor memory lives in benchmarks/sandbox.py.
 """
 import asyncio
+import gc
 import os
 import random
 
@@ -23,6 +24,7 @@ WEIGHTS = {"ok": 800, "error": 100, "exit": 60, "timeout": 10, "memory": 15, "se
 def test_thousand_mixed_calls(sb):
     plan = [k for k, n in WEIGHTS.items() for _ in range(n)]
     random.Random(0).shuffle(plan)
+    gc.collect()  # an earlier test's unreachable file objects would otherwise close during this one
     fds_before = len(os.listdir("/proc/self/fd"))
 
     async def go():
@@ -40,7 +42,8 @@ def test_thousand_mixed_calls(sb):
         if kind == "exit":
             assert res.exit_code == i % 50 + 1
     assert processes_of(sandbox_uids(sb)) == []
-    assert len(os.listdir("/proc/self/fd")) == fds_before
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before  # a leak adds descriptors
     # Other processes use the host /tmp too: check that nothing there belongs to a sandbox uid.
     uids = sandbox_uids(sb)
     assert not [n for n in os.listdir("/tmp") if os.lstat(os.path.join("/tmp", n)).st_uid in uids]
