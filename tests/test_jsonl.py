@@ -76,3 +76,15 @@ def test_metrics_logger_and_report_read_one_encoding(tmp_path):
     run = load_run(tmp_path, "r")
     assert run.series("tool/pass_rate") == ([2.0], [0.25])
     assert run.series("reward/mean") == ([1.0], [0.5])
+
+
+def test_text_with_unicode_line_separators_stays_one_record_in_every_reader(tmp_path):
+    # GSM8K train 2372's solution holds U+2028; json.dumps(ensure_ascii=False) writes it raw, and
+    # str.splitlines cut the record there (the GSM8K recipe's data stage failed on it).
+    text = "a\u2028b\u2029c\x85d\x0ce\x1cf"
+    rows = [{"step": 1, "text": text}, {"step": 2, "text": text}]
+    append_rows(tmp_path / "log.jsonl", rows)
+    assert read_rows(tmp_path / "log.jsonl") == rows
+    assert AppendLog(tmp_path / "log.jsonl").rows == rows
+    truncate_after_step(tmp_path / "log.jsonl", 1)
+    assert read_rows(tmp_path / "log.jsonl") == rows[:1]

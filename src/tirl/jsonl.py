@@ -82,7 +82,9 @@ def read_rows(path: str | os.PathLike, problems: list[str] | None = None) -> lis
     `problems` list is given (a reader of a run that may still be writing), is noted there and skipped."""
     path = Path(path)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # "\n" only: str.splitlines also cuts at U+2028, U+0085 or a form feed, which `dumps` writes raw
+    # inside strings (a GSM8K solution holds U+2028)
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -145,7 +147,9 @@ def truncate_after_step(path: str | os.PathLike, step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for ln in path.read_text(encoding="utf-8").splitlines():
+    for ln in path.read_text(encoding="utf-8").split("\n"):
+        if not ln.strip():
+            continue
         try:
             if json.loads(ln).get("step", 0) <= step:
                 kept.append(ln)
