@@ -84,6 +84,30 @@ def test_reordered_weights_follow_an_update_of_the_model():
     assert outs[0] == outs[1]
 
 
+def test_the_trainer_drops_the_reordered_weights_before_an_update_and_decoding_makes_them_again():
+    """SyncFeed.learning: the update runs without the lean step's stale weights under its peak; the next
+    generation rebuilds them and samples exactly as a generator that never dropped them."""
+    from types import SimpleNamespace
+
+    from tirl.train.feed import SyncFeed
+
+    outs = []
+    for drop in (False, True):
+        model = _model("llama", "eager")
+        gen = HFGenerator(model, _Tok(), precision="bf16", eos_token_ids=[])
+        params = SamplingParams(temperature=1.0, max_new_tokens=8, seed=2)
+        gen.generate(_requests(), params)
+        if drop:
+            with SyncFeed(SimpleNamespace(generator=gen), backend=None).learning():
+                assert gen._linears is None
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.5)
+        outs.append([o.logprobs for o in gen.generate(_requests(), params)])
+        assert gen._linears is not None
+    assert outs[0] == outs[1]
+
+
 def test_float32_sampling_keeps_transformers_forward():
     """fp32 (no half-precision copy): the lean step's packed-heads matmuls would round differently from
     eager's (~3e-6 on logits), so transformers' forward runs and the numbers are its own."""

@@ -51,6 +51,11 @@ class SyncFeed:
         return self.producer.produce(step)
 
     def learning(self) -> Any:
+        """Nothing samples during the update: the generator's decode-only state goes first (made again
+        after it), so it does not sit under the update's memory peak."""
+        release = getattr(self.producer.generator, "release_stale", None)
+        if release is not None:
+            release()
         return contextlib.nullcontext()
 
     def paused(self) -> Any:
