@@ -120,3 +120,20 @@ def test_unknown_attention_kernel_is_refused_before_anything_is_written(tmp_path
     with pytest.raises(ValueError, match="model.attn_implementation must be one of eager, sdpa"):
         train_sft(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_held_out_traces_are_capped_at_eval_size():
+    # A dev slice of 723 GSM8K traces, scored whole every eval_every steps, took longer than 10 steps.
+    from tirl.formats import get_style
+    from tirl.train.sft import SFTDataConfig, load_sft_traces
+
+    style = get_style("retool")
+    train, held = load_sft_traces(SFTDataConfig(eval_fraction=0.5, eval_size=3), style)
+    train_all, every = load_sft_traces(SFTDataConfig(eval_fraction=0.5, eval_size=0), style)
+    assert len(held) == 3 and held == every[:3] and len(every) > 3
+    assert train == train_all  # the cap leaves the training traces alone
+    with pytest.raises(ValueError, match="data.eval_size"):
+        from tirl.train.sft import validate_sft
+        cfg = SFTConfig()
+        cfg.data.eval_size = -1
+        validate_sft(cfg)
