@@ -133,3 +133,38 @@ def test_one_prompt_pass_serves_every_micro_batch_with_the_plain_gradient():
         torch.testing.assert_close(p.grad, g0[name], rtol=1e-4, atol=1e-5, msg=name)
     other = _batch(groups=1, n=2, seed=9)  # a prompt the pass never saw: the caller runs its own forward
     assert pp.hidden(other.input_ids, other.attention_mask, other.mask) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_recomputed_prompt_pass_gives_the_same_update_bit_for_bit(precision, dropout):
+    """trainer.recompute_prompt: the prompt pass holds no graph through the micro-batches and runs again
+    for its backward, under the same autocast and (dropout) random state: the same weights after the step."""
+    from tirl.train import rl_update as U
+
+    algo = U.AlgoConfig(name="grpo")
+    after, passes = [], []
+    for recompute in (False, True):
+        model = _model("qwen2", "eager")
+        model.config.attention_dropout = dropout
+        for layer in model.model.layers:
+            layer.self_attn.attention_dropout = dropout
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        batch = _batch(groups=3, n=4, seed=4)
+        rewards = torch.tensor([1.0, -1.0, 1.0, -1.0] * 3)
+        U.compute_advantages(batch, rewards, algo, 4)
+        calls = []
+        hook = model.model.register_forward_hook(lambda *a: calls.append(1))
+        torch.manual_seed(123)
+        U.policy_update(model, opt, sched, batch, U.rows_to_train(batch, algo, rewards, 4), algo, temperature=1.0,
+                        old_from_update=True, share_prompt=True, recompute_prompt=recompute, precision=precision,
+                        mini_batch_size=12, micro_batch_size=3, epochs=1, max_grad_norm=1.0, seq_len=16,
+                        generator=torch.Generator().manual_seed(0))
+        hook.remove()
+        after.append([p.detach().clone() for p in model.parameters()])
+        passes.append(len(calls))
+    assert passes[1] == passes[0] + 1  # the prompts ran once more
+    assert any(not torch.equal(a, b) for a, b in zip(after[0], _model("qwen2", "eager").parameters()))
+    for a, b in zip(*after):
+        assert torch.equal(a, b)

@@ -181,11 +181,12 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
     return lp, ent
 
 
-def prompt_pass(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor) -> PromptPass | None:
-    """The prompts of these rows (a mini-batch) run once for all its micro-batches (`PromptPass`), or None
-    when the model's logits are not `head(body(x))` or no prompt is shared."""
+def prompt_pass(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
+                recompute: bool = False) -> PromptPass | None:
+    """The prompts of these rows (a mini-batch) run once for all its micro-batches (`PromptPass`, with
+    its `recompute`), or None when the model's logits are not `head(body(x))` or no prompt is shared."""
     split = _split_head(model)
     if split is None:
         return None
-    pp = PromptPass(split[0], input_ids, attention_mask, mask)
+    pp = PromptPass(split[0], input_ids, attention_mask, mask, recompute=recompute)
     return pp if pp.ok else None

@@ -154,9 +154,11 @@ class Learner:
             loop = {k: v for k, v in loop.items() if k != "generator"}
             return self.group.policy_update(self.policy, self.opt, self.sched, batch, rows, algo,
                                             self.tc.seed * 7919 + step, temperature=temperature,
-                                            share_prompt=self.share, **loop)
+                                            share_prompt=self.share, recompute_prompt=self.tc.recompute_prompt,
+                                            **loop)
         metrics = U.policy_update(self.policy, self.opt, self.sched, batch, rows, algo, old_from_update=self.fused_old,
-                                  temperature=temperature, share_prompt=self.share, **loop)
+                                  temperature=temperature, share_prompt=self.share,
+                                  recompute_prompt=self.tc.recompute_prompt, **loop)
         if self.fused_old:
             metrics.update(U.logprob_mismatch(batch, U.rows_to_run(batch, rows, algo)))
         return metrics

@@ -48,13 +48,13 @@ def forward_logprobs(model: Any, batch: RLBatch, temperature: float, entropy: st
                                     temperature, entropy=entropy, share_prompt=share_prompt, prompts=prompts)
 
 
-def prompt_pass(model: Any, batch: RLBatch, precision: str = "fp32") -> Any:
+def prompt_pass(model: Any, batch: RLBatch, precision: str = "fp32", recompute: bool = False) -> Any:
     """The shared prompts of `batch` run once for all its micro-batches (`tirl.algorithms.shared_prompt.
     PromptPass`), under the precision the micro-batches run in; None when nothing is shared."""
     from tirl.algorithms.logprobs import prompt_pass as run
 
     with _autocast(model, precision):
-        return run(model, batch.input_ids, batch.attention_mask, batch.mask)
+        return run(model, batch.input_ids, batch.attention_mask, batch.mask, recompute=recompute)
 
 
 def forward_values(critic: Any, batch: RLBatch, precision: str = "fp32") -> Tensor:
@@ -260,12 +260,13 @@ def _minibatch_steps(
 def policy_update(
     model: Any, opt: Any, sched: Any, batch: RLBatch, rows: list[int], cfg: AlgoConfig, *,
     temperature: float, precision: str = "fp32", old_from_update: bool = False, share_prompt: bool = False,
-    **loop: Any,
+    recompute_prompt: bool = False, **loop: Any,
 ) -> dict[str, float]:
     """Clipped policy loss (+ entropy bonus, + KL term) over `rows`; see `_minibatch_steps` for `loop`.
 
     `share_prompt`: a prompt that rows share runs once (same values, less work): once per mini-batch,
-    for all its micro-batches (`prompt_pass`).
+    for all its micro-batches (`prompt_pass`); `recompute_prompt` runs that pass again for its backward
+    instead of holding its activations through the micro-batches (`PromptPass`'s `recompute`).
     `old_from_update` (only valid when `one_step_per_batch`): the old log-probs are this forward's own,
     detached, instead of a separate no-grad pass; they are written into `batch.old_logprobs` (rows
     not run, see `rows_to_run`, stay 0) for the rollout-vs-trainer check. Same loss, same gradient
@@ -278,7 +279,7 @@ def policy_update(
 
     def prepare(rows: RLBatch, n_micro: int) -> Callable[[], None]:
         # one micro-batch runs its own prompts anyway; several share one pass
-        shared[0] = prompt_pass(model, rows, precision) if share_prompt and n_micro > 1 else None
+        shared[0] = prompt_pass(model, rows, precision, recompute_prompt) if share_prompt and n_micro > 1 else None
         return lambda: shared[0].backward() if shared[0] is not None else None
 
     def micro_loss(sub: RLBatch, norm: float) -> tuple[Tensor, dict[str, float]]:
