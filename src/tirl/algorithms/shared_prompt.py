@@ -18,7 +18,6 @@ cache cropped per row), prefixes shared beyond the prompt, the critic (a token-c
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -148,7 +147,7 @@ class PromptPass:
         self.recompute = recompute and grad
         self._prompts = (input_ids, plen, heads)
         self._replay = _Replay(input_ids.device) if self.recompute else None
-        with torch.no_grad() if self.recompute else contextlib.nullcontext():
+        with torch.set_grad_enabled(grad and not self.recompute):
             cache, h_prompt, self.p_attn = _run_prompts(body, input_ids, plen, heads)
         self.cache_type = type(cache)
         self.index = {tuple(input_ids[b, : int(plen[b])].tolist()): u for u, b in enumerate(heads)}
