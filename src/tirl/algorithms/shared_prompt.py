@@ -199,8 +199,7 @@ class _Replay:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.autocast = torch.is_autocast_enabled(device.type)
-        self.dtype = torch.get_autocast_dtype(device.type)
+        self.autocast, self.dtype = _autocast_state(device.type)
         self.cpu_rng = torch.get_rng_state()
         self.dev_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
@@ -216,3 +215,12 @@ class _Replay:
     def __exit__(self, *exc: Any) -> None:
         self._cast.__exit__(*exc)
         self._fork.__exit__(*exc)
+
+
+def _autocast_state(kind: str) -> tuple[bool, torch.dtype]:
+    """(enabled, dtype) of autocast on a device type; torch < 2.4 had one function per device type."""
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    if kind == "cpu":
+        return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()

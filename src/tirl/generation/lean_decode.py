@@ -97,7 +97,12 @@ def _can_pack(model: Any) -> bool:
     p = next(model.parameters())
     return (p.device.type == "cpu" and p.dtype is torch.bfloat16 and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and not torch.is_autocast_enabled("cpu"))
+            and not _cpu_autocast())
+
+
+def _cpu_autocast() -> bool:
+    # torch < 2.4 has no device-type argument here
+    return torch.is_autocast_enabled("cpu") if hasattr(torch, "get_autocast_dtype") else torch.is_autocast_cpu_enabled()
 
 
 def _rotary(body: Any, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
