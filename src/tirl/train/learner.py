@@ -78,7 +78,6 @@ class Learner:
         """One step's update from `scored`; returns the batch (advantages filled), the rows trained and the
         step's metrics (the rollout's, then the learner's)."""
         algo, trajs, metrics = self.algo, scored.trajectories, scored.metrics
-        release_free_memory()  # the rollout's freed caches, or the update's activations climb over them
         fresh, ages = fresh_enough(trajs, self.version, self.tc.max_staleness)
         valid, infra = trainable(trajs, self.cfg.rollout.n, min_valid=1 if algo.name == "ppo" else 2)
         valid = [v and f for v, f in zip(valid, fresh)]

@@ -244,7 +244,6 @@ def _minibatch_steps(
                 backward(loss, scaler)
                 total += float(loss.detach())
                 parts.append((float(sub.mask.sum()), m))
-                del loss
                 # Micro-batches come in increasing length: glibc cannot fit the next one's activations
                 # in the blocks this one freed, and kept them resident beside it (SmolLM2: +1 GB a step).
                 release_free_memory()
