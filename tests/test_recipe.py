@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tirl.config import load_config
-from tirl.recipe import RecipeConfig, in_dev, prepare_data, run_recipe
+from tirl.recipe import RecipeConfig, in_dev, prepare_data, run_recipe, write_rl_problems
 from tirl.train.rl import RLConfig
 from tirl.train.sft import SFTConfig
 
@@ -69,6 +69,7 @@ def test_the_data_stage_writes_both_arms_on_the_same_problems(tmp_path):
     assert "<code>" in code[0]["messages"][-1]["content"] and "<code>" not in text[0]["messages"][-1]["content"]
     assert summary["convert"]["accepted"] == 30 and summary["convert"]["rejected_by_reason"]["wrong_answer"] == 1
     assert summary["rows"]["train.jsonl"] + summary["rows"]["dev.jsonl"] == 31
+    assert {r["id"]: r["steps"] for r in train + dev}["q1"] == 2 and {r["steps"] for r in train + dev} == {1, 2}
     again = prepare_data(cfg, data)  # resumable: nothing converted twice
     assert again["rows"] == summary["rows"] and len(_read(data / "convert" / "accepted.jsonl")) == 30
 
@@ -126,9 +127,39 @@ def test_the_runner_runs_the_stage_commands_in_order_and_skips_what_is_done(tmp_
         run_recipe(cfg, tmp_path, call=lambda argv: 1, say=lambda _: None)
 
 
+def test_rl_one_step_share_gives_both_rl_arms_the_same_mix(tmp_path):
+    rows = [{"id": f"a{k}", "problem": f"{k} and 4 more?", "answer": str(k + 4), "steps": 1} for k in range(40)]
+    rows += [{"id": f"b{k}", "problem": f"{k} times 4 less 3?", "answer": str(4 * k - 3), "steps": 2} for k in range(10)]
+    rows.append({"id": "c", "problem": "unread", "answer": "1", "steps": None})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+
+    def call(argv):
+        calls.append(argv)
+        (Path(argv[argv.index("--run-dir") + 1]) / "summary.json").parent.mkdir(parents=True)
+        (Path(argv[argv.index("--run-dir") + 1]) / "summary.json").write_text("{}")
+        return 0
+
+    cfg = load_config(RecipeConfig, CONFIGS / "svamp_recipe.yaml", ["stages=[rl]", "rl_one_step_share=0.25"])
+    run_recipe(cfg, tmp_path, call=call, say=lambda _: None)
+    mix = tmp_path / "data" / "rl_train_0.25.jsonl"
+    assert [Path(a[a.index("--run-dir") + 1]).name for a in calls] == ["code_rl", "text_rl"]
+    assert all(f"data.train={mix}" in a for a in calls)  # both arms train on the same problems
+    chosen = _read(mix)
+    assert {r["id"] for r in chosen if r["steps"] != 1} == {f"b{k}" for k in range(10)} | {"c"}  # every other problem kept
+    assert sum(r["steps"] == 1 for r in chosen) == 4  # 4 / (4 + 11) one-step: the nearest to a quarter
+    assert [r["id"] for r in chosen] == [r["id"] for r in rows if r["id"] in {c["id"] for c in chosen}]  # file order
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"id": "x", "problem": "?", "answer": "1"}) + "\n")
+    with pytest.raises(RuntimeError, match="no step counts .* run the data stage again"):
+        write_rl_problems(cfg, tmp_path / "data")
+
+
 def test_bad_recipe_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="convert.rules must be set"):
         load_config(RecipeConfig, None, ['convert.rules=""']).validate()
+    with pytest.raises(ValueError, match="rl_one_step_share must be in"):
+        load_config(RecipeConfig, None, ["rl_one_step_share=1.0"]).validate()
     with pytest.raises(ValueError, match="unknown stage"):
         load_config(RecipeConfig, None, ["stages=[data,plots]"]).validate()
     with pytest.raises(RuntimeError, match="no finished RL run"):

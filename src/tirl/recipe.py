@@ -72,6 +72,13 @@ class RecipeConfig:
     """key=value for the two SFT stages only (e.g. `trainer.steps=2` in a smoke run)."""
     rl_overrides: list[str] = field(default_factory=list)
     """key=value for the two RL stages only (e.g. `rollout.n=2`)."""
+    rl_one_step_share: float | None = None
+    """Share of one-step problems (one calculation in the reference solution) among both RL arms'
+    training problems: every other problem, and enough one-step ones (chosen by a hash of the id) to make
+    this share, in ``data/rl_train_<share>.jsonl``. None: all of ``train.jsonl``, the data's own mix. Why:
+    GRPO from the tool arm's SFT model on MAWPS + ASDiv-A (two thirds one-step) taught it to answer after
+    its first call, losing two-step problems on the dev slice (58 -> 51%, fp32 greedy); with a third
+    one-step it gained (58 -> 61%): docs/results/realdata.md."""
     benchmark: str = "svamp"
     """The test benchmark (`tirl eval --benchmark`), used by the last stage only."""
     eval_flags: list[str] = field(default_factory=lambda: ["--max-tokens", "256"])
@@ -86,6 +93,8 @@ class RecipeConfig:
             raise ValueError("convert.rules must be set (calculator or equation): the recipe converts by rules")
         if not 0 < self.dev_fraction < 1:
             raise ValueError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.rl_one_step_share is not None and not 0 <= self.rl_one_step_share < 1:
+            raise ValueError(f"rl_one_step_share must be in [0, 1) or null, got {self.rl_one_step_share}")
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
@@ -93,8 +102,12 @@ class RecipeConfig:
 
 def in_dev(problem_id: str, fraction: float) -> bool:
     """Whether a training problem is in the held-out slice: a hash of its id, independent of order."""
-    digest = hashlib.sha256(f"tirl-dev:{problem_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+    return _unit_hash("tirl-dev", problem_id) < fraction
+
+
+def _unit_hash(salt: str, problem_id: str) -> float:
+    digest = hashlib.sha256(f"{salt}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
 # --- stage 1: data --------------------------------------------------------------------------------
@@ -115,9 +128,10 @@ def prepare_data(cfg: RecipeConfig, data_dir: Path, on_item: Callable[[str], Non
     dev = {it.id for it in items if in_dev(it.id, cfg.dev_fraction)}
     code = read_rows(data_dir / "convert" / "accepted.jsonl")
     text = read_rows(data_dir / "convert" / TWINS_FILE)
+    steps = {it.id: _steps(rewriter, it.id) for it in items}
     files = {
-        "train.jsonl": [_problem(it) for it in items if it.id not in dev],
-        "dev.jsonl": [_problem(it) for it in items if it.id in dev],
+        "train.jsonl": [_problem(it, steps[it.id]) for it in items if it.id not in dev],
+        "dev.jsonl": [_problem(it, steps[it.id]) for it in items if it.id in dev],
         "sft_code.jsonl": [r for r in code if r["id"] not in dev],
         "sft_text.jsonl": [r for r in text if r["id"] not in dev],
         "dev_code.jsonl": [r for r in code if r["id"] in dev],
@@ -132,8 +146,38 @@ def prepare_data(cfg: RecipeConfig, data_dir: Path, on_item: Callable[[str], Non
     return summary
 
 
-def _problem(it: Any) -> dict[str, str]:
-    return {"id": it.id, "problem": it.problem, "answer": it.answer}
+def _problem(it: Any, steps: int | None) -> dict[str, Any]:
+    return {"id": it.id, "problem": it.problem, "answer": it.answer, "steps": steps}
+
+
+def _steps(rewriter: Any, problem_id: str) -> int | None:
+    """Calculations in the reference solution; None where the rules cannot read it."""
+    from tirl.convert.llm import NotRewritable
+
+    try:
+        return len(rewriter.worked(problem_id).calcs)
+    except NotRewritable:
+        return None
+
+
+def write_rl_problems(cfg: RecipeConfig, data: Path) -> tuple[int, int]:
+    """The RL problems of `rl_one_step_share` (see the field): (one-step, other) problems written."""
+    rows = read_rows(data / "train.jsonl")
+    if any("steps" not in r for r in rows):
+        raise RuntimeError(f"{data / 'train.jsonl'} has no step counts (an older tirl wrote it): delete "
+                           f"{data / 'summary.json'} and run the data stage again")
+    share = cfg.rl_one_step_share
+    one = sorted((r["id"] for r in rows if r["steps"] == 1), key=lambda i: _unit_hash("tirl-mix", i))
+    other = sum(r["steps"] != 1 for r in rows)
+    chosen = set(one[:min(len(one), round(other * share / (1 - share)))])
+    atomic_write(rl_problems(cfg, data), "".join(dumps(r) + "\n" for r in rows if r["steps"] != 1 or r["id"] in chosen))
+    return len(chosen), other
+
+
+def rl_problems(cfg: RecipeConfig, data: Path) -> Path:
+    if cfg.rl_one_step_share is None:
+        return data / "train.jsonl"
+    return data / f"rl_train_{cfg.rl_one_step_share:g}.jsonl"
 
 
 # --- stages 2-4: tirl commands ----------------------------------------------------------------------
@@ -156,7 +200,7 @@ def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
                                                           *cfg.sft_overrides]))
     for arm, rl_cfg in (("code", cfg.code_rl), ("text", cfg.text_rl)):
         steps.append(Step("rl", run_dir / f"{arm}_rl", ["train", rl_cfg, f"model.path={run_dir}/{arm}_sft/model",
-                                                        f"data.train={data}/train.jsonl",
+                                                        f"data.train={rl_problems(cfg, data)}",
                                                         f"data.test={data}/dev.jsonl", *cfg.overrides,
                                                         *cfg.rl_overrides]))
     return steps
@@ -223,6 +267,10 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, call: Callable[[list[str]
     for stage in ("sft", "rl", "eval"):
         if stage not in cfg.stages:
             continue
+        if stage == "rl" and cfg.rl_one_step_share is not None:
+            one, other = write_rl_problems(cfg, run_dir / "data")
+            say(f"== rl problems: {other} with several steps or unread, {one} one-step -> "
+                f"{rl_problems(cfg, run_dir / 'data')}")
         steps = eval_steps(cfg, run_dir) if stage == "eval" else training_steps(cfg, run_dir)
         for step in (s for s in steps if s.stage == stage):
             if (step.out / step.done).exists():
