@@ -75,10 +75,11 @@ class RecipeConfig:
     rl_one_step_share: float | None = None
     """Share of one-step problems (one calculation in the reference solution) among both RL arms'
     training problems: every other problem, and enough one-step ones (chosen by a hash of the id) to make
-    this share, in ``data/rl_train_<share>.jsonl``. None: all of ``train.jsonl``, the data's own mix. Why:
-    GRPO from the tool arm's SFT model on MAWPS + ASDiv-A (two thirds one-step) taught it to answer after
-    its first call, losing two-step problems on the dev slice (58 -> 51%, fp32 greedy); with a third
-    one-step it gained (58 -> 61%): docs/results/realdata.md."""
+    this share, in ``data/rl_train_<share>.jsonl``. None: all of ``train.jsonl``, the data's own mix. Why
+    try it: GRPO from the tool arm's SFT model on MAWPS + ASDiv-A (two thirds one-step) taught it to answer
+    after its first call, losing two-step problems on the dev slice (58 -> 51%, fp32 greedy). Not a fix:
+    with a third one-step, one seed gained (58 -> 61%) and another lost (58 -> 52%), the same way
+    (docs/results/realdata.md)."""
     benchmark: str = "svamp"
     """The test benchmark (`tirl eval --benchmark`), used by the last stage only."""
     eval_flags: list[str] = field(default_factory=lambda: ["--max-tokens", "256"])
