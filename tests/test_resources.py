@@ -80,3 +80,24 @@ def test_memory_freed_between_live_blocks_goes_back_to_the_system():
     held, after, ok = out.split()
     assert ok == "True"
     assert float(held) - float(after) > 300, out  # kept before the trim, returned by it
+
+
+def test_a_loop_hands_back_only_what_has_grown_and_not_more_often_than_asked():
+    """`release_if_grown`, the trainers' per-step hand-back: a loop whose freed memory stays put pays no
+    page faults for it; one that climbs past `mb` is handed back (once the interval has passed)."""
+    _in_fresh_interpreter("""
+        import time
+        from tirl.resources import release_free_memory, release_if_grown
+        def fragments(n):  # ~n * 64 KB of heap freed around a few live blocks: kept by glibc until a trim
+            blocks = [bytearray(b'x' * 65536) for _ in range(n)]
+            return blocks[::100]
+        release_free_memory()
+        keep = fragments(100)  # ~6 MB: below the threshold
+        assert release_if_grown(mb=64, every_s=0) is False
+        keep += fragments(3000)  # ~190 MB more resident: past it
+        assert release_if_grown(mb=64, every_s=60) is False  # but the last hand-back was under 60 s ago
+        held = rss_mb()
+        assert release_if_grown(mb=64, every_s=0) is True
+        assert held - rss_mb() > 150
+        assert release_if_grown(mb=64, every_s=0) is False  # nothing has grown since
+    """)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tirl import algorithms as A
-from tirl.resources import release_free_memory
+from tirl.resources import release_if_grown
 from tirl.rollout.faults import trainable
 from tirl.train import lora
 from tirl.train import rl_update as U
@@ -95,7 +95,7 @@ class Learner:
             metrics.update({"kl/coef": self.kl_coef, "kl/observed": observed})
             self.kl_coef = A.adaptive_kl_coef(self.kl_coef, observed, algo.kl_target, len(trajs), algo.kl_horizon)
         self.version = step
-        release_free_memory()  # or the next rollout's caches climb over this update's freed activations
+        release_if_grown()  # or the next rollout's caches climb over this update's freed activations
         return batch, rows, metrics
 
     def _score(self, batch: RLBatch, metrics: dict) -> None:

@@ -221,7 +221,7 @@ def _minibatch_steps(
     With `dp` (a `tirl.distributed.ddp.DataParallel`) this rank runs only its slice of each
     mini-batch and the gradients are summed over the ranks before the step.
     """
-    from tirl.resources import release_free_memory
+    from tirl.resources import release_if_grown
     from tirl.train.common import backward, clip_and_step
 
     module.train()
@@ -246,7 +246,7 @@ def _minibatch_steps(
                 parts.append((float(sub.mask.sum()), m))
                 # Micro-batches come in increasing length: glibc cannot fit the next one's activations
                 # in the blocks this one freed, and kept them resident beside it (SmolLM2: +1 GB a step).
-                release_free_memory()
+                release_if_grown()
             if finish is not None:
                 finish()
             if not mine:  # nothing ran here: the zero gradients the skipped rows would have given

@@ -35,7 +35,7 @@ from tirl.train.checkpoint import load_state, resume_point, save_checkpoint
 from tirl.train.common import (OptimConfig, backward, build_optimizer, check_device_and_precision, clip_and_step,
                                grad_scaler, set_threads)
 from tirl.progress import progress
-from tirl.resources import release_free_memory, stage_peak
+from tirl.resources import release_free_memory, release_if_grown, stage_peak
 from tirl.train.logger import LogConfig, MetricsLogger
 from tirl.trained_settings import settings_of, write_settings
 from tirl.train.setup import (BUILTIN, DataConfig, ModelConfig, PromptConfig, check_attention, make_style,
@@ -284,7 +284,7 @@ def _train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool, force: bool) -
             grad_norm = clip_and_step(params, opt, sched, tc.optim.max_grad_norm, scaler)
             # Micro-batches of changing lengths leave freed blocks glibc keeps: the SmolLM2 demo's SFT
             # climbed from 4.4 to 6.1 GB resident over 60 steps without this.
-            release_free_memory()
+            release_if_grown()
             metrics = {"loss/sft": total, "train/lr": lr, "train/grad_norm": grad_norm, "train/epoch": float(epoch),
                        "throughput/tokens_per_s": sum(len(e["input_ids"]) for e in rows) / (time.perf_counter() - t0)}
             if eval_ex and ((tc.eval_every and step % tc.eval_every == 0) or step == tc.steps):
