@@ -8,15 +8,13 @@ before the learner's first update lands)."""
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("ray")
 
-from test_rl_identity import REFERENCE, run_hash  # noqa: E402
+from test_rl_identity import REFERENCE, platform_key, run_hash  # noqa: E402
 
 from tirl.config import load_config  # noqa: E402
 from tirl.train.logger import read_metrics  # noqa: E402
@@ -51,7 +49,7 @@ def test_two_workers_at_k_2_run_ahead_and_no_group_older_than_k_is_trained(tmp_p
 
 
 def test_k_0_on_ray_still_ends_at_main_s_weights(tmp_path):
-    key = f"{torch.__version__} {platform.machine()}"
+    key = platform_key()
     if key not in REFERENCE:
         pytest.skip(f"reference hashes were taken on another platform ({', '.join(REFERENCE)}), not {key}")
     assert run_hash(tmp_path, "grpo", RAY) == REFERENCE[key]["grpo"]
