@@ -116,11 +116,12 @@ def release_if_grown(mb: float = 64.0, every_s: float = 2.0) -> bool:
     each hand-back costs the page faults of the next step touching those pages again, which on the toy
     demo's SFT (2,500 steps of ~80 ms) was 37 ms a step, +40% of the stage; a slow step (SmolLM2's
     update micro-batches take seconds) still hands back after every one. True if it handed back."""
-    now = rss_mb()
-    if now is None:
-        return release_free_memory()
-    if _last_trim is not None and (now - _last_trim[1] < mb or time.monotonic() - _last_trim[0] < every_s):
-        return False
+    if _last_trim is not None:
+        if time.monotonic() - _last_trim[0] < every_s:  # the clock first: most calls stop here, /proc unread
+            return False
+        now = rss_mb()
+        if now is not None and now - _last_trim[1] < mb:
+            return False
     return release_free_memory()
 
 
