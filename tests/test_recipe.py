@@ -127,6 +127,29 @@ def test_the_runner_runs_the_stage_commands_in_order_and_skips_what_is_done(tmp_
         run_recipe(cfg, tmp_path, call=lambda argv: 1, say=lambda _: None)
 
 
+def test_eval_models_scores_only_the_chosen_models_in_their_order(tmp_path):
+    calls: list[list[str]] = []
+
+    def call(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--run-dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("comparison.json" if "both" in argv else "summary.json")).write_text("{}")
+        return 0
+
+    for arm in ("code_rl", "text_rl"):
+        (tmp_path / arm).mkdir()
+        (tmp_path / arm / "summary.json").write_text(json.dumps({"checkpoint": str(tmp_path / arm / "ck")}))
+    # The SFT runs are absent: scoring the RL arms first must not need them.
+    cfg = load_config(RecipeConfig, CONFIGS / "svamp_recipe.yaml", ["stages=[eval]", "eval_models=[text_rl,code_rl]"])
+    run_recipe(cfg, tmp_path, call=call, say=lambda _: None)
+    assert [(Path(a[a.index("--run-dir") + 1]).name, a[a.index("--tool") + 1]) for a in calls] == [
+        ("text_rl", "off"), ("code_rl", "both")]
+    assert calls[1][calls[1].index("--model") + 1] == str(tmp_path / "code_rl" / "ck" / "policy")
+    with pytest.raises(ValueError, match=r"unknown eval_models \['rl'\]; known: base, code_sft"):
+        load_config(RecipeConfig, None, ["eval_models=[rl]"]).validate()
+
+
 def test_rl_one_step_share_gives_both_rl_arms_the_same_mix(tmp_path):
     rows = [{"id": f"a{k}", "problem": f"{k} and 4 more?", "answer": str(k + 4), "steps": 1} for k in range(40)]
     rows += [{"id": f"b{k}", "problem": f"{k} times 4 less 3?", "answer": str(4 * k - 3), "steps": 2} for k in range(10)]
@@ -162,8 +185,11 @@ def test_bad_recipe_settings_are_refused(tmp_path):
         load_config(RecipeConfig, None, ["rl_one_step_share=1.0"]).validate()
     with pytest.raises(ValueError, match="unknown stage"):
         load_config(RecipeConfig, None, ["stages=[data,plots]"]).validate()
-    with pytest.raises(RuntimeError, match="no finished RL run"):
+    with pytest.raises(RuntimeError, match="no finished SFT run in .*code_sft: run the sft stage first"):
         run_recipe(load_config(RecipeConfig, None, ["stages=[eval]"]), tmp_path, call=lambda a: 0, say=lambda _: None)
+    with pytest.raises(RuntimeError, match="no finished RL run"):
+        run_recipe(load_config(RecipeConfig, None, ["stages=[eval]", "eval_models=[code_rl]"]), tmp_path,
+                   call=lambda a: 0, say=lambda _: None)
 
 
 @pytest.mark.realmodel

@@ -48,6 +48,7 @@ from tirl.convert.config import ConvertConfig
 from tirl.jsonl import atomic_write, dumps, read_rows, write_json
 
 STAGES = ("data", "sft", "rl", "eval", "report")
+EVAL_MODELS = ("base", "code_sft", "text_sft", "code_rl", "text_rl")
 
 
 def _svamp_convert() -> ConvertConfig:
@@ -87,6 +88,10 @@ class RecipeConfig:
     sampled_flags: list[str] = field(default_factory=list)
     """When set, every model is scored a second time with these flags added (e.g. `--n 4 --temperature
     1.0` for avg@4); empty = greedy only."""
+    eval_models: list[str] = field(default_factory=lambda: list(EVAL_MODELS))
+    """Which models the eval stage scores, in this order (base, code_sft, text_sft, code_rl, text_rl): e.g.
+    `eval_models=[code_rl,text_rl]` scores the two arms' final policies on a whole test set first and the
+    rest on a later run; the report shows what has been scored."""
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def validate(self) -> None:
@@ -99,6 +104,9 @@ class RecipeConfig:
         unknown = set(self.stages) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+        unknown = set(self.eval_models) - set(EVAL_MODELS)
+        if unknown:
+            raise ValueError(f"unknown eval_models {sorted(unknown)}; known: {', '.join(EVAL_MODELS)}")
 
 
 def in_dev(problem_id: str, fraction: float) -> bool:
@@ -208,15 +216,18 @@ def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
 
 
 def eval_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
-    """The test benchmark for the base model, both SFT models and each RL arm's final policy: tool arm
-    models with and without the interpreter (`--tool both`), text arm models without it. With
+    """The test benchmark for `cfg.eval_models` in their order (all: the base model, both SFT models and
+    each RL arm's final policy; a model's run need only exist when it is chosen): tool arm models with and without the interpreter (`--tool both`), text arm models without it. With
     `sampled_flags`, each model once more with them (e.g. avg@4) in `eval/<model>_sampled`."""
-    code_rl, text_rl = _final_policy(run_dir / "code_rl"), _final_policy(run_dir / "text_rl")
-    models = [("base", _base_model(run_dir), "on"), ("code_sft", str(run_dir / "code_sft" / "model"), "both"),
-              ("text_sft", str(run_dir / "text_sft" / "model"), "off"), ("code_rl", code_rl, "both"),
-              ("text_rl", text_rl, "off")]
+    models = {"base": (lambda: _base_model(run_dir), "on"),
+              "code_sft": (lambda: _sft_model(run_dir / "code_sft"), "both"),
+              "text_sft": (lambda: _sft_model(run_dir / "text_sft"), "off"),
+              "code_rl": (lambda: _final_policy(run_dir / "code_rl"), "both"),
+              "text_rl": (lambda: _final_policy(run_dir / "text_rl"), "off")}
     steps = []
-    for name, model, tool in models:
+    for name in cfg.eval_models:
+        model_of, tool = models[name]
+        model = model_of()
         prompt = [_base_prompt_file(run_dir)] if name == "base" else []
         done = "comparison.json" if tool == "both" else "summary.json"
         flags = [("", cfg.eval_flags)] + ([("_sampled", cfg.eval_flags + cfg.sampled_flags)] if cfg.sampled_flags else [])
@@ -234,10 +245,17 @@ def _final_policy(rl_dir: Path) -> str:
     return str(Path(json.loads(summary.read_text())["checkpoint"]) / "policy")
 
 
+def _sft_model(sft_dir: Path) -> str:
+    if not (sft_dir / "summary.json").exists():
+        raise RuntimeError(f"no finished SFT run in {sft_dir}: run the sft stage first")
+    return str(sft_dir / "model")
+
+
 def _base_model(run_dir: Path) -> str:
     """The model both SFT stages started from (their saved config)."""
     from omegaconf import OmegaConf
 
+    _sft_model(run_dir / "code_sft")
     return str(OmegaConf.load(run_dir / "code_sft" / "config.yaml").model.path)
 
 
