@@ -146,6 +146,18 @@ def test_bf16_generation_uses_a_copy_refreshed_after_every_weight_update(tiny_mo
     # and it stays near autocast (both round to bf16; the copy also keeps activations in bf16)
     auto = HFGenerator(model, tok, precision="bf16", half_copy=False).generate(reqs(), params)[0]
     assert max(abs(a - b) for a, b in zip(after.logprobs, auto.logprobs)) < 0.3
+    # Before an update the trainer drops the copy's weights (they would sit under its memory peak) ...
+    g.release_stale()
+    assert sum(p.numel() for p in g._copy.parameters()) == 0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.5)
+    # ... and the next generation refills them from the updated weights, tied ones still tied.
+    again = g.generate(reqs(), params)[0]
+    fresh = HFGenerator(model, tok, precision="bf16").generate(reqs(), params)[0]
+    assert again.token_ids == fresh.token_ids and again.logprobs == fresh.logprobs
+    assert g._copy.get_output_embeddings().weight is g._copy.get_input_embeddings().weight
+    assert all(p.dtype == torch.bfloat16 and p.numel() for p in g._copy.parameters())
 
 
 def test_bf16_copy_holds_the_weights_rounded_once_and_keeps_tied_ones_tied(tiny_model_dir, tiny_tokenizer):

@@ -213,9 +213,14 @@ class HFGenerator:
 
     def release_stale(self) -> None:
         """Drop what only decoding uses and a weight update makes stale: the lean step's reordered weights
-        (0.27 GB on SmolLM2), made again from the refreshed copy at the next decode step. The trainer calls
-        it before an update, whose memory peak they would otherwise sit under."""
+        and the half-precision copy's weights (0.27 GB each on SmolLM2), made again from the updated
+        weights at the next generation. The trainer calls it before an update, whose memory peak they
+        would otherwise sit under."""
         self._linears = None
+        if self._copy is not None:
+            for p in self._copy.parameters():
+                p.data = p.data.new_empty(0)  # the module stays; `_half_model` refills it
+            self._stamp = ()
 
     def cached_keys(self) -> list[Hashable]:
         return list(self._cache)
@@ -275,7 +280,10 @@ class HFGenerator:
                 contiguous_head_input(self._copy)
             elif stamp != self._stamp:
                 for dst, src in zip(self._copy.parameters(), params):
-                    dst.copy_(src)
+                    if dst.numel() != src.numel():  # emptied by release_stale
+                        dst.data = src.detach().to(dtype)
+                    else:
+                        dst.copy_(src)
         self._stamp = stamp
         return self._copy
 
