@@ -168,6 +168,19 @@ def load_model(
     return model
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing of every decoder layer (non-reentrant): transformers 5 renamed
+    `gradient_checkpointing_enable`, whose old name now warns on every call."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_checkpointing(model: Any) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def _dequantize_gguf_config(gguf: str) -> dict[str, Any]:
     """Ask for de-quantised (trainable) weights where transformers can keep GGUF blocks packed."""
     try:

@@ -55,6 +55,8 @@ def apply(model: Any, cfg: LoraConfig, adapter_dir: str | Path | None = None) ->
     """`model` with trainable adapters (fresh, or loaded from `adapter_dir`); `model` itself when r = 0."""
     if cfg.r <= 0:
         return model
+    from tirl.models import is_checkpointing
+
     peft = _peft()
     if adapter_dir is not None:
         wrapped = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
@@ -62,7 +64,7 @@ def apply(model: Any, cfg: LoraConfig, adapter_dir: str | Path | None = None) ->
         wrapped = peft.get_peft_model(model, peft.LoraConfig(
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
             task_type="CAUSAL_LM"))
-    if getattr(model, "is_gradient_checkpointing", False):
+    if is_checkpointing(model):
         wrapped.enable_input_require_grads()  # the frozen embeddings' output must carry a graph
     wrapped.eval()
     return wrapped

@@ -45,12 +45,12 @@ def load_models(cfg: Any, base: str, ckpt: Path | None, device: Any) -> Models:
 
 
 def load_policy(path: str, cfg: Any, gguf_file: str | None = None) -> Any:
-    from tirl.models import load_model
+    from tirl.models import enable_checkpointing, load_model
 
     model = without_dropout(load_model(path, gguf_file=gguf_file, dtype=cfg.model.dtype, device=cfg.trainer.device,
                                        attn_implementation=cfg.model.attn_implementation))
     if cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     return model
 
 

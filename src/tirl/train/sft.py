@@ -207,7 +207,7 @@ def train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False, force: 
 
 def _train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool, force: bool) -> dict[str, Any]:
     from tirl.data import tokenize_traces
-    from tirl.models import load_model, load_tokenizer
+    from tirl.models import enable_checkpointing, load_model, load_tokenizer
 
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -245,7 +245,7 @@ def _train_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool, force: bool) -
                            gguf_file=None if from_ckpt else cfg.model.gguf_file, dtype=cfg.model.dtype, device=tc.device,
                            attn_implementation=cfg.model.attn_implementation)
     if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model = lora.apply(model, cfg.model.lora, adapter_dir=ckpt / "model" if ckpt and lora_on else None)
     opt, sched = build_optimizer([p for p in model.parameters() if p.requires_grad], tc.optim, tc.steps)
     scaler = grad_scaler(tc.precision, next(model.parameters()).device)
