@@ -114,7 +114,7 @@ def _head_chunk(head, hidden: Tensor, tokens: Tensor, temperature: float, want_e
 
 
 def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask: Tensor,
-                         temperature: float = 1.0, entropy: str = "none", chunk_tokens: int = 1024,
+                         temperature: float = 1.0, entropy: str = "none", chunk_tokens: int = 256,
                          unchunked_max: int = 1 << 24, share_prompt: bool = False,
                          prompts: PromptPass | None = None) -> tuple[Tensor, Tensor | None]:
     """(B, T) float32 log-probs of `input_ids[:, 1:]` under `model`, and optionally their entropies.
@@ -122,7 +122,9 @@ def model_token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, mask:
     Only positions where `mask` (B, T) is nonzero are scored (others are 0): the output layer — for a
     real vocabulary the largest matmul of the step, and a (B, T, V) logits tensor — is applied only to
     the hidden states of those positions, `chunk_tokens` at a time, in float32, under activation
-    checkpointing, so neither forward nor backward ever holds more than a (chunk, V) slice of logits.
+    checkpointing, so neither forward nor backward ever holds more than a (chunk, V) slice of logits
+    (256 tokens by default: a quarter of the memory 1,024 took, and still enough rows for the output
+    layer's matmul to run at full speed).
     When all the scored logits together hold at most `unchunked_max` values (64 MB in float32: small
     vocabularies), they are computed at once and kept for backward instead (no recomputation).
     `entropy`: "none", "detached" (for logging only: no graph is kept) or "grad" (for an entropy term).
