@@ -42,6 +42,7 @@ def test_the_report_compares_the_arms_on_the_same_problems(run):
     assert greedy["rows"]["code_rl/on"]["accuracy"] == 0.5 and greedy["rows"]["text_rl/off"]["accuracy"] == 0.2
     arms = greedy["comparisons"]["tool arm vs text arm, after RL"]
     assert arms["diff"] == pytest.approx(0.3) and arms["excludes_zero"] and arms["n"] == 40
+    assert greedy["comparisons"]["tool arm vs text arm, after SFT"]["diff"] == pytest.approx(5 / 40)
     interpreter = greedy["comparisons"]["the interpreter itself (tool arm after RL, tool on vs off)"]
     assert interpreter["diff"] == pytest.approx(14 / 40)
     assert greedy["rows"]["code_rl/on"]["tool_error_rate"] == pytest.approx(0.1)

@@ -22,6 +22,7 @@ MODELS = (("base", "base model", "on"), ("code_sft", "tool arm, SFT", "both"),
 
 COMPARISONS = (
     ("tool arm vs text arm, after RL", ("code_rl", "on"), ("text_rl", "off")),
+    ("tool arm vs text arm, after SFT", ("code_sft", "on"), ("text_sft", "off")),
     ("RL on the tool arm (SFT + RL vs SFT)", ("code_rl", "on"), ("code_sft", "on")),
     ("RL on the text arm (SFT + RL vs SFT)", ("text_rl", "off"), ("text_sft", "off")),
     ("the interpreter itself (tool arm after RL, tool on vs off)", ("code_rl", "on"), ("code_rl", "off")),
