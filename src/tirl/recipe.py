@@ -217,7 +217,8 @@ def training_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
 
 def eval_steps(cfg: RecipeConfig, run_dir: Path) -> list[Step]:
     """The test benchmark for `cfg.eval_models` in their order (all: the base model, both SFT models and
-    each RL arm's final policy; a model's run need only exist when it is chosen): tool arm models with and without the interpreter (`--tool both`), text arm models without it. With
+    each RL arm's final policy; a model's run need only exist when it is chosen): tool arm models with
+    and without the interpreter (`--tool both`), text arm models without it. With
     `sampled_flags`, each model once more with them (e.g. avg@4) in `eval/<model>_sampled`."""
     models = {"base": (lambda: _base_model(run_dir), "on"),
               "code_sft": (lambda: _sft_model(run_dir / "code_sft"), "both"),
