@@ -126,6 +126,35 @@ def test_preallocated_cache_equals_a_growing_one_over_tool_turns(tiny_model, tin
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
 
 
+def test_cache_buffer_grows_as_needed_and_changes_no_numbers(tiny_model, tiny_tokenizer, monkeypatch):
+    from tirl.generation import kv_cache
+
+    monkeypatch.setattr(kv_cache, "MIN_ROOM", 2)  # so 30 decode steps grow the buffer several times
+    made = []
+    real_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, shape, **kw: made.append(tuple(shape)) or real_empty(t, shape, **kw))
+    tok = tiny_tokenizer
+    ps = [enc(tok, "What is 12 times 34?"), enc(tok, "Hi")]
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    runs = {pre: HFGenerator(tiny_model, tok, preallocate=pre).generate([GenerationRequest(p) for p in ps], params)
+            for pre in (False, True)}
+    for a, b in zip(runs[False], runs[True]):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < TOL
+    lengths = sorted({shape[2] for shape in made if len(shape) == 4})
+    longest = max(len(p) for p in ps) + 30
+    assert len(lengths) > 2 and max(lengths) <= longest  # grown step by step, never past the bound
+
+
+def test_cache_buffer_length_has_room_to_spare_up_to_the_bound():
+    from tirl.generation.kv_cache import MIN_ROOM, buffer_length
+
+    assert buffer_length(100, 10_000) == 100 + MIN_ROOM
+    assert buffer_length(1000, 10_000) == 1250
+    assert buffer_length(1000, 1100) == 1100
+    assert buffer_length(1200, 1100) == 1200  # past the bound: what is needed
+
+
 def test_bf16_generation_uses_a_copy_refreshed_after_every_weight_update(tiny_model_dir, tiny_tokenizer):
     from tirl.models import load_model
 

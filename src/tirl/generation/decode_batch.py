@@ -123,6 +123,7 @@ class DecodeBatch:
         # below allocates the room.
         room = C + S + max(row.budget for row in rows) if g.preallocate and not self.rows else None
         cache = g._stack_cache(looked, C, room)
+        del looked  # the popped entries are copied into `cache`: free them before the forward, not after
         out = g._run(input_ids=inp, attention_mask=mask, position_ids=pos,
                      use_cache=True, logits_to_keep=1, **{g._cache_kw: cache})
         logits = out.logits[:, -1, :].float()

@@ -37,8 +37,9 @@ token whose text holds some stop string's last character (a cached per-token tes
 decode nothing. Both find every occurrence the plain window search finds (tested with a tag spelled
 out in single characters).
 
-Cache growth: each batch's cache is preallocated for its longest possible sequence (cached + suffix +
-budget) and decode steps write their position in place (`tirl.generation.kv_cache`).
+Cache growth: each batch's cache is a buffer with room to spare, up to its longest possible sequence
+(cached + suffix + budget), grown a quarter at a time; decode steps write their position in place
+(`tirl.generation.kv_cache`).
 
 The decode loop lives in `tirl.generation.decode_batch.DecodeBatch`: `generate` adds its requests and
 steps until every row has finished; `decode_batch()` hands out a running batch that rows can join at
@@ -185,7 +186,8 @@ class HFGenerator:
         """Finished rows leave the batch once this share of it has finished (0 = at once). Each exit copies
         the live caches once (an index_select), cheap next to decoding rows nobody needs."""
         self.preallocate = preallocate
-        """Preallocate each batch's cache for its longest possible sequence (written in place per step)."""
+        """Decode steps write into a cache buffer with room to spare (grown a quarter at a time, up to the
+        batch's longest possible sequence) instead of concatenating a new cache each step."""
         self.half_copy = half_copy
         """With bf16/fp16: sample from a half-precision copy of the weights (refreshed when they change)
         instead of autocasting: autocast re-casts every weight at every decode step, which on a CPU

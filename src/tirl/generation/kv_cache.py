@@ -1,7 +1,13 @@
-"""A preallocated KV cache for `HFGenerator`: each batch's cache has room for its longest possible
-sequence (cached + suffix + budget), and a decode step writes its position in place; transformers'
-`DynamicLayer` concatenates, copying the whole cache at every step. Sliding-window or hybrid caches
-keep transformers' own layers."""
+"""A preallocated KV cache for `HFGenerator`: a decode step writes its position in place into a buffer
+with room to spare; transformers' `DynamicLayer` concatenates, copying the whole cache at every step.
+Sliding-window or hybrid caches keep transformers' own layers.
+
+How much room: a batch's longest possible sequence (cached + suffix + budget) is only an upper bound.
+In a tool rollout most rows stop at their first closed code block, long before the budget, so a buffer
+sized for the bound held mostly empty room (SmolLM2 GRPO, 32 rows: most of the turn's keys and values).
+The buffer instead starts at what the prefill needs plus a quarter (at least `MIN_ROOM` positions) and
+grows the same way, never past the bound: the copies it makes on growing are a few per turn, each
+cheaper than a decode step, and the numbers are the same (a view of the same values)."""
 
 from __future__ import annotations
 
@@ -9,13 +15,23 @@ from typing import Any
 
 import torch
 
+MIN_ROOM = 64
+"""Positions a buffer has beyond what it holds when it is made or grown (at least; a quarter more)."""
+
+
+def buffer_length(needed: int, bound: int) -> int:
+    """Positions to allocate for `needed`: a quarter more (at least `MIN_ROOM`), capped at `bound` (the
+    longest the sequence can get) unless `needed` is already past it."""
+    return max(needed, min(bound, needed + max(MIN_ROOM, needed // 4)))
+
 
 def roomy_layer_class() -> Any:
     from transformers.cache_utils import DynamicLayer
 
     class RoomyLayer(DynamicLayer):
-        """A `DynamicLayer` whose keys/values are views into buffers with room for `capacity` positions:
-        a decode step writes its position in place instead of concatenating (copying) the whole cache."""
+        """A `DynamicLayer` whose keys/values are views into buffers with room to spare (`buffer_length`,
+        up to `capacity` positions): a decode step writes its position in place instead of concatenating
+        (copying) the whole cache."""
 
         def __init__(self, capacity: int):
             super().__init__()
@@ -29,7 +45,7 @@ def roomy_layer_class() -> Any:
             n = self.get_seq_length()
             m = n + key_states.shape[-2]
             if self._k is None or m > self._k.shape[-2] or self._k.shape[0] != key_states.shape[0]:
-                shape = (*key_states.shape[:2], max(m, self.capacity), key_states.shape[-1])
+                shape = (*key_states.shape[:2], buffer_length(m, self.capacity), key_states.shape[-1])
                 k, v = key_states.new_empty(shape), value_states.new_empty(shape)
                 if n:
                     k[:, :, :n], v[:, :, :n] = self.keys, self.values
@@ -48,7 +64,8 @@ def roomy_layer_class() -> Any:
 
 
 def new_cache(config: Any, capacity: int | None) -> Any:
-    """An empty `DynamicCache`; with `capacity`, its full-attention layers preallocate that many positions."""
+    """An empty `DynamicCache`; with `capacity` (the longest its sequences can get), its full-attention
+    layers write in place into buffers with room to spare, up to that many positions."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
