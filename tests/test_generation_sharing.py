@@ -79,6 +79,21 @@ def test_stop_found_as_one_tag_token_and_spelled_out_in_pieces(tiny_model, tiny_
     assert outs[1].finish_reason == "stop" and outs[1].stop_string == "</code>" and outs[1].token_ids == body + pieces
 
 
+def test_only_rows_the_caller_resumes_keep_their_cache(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    code = enc(tok, "x = 12 * 34\n</code>")
+    answer = enc(tok, "so 408 </answer>")
+    streams = {"code": code, "answer": answer, "eos": code[:2] + [tok.eos_token_id],
+               "length": enc(tok, "and so on " * 10)}
+    params = dict(max_new_tokens=len(code) + 2, temperature=1.0, stop=("</code>", "</answer>"))
+    for after, kept in (((("</code>",)), {"code"}), (None, set(streams))):
+        g = ForcedHFGenerator(tiny_model, tok, streams)
+        outs = g.generate([GenerationRequest(enc(tok, "Hi"), key=k) for k in streams],
+                          SamplingParams(**params, resume_after=after))
+        assert [o.finish_reason for o in outs] == ["stop", "stop", "eos", "length"]
+        assert set(g.cached_keys()) == kept  # the rollout goes on only after a closed code block
+
+
 def test_finished_rows_leave_the_batch_at_once_without_changing_outputs(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
     body = enc(tok, "x = 12 * 34 and then some more words to write")

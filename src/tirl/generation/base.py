@@ -50,6 +50,11 @@ class SamplingParams:
     """Seed of the sampling generator: the same call with the same seed samples the same tokens."""
     return_logits: bool = False
     """Also return the full (temperature-free) logits of every sampled position; for tests and debugging."""
+    resume_after: tuple[str, ...] | None = None
+    """The stop strings after which the caller goes on with a request (the rollout: the code block's
+    close). A backend that keeps a finished request's keys/values for its next call keeps only those of
+    requests that stopped on one of them; None keeps every request's. Why: in a tool rollout most rows end
+    on an answer, EOS or the budget, and their caches would sit beside the running batch until released."""
 
 
 @dataclass

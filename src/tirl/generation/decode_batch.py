@@ -28,6 +28,7 @@ import torch
 
 from tirl.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, GenerationOutput, GenerationRequest, SamplingParams
 from tirl.generation.kv_cache import new_cache
+from tirl.resources import release_if_grown
 
 
 @dataclass
@@ -149,6 +150,11 @@ class DecodeBatch:
         self.next_pos = torch.cat([self.next_pos, next_pos])
         self.logits = torch.cat([self.logits, logits])
 
+    def _resumes(self, row: _Row) -> bool:
+        """Will the caller go on with this finished row (`SamplingParams.resume_after`)?"""
+        after = self.params.resume_after
+        return after is None or (row.finish == FINISH_STOP and row.stop_hit in after)
+
     @torch.inference_mode()
     def step(self) -> list[tuple[int, GenerationOutput]]:
         """Sample one token for every row; returns (row id, output) of the rows that left the batch."""
@@ -156,6 +162,9 @@ class DecodeBatch:
         if self.rows:
             with self._context():
                 done += self._step()
+        # Caches of every length come and go each turn; glibc keeps what they free resident beside the
+        # new ones unless handed back (SmolLM2, 2 GRPO steps and the held-out evaluation: peak 4.58 -> 4.10 GB).
+        release_if_grown()
         return done
 
     def _step(self) -> list[tuple[int, GenerationOutput]]:
@@ -200,7 +209,7 @@ class DecodeBatch:
                     keep.append(b)
                 else:
                     done.append((r.rid, g._finish_row(r.req, r.new, r.lps, r.kept_logits, r.finish, r.stop_hit,
-                                                      self.cache, self.mask, b, r.n_suffix)))
+                                                      self.cache, self.mask, b, r.n_suffix, self._resumes(r))))
             self.rows = rows = [rows[b] for b in keep]
             if not keep:
                 self.cache = None

@@ -414,8 +414,9 @@ class HFGenerator:
             cache.update(K, Vt, layer)
         return cache
 
-    def _finish_row(self, req, new, lps, kept_logits, finish, stop_hit, cache, mask, b, n_suffix) -> GenerationOutput:
-        if self.reuse_cache and req.key is not None:
+    def _finish_row(self, req, new, lps, kept_logits, finish, stop_hit, cache, mask, b, n_suffix,
+                    keep: bool = True) -> GenerationOutput:
+        if self.reuse_cache and req.key is not None and keep:
             valid = mask[b].nonzero()[:, 0]  # cache positions this row really holds
             kv = [(layer.keys[b : b + 1].index_select(2, valid), layer.values[b : b + 1].index_select(2, valid))
                   for layer in cache.layers]

@@ -201,7 +201,7 @@ class _Play:
     def params(self, seed: int | None) -> SamplingParams:
         cfg = self.cfg
         return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              top_k=cfg.top_k, stop=self.stops, seed=seed)
+                              top_k=cfg.top_k, stop=self.stops, seed=seed, resume_after=(self.style.stop,))
 
     def request(self, t: Trajectory) -> GenerationRequest:
         return GenerationRequest(t.prompt_ids + t.response_ids, self.key(t), self.cfg.max_new_tokens - len(t.response_ids))
