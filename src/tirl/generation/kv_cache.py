@@ -4,10 +4,9 @@ Sliding-window or hybrid caches keep transformers' own layers.
 
 How much room: a batch's longest possible sequence (cached + suffix + budget) is only an upper bound.
 In a tool rollout most rows stop at their first closed code block, long before the budget, so a buffer
-sized for the bound held mostly empty room (SmolLM2 GRPO, 32 rows: most of the turn's keys and values).
-The buffer instead starts at what the prefill needs plus a quarter (at least `MIN_ROOM` positions) and
-grows the same way, never past the bound: the copies it makes on growing are a few per turn, each
-cheaper than a decode step, and the numbers are the same (a view of the same values)."""
+sized for the bound is mostly empty room. The buffer instead starts at what the prefill needs plus a
+quarter (at least `MIN_ROOM` positions) and grows the same way, never past the bound: a copy of the
+cache each time it grows (a few per turn), and the same numbers (views of the same values; tested)."""
 
 from __future__ import annotations
 
